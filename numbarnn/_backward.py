@@ -1,0 +1,108 @@
+"""Backpropagation through time for the stacked RNN of :mod:`numbarnn._forward`.
+
+The reverse-time loop carries only ``dz_t = (dy_t + dh_t) * act'(y_t)`` and ``dh_{t-1} = dz_t @ W_hh``. Everything
+that does not depend on the previous step — the weight gradients, both bias gradients and the input gradient — is
+computed after the loop with large GEMMs and reductions over all rows.
+"""
+
+import numpy as np
+
+from ._activations import activation_slope
+from ._forward import layer_input, layer_output, parameter_views
+from ._jit import jit
+from ._layout import B_HH, B_IH, NO_BIAS, W_HH, W_IH
+from ._matmul import matmul
+
+
+@jit
+def direction_backward(grad_y, y, w_hh, step_offsets, reverse, relu, column, carry, dz):
+    """Reverse-time loop of one direction.
+
+    ``grad_y``/``y`` (R, D * H) are the gradient and value of the layer output (this direction's columns start at
+    ``column``); ``carry`` (N, H) holds the gradient of h_n on entry and of h_0 on exit; ``dz`` (R, H) receives the
+    gradient of the pre-activations.
+    """
+    hidden = w_hh.shape[0]
+    steps = step_offsets.size - 1
+    for s in range(steps):
+        t = s if reverse else steps - 1 - s
+        r0 = step_offsets[t]
+        n = step_offsets[t + 1] - r0
+        for i in range(n):
+            for j in range(hidden):
+                r = r0 + i
+                dz[r, j] = (grad_y[r, column + j] + carry[i, j]) * activation_slope(y[r, column + j], relu)
+        matmul(dz[r0 : r0 + n], w_hh, carry[:n])
+
+
+@jit
+def accumulate_weight_gradient(dz, inputs, grads, offset, product):
+    """``grads[offset:...] += dz.T @ inputs`` through the (H, width) workspace ``product``."""
+    np.dot(dz.T, inputs, product)
+    target = grads[offset : offset + product.size].reshape(product.shape)
+    target += product
+
+
+@jit
+def accumulate_bias_gradient(dz, grads, offsets, row, column_sums):
+    """Both bias gradients receive the column sums of ``dz`` (the biases enter the pre-activation identically)."""
+    if offsets[row, B_IH] == NO_BIAS:
+        return
+    column_sums[:] = 0
+    for r in range(dz.shape[0]):
+        for j in range(dz.shape[1]):
+            column_sums[j] += dz[r, j]
+    for column in (B_IH, B_HH):
+        o = offsets[row, column]
+        grads[o : o + column_sums.size] += column_sums
+
+
+@jit
+def rnn_backward(x, params, offsets, step_offsets, num_directions, relu, dropout_scale, layer_in, layer_out, h_prev,
+                 top_out, grad_output, grad_h_n, grads, grad_x, grad_h_0, grad_layer, dz, grad_input_tmp, weight_tmp):
+    """Backward pass matching :func:`numbarnn._forward.rnn_forward` run with every layer kept.
+
+    Parameters
+    ----------
+    x, params, offsets, step_offsets, num_directions, relu, dropout_scale, layer_in, layer_out, h_prev, top_out
+        As given to (and filled by) the training forward pass (``layer_out`` holding all num_layers - 1 layers).
+    grad_output : (R, D * H) gradient of the top layer's output rows.
+    grad_h_n : (num_layers * D, N, H) gradient of the final states.
+    grads : (P,) flat parameter gradients, accumulated into.
+    grad_x : (R, H_in) gradient of the input rows (output). grad_h_0 : (num_layers * D, N, H) (output).
+    grad_layer : (R, D * H), dz : (D, R, H), grad_input_tmp : (R * max(H_in, D * H),),
+    weight_tmp : (H * max(H_in, D * H, H),) workspaces.
+    """
+    hidden = grad_h_n.shape[2]
+    rows = step_offsets[-1]
+    num_layers = offsets.shape[0] // num_directions
+    zeros = np.zeros(hidden, params.dtype)
+    grad_h_0[:] = grad_h_n
+    column_sums = weight_tmp[:hidden]
+    for l in range(num_layers - 1, -1, -1):
+        inputs = layer_input(l, x, dropout_scale, layer_in, layer_out)
+        width = inputs.shape[1]
+        grad_y = grad_output if l == num_layers - 1 else grad_layer
+        destination = grad_x if l == 0 else grad_layer
+        for d in range(num_directions):
+            row = l * num_directions + d
+            w_ih, w_hh, _, _ = parameter_views(params, offsets, row, width, hidden, zeros)
+            direction_backward(grad_y, layer_output(l, num_layers, layer_out, top_out), w_hh, step_offsets, d == 1, relu, d * hidden, grad_h_0[row],
+                               dz[d])
+        # grad_y is read for the last time above; grad_layer may now be overwritten with the next layer's gradient.
+        for d in range(num_directions):
+            row = l * num_directions + d
+            w_ih, w_hh, _, _ = parameter_views(params, offsets, row, width, hidden, zeros)
+            accumulate_weight_gradient(dz[d], h_prev[l, d], grads, offsets[row, W_HH],
+                                       weight_tmp[: hidden * hidden].reshape((hidden, hidden)))
+            accumulate_weight_gradient(dz[d], inputs, grads, offsets[row, W_IH],
+                                       weight_tmp[: hidden * width].reshape((hidden, width)))
+            accumulate_bias_gradient(dz[d], grads, offsets, row, column_sums)
+            if d == 0:
+                np.dot(dz[d], w_ih, destination)
+            else:
+                partial = grad_input_tmp[: rows * width].reshape((rows, width))
+                np.dot(dz[d], w_ih, partial)
+                destination += partial
+        if l > 0 and dropout_scale.shape[0] > 0:
+            destination *= dropout_scale[l - 1]

@@ -1,0 +1,108 @@
+"""Forward kernels: a stack of RNN layers, each in one or two directions, over packed time-major rows.
+
+Rows are *packed*: the rows of time step ``t`` are ``step_offsets[t]:step_offsets[t + 1]``, and the batch is sorted
+by decreasing length, so the sequences still running at step ``t`` are always a prefix of the batch. With equal
+lengths the packing is simply ``x.reshape(L * N, H_in)``.
+"""
+
+import numpy as np
+
+from ._activations import activate
+from ._jit import jit
+from ._layout import B_HH, B_IH, NO_BIAS, W_HH, W_IH
+from ._matmul import matmul_transposed_b
+
+
+@jit
+def parameter_views(params, offsets, row, input_width, hidden_size, zeros):
+    """``(w_ih, w_hh, b_ih, b_hh)`` of one (layer, direction) row of the offset table; ``zeros`` stands in for bias."""
+    h = hidden_size
+    o = offsets[row, W_IH]
+    w_ih = params[o : o + h * input_width].reshape((h, input_width))
+    o = offsets[row, W_HH]
+    w_hh = params[o : o + h * h].reshape((h, h))
+    if offsets[row, B_IH] == NO_BIAS:
+        return w_ih, w_hh, zeros, zeros
+    o_ih, o_hh = offsets[row, B_IH], offsets[row, B_HH]
+    return w_ih, w_hh, params[o_ih : o_ih + h], params[o_hh : o_hh + h]
+
+
+@jit
+def layer_output(l, num_layers, layer_out, top_out):
+    """Where layer ``l`` writes: ``top_out`` for the last layer, else ``layer_out[l % B]``."""
+    if l == num_layers - 1:
+        return top_out
+    return layer_out[l % layer_out.shape[0]]
+
+
+@jit
+def layer_input(l, x, dropout_scale, layer_in, layer_out):
+    """The rows layer ``l`` reads: the packed input, or the previous layer's output (after dropout if any)."""
+    if l == 0:
+        return x
+    if dropout_scale.shape[0] > 0:
+        return layer_in[l - 1]
+    return layer_out[(l - 1) % layer_out.shape[0]]
+
+
+@jit
+def direction_forward(inputs, w_ih, w_hh, b_ih, b_hh, step_offsets, reverse, relu, z, step_tmp, h, h_prev, out,
+                      column):
+    """Run one direction of one layer.
+
+    ``z`` (R, H) receives the input projection; ``h`` (N, H) holds h_0 on entry and h_n on exit; ``h_prev`` (R, H),
+    when it has rows, receives the state each step starts from (for the weight gradient); the outputs go to
+    ``out[:, column:column + H]``.
+    """
+    np.dot(inputs, w_ih.T, z)
+    hidden = w_hh.shape[0]
+    keep_h_prev = h_prev.shape[0] > 0
+    steps = step_offsets.size - 1
+    for s in range(steps):
+        t = steps - 1 - s if reverse else s
+        r0 = step_offsets[t]
+        n = step_offsets[t + 1] - r0
+        if keep_h_prev:
+            h_prev[r0 : r0 + n] = h[:n]
+        matmul_transposed_b(h[:n], w_hh, step_tmp[:n])
+        for i in range(n):
+            for j in range(hidden):
+                v = activate((z[r0 + i, j] + b_ih[j]) + (step_tmp[i, j] + b_hh[j]), relu)
+                h[i, j] = v
+                out[r0 + i, column + j] = v
+
+
+@jit
+def rnn_forward(x, h_0, params, offsets, step_offsets, num_directions, relu, dropout_scale, layer_in, layer_out,
+                h_prev, z, step_tmp, top_out, h_n):
+    """Forward pass of a stacked (bi)directional RNN over packed rows.
+
+    Parameters
+    ----------
+    x : (R, H_in) packed input rows.
+    h_0 : (num_layers * D, N, H) initial states, batch sorted by decreasing length.
+    params : (P,) flat parameters; ``offsets`` (num_layers * D, 4) locates each one.
+    step_offsets : (L + 1,) int64, first row of each time step.
+    dropout_scale : (num_layers - 1, R, D * H) mask already divided by 1 - p, or 0 layers for no dropout;
+        ``layer_in`` (same shape) receives the dropped-out inputs of layers 1...
+    layer_out : (B, R, D * H) outputs of all but the last layer; layer ``l`` writes ``layer_out[l % B]``
+        (B = num_layers - 1 keeps every layer for the backward pass; 2 or fewer ping-pong during inference).
+    h_prev : (num_layers, D, R, H) states each step starts from, or (num_layers, D, 0, H) to keep none.
+    z : (D, R, H), step_tmp : (D, N, H) workspaces.
+    top_out : (R, D * H) output of the last layer (output).
+    h_n : (num_layers * D, N, H) final states (output).
+    """
+    hidden = h_n.shape[2]
+    num_layers = offsets.shape[0] // num_directions
+    zeros = np.zeros(hidden, params.dtype)
+    h_n[:] = h_0
+    for l in range(num_layers):
+        if l > 0 and dropout_scale.shape[0] > 0:
+            np.multiply(layer_out[(l - 1) % layer_out.shape[0]], dropout_scale[l - 1], layer_in[l - 1])
+        inputs = layer_input(l, x, dropout_scale, layer_in, layer_out)
+        out = layer_output(l, num_layers, layer_out, top_out)
+        for d in range(num_directions):
+            row = l * num_directions + d
+            w_ih, w_hh, b_ih, b_hh = parameter_views(params, offsets, row, inputs.shape[1], hidden, zeros)
+            direction_forward(inputs, w_ih, w_hh, b_ih, b_hh, step_offsets, d == 1, relu, z[d], step_tmp[d],
+                              h_n[row], h_prev[l, d], out, d * hidden)

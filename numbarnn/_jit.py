@@ -1,0 +1,23 @@
+"""The one place that holds numba's compilation options.
+
+Every kernel in numbarnn is compiled through :func:`jit`, so caching, the error model and the fast-math flags are
+decided here and nowhere else.
+"""
+
+import numba
+
+# `reassoc` lets LLVM vectorise reductions and `contract` lets it fuse multiply-adds; both change results only at the
+# rounding level. `nnan`/`ninf` are deliberately absent: NaN and inf must propagate exactly as they do in PyTorch.
+FASTMATH_FLAGS = frozenset({"reassoc", "contract", "nsz", "arcp"})
+
+# numba's default ("python") error model guards every float division with a zero check, which blocks SIMD.
+JIT_OPTIONS = dict(cache=True, nogil=True, error_model="numpy", fastmath=set(FASTMATH_FLAGS))
+
+
+def jit(signature_or_function=None, *, parallel=False):
+    """Compile with numbarnn's options; usable as ``@jit`` or ``@jit(parallel=True)``."""
+    if callable(signature_or_function):
+        return numba.njit(**JIT_OPTIONS)(signature_or_function)
+    if signature_or_function is None:
+        return numba.njit(parallel=parallel, **JIT_OPTIONS)
+    return numba.njit(signature_or_function, parallel=parallel, **JIT_OPTIONS)

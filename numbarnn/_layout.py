@@ -1,0 +1,46 @@
+"""Where each parameter of a stacked RNN lives inside one flat buffer.
+
+All parameters of a module live in one contiguous 1-D array (and all gradients in a second one of the same layout), so
+the kernels receive one array plus an offset table, ``zero_grad`` is one fill, and optimisers and gradient clipping
+work on a single vector. The named arrays users see (``weight_ih_l0`` ...) are views into that buffer.
+"""
+
+import numpy as np
+
+# Columns of the offset table: one row per (layer, direction), in torch's order l0, l0_reverse, l1, ...
+W_IH, W_HH, B_IH, B_HH = range(4)
+NO_BIAS = -1
+
+
+def layer_input_size(layer, input_size, hidden_size, num_directions):
+    """Width of the input that layer ``layer`` reads."""
+    return input_size if layer == 0 else num_directions * hidden_size
+
+
+def build_layout(input_size, hidden_size, num_layers, num_directions, bias):
+    """Return ``(entries, offsets, total)`` for a stack of RNN layers.
+
+    ``entries`` lists ``(name, offset, shape)`` in torch's parameter order; ``offsets`` is the ``(L*D, 4)`` int64
+    table the kernels read (``NO_BIAS`` where there is no bias); ``total`` is the length of the flat buffer.
+    """
+    entries = []
+    offsets = np.full((num_layers * num_directions, 4), NO_BIAS, dtype=np.int64)
+    position = 0
+    for layer in range(num_layers):
+        width = layer_input_size(layer, input_size, hidden_size, num_directions)
+        for direction in range(num_directions):
+            suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
+            row = layer * num_directions + direction
+            shapes = [("weight_ih", W_IH, (hidden_size, width)), ("weight_hh", W_HH, (hidden_size, hidden_size))]
+            if bias:
+                shapes += [("bias_ih", B_IH, (hidden_size,)), ("bias_hh", B_HH, (hidden_size,))]
+            for stem, column, shape in shapes:
+                offsets[row, column] = position
+                entries.append((stem + suffix, position, shape))
+                position += int(np.prod(shape))
+    return entries, offsets, position
+
+
+def named_views(flat, entries):
+    """Views of ``flat`` named as in ``entries``; writing to a view writes to ``flat``."""
+    return {name: flat[offset : offset + int(np.prod(shape))].reshape(shape) for name, offset, shape in entries}

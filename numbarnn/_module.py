@@ -1,0 +1,104 @@
+"""What every numbarnn module shares: parameters and gradients in two flat buffers, named views onto them,
+``state_dict``/``load_state_dict``, ``zero_grad`` and the training/evaluation switch."""
+
+import numpy as np
+
+from ._layout import named_views
+from ._validation import check_dtype
+
+
+class Module:
+    """Base class: owns ``params`` and ``grads`` (dicts of named views into one flat buffer each).
+
+    Subclasses call :meth:`_init_parameters` with their layout entries ``(name, offset, shape)``. Parameters are
+    reachable as attributes (``module.weight_ih_l0``); assigning to one copies into the existing buffer, so the flat
+    buffer, ``params`` and the optimisers always see the same memory.
+    """
+
+    training = True
+
+    def _init_parameters(self, entries, total, dtype, bound, rng):
+        dtype = check_dtype(dtype)
+        flat = rng.uniform(-bound, bound, size=total).astype(dtype)
+        grad_flat = np.zeros(total, dtype=dtype)
+        object.__setattr__(self, "_param_flat", flat)
+        object.__setattr__(self, "_grad_flat", grad_flat)
+        object.__setattr__(self, "params", named_views(flat, entries))
+        object.__setattr__(self, "grads", named_views(grad_flat, entries))
+        object.__setattr__(self, "dtype", dtype)
+
+    def __getattr__(self, name):
+        params = self.__dict__.get("params")
+        if params is not None and name in params:
+            return params[name]
+        raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
+
+    def __setattr__(self, name, value):
+        params = self.__dict__.get("params")
+        if params is not None and name in params:
+            self._assign(name, value)
+        else:
+            object.__setattr__(self, name, value)
+
+    def _assign(self, name, value):
+        target = self.params[name]
+        source = np.asarray(value)
+        if source.shape != target.shape:
+            raise ValueError(
+                f"size mismatch for {name}: copying a param with shape {source.shape} from checkpoint, "
+                f"the shape in current model is {target.shape}."
+            )
+        target[...] = source  # casts to the module dtype
+
+    # -- state -------------------------------------------------------------------------------------------------
+    def state_dict(self):
+        """A dict of copies of the parameters, in torch's order and with torch's names."""
+        return {name: value.copy() for name, value in self.params.items()}
+
+    def load_state_dict(self, state_dict, strict=True):
+        """Copy parameters in from any mapping of array-likes (numpy arrays, torch tensors, lists).
+
+        Values are cast to the module dtype. With ``strict`` (the default) the names must match exactly.
+        """
+        missing = [name for name in self.params if name not in state_dict]
+        unexpected = [name for name in state_dict if name not in self.params]
+        if strict and (missing or unexpected):
+            parts = []
+            if missing:
+                parts.append("Missing key(s) in state_dict: " + ", ".join(f'"{k}"' for k in missing) + ".")
+            if unexpected:
+                parts.append("Unexpected key(s) in state_dict: " + ", ".join(f'"{k}"' for k in unexpected) + ".")
+            raise KeyError(f"Error(s) in loading state_dict for {type(self).__name__}: " + " ".join(parts))
+        sources = {}
+        for name in self.params:
+            if name in state_dict:
+                value = state_dict[name]
+                if hasattr(value, "detach"):  # a torch tensor that requires grad
+                    value = value.detach()
+                sources[name] = np.asarray(value)
+                if sources[name].shape != self.params[name].shape:
+                    raise ValueError(
+                        f"size mismatch for {name}: copying a param with shape {sources[name].shape} from "
+                        f"checkpoint, the shape in current model is {self.params[name].shape}."
+                    )
+        for name, value in sources.items():  # checked everything first: a failed load changes nothing
+            self.params[name][...] = value
+        return self
+
+    def zero_grad(self):
+        """Set every gradient to zero."""
+        self._grad_flat[:] = 0
+
+    # -- modes -------------------------------------------------------------------------------------------------
+    def train(self, mode=True):
+        """Switch to training mode (the default for a new module); returns the module."""
+        object.__setattr__(self, "training", bool(mode))
+        return self
+
+    def eval(self):
+        """Switch to evaluation mode: no dropout, and nothing is kept for a backward pass."""
+        return self.train(False)
+
+    def parameters(self):
+        """The parameter arrays (views), in order."""
+        return list(self.params.values())

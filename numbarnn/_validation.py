@@ -1,0 +1,52 @@
+"""Argument checks shared by the public classes; every message says what was expected, what was given, and the fix."""
+
+import numbers
+
+import numpy as np
+
+SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def check_dtype(dtype):
+    """The module dtype as an ``np.dtype``: float32 or float64."""
+    try:
+        resolved = np.dtype(dtype)
+    except TypeError as error:
+        raise TypeError(f"dtype must be np.float32 or np.float64, got {dtype!r}") from error
+    if resolved not in SUPPORTED_DTYPES:
+        raise TypeError(f"dtype must be np.float32 or np.float64, got {resolved}")
+    return resolved
+
+
+def check_size(value, name):
+    """A positive integer size, with torch's messages."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} should be of type int, got: {type(value).__name__}")
+    if value <= 0:
+        raise ValueError(f"{name} must be greater than zero")
+    return int(value)
+
+
+def check_nonlinearity(nonlinearity):
+    if nonlinearity not in ("tanh", "relu"):
+        raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
+    return nonlinearity
+
+
+def as_array(value, name, dtype):
+    """``value`` as an ndarray of ``dtype`` (no copy); any other dtype is an error that names the conversion."""
+    array = np.asarray(value)
+    if array.dtype != dtype:
+        raise ValueError(
+            f"{name} must have the type {dtype}, got type {array.dtype}; convert it with {name}.astype(np.{dtype})"
+        )
+    return array
+
+
+def as_optional_array(value, name, dtype):
+    return None if value is None else as_array(value, name, dtype)
+
+
+def check_shape(array, expected, name):
+    if array.shape != tuple(expected):
+        raise ValueError(f"Expected {name} of shape {tuple(expected)}, got {array.shape}")
