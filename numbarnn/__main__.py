@@ -1,0 +1,31 @@
+"""Command line: ``python -m numbarnn {demo,check,bench}`` (also installed as the ``numbarnn`` command)."""
+
+import argparse
+import importlib
+import sys
+
+# subcommand -> (module that implements it, one-line help); each module has add_arguments(parser) and run(args).
+COMMANDS = {
+    "demo": ("numbarnn.demo", "train a character-level language model on the bundled corpus (the main job)"),
+    "check": ("numbarnn.check", "compare outputs and gradients with torch.nn.RNN / RNNCell over a grid of settings"),
+    "bench": ("numbarnn.bench", "time numbarnn and torch.nn.RNN side by side (forward and training step)"),
+}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="numbarnn", description=__doc__)
+    subparsers = parser.add_subparsers(dest="command", metavar="{" + ",".join(COMMANDS) + "}")
+    modules = {}
+    for name, (module_name, help_text) in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        modules[name] = module
+        module.add_arguments(subparsers.add_parser(name, help=help_text, description=help_text))
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    return modules[args.command].run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

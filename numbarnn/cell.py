@@ -1,0 +1,198 @@
+"""``numbarnn.RNNCell``: one step of an Elman RNN with ``torch.nn.RNNCell``'s surface, and a tape for BPTT."""
+
+import warnings
+
+import numpy as np
+
+from ._backward import rnn_backward
+from ._forward import rnn_forward
+from ._layout import build_layout
+from ._module import Module
+from ._validation import as_array, check_nonlinearity, check_size
+from ._workspace import Workspace
+
+# A training-mode cell records every call until backward() consumes it; past this many unconsumed calls it warns
+# once, since a cell used for inference without eval() would otherwise grow memory without bound.
+TAPE_WARNING_LENGTH = 10_000
+
+_TORCH_NAMES = {"weight_ih_l0": "weight_ih", "weight_hh_l0": "weight_hh", "bias_ih_l0": "bias_ih",
+                "bias_hh_l0": "bias_hh"}
+
+
+class RNNCell(Module):
+    r"""One Elman RNN step, :math:`h' = \tanh(x W_{ih}^T + b_{ih} + h W_{hh}^T + b_{hh})`, like ``torch.nn.RNNCell``.
+
+    Parameters
+    ----------
+    input_size : int
+        H_in, features of the input.
+    hidden_size : int
+        H_out, features of the hidden state.
+    bias : bool, default True
+    nonlinearity : {'tanh', 'relu'}, default 'tanh'
+        Checked here, in the constructor (torch checks it only at the first call).
+    dtype : np.float32 or np.float64, keyword-only, default np.float32
+    seed : int or np.random.Generator, keyword-only, optional
+        Seeds the initialisation U(-1/sqrt(H_out), 1/sqrt(H_out)).
+
+    Attributes
+    ----------
+    weight_ih (H_out, H_in), weight_hh (H_out, H_out), bias_ih, bias_hh (H_out,) : ndarray
+        Also in ``params``; their gradients in ``grads``.
+    training : bool
+        In training mode (the default) each call is recorded on a tape, and each :meth:`backward` consumes the most
+        recent unconsumed call (last in, first out), so ``for x_t in X: h = cell(x_t, h)`` is trained by calling
+        ``backward`` for the steps in reverse order. In eval mode nothing is recorded. :meth:`zero_grad` also clears
+        the tape; a warning is issued once the tape holds ``TAPE_WARNING_LENGTH`` unconsumed calls.
+    """
+
+    def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh", *, dtype=np.float32, seed=None):
+        self.input_size = check_size(input_size, "input_size")
+        self.hidden_size = check_size(hidden_size, "hidden_size")
+        self.bias = bool(bias)
+        self.nonlinearity = check_nonlinearity(nonlinearity)
+        entries, self._offsets, total = build_layout(self.input_size, self.hidden_size, 1, 1, self.bias)
+        entries = [(_TORCH_NAMES[name], offset, shape) for name, offset, shape in entries]
+        self._init_parameters(entries, total, dtype, 1.0 / np.sqrt(self.hidden_size), np.random.default_rng(seed))
+        self._tape = []
+        self._warned_tape = False
+
+    def __repr__(self):
+        extra = f"{self.input_size}, {self.hidden_size}"
+        if not self.bias:
+            extra += ", bias=False"
+        if self.nonlinearity != "tanh":
+            extra += f", nonlinearity='{self.nonlinearity}'"
+        return f"RNNCell({extra})"
+
+    def __call__(self, input, hx=None):
+        return self.forward(input, hx)
+
+    def forward(self, input, hx=None):
+        """One step.
+
+        Parameters
+        ----------
+        input : ndarray
+            (N, H_in) or unbatched (H_in,), of the module dtype.
+        hx : ndarray, optional
+            (N, H_out) or (H_out,); zeros when omitted.
+
+        Returns
+        -------
+        h' : ndarray
+            (N, H_out) or (H_out,).
+        """
+        x = np.asarray(input)
+        if x.ndim not in (1, 2):
+            raise ValueError(f"RNNCell: Expected input to be 1D or 2D, got {x.ndim}D instead")
+        if hx is not None:
+            hx = np.asarray(hx)
+            if hx.ndim not in (1, 2):
+                raise ValueError(f"RNNCell: Expected hidden to be 1D or 2D, got {hx.ndim}D instead")
+        x = as_array(x, "input", self.dtype)
+        if x.shape[-1] != self.input_size:
+            raise ValueError(f"input has inconsistent input_size: got {x.shape[-1]} expected {self.input_size}")
+        batched = x.ndim == 2
+        x = x if batched else x[None]
+        batch = x.shape[0]
+        if batch == 0:
+            raise ValueError("Expected batch size to be larger than 0 in RNNCell")
+        if hx is not None:
+            hx = as_array(hx, "hx", self.dtype)
+            if hx.ndim != x.ndim:
+                raise ValueError(
+                    f"RNNCell: input is {x.ndim if batched else 1}-D but hx is {hx.ndim}-D; give both batched "
+                    "(N, H) or both unbatched (H,)"
+                )
+            hx = hx if batched else hx[None]
+            if hx.shape[0] != batch:
+                raise ValueError(f"Input batch size {batch} doesn't match hidden0 batch size {hx.shape[0]}")
+            if hx.shape[1] != self.hidden_size:
+                raise ValueError(
+                    f"hidden0 has inconsistent hidden_size: got {hx.shape[1]}, expected {self.hidden_size}"
+                )
+        hidden = self.hidden_size
+        training = self.training
+        buffers = Workspace()
+        x_rows = buffers.get("x", x.shape, self.dtype)
+        x_rows[:] = x
+        h_start = np.zeros((1, batch, hidden), self.dtype)
+        if hx is not None:
+            h_start[0] = hx
+        empty = buffers.get("empty", (0, batch, hidden), self.dtype)
+        h_prev = buffers.get("h_prev", (1, 1, batch if training else 0, hidden), self.dtype)
+        top_out = buffers.get("top_out", (batch, hidden), self.dtype)
+        rnn_forward(x_rows, h_start, self._param_flat, self._offsets, np.array([0, batch], dtype=np.int64), 1,
+                    self.nonlinearity == "relu", empty, empty, empty, h_prev,
+                    buffers.get("z", (1, batch, hidden), self.dtype),
+                    buffers.get("step_tmp", (1, batch, hidden), self.dtype), top_out, h_start)
+        if training:
+            self._record(x_rows, h_prev, top_out, batched)
+        result = top_out.copy() if training else top_out  # the tape keeps its own copy of h'
+        return result if batched else result[0]
+
+    def backward(self, grad_h):
+        """Backpropagate through the most recent unconsumed call.
+
+        Parameters
+        ----------
+        grad_h : ndarray
+            Gradient with respect to that call's output h', same shape.
+
+        Returns
+        -------
+        grad_input : ndarray
+            Gradient with respect to that call's input, same shape.
+        grad_hx : ndarray
+            Gradient with respect to that call's hx (also when hx was omitted), shaped like h'.
+        """
+        if not self._tape:
+            if not self.training:
+                raise RuntimeError(
+                    "backward() has no recorded call: the cell is in eval mode, which records nothing; call "
+                    "cell.train() and run the forward steps again"
+                )
+            raise RuntimeError(
+                "backward() has no recorded call left: every call has been consumed (one backward per forward "
+                "call, in reverse order); run the forward steps again"
+            )
+        x_rows, h_prev, top_out, batched = self._tape[-1]
+        batch, hidden = top_out.shape
+        grad = as_array(grad_h, "grad_h", self.dtype)
+        expected = (batch, hidden) if batched else (hidden,)
+        if grad.shape != expected:
+            raise ValueError(
+                f"grad_h must have shape {expected} (the shape of the output of the call being backpropagated), "
+                f"got {grad.shape}"
+            )
+        self._tape.pop()
+        grad_rows = np.ascontiguousarray(grad.reshape(batch, hidden))
+        grad_x = np.empty_like(x_rows)
+        grad_hx = np.empty((1, batch, hidden), self.dtype)
+        empty = np.empty((0, batch, hidden), self.dtype)
+        widest = max(self.input_size, hidden)
+        rnn_backward(x_rows, self._param_flat, self._offsets, np.array([0, batch], dtype=np.int64), 1,
+                     self.nonlinearity == "relu", empty, empty, empty, h_prev, top_out, grad_rows,
+                     np.zeros((1, batch, hidden), self.dtype), self._grad_flat, grad_x, grad_hx,
+                     np.empty((batch, hidden), self.dtype), np.empty((1, batch, hidden), self.dtype),
+                     np.empty(batch * widest, self.dtype), np.empty(hidden * widest, self.dtype))
+        if not batched:
+            return grad_x[0], grad_hx[0, 0]
+        return grad_x, grad_hx[0]
+
+    def zero_grad(self):
+        """Set every gradient to zero and drop the tape of recorded calls."""
+        super().zero_grad()
+        self._tape.clear()
+
+    def _record(self, x_rows, h_prev, top_out, batched):
+        self._tape.append((x_rows, h_prev, top_out, batched))
+        if len(self._tape) >= TAPE_WARNING_LENGTH and not self._warned_tape:
+            self._warned_tape = True
+            warnings.warn(
+                f"RNNCell in training mode has recorded {len(self._tape)} calls that no backward() consumed; for "
+                "inference call cell.eval() (which records nothing), or call cell.zero_grad() to drop the tape",
+                RuntimeWarning,
+                stacklevel=3,
+            )
