@@ -1,0 +1,137 @@
+"""``python -m numbarnn check``: compare numbarnn with torch.nn.RNN / RNNCell over a grid of settings.
+
+For each setting both libraries get the same weights and inputs; the table shows the largest error of the output,
+h_n and every gradient (input, h_0, each parameter), each relative to the largest magnitude of torch's value.
+"""
+
+import itertools
+import sys
+
+import numpy as np
+
+# Relative tolerances: float64 results agree to ~1e-15; float32 to a few ulp times the depth of the computation.
+TOLERANCES = {"float64": 1e-10, "float32": 1e-5}
+
+
+def add_arguments(parser):
+    parser.add_argument("--seed", type=int, default=0, help="seed for weights and data (default 0)")
+    parser.add_argument("--steps", type=int, default=7, help="sequence length L (default 7)")
+    parser.add_argument("--batch", type=int, default=3, help="batch size N (default 3)")
+
+
+def _relative_error(ours, theirs):
+    theirs = np.asarray(theirs, dtype=np.float64)
+    scale = max(float(np.abs(theirs).max(initial=0.0)), 1e-30)
+    return float(np.abs(np.asarray(ours, dtype=np.float64) - theirs).max(initial=0.0)) / scale
+
+
+def _torch_dtype(torch, dtype):
+    return torch.float64 if dtype == "float64" else torch.float32
+
+
+def _check_rnn(torch, numbarnn, config, dtype, steps, batch, rng):
+    layers, bidirectional, nonlinearity, bias, batch_first, use_lengths = config
+    input_size, hidden = 4, 5
+    reference = torch.nn.RNN(input_size, hidden, layers, nonlinearity=nonlinearity, bias=bias,
+                             batch_first=batch_first, bidirectional=bidirectional, dtype=_torch_dtype(torch, dtype))
+    ours = numbarnn.RNN(input_size, hidden, layers, nonlinearity=nonlinearity, bias=bias, batch_first=batch_first,
+                        bidirectional=bidirectional, dtype=dtype)
+    ours.load_state_dict(reference.state_dict())
+    directions = 2 if bidirectional else 1
+    x = rng.standard_normal((batch, steps, input_size) if batch_first else (steps, batch, input_size)).astype(dtype)
+    h_0 = rng.standard_normal((layers * directions, batch, hidden)).astype(dtype)
+    lengths = rng.integers(1, steps + 1, size=batch) if use_lengths else None
+    x_t = torch.tensor(x, requires_grad=True)
+    h_0_t = torch.tensor(h_0, requires_grad=True)
+    if use_lengths:
+        packed = torch.nn.utils.rnn.pack_padded_sequence(x_t, torch.tensor(lengths), batch_first=batch_first,
+                                                         enforce_sorted=False)
+        packed_out, h_n_t = reference(packed, h_0_t)
+        out_t, _ = torch.nn.utils.rnn.pad_packed_sequence(packed_out, batch_first=batch_first, total_length=steps)
+    else:
+        out_t, h_n_t = reference(x_t, h_0_t)
+    out, h_n = ours(x, h_0, lengths=lengths)
+    grad_out = rng.standard_normal(out.shape).astype(dtype)
+    grad_h_n = rng.standard_normal(h_n.shape).astype(dtype)
+    ((out_t * torch.tensor(grad_out)).sum() + (h_n_t * torch.tensor(grad_h_n)).sum()).backward()
+    grad_x, grad_h_0 = ours.backward(grad_out, grad_h_n)
+    errors = {"output": _relative_error(out, out_t.detach()), "h_n": _relative_error(h_n, h_n_t.detach())}
+    gradient_errors = [_relative_error(grad_x, x_t.grad), _relative_error(grad_h_0, h_0_t.grad)]
+    gradient_errors += [_relative_error(ours.grads[name], p.grad) for name, p in reference.named_parameters()]
+    errors["gradients"] = max(gradient_errors)
+    return errors
+
+
+def _check_cell(torch, numbarnn, config, dtype, steps, batch, rng):
+    nonlinearity, bias = config
+    input_size, hidden = 4, 5
+    reference = torch.nn.RNNCell(input_size, hidden, bias=bias, nonlinearity=nonlinearity,
+                                 dtype=_torch_dtype(torch, dtype))
+    ours = numbarnn.RNNCell(input_size, hidden, bias=bias, nonlinearity=nonlinearity, dtype=dtype)
+    ours.load_state_dict(reference.state_dict())
+    xs = rng.standard_normal((steps, batch, input_size)).astype(dtype)
+    xs_t = torch.tensor(xs, requires_grad=True)
+    h, h_t, outputs, outputs_t = None, None, [], []
+    for t in range(steps):
+        h = ours(xs[t], h)
+        h_t = reference(xs_t[t], h_t)
+        outputs.append(h)
+        outputs_t.append(h_t)
+    grads = rng.standard_normal((steps, batch, hidden)).astype(dtype)
+    (torch.stack(outputs_t) * torch.tensor(grads)).sum().backward()
+    grad_xs = np.empty_like(xs)
+    carried = np.zeros((batch, hidden), dtype)
+    for t in reversed(range(steps)):
+        grad_xs[t], carried = ours.backward(grads[t] + carried)
+    gradient_errors = [_relative_error(grad_xs, xs_t.grad)]
+    gradient_errors += [_relative_error(ours.grads[name], p.grad) for name, p in reference.named_parameters()]
+    return {"output": _relative_error(np.stack(outputs), torch.stack(outputs_t).detach()), "h_n": 0.0,
+            "gradients": max(gradient_errors)}
+
+
+def run(args):
+    try:
+        import torch
+    except ImportError:
+        print("numbarnn check compares against PyTorch, which is not installed. Install the CPU build with\n"
+              "    pip install torch==2.13.0\n"
+              "or the test extra: pip install -e \".[test]\"", file=sys.stderr)
+        return 2
+    import numbarnn
+
+    rng = np.random.default_rng(args.seed)
+    torch.manual_seed(args.seed)
+    rnn_grid = list(itertools.product((1, 2, 3), (False, True), ("tanh", "relu"), (True, False), (False, True),
+                                      (False, True)))
+    rows, failed = [], 0
+    header = f"{'module':<8} {'layers':>6} {'bidir':>5} {'act':>4} {'bias':>5} {'b_first':>7} {'lengths':>7} " \
+             f"{'dtype':>7} {'output':>9} {'h_n':>9} {'grads':>9}  ok"
+    print(header)
+    print("-" * len(header))
+    worst = {dtype: 0.0 for dtype in TOLERANCES}
+    cases = [("RNN", config) for config in rnn_grid if config[3] or config[0] == 2]  # bias=False on 2 layers only
+    cases += [("RNNCell", config) for config in itertools.product(("tanh", "relu"), (True, False))]
+    for dtype in TOLERANCES:
+        for module, config in cases:
+            if module == "RNN":
+                errors = _check_rnn(torch, numbarnn, config, dtype, args.steps, args.batch, rng)
+                layers, bidirectional, nonlinearity, bias, batch_first, use_lengths = config
+            else:
+                errors = _check_cell(torch, numbarnn, config, dtype, args.steps, args.batch, rng)
+                (nonlinearity, bias), layers, bidirectional, batch_first, use_lengths = config, 1, False, False, False
+            largest = max(errors.values())
+            worst[dtype] = max(worst[dtype], largest)
+            ok = largest <= TOLERANCES[dtype]
+            failed += not ok
+            print(f"{module:<8} {layers:>6} {str(bidirectional):>5} {nonlinearity:>4} {str(bias):>5} "
+                  f"{str(batch_first):>7} {str(use_lengths):>7} {dtype:>7} {errors['output']:>9.2e} "
+                  f"{errors['h_n']:>9.2e} {errors['gradients']:>9.2e}  {'yes' if ok else 'NO'}")
+            rows.append(errors)
+    print()
+    for dtype, tolerance in TOLERANCES.items():
+        print(f"largest relative error, {dtype}: {worst[dtype]:.2e} (tolerance {tolerance:.0e})")
+    if failed:
+        print(f"{failed} of {len(rows)} settings exceed the tolerance", file=sys.stderr)
+        return 1
+    print(f"all {len(rows)} settings agree with torch")
+    return 0
