@@ -11,18 +11,18 @@ from ._activations import activation_slope
 from ._forward import layer_input, layer_output, parameter_views
 from ._jit import jit
 from ._layout import B_HH, B_IH, NO_BIAS, W_HH, W_IH
-from ._matmul import matmul
+from ._matmul import matmul_transposed_b
 
 
 @jit
-def direction_backward(grad_y, y, w_hh, step_offsets, reverse, relu, column, carry, dz):
+def direction_backward(grad_y, y, w_hh_transposed, step_offsets, reverse, relu, column, carry, dz):
     """Reverse-time loop of one direction.
 
     ``grad_y``/``y`` (R, D * H) are the gradient and value of the layer output (this direction's columns start at
-    ``column``); ``carry`` (N, H) holds the gradient of h_n on entry and of h_0 on exit; ``dz`` (R, H) receives the
-    gradient of the pre-activations.
+    ``column``); ``w_hh_transposed`` is a C-contiguous copy of W_hh.T; ``carry`` (N, H) holds the gradient of h_n on
+    entry and of h_0 on exit; ``dz`` (R, H) receives the gradient of the pre-activations.
     """
-    hidden = w_hh.shape[0]
+    hidden = w_hh_transposed.shape[0]
     steps = step_offsets.size - 1
     for s in range(steps):
         t = s if reverse else steps - 1 - s
@@ -32,7 +32,7 @@ def direction_backward(grad_y, y, w_hh, step_offsets, reverse, relu, column, car
             for j in range(hidden):
                 r = r0 + i
                 dz[r, j] = (grad_y[r, column + j] + carry[i, j]) * activation_slope(y[r, column + j], relu)
-        matmul(dz[r0 : r0 + n], w_hh, carry[:n])
+        matmul_transposed_b(dz[r0 : r0 + n], w_hh_transposed, carry[:n])
 
 
 @jit
@@ -87,8 +87,10 @@ def rnn_backward(x, params, offsets, step_offsets, num_directions, relu, dropout
         for d in range(num_directions):
             row = l * num_directions + d
             w_ih, w_hh, _, _ = parameter_views(params, offsets, row, width, hidden, zeros)
-            direction_backward(grad_y, layer_output(l, num_layers, layer_out, top_out), w_hh, step_offsets, d == 1, relu, d * hidden, grad_h_0[row],
-                               dz[d])
+            w_hh_transposed = weight_tmp[: hidden * hidden].reshape((hidden, hidden))
+            w_hh_transposed[:] = w_hh.T
+            direction_backward(grad_y, layer_output(l, num_layers, layer_out, top_out), w_hh_transposed,
+                               step_offsets, d == 1, relu, d * hidden, grad_h_0[row], dz[d])
         # grad_y is read for the last time above; grad_layer may now be overwritten with the next layer's gradient.
         for d in range(num_directions):
             row = l * num_directions + d
