@@ -3,9 +3,14 @@
 Rows are *packed*: the rows of time step ``t`` are ``step_offsets[t]:step_offsets[t + 1]``, and the batch is sorted
 by decreasing length, so the sequences still running at step ``t`` are always a prefix of the batch. With equal
 lengths the packing is simply ``x.reshape(L * N, H_in)``.
+
+Two drivers share every piece: :func:`rnn_forward` runs the directions one after the other (all threading comes from
+BLAS), :func:`rnn_forward_parallel` runs the two directions of a bidirectional layer on two threads (BLAS must then be
+single-threaded, which the caller arranges).
 """
 
 import numpy as np
+from numba import prange
 
 from ._activations import activate
 from ._jit import jit
@@ -46,6 +51,14 @@ def layer_input(l, x, dropout_scale, layer_in, layer_out):
 
 
 @jit
+def prepare_layer_input(l, x, dropout_scale, layer_in, layer_out):
+    """Apply the dropout mask to the previous layer's output (training only) and return the rows layer ``l`` reads."""
+    if l > 0 and dropout_scale.shape[0] > 0:
+        np.multiply(layer_out[(l - 1) % layer_out.shape[0]], dropout_scale[l - 1], layer_in[l - 1])
+    return layer_input(l, x, dropout_scale, layer_in, layer_out)
+
+
+@jit
 def direction_forward(inputs, w_ih, w_hh, b_ih, b_hh, step_offsets, reverse, relu, z, step_tmp, h, h_prev, out,
                       column):
     """Run one direction of one layer.
@@ -73,9 +86,19 @@ def direction_forward(inputs, w_ih, w_hh, b_ih, b_hh, step_offsets, reverse, rel
 
 
 @jit
+def layer_direction_forward(l, d, inputs, params, offsets, step_offsets, num_directions, relu, h_prev, z, step_tmp,
+                            out, h_n, zeros):
+    row = l * num_directions + d
+    hidden = h_n.shape[2]
+    w_ih, w_hh, b_ih, b_hh = parameter_views(params, offsets, row, inputs.shape[1], hidden, zeros)
+    direction_forward(inputs, w_ih, w_hh, b_ih, b_hh, step_offsets, d == 1, relu, z[d], step_tmp[d], h_n[row],
+                      h_prev[l, d], out, d * hidden)
+
+
+@jit
 def rnn_forward(x, h_0, params, offsets, step_offsets, num_directions, relu, dropout_scale, layer_in, layer_out,
                 h_prev, z, step_tmp, top_out, h_n):
-    """Forward pass of a stacked (bi)directional RNN over packed rows.
+    """Forward pass of a stacked (bi)directional RNN over packed rows, one direction after the other.
 
     Parameters
     ----------
@@ -92,17 +115,27 @@ def rnn_forward(x, h_0, params, offsets, step_offsets, num_directions, relu, dro
     top_out : (R, D * H) output of the last layer (output).
     h_n : (num_layers * D, N, H) final states (output).
     """
-    hidden = h_n.shape[2]
     num_layers = offsets.shape[0] // num_directions
-    zeros = np.zeros(hidden, params.dtype)
+    zeros = np.zeros(h_n.shape[2], params.dtype)
     h_n[:] = h_0
     for l in range(num_layers):
-        if l > 0 and dropout_scale.shape[0] > 0:
-            np.multiply(layer_out[(l - 1) % layer_out.shape[0]], dropout_scale[l - 1], layer_in[l - 1])
-        inputs = layer_input(l, x, dropout_scale, layer_in, layer_out)
+        inputs = prepare_layer_input(l, x, dropout_scale, layer_in, layer_out)
         out = layer_output(l, num_layers, layer_out, top_out)
         for d in range(num_directions):
-            row = l * num_directions + d
-            w_ih, w_hh, b_ih, b_hh = parameter_views(params, offsets, row, inputs.shape[1], hidden, zeros)
-            direction_forward(inputs, w_ih, w_hh, b_ih, b_hh, step_offsets, d == 1, relu, z[d], step_tmp[d],
-                              h_n[row], h_prev[l, d], out, d * hidden)
+            layer_direction_forward(l, d, inputs, params, offsets, step_offsets, num_directions, relu, h_prev, z,
+                                    step_tmp, out, h_n, zeros)
+
+
+@jit(parallel=True)
+def rnn_forward_parallel(x, h_0, params, offsets, step_offsets, num_directions, relu, dropout_scale, layer_in,
+                         layer_out, h_prev, z, step_tmp, top_out, h_n):
+    """:func:`rnn_forward` with the directions of each layer on separate threads (call with single-threaded BLAS)."""
+    num_layers = offsets.shape[0] // num_directions
+    zeros = np.zeros(h_n.shape[2], params.dtype)
+    h_n[:] = h_0
+    for l in range(num_layers):
+        inputs = prepare_layer_input(l, x, dropout_scale, layer_in, layer_out)
+        out = layer_output(l, num_layers, layer_out, top_out)
+        for d in prange(num_directions):
+            layer_direction_forward(l, d, inputs, params, offsets, step_offsets, num_directions, relu, h_prev, z,
+                                    step_tmp, out, h_n, zeros)
