@@ -14,6 +14,7 @@ from ._activations import activation_slope
 from ._forward import layer_input, layer_output, parameter_views
 from ._jit import jit
 from ._layout import B_HH, B_IH, NO_BIAS, W_HH, W_IH
+from ._loops import add_2d, add_into_flat, copy_3d, copy_transposed, multiply_2d
 from ._matmul import matmul_transposed_b
 
 
@@ -42,8 +43,7 @@ def direction_backward(grad_y, y, w_hh_transposed, step_offsets, reverse, relu, 
 def accumulate_weight_gradient(dz, inputs, grads, offset, product):
     """``grads[offset:...] += dz.T @ inputs`` through the (H, width) workspace ``product``."""
     np.dot(dz.T, inputs, product)
-    target = grads[offset : offset + product.size].reshape(product.shape)
-    target += product
+    add_into_flat(grads, offset, product)
 
 
 @jit
@@ -55,29 +55,10 @@ def accumulate_bias_gradient(dz, grads, offsets, row, column_sums):
     for r in range(dz.shape[0]):
         for j in range(dz.shape[1]):
             column_sums[j] += dz[r, j]
-    for column in (B_IH, B_HH):
-        o = offsets[row, column]
-        grads[o : o + column_sums.size] += column_sums
-
-
-@jit
-def layer_direction_backward(l, d, inputs, grad_y, y, params, offsets, step_offsets, num_directions, relu, h_prev,
-                             grads, grad_h_0, dz, grad_input, weight_tmp, zeros):
-    """All gradients of one direction of layer ``l``; writes that direction's part of the input gradient to
-    ``grad_input`` (R, width) and uses ``weight_tmp`` (H * max(width, H),) as its own scratch."""
-    row = l * num_directions + d
-    hidden = grad_h_0.shape[2]
-    width = inputs.shape[1]
-    w_ih, w_hh, _, _ = parameter_views(params, offsets, row, width, hidden, zeros)
-    w_hh_transposed = weight_tmp[: hidden * hidden].reshape((hidden, hidden))
-    w_hh_transposed[:] = w_hh.T
-    direction_backward(grad_y, y, w_hh_transposed, step_offsets, d == 1, relu, d * hidden, grad_h_0[row], dz[d])
-    accumulate_weight_gradient(dz[d], h_prev[l, d], grads, offsets[row, W_HH],
-                               weight_tmp[: hidden * hidden].reshape((hidden, hidden)))
-    accumulate_weight_gradient(dz[d], inputs, grads, offsets[row, W_IH],
-                               weight_tmp[: hidden * width].reshape((hidden, width)))
-    accumulate_bias_gradient(dz[d], grads, offsets, row, weight_tmp[:hidden])
-    np.dot(dz[d], w_ih, grad_input)
+    o_ih, o_hh = offsets[row, B_IH], offsets[row, B_HH]
+    for j in range(column_sums.size):
+        grads[o_ih + j] += column_sums[j]
+        grads[o_hh + j] += column_sums[j]
 
 
 @jit
@@ -99,9 +80,9 @@ def finish_layer_gradient(l, num_directions, dropout_scale, grad_x, grad_layer, 
     if num_directions == 2:
         partial_0 = grad_input_tmp[0, : rows * width].reshape((rows, width))
         partial_1 = grad_input_tmp[1, : rows * width].reshape((rows, width))
-        np.add(partial_0, partial_1, destination)
+        add_2d(partial_0, partial_1, destination)
     if l > 0 and dropout_scale.shape[0] > 0:
-        destination *= dropout_scale[l - 1]
+        multiply_2d(destination, dropout_scale[l - 1], destination)
 
 
 @jit
@@ -122,17 +103,29 @@ def rnn_backward(x, params, offsets, step_offsets, num_directions, relu, dropout
     """
     rows = step_offsets[-1]
     num_layers = offsets.shape[0] // num_directions
-    zeros = np.zeros(grad_h_n.shape[2], params.dtype)
-    grad_h_0[:] = grad_h_n
+    hidden = grad_h_n.shape[2]
+    zeros = np.zeros(hidden, params.dtype)
+    copy_3d(grad_h_n, grad_h_0)
     for l in range(num_layers - 1, -1, -1):
         inputs = layer_input(l, x, dropout_scale, layer_in, layer_out)
         y = layer_output(l, num_layers, layer_out, top_out)
         grad_y = grad_output if l == num_layers - 1 else grad_layer
         width = inputs.shape[1]
         for d in range(num_directions):
-            grad_input = input_gradient_target(l, d, num_directions, grad_x, grad_layer, grad_input_tmp, rows, width)
-            layer_direction_backward(l, d, inputs, grad_y, y, params, offsets, step_offsets, num_directions, relu,
-                                     h_prev, grads, grad_h_0, dz, grad_input, weight_tmp[d], zeros)
+            row = l * num_directions + d
+            w_ih, w_hh, _, _ = parameter_views(params, offsets, row, width, hidden, zeros)
+            scratch = weight_tmp[d]
+            w_hh_transposed = scratch[: hidden * hidden].reshape((hidden, hidden))
+            copy_transposed(w_hh, w_hh_transposed)
+            direction_backward(grad_y, y, w_hh_transposed, step_offsets, d == 1, relu, d * hidden, grad_h_0[row],
+                               dz[d])
+            # The weight and bias gradients and this direction's input gradient, each over all rows at once.
+            accumulate_weight_gradient(dz[d], h_prev[l, d], grads, offsets[row, W_HH], w_hh_transposed)
+            accumulate_weight_gradient(dz[d], inputs, grads, offsets[row, W_IH],
+                                       scratch[: hidden * width].reshape((hidden, width)))
+            accumulate_bias_gradient(dz[d], grads, offsets, row, scratch[:hidden])
+            np.dot(dz[d], w_ih, input_gradient_target(l, d, num_directions, grad_x, grad_layer, grad_input_tmp, rows,
+                                                      width))
         finish_layer_gradient(l, num_directions, dropout_scale, grad_x, grad_layer, grad_input_tmp, rows, width)
 
 
@@ -143,15 +136,27 @@ def rnn_backward_parallel(x, params, offsets, step_offsets, num_directions, relu
     """:func:`rnn_backward` with the directions of each layer on separate threads (call with single-threaded BLAS)."""
     rows = step_offsets[-1]
     num_layers = offsets.shape[0] // num_directions
-    zeros = np.zeros(grad_h_n.shape[2], params.dtype)
-    grad_h_0[:] = grad_h_n
+    hidden = grad_h_n.shape[2]
+    zeros = np.zeros(hidden, params.dtype)
+    copy_3d(grad_h_n, grad_h_0)
     for l in range(num_layers - 1, -1, -1):
         inputs = layer_input(l, x, dropout_scale, layer_in, layer_out)
         y = layer_output(l, num_layers, layer_out, top_out)
         grad_y = grad_output if l == num_layers - 1 else grad_layer
         width = inputs.shape[1]
         for d in prange(num_directions):
-            grad_input = input_gradient_target(l, d, num_directions, grad_x, grad_layer, grad_input_tmp, rows, width)
-            layer_direction_backward(l, d, inputs, grad_y, y, params, offsets, step_offsets, num_directions, relu,
-                                     h_prev, grads, grad_h_0, dz, grad_input, weight_tmp[d], zeros)
+            row = l * num_directions + d
+            w_ih, w_hh, _, _ = parameter_views(params, offsets, row, width, hidden, zeros)
+            scratch = weight_tmp[d]
+            w_hh_transposed = scratch[: hidden * hidden].reshape((hidden, hidden))
+            copy_transposed(w_hh, w_hh_transposed)
+            direction_backward(grad_y, y, w_hh_transposed, step_offsets, d == 1, relu, d * hidden, grad_h_0[row],
+                               dz[d])
+            # The weight and bias gradients and this direction's input gradient, each over all rows at once.
+            accumulate_weight_gradient(dz[d], h_prev[l, d], grads, offsets[row, W_HH], w_hh_transposed)
+            accumulate_weight_gradient(dz[d], inputs, grads, offsets[row, W_IH],
+                                       scratch[: hidden * width].reshape((hidden, width)))
+            accumulate_bias_gradient(dz[d], grads, offsets, row, scratch[:hidden])
+            np.dot(dz[d], w_ih, input_gradient_target(l, d, num_directions, grad_x, grad_layer, grad_input_tmp, rows,
+                                                      width))
         finish_layer_gradient(l, num_directions, dropout_scale, grad_x, grad_layer, grad_input_tmp, rows, width)

@@ -15,6 +15,7 @@ from numba import prange
 from ._activations import activate
 from ._jit import jit
 from ._layout import B_HH, B_IH, NO_BIAS, W_HH, W_IH
+from ._loops import copy_2d, copy_3d, multiply_2d
 from ._matmul import matmul_transposed_b
 
 
@@ -54,7 +55,7 @@ def layer_input(l, x, dropout_scale, layer_in, layer_out):
 def prepare_layer_input(l, x, dropout_scale, layer_in, layer_out):
     """Apply the dropout mask to the previous layer's output (training only) and return the rows layer ``l`` reads."""
     if l > 0 and dropout_scale.shape[0] > 0:
-        np.multiply(layer_out[(l - 1) % layer_out.shape[0]], dropout_scale[l - 1], layer_in[l - 1])
+        multiply_2d(layer_out[(l - 1) % layer_out.shape[0]], dropout_scale[l - 1], layer_in[l - 1])
     return layer_input(l, x, dropout_scale, layer_in, layer_out)
 
 
@@ -76,23 +77,13 @@ def direction_forward(inputs, w_ih, w_hh, b_ih, b_hh, step_offsets, reverse, rel
         r0 = step_offsets[t]
         n = step_offsets[t + 1] - r0
         if keep_h_prev:
-            h_prev[r0 : r0 + n] = h[:n]
+            copy_2d(h[:n], h_prev[r0 : r0 + n])
         matmul_transposed_b(h[:n], w_hh, step_tmp[:n])
         for i in range(n):
             for j in range(hidden):
                 v = activate((z[r0 + i, j] + b_ih[j]) + (step_tmp[i, j] + b_hh[j]), relu)
                 h[i, j] = v
                 out[r0 + i, column + j] = v
-
-
-@jit
-def layer_direction_forward(l, d, inputs, params, offsets, step_offsets, num_directions, relu, h_prev, z, step_tmp,
-                            out, h_n, zeros):
-    row = l * num_directions + d
-    hidden = h_n.shape[2]
-    w_ih, w_hh, b_ih, b_hh = parameter_views(params, offsets, row, inputs.shape[1], hidden, zeros)
-    direction_forward(inputs, w_ih, w_hh, b_ih, b_hh, step_offsets, d == 1, relu, z[d], step_tmp[d], h_n[row],
-                      h_prev[l, d], out, d * hidden)
 
 
 @jit
@@ -116,14 +107,17 @@ def rnn_forward(x, h_0, params, offsets, step_offsets, num_directions, relu, dro
     h_n : (num_layers * D, N, H) final states (output).
     """
     num_layers = offsets.shape[0] // num_directions
-    zeros = np.zeros(h_n.shape[2], params.dtype)
-    h_n[:] = h_0
+    hidden = h_n.shape[2]
+    zeros = np.zeros(hidden, params.dtype)
+    copy_3d(h_0, h_n)
     for l in range(num_layers):
         inputs = prepare_layer_input(l, x, dropout_scale, layer_in, layer_out)
         out = layer_output(l, num_layers, layer_out, top_out)
         for d in range(num_directions):
-            layer_direction_forward(l, d, inputs, params, offsets, step_offsets, num_directions, relu, h_prev, z,
-                                    step_tmp, out, h_n, zeros)
+            row = l * num_directions + d
+            w_ih, w_hh, b_ih, b_hh = parameter_views(params, offsets, row, inputs.shape[1], hidden, zeros)
+            direction_forward(inputs, w_ih, w_hh, b_ih, b_hh, step_offsets, d == 1, relu, z[d], step_tmp[d],
+                              h_n[row], h_prev[l, d], out, d * hidden)
 
 
 @jit(parallel=True)
@@ -131,11 +125,14 @@ def rnn_forward_parallel(x, h_0, params, offsets, step_offsets, num_directions, 
                          layer_out, h_prev, z, step_tmp, top_out, h_n):
     """:func:`rnn_forward` with the directions of each layer on separate threads (call with single-threaded BLAS)."""
     num_layers = offsets.shape[0] // num_directions
-    zeros = np.zeros(h_n.shape[2], params.dtype)
-    h_n[:] = h_0
+    hidden = h_n.shape[2]
+    zeros = np.zeros(hidden, params.dtype)
+    copy_3d(h_0, h_n)
     for l in range(num_layers):
         inputs = prepare_layer_input(l, x, dropout_scale, layer_in, layer_out)
         out = layer_output(l, num_layers, layer_out, top_out)
         for d in prange(num_directions):
-            layer_direction_forward(l, d, inputs, params, offsets, step_offsets, num_directions, relu, h_prev, z,
-                                    step_tmp, out, h_n, zeros)
+            row = l * num_directions + d
+            w_ih, w_hh, b_ih, b_hh = parameter_views(params, offsets, row, inputs.shape[1], hidden, zeros)
+            direction_forward(inputs, w_ih, w_hh, b_ih, b_hh, step_offsets, d == 1, relu, z[d], step_tmp[d],
+                              h_n[row], h_prev[l, d], out, d * hidden)
