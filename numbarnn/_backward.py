@@ -2,15 +2,19 @@
 
 The reverse-time loop carries only ``dz_t = (dy_t + dh_t) * act'(y_t)`` and ``dh_{t-1} = dz_t @ W_hh``. Everything
 that does not depend on the previous step — the weight gradients, both bias gradients and the input gradient — is
-computed after the loop with large GEMMs and reductions over all rows.
+computed after the loop with large GEMMs and reductions over all rows. As in the forward pass, one driver runs the
+directions in turn and one runs them on two threads; each direction owns its slice of every workspace and of the
+gradient buffer, and the two partial input gradients are added after the parallel loop.
 """
 
 import numpy as np
+from numba import prange
 
 from ._activations import activation_slope
 from ._forward import layer_input, layer_output, parameter_views
 from ._jit import jit
 from ._layout import B_HH, B_IH, NO_BIAS, W_HH, W_IH
+from ._loops import add_2d, add_into_flat, copy_3d, copy_transposed, multiply_2d
 from ._matmul import matmul_transposed_b
 
 
@@ -39,8 +43,7 @@ def direction_backward(grad_y, y, w_hh_transposed, step_offsets, reverse, relu, 
 def accumulate_weight_gradient(dz, inputs, grads, offset, product):
     """``grads[offset:...] += dz.T @ inputs`` through the (H, width) workspace ``product``."""
     np.dot(dz.T, inputs, product)
-    target = grads[offset : offset + product.size].reshape(product.shape)
-    target += product
+    add_into_flat(grads, offset, product)
 
 
 @jit
@@ -52,9 +55,34 @@ def accumulate_bias_gradient(dz, grads, offsets, row, column_sums):
     for r in range(dz.shape[0]):
         for j in range(dz.shape[1]):
             column_sums[j] += dz[r, j]
-    for column in (B_IH, B_HH):
-        o = offsets[row, column]
-        grads[o : o + column_sums.size] += column_sums
+    o_ih, o_hh = offsets[row, B_IH], offsets[row, B_HH]
+    for j in range(column_sums.size):
+        grads[o_ih + j] += column_sums[j]
+        grads[o_hh + j] += column_sums[j]
+
+
+@jit
+def input_gradient_target(l, d, num_directions, grad_x, grad_layer, grad_input_tmp, rows, width):
+    """Where direction ``d`` of layer ``l`` writes its part of the input gradient.
+
+    With one direction that is the input gradient itself (``grad_x``, or ``grad_layer`` for the layer below, which
+    the direction has finished reading by then). With two, each writes its own partial buffer, since one direction
+    may still read ``grad_layer`` while the other is done; :func:`finish_layer_gradient` adds them.
+    """
+    if num_directions == 2:
+        return grad_input_tmp[d, : rows * width].reshape((rows, width))
+    return grad_x if l == 0 else grad_layer
+
+
+@jit
+def finish_layer_gradient(l, num_directions, dropout_scale, grad_x, grad_layer, grad_input_tmp, rows, width):
+    destination = grad_x if l == 0 else grad_layer
+    if num_directions == 2:
+        partial_0 = grad_input_tmp[0, : rows * width].reshape((rows, width))
+        partial_1 = grad_input_tmp[1, : rows * width].reshape((rows, width))
+        add_2d(partial_0, partial_1, destination)
+    if l > 0 and dropout_scale.shape[0] > 0:
+        multiply_2d(destination, dropout_scale[l - 1], destination)
 
 
 @jit
@@ -70,41 +98,65 @@ def rnn_backward(x, params, offsets, step_offsets, num_directions, relu, dropout
     grad_h_n : (num_layers * D, N, H) gradient of the final states.
     grads : (P,) flat parameter gradients, accumulated into.
     grad_x : (R, H_in) gradient of the input rows (output). grad_h_0 : (num_layers * D, N, H) (output).
-    grad_layer : (R, D * H), dz : (D, R, H), grad_input_tmp : (R * max(H_in, D * H),),
-    weight_tmp : (H * max(H_in, D * H, H),) workspaces.
+    grad_layer : (R, D * H), dz : (D, R, H), grad_input_tmp : (D, R * max(H_in, D * H)) and
+    weight_tmp : (D, H * max(H_in, D * H, H)) workspaces.
     """
-    hidden = grad_h_n.shape[2]
     rows = step_offsets[-1]
     num_layers = offsets.shape[0] // num_directions
+    hidden = grad_h_n.shape[2]
     zeros = np.zeros(hidden, params.dtype)
-    grad_h_0[:] = grad_h_n
-    column_sums = weight_tmp[:hidden]
+    copy_3d(grad_h_n, grad_h_0)
     for l in range(num_layers - 1, -1, -1):
         inputs = layer_input(l, x, dropout_scale, layer_in, layer_out)
-        width = inputs.shape[1]
+        y = layer_output(l, num_layers, layer_out, top_out)
         grad_y = grad_output if l == num_layers - 1 else grad_layer
-        destination = grad_x if l == 0 else grad_layer
+        width = inputs.shape[1]
         for d in range(num_directions):
             row = l * num_directions + d
             w_ih, w_hh, _, _ = parameter_views(params, offsets, row, width, hidden, zeros)
-            w_hh_transposed = weight_tmp[: hidden * hidden].reshape((hidden, hidden))
-            w_hh_transposed[:] = w_hh.T
-            direction_backward(grad_y, layer_output(l, num_layers, layer_out, top_out), w_hh_transposed,
-                               step_offsets, d == 1, relu, d * hidden, grad_h_0[row], dz[d])
-        # grad_y is read for the last time above; grad_layer may now be overwritten with the next layer's gradient.
-        for d in range(num_directions):
-            row = l * num_directions + d
-            w_ih, w_hh, _, _ = parameter_views(params, offsets, row, width, hidden, zeros)
-            accumulate_weight_gradient(dz[d], h_prev[l, d], grads, offsets[row, W_HH],
-                                       weight_tmp[: hidden * hidden].reshape((hidden, hidden)))
+            scratch = weight_tmp[d]
+            w_hh_transposed = scratch[: hidden * hidden].reshape((hidden, hidden))
+            copy_transposed(w_hh, w_hh_transposed)
+            direction_backward(grad_y, y, w_hh_transposed, step_offsets, d == 1, relu, d * hidden, grad_h_0[row],
+                               dz[d])
+            # The weight and bias gradients and this direction's input gradient, each over all rows at once.
+            accumulate_weight_gradient(dz[d], h_prev[l, d], grads, offsets[row, W_HH], w_hh_transposed)
             accumulate_weight_gradient(dz[d], inputs, grads, offsets[row, W_IH],
-                                       weight_tmp[: hidden * width].reshape((hidden, width)))
-            accumulate_bias_gradient(dz[d], grads, offsets, row, column_sums)
-            if d == 0:
-                np.dot(dz[d], w_ih, destination)
-            else:
-                partial = grad_input_tmp[: rows * width].reshape((rows, width))
-                np.dot(dz[d], w_ih, partial)
-                destination += partial
-        if l > 0 and dropout_scale.shape[0] > 0:
-            destination *= dropout_scale[l - 1]
+                                       scratch[: hidden * width].reshape((hidden, width)))
+            accumulate_bias_gradient(dz[d], grads, offsets, row, scratch[:hidden])
+            np.dot(dz[d], w_ih, input_gradient_target(l, d, num_directions, grad_x, grad_layer, grad_input_tmp, rows,
+                                                      width))
+        finish_layer_gradient(l, num_directions, dropout_scale, grad_x, grad_layer, grad_input_tmp, rows, width)
+
+
+@jit(parallel=True)
+def rnn_backward_parallel(x, params, offsets, step_offsets, num_directions, relu, dropout_scale, layer_in, layer_out,
+                          h_prev, top_out, grad_output, grad_h_n, grads, grad_x, grad_h_0, grad_layer, dz,
+                          grad_input_tmp, weight_tmp):
+    """:func:`rnn_backward` with the directions of each layer on separate threads (call with single-threaded BLAS)."""
+    rows = step_offsets[-1]
+    num_layers = offsets.shape[0] // num_directions
+    hidden = grad_h_n.shape[2]
+    zeros = np.zeros(hidden, params.dtype)
+    copy_3d(grad_h_n, grad_h_0)
+    for l in range(num_layers - 1, -1, -1):
+        inputs = layer_input(l, x, dropout_scale, layer_in, layer_out)
+        y = layer_output(l, num_layers, layer_out, top_out)
+        grad_y = grad_output if l == num_layers - 1 else grad_layer
+        width = inputs.shape[1]
+        for d in prange(num_directions):
+            row = l * num_directions + d
+            w_ih, w_hh, _, _ = parameter_views(params, offsets, row, width, hidden, zeros)
+            scratch = weight_tmp[d]
+            w_hh_transposed = scratch[: hidden * hidden].reshape((hidden, hidden))
+            copy_transposed(w_hh, w_hh_transposed)
+            direction_backward(grad_y, y, w_hh_transposed, step_offsets, d == 1, relu, d * hidden, grad_h_0[row],
+                               dz[d])
+            # The weight and bias gradients and this direction's input gradient, each over all rows at once.
+            accumulate_weight_gradient(dz[d], h_prev[l, d], grads, offsets[row, W_HH], w_hh_transposed)
+            accumulate_weight_gradient(dz[d], inputs, grads, offsets[row, W_IH],
+                                       scratch[: hidden * width].reshape((hidden, width)))
+            accumulate_bias_gradient(dz[d], grads, offsets, row, scratch[:hidden])
+            np.dot(dz[d], w_ih, input_gradient_target(l, d, num_directions, grad_x, grad_layer, grad_input_tmp, rows,
+                                                      width))
+        finish_layer_gradient(l, num_directions, dropout_scale, grad_x, grad_layer, grad_input_tmp, rows, width)

@@ -3,13 +3,19 @@
 Rows are *packed*: the rows of time step ``t`` are ``step_offsets[t]:step_offsets[t + 1]``, and the batch is sorted
 by decreasing length, so the sequences still running at step ``t`` are always a prefix of the batch. With equal
 lengths the packing is simply ``x.reshape(L * N, H_in)``.
+
+Two drivers share every piece: :func:`rnn_forward` runs the directions one after the other (all threading comes from
+BLAS), :func:`rnn_forward_parallel` runs the two directions of a bidirectional layer on two threads (BLAS must then be
+single-threaded, which the caller arranges).
 """
 
 import numpy as np
+from numba import prange
 
 from ._activations import activate
 from ._jit import jit
 from ._layout import B_HH, B_IH, NO_BIAS, W_HH, W_IH
+from ._loops import copy_2d, copy_3d, multiply_2d
 from ._matmul import matmul_transposed_b
 
 
@@ -46,6 +52,14 @@ def layer_input(l, x, dropout_scale, layer_in, layer_out):
 
 
 @jit
+def prepare_layer_input(l, x, dropout_scale, layer_in, layer_out):
+    """Apply the dropout mask to the previous layer's output (training only) and return the rows layer ``l`` reads."""
+    if l > 0 and dropout_scale.shape[0] > 0:
+        multiply_2d(layer_out[(l - 1) % layer_out.shape[0]], dropout_scale[l - 1], layer_in[l - 1])
+    return layer_input(l, x, dropout_scale, layer_in, layer_out)
+
+
+@jit
 def direction_forward(inputs, w_ih, w_hh, b_ih, b_hh, step_offsets, reverse, relu, z, step_tmp, h, h_prev, out,
                       column):
     """Run one direction of one layer.
@@ -63,7 +77,7 @@ def direction_forward(inputs, w_ih, w_hh, b_ih, b_hh, step_offsets, reverse, rel
         r0 = step_offsets[t]
         n = step_offsets[t + 1] - r0
         if keep_h_prev:
-            h_prev[r0 : r0 + n] = h[:n]
+            copy_2d(h[:n], h_prev[r0 : r0 + n])
         matmul_transposed_b(h[:n], w_hh, step_tmp[:n])
         for i in range(n):
             for j in range(hidden):
@@ -75,7 +89,7 @@ def direction_forward(inputs, w_ih, w_hh, b_ih, b_hh, step_offsets, reverse, rel
 @jit
 def rnn_forward(x, h_0, params, offsets, step_offsets, num_directions, relu, dropout_scale, layer_in, layer_out,
                 h_prev, z, step_tmp, top_out, h_n):
-    """Forward pass of a stacked (bi)directional RNN over packed rows.
+    """Forward pass of a stacked (bi)directional RNN over packed rows, one direction after the other.
 
     Parameters
     ----------
@@ -92,16 +106,32 @@ def rnn_forward(x, h_0, params, offsets, step_offsets, num_directions, relu, dro
     top_out : (R, D * H) output of the last layer (output).
     h_n : (num_layers * D, N, H) final states (output).
     """
-    hidden = h_n.shape[2]
     num_layers = offsets.shape[0] // num_directions
+    hidden = h_n.shape[2]
     zeros = np.zeros(hidden, params.dtype)
-    h_n[:] = h_0
+    copy_3d(h_0, h_n)
     for l in range(num_layers):
-        if l > 0 and dropout_scale.shape[0] > 0:
-            np.multiply(layer_out[(l - 1) % layer_out.shape[0]], dropout_scale[l - 1], layer_in[l - 1])
-        inputs = layer_input(l, x, dropout_scale, layer_in, layer_out)
+        inputs = prepare_layer_input(l, x, dropout_scale, layer_in, layer_out)
         out = layer_output(l, num_layers, layer_out, top_out)
         for d in range(num_directions):
+            row = l * num_directions + d
+            w_ih, w_hh, b_ih, b_hh = parameter_views(params, offsets, row, inputs.shape[1], hidden, zeros)
+            direction_forward(inputs, w_ih, w_hh, b_ih, b_hh, step_offsets, d == 1, relu, z[d], step_tmp[d],
+                              h_n[row], h_prev[l, d], out, d * hidden)
+
+
+@jit(parallel=True)
+def rnn_forward_parallel(x, h_0, params, offsets, step_offsets, num_directions, relu, dropout_scale, layer_in,
+                         layer_out, h_prev, z, step_tmp, top_out, h_n):
+    """:func:`rnn_forward` with the directions of each layer on separate threads (call with single-threaded BLAS)."""
+    num_layers = offsets.shape[0] // num_directions
+    hidden = h_n.shape[2]
+    zeros = np.zeros(hidden, params.dtype)
+    copy_3d(h_0, h_n)
+    for l in range(num_layers):
+        inputs = prepare_layer_input(l, x, dropout_scale, layer_in, layer_out)
+        out = layer_output(l, num_layers, layer_out, top_out)
+        for d in prange(num_directions):
             row = l * num_directions + d
             w_ih, w_hh, b_ih, b_hh = parameter_views(params, offsets, row, inputs.shape[1], hidden, zeros)
             direction_forward(inputs, w_ih, w_hh, b_ih, b_hh, step_offsets, d == 1, relu, z[d], step_tmp[d],

@@ -12,7 +12,9 @@ def pack(source, order, step_offsets, packed):
     for t in range(step_offsets.size - 1):
         r0 = step_offsets[t]
         for i in range(step_offsets[t + 1] - r0):
-            packed[r0 + i] = source[t, order[i]]
+            row = source[t, order[i]]
+            for j in range(row.size):
+                packed[r0 + i, j] = row[j]
 
 
 @jit
@@ -22,4 +24,6 @@ def unpack(packed, order, step_offsets, target):
     for t in range(step_offsets.size - 1):
         r0 = step_offsets[t]
         for i in range(step_offsets[t + 1] - r0):
-            target[t, order[i]] = packed[r0 + i]
+            row = target[t, order[i]]
+            for j in range(row.size):
+                row[j] = packed[r0 + i, j]

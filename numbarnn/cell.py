@@ -176,7 +176,7 @@ class RNNCell(Module):
                      self.nonlinearity == "relu", empty, empty, empty, h_prev, top_out, grad_rows,
                      np.zeros((1, batch, hidden), self.dtype), self._grad_flat, grad_x, grad_hx,
                      np.empty((batch, hidden), self.dtype), np.empty((1, batch, hidden), self.dtype),
-                     np.empty(batch * widest, self.dtype), np.empty(hidden * widest, self.dtype))
+                     np.empty((1, 0), self.dtype), np.empty((1, hidden * widest), self.dtype))
         if not batched:
             return grad_x[0], grad_hx[0, 0]
         return grad_x, grad_hx[0]

@@ -5,13 +5,13 @@ import warnings
 
 import numpy as np
 
-from ._backward import rnn_backward
-from ._forward import rnn_forward
+from ._backward import rnn_backward, rnn_backward_parallel
+from ._forward import rnn_forward, rnn_forward_parallel
 from ._layout import build_layout
 from ._module import Module
 from ._packing import pack, unpack
+from ._threads import parallel_directions_context
 from ._validation import as_array, check_nonlinearity, check_size
-from ._workspace import Workspace
 
 
 class RNN(Module):
@@ -81,8 +81,9 @@ class RNN(Module):
         )
         self._init_parameters(entries, total, dtype, 1.0 / np.sqrt(self.hidden_size), rng)
         self._dropout_rng = rng
-        self._workspace = Workspace()
+        self._workspace = _EmptyWorkspace()
         self._record = None  # what the last training forward left for backward
+        self._step_offsets = None
 
     def __repr__(self):
         extra = f"{self.input_size}, {self.hidden_size}"
@@ -135,66 +136,66 @@ class RNN(Module):
         elif not batched:
             x = x[:, None, :]
         steps, batch = x.shape[0], x.shape[1]
-        if batched and lengths is not None:
+        if lengths is None:
+            order, step_offsets = None, self._equal_step_offsets(steps, batch)
+        elif batched:
             order, step_offsets = _sort_by_length(lengths, steps, batch)
-        elif lengths is not None:
+        else:
             raise ValueError(
                 "lengths needs batched 3-D input, got unbatched 2-D input; add a batch dimension "
                 "(input[:, None] or input[None]) or leave lengths out"
             )
-        else:
-            order, step_offsets = None, self._equal_step_offsets(steps, batch)
-        rows = int(step_offsets[-1])
-        layers, directions, hidden = self.num_layers, self.num_directions, self.hidden_size
-        width = directions * hidden
         training = self.training
-        buffers = self._workspace if training else Workspace()
+        buffers = self._forward_buffers(int(step_offsets[-1]), batch, training)
         if order is None and not training and x.flags.c_contiguous:
-            x_rows = x.reshape(rows, self.input_size)
+            x_rows = x.reshape(buffers.x_rows.shape)  # read in place: nothing outlives this call
         else:
-            x_rows = buffers.get("x", (rows, self.input_size), self.dtype)
-            pack(x, _identity(batch) if order is None else order, step_offsets, x_rows)
-        state_shape = (layers * directions, batch, hidden)
+            x_rows = buffers.x_rows
+            _to_rows(x, order, step_offsets, x_rows)
+        h_n = np.empty(buffers.state_shape, self.dtype)
         if h_0 is None:
-            h_start = np.zeros(state_shape, self.dtype)
+            h_n.fill(0)
         else:
-            h_start = h_0.reshape(state_shape)
-            h_start = h_start[:, order] if order is not None else np.ascontiguousarray(h_start)
-        apply_dropout = training and self.dropout > 0 and layers > 1
-        dropped = layers - 1 if apply_dropout else 0
-        dropout_scale = buffers.get("dropout_scale", (dropped, rows, width), self.dtype)
-        if apply_dropout:
-            self._draw_dropout_masks(dropout_scale)
-        layer_in = buffers.get("layer_in", (dropped, rows, width), self.dtype)
-        kept_layers = layers - 1 if training else min(layers - 1, 2)
-        layer_out = buffers.get("layer_out", (kept_layers, rows, width), self.dtype)
-        h_prev = buffers.get("h_prev", (layers, directions, rows if training else 0, hidden), self.dtype)
-        z = buffers.get("z", (directions, rows, hidden), self.dtype)
-        step_tmp = buffers.get("step_tmp", (directions, batch, hidden), self.dtype)
-        top_out = buffers.get("top_out", (rows, width), self.dtype)
-        h_n = np.empty(state_shape, self.dtype)
-        rnn_forward(x_rows, h_start, self._param_flat, self._offsets, step_offsets, directions,
-                    self.nonlinearity == "relu", dropout_scale, layer_in, layer_out, h_prev, z, step_tmp, top_out, h_n)
-
-        if order is None and not training:
-            output = top_out.reshape(steps, batch, width)  # this call's own buffer: no copy needed
-            if batched and self.batch_first:
-                output = np.ascontiguousarray(output.transpose(1, 0, 2))
+            h_0 = h_0.reshape(buffers.state_shape)
+            h_n[:] = h_0 if order is None else h_0[:, order]
+        if buffers.dropout_scale.shape[0]:
+            self._draw_dropout_masks(buffers.dropout_scale)
+        # h_n holds h_0 on entry: the kernel starts each direction from its row and leaves the final state there.
+        self._run(rnn_forward, rnn_forward_parallel, x_rows, h_n, self._param_flat, self._offsets, step_offsets,
+                  self.num_directions, self.nonlinearity == "relu", buffers.dropout_scale, buffers.layer_in,
+                  buffers.layer_out, buffers.h_prev, buffers.z, buffers.step_tmp, buffers.top_out, h_n)
+        if order is None and not training and not (batched and self.batch_first):
+            output = buffers.top_out.reshape(steps, batch, -1)  # this call's own buffer: no copy needed
         else:
-            output = np.empty((batch, steps, width) if batched and self.batch_first else (steps, batch, width),
-                              self.dtype)
-            time_major = output.transpose(1, 0, 2) if batched and self.batch_first else output
-            unpack(top_out, _identity(batch) if order is None else order, step_offsets, time_major)
+            output = _from_rows(buffers.top_out, order, step_offsets, steps, batch, batched and self.batch_first)
         if order is not None:
             h_n = _unsort(h_n, order)
-        if training:
-            self._record = _ForwardRecord(x_rows, order, step_offsets, batched, steps, batch, dropout_scale,
-                                          layer_in, layer_out, h_prev, top_out)
-        else:
-            self._record = None
+        self._record = _ForwardRecord(buffers, x_rows, order, step_offsets, batched) if training else None
         if not batched:
             return output[:, 0], h_n[:, 0]
         return output, h_n
+
+    def _forward_buffers(self, rows, batch, training):
+        """The forward workspaces for ``rows`` packed rows: the module's own, reused, in training mode; new ones
+        (released after the call) in eval mode."""
+        dropped = self.num_layers - 1 if training and self.dropout > 0 else 0
+        key = (rows, batch, dropped)
+        if training and self._workspace.key == key:
+            return self._workspace
+        buffers = _ForwardBuffers(key, self.input_size, self.hidden_size, self.num_layers, self.num_directions,
+                                  training, self.dtype)
+        if training:
+            self._workspace = buffers
+        return buffers
+
+    def _run(self, serial_kernel, parallel_kernel, *arguments):
+        """Call the kernel; a bidirectional module runs its two directions on two threads when it can."""
+        parallel = parallel_directions_context() if self.num_directions == 2 else None
+        if parallel is None:
+            serial_kernel(*arguments)
+        else:
+            with parallel:
+                parallel_kernel(*arguments)
 
     # -- backward ----------------------------------------------------------------------------------------------
     def backward(self, grad_output=None, grad_h_n=None):
@@ -218,52 +219,37 @@ class RNN(Module):
             Gradient with respect to ``h_0``, shaped like ``h_n`` (also when ``h_0`` was omitted).
         """
         record = self._take_record()
+        buffers = record.buffers
         layers, directions, hidden = self.num_layers, self.num_directions, self.hidden_size
-        batch, steps, width = record.batch, record.steps, directions * hidden
-        rows = int(record.step_offsets[-1])
-        order = _identity(batch) if record.order is None else record.order
-        time_major_shape = (steps, batch, width)
+        batch, steps = buffers.batch, record.steps
+        time_major = (steps, batch, directions * hidden)
         if not record.batched:
-            output_shape = (steps, width)
+            output_shape = (steps, directions * hidden)
         elif self.batch_first:
-            output_shape = (batch, steps, width)
+            output_shape = (batch, steps, directions * hidden)
         else:
-            output_shape = time_major_shape
-        state_shape = (layers * directions, batch, hidden)
-        buffers = self._workspace
-        grad_rows = buffers.get("grad_output", (rows, width), self.dtype)
+            output_shape = time_major
         if grad_output is None:
-            grad_rows[:] = 0
+            buffers.grad_output.fill(0)
         else:
             grad_output = _check_gradient(grad_output, "grad_output", output_shape, self.dtype)
-            if not record.batched:
-                grad_output = grad_output[:, None, :]
-            elif self.batch_first:
+            if self.batch_first and record.batched:
                 grad_output = grad_output.transpose(1, 0, 2)
-            pack(grad_output, order, record.step_offsets, grad_rows)
-        grad_h_n_sorted = buffers.get("grad_h_n", state_shape, self.dtype)
+            _to_rows(grad_output.reshape(time_major), record.order, record.step_offsets, buffers.grad_output)
         if grad_h_n is None:
-            grad_h_n_sorted[:] = 0
+            buffers.grad_h_n.fill(0)
         else:
-            hidden_shape = state_shape if record.batched else (layers * directions, hidden)
-            grad_h_n = _check_gradient(grad_h_n, "grad_h_n", hidden_shape, self.dtype).reshape(state_shape)
-            grad_h_n_sorted[:] = grad_h_n[:, order]
-        grad_x_rows = buffers.get("grad_x", (rows, self.input_size), self.dtype)
-        grad_h_0 = np.empty(state_shape, self.dtype)
-        widest = max(self.input_size, width, hidden)
-        rnn_backward(record.x_rows, self._param_flat, self._offsets, record.step_offsets, directions,
-                     self.nonlinearity == "relu", record.dropout_scale, record.layer_in, record.layer_out,
-                     record.h_prev, record.top_out, grad_rows, grad_h_n_sorted, self._grad_flat, grad_x_rows, grad_h_0,
-                     buffers.get("grad_layer", (rows, width), self.dtype),
-                     buffers.get("dz", (directions, rows, hidden), self.dtype),
-                     buffers.get("grad_input_tmp", (rows * widest,), self.dtype),
-                     buffers.get("weight_tmp", (hidden * widest,), self.dtype))
-        grad_input = np.empty(
-            (batch, steps, self.input_size) if record.batched and self.batch_first else (steps, batch, self.input_size),
-            self.dtype,
-        )
-        time_major = grad_input.transpose(1, 0, 2) if record.batched and self.batch_first else grad_input
-        unpack(grad_x_rows, order, record.step_offsets, time_major)
+            hidden_shape = buffers.state_shape if record.batched else (layers * directions, hidden)
+            grad_h_n = _check_gradient(grad_h_n, "grad_h_n", hidden_shape, self.dtype).reshape(buffers.state_shape)
+            buffers.grad_h_n[:] = grad_h_n if record.order is None else grad_h_n[:, record.order]
+        grad_h_0 = np.empty(buffers.state_shape, self.dtype)
+        self._run(rnn_backward, rnn_backward_parallel, record.x_rows, self._param_flat, self._offsets,
+                  record.step_offsets, directions, self.nonlinearity == "relu", buffers.dropout_scale,
+                  buffers.layer_in, buffers.layer_out, buffers.h_prev, buffers.top_out, buffers.grad_output,
+                  buffers.grad_h_n, self._grad_flat, buffers.grad_x, grad_h_0, buffers.grad_layer, buffers.dz,
+                  buffers.grad_input_tmp, buffers.weight_tmp)
+        grad_input = _from_rows(buffers.grad_x, record.order, record.step_offsets, steps, batch,
+                                record.batched and self.batch_first)
         if record.order is not None:
             grad_h_0 = _unsort(grad_h_0, record.order)
         if not record.batched:
@@ -305,7 +291,11 @@ class RNN(Module):
         return x, h_0
 
     def _equal_step_offsets(self, steps, batch):
-        return self._workspace.constant("step_offsets", (steps, batch), lambda: np.arange(steps + 1) * batch)
+        cached = self._step_offsets
+        if cached is None or cached.size != steps + 1 or cached[1] != batch:
+            cached = np.arange(steps + 1, dtype=np.int64) * batch
+            object.__setattr__(self, "_step_offsets", cached)
+        return cached
 
     def _draw_dropout_masks(self, scale):
         """Fill ``scale`` with 0 or 1 / (1 - p), each kept with probability 1 - p."""
@@ -338,16 +328,78 @@ class RNN(Module):
         return record
 
 
-class _ForwardRecord:
-    """What a training forward leaves for its backward pass (arrays are the module's reused buffers)."""
+class _ForwardBuffers:
+    """Every array the forward pass writes and the backward pass reads or writes, for one (rows, N) shape.
 
-    def __init__(self, x_rows, order, step_offsets, batched, steps, batch, dropout_scale, layer_in, layer_out, h_prev,
-                 top_out):
-        self.x_rows, self.order, self.step_offsets = x_rows, order, step_offsets
-        self.batched, self.steps, self.batch = batched, steps, batch
-        self.dropout_scale, self.layer_in, self.layer_out = dropout_scale, layer_in, layer_out
-        self.h_prev, self.top_out = h_prev, top_out
+    In training mode all layers' outputs and the states entering each step are kept for the backward pass; in eval
+    mode only two layer outputs ping-pong and no states are kept. The backward pass's own workspaces are allocated
+    the first time it runs.
+    """
+
+    def __init__(self, key, input_size, hidden, layers, directions, training, dtype):
+        rows, batch, dropped = key
+        width = directions * hidden
+        self.key, self.batch, self.dtype = key, batch, dtype
+        self.state_shape = (layers * directions, batch, hidden)
+        self.x_rows = np.empty((rows, input_size), dtype)
+        self.dropout_scale = np.empty((dropped, rows, width), dtype)
+        self.layer_in = np.empty((dropped, rows, width), dtype)
+        self.layer_out = np.empty((layers - 1 if training else min(layers - 1, 2), rows, width), dtype)
+        self.h_prev = np.empty((layers, directions, rows if training else 0, hidden), dtype)
+        self.z = np.empty((directions, rows, hidden), dtype)
+        self.step_tmp = np.empty((directions, batch, hidden), dtype)
+        self.top_out = np.empty((rows, width), dtype)
+        self._backward_shapes = {
+            "grad_output": (rows, width),
+            "grad_h_n": self.state_shape,
+            "grad_x": (rows, input_size),
+            "grad_layer": (rows, width),
+            "dz": (directions, rows, hidden),
+            # each direction's partial input gradient (bidirectional only) and weight-gradient scratch
+            "grad_input_tmp": (directions, rows * max(input_size, width) if directions == 2 else 0),
+            "weight_tmp": (directions, hidden * max(input_size, width, hidden)),
+        }
+
+    def __getattr__(self, name):
+        shape = self.__dict__["_backward_shapes"].get(name)
+        if shape is None:
+            raise AttributeError(name)
+        array = np.empty(shape, self.dtype)
+        setattr(self, name, array)  # allocated once, then found as an ordinary attribute
+        return array
+
+
+class _EmptyWorkspace:
+    key = None
+
+
+class _ForwardRecord:
+    """What a training forward leaves for its backward pass."""
+
+    def __init__(self, buffers, x_rows, order, step_offsets, batched):
+        self.buffers, self.x_rows, self.order, self.step_offsets = buffers, x_rows, order, step_offsets
+        self.batched = batched
+        self.steps = step_offsets.size - 1
         self.consumed = False
+
+
+def _to_rows(source, order, step_offsets, rows):
+    """Copy time-major (L, N, F) ``source`` into packed ``rows``."""
+    if order is None and source.flags.c_contiguous:
+        rows[:] = source.reshape(rows.shape)
+    else:
+        pack(source, _identity(source.shape[1]) if order is None else order, step_offsets, rows)
+
+
+def _from_rows(rows, order, step_offsets, steps, batch, batch_first):
+    """A new (L, N, F) array (or (N, L, F) with ``batch_first``) from packed ``rows``; zero where padded."""
+    features = rows.shape[1]
+    if order is None and not batch_first:
+        return rows.reshape(steps, batch, features).copy()
+    result = np.empty((batch, steps, features) if batch_first else (steps, batch, features), rows.dtype)
+    unpack(rows, _identity(batch) if order is None else order, step_offsets,
+           result.transpose(1, 0, 2) if batch_first else result)
+    return result
 
 
 def _check_gradient(value, name, shape, dtype):
