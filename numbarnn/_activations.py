@@ -64,5 +64,6 @@ def activate(v, relu):
 def activation_slope(y, relu):
     """Derivative of the activation, written in terms of its output ``y``."""
     if relu:
-        return _ONE if y > 0 else _ZERO
+        # torch masks where the output is <= 0, so a NaN output passes the gradient through
+        return _ZERO if y <= 0 else _ONE
     return _ONE - y * y

@@ -37,16 +37,6 @@ def as_array(value, name, dtype):
     """``value`` as an ndarray of ``dtype`` (no copy); any other dtype is an error that names the conversion."""
     array = np.asarray(value)
     if array.dtype != dtype:
-        raise ValueError(
-            f"{name} must have the type {dtype}, got type {array.dtype}; convert it with {name}.astype(np.{dtype})"
-        )
+        fix = f"{name}.astype(np.{dtype})" if isinstance(value, np.ndarray) else f"np.asarray({name}, dtype=np.{dtype})"
+        raise ValueError(f"{name} must have the type {dtype}, got type {array.dtype}; convert it with {fix}")
     return array
-
-
-def as_optional_array(value, name, dtype):
-    return None if value is None else as_array(value, name, dtype)
-
-
-def check_shape(array, expected, name):
-    if array.shape != tuple(expected):
-        raise ValueError(f"Expected {name} of shape {tuple(expected)}, got {array.shape}")

@@ -62,7 +62,7 @@ class RNNCell(Module):
         if not self.bias:
             extra += ", bias=False"
         if self.nonlinearity != "tanh":
-            extra += f", nonlinearity='{self.nonlinearity}'"
+            extra += f", nonlinearity={self.nonlinearity}"
         return f"RNNCell({extra})"
 
     def __call__(self, input, hx=None):
@@ -100,9 +100,9 @@ class RNNCell(Module):
             raise ValueError("Expected batch size to be larger than 0 in RNNCell")
         if hx is not None:
             hx = as_array(hx, "hx", self.dtype)
-            if hx.ndim != x.ndim:
+            if hx.ndim != (2 if batched else 1):
                 raise ValueError(
-                    f"RNNCell: input is {x.ndim if batched else 1}-D but hx is {hx.ndim}-D; give both batched "
+                    f"RNNCell: input is {2 if batched else 1}-D but hx is {hx.ndim}-D; give both batched "
                     "(N, H) or both unbatched (H,)"
                 )
             hx = hx if batched else hx[None]
@@ -154,8 +154,9 @@ class RNNCell(Module):
                     "cell.train() and run the forward steps again"
                 )
             raise RuntimeError(
-                "backward() has no recorded call left: every call has been consumed (one backward per forward "
-                "call, in reverse order); run the forward steps again"
+                "backward() has no recorded call to backpropagate through: the cell has not been called in training "
+                "mode since its tape was last emptied (each backward consumes one call, most recent first); run the "
+                "forward steps again"
             )
         x_rows, h_prev, top_out, batched = self._tape[-1]
         batch, hidden = top_out.shape

@@ -89,8 +89,6 @@ class RNN(Module):
         extra = f"{self.input_size}, {self.hidden_size}"
         if self.num_layers != 1:
             extra += f", num_layers={self.num_layers}"
-        if self.nonlinearity != "tanh":
-            extra += f", nonlinearity='{self.nonlinearity}'"
         if not self.bias:
             extra += ", bias=False"
         if self.batch_first:
@@ -218,7 +216,7 @@ class RNN(Module):
         grad_h_0 : ndarray
             Gradient with respect to ``h_0``, shaped like ``h_n`` (also when ``h_0`` was omitted).
         """
-        record = self._take_record()
+        record = self._unconsumed_record()
         buffers = record.buffers
         layers, directions, hidden = self.num_layers, self.num_directions, self.hidden_size
         batch, steps = buffers.batch, record.steps
@@ -242,6 +240,7 @@ class RNN(Module):
             hidden_shape = buffers.state_shape if record.batched else (layers * directions, hidden)
             grad_h_n = _check_gradient(grad_h_n, "grad_h_n", hidden_shape, self.dtype).reshape(buffers.state_shape)
             buffers.grad_h_n[:] = grad_h_n if record.order is None else grad_h_n[:, record.order]
+        record.consumed = True  # only now: a backward rejected for a bad gradient leaves the pass usable
         grad_h_0 = np.empty(buffers.state_shape, self.dtype)
         self._run(rnn_backward, rnn_backward_parallel, record.x_rows, self._param_flat, self._offsets,
                   record.step_offsets, directions, self.nonlinearity == "relu", buffers.dropout_scale,
@@ -303,12 +302,12 @@ class RNN(Module):
         if keep == 0:
             scale[:] = 0
             return
-        self._dropout_rng.random(out=scale)
+        self._dropout_rng.random(out=scale, dtype=scale.dtype)
         scale += keep  # u + (1 - p) >= 1 exactly when u >= p
         np.floor(scale, out=scale)
         scale *= 1.0 / keep
 
-    def _take_record(self):
+    def _unconsumed_record(self):
         record = self._record
         if record is None:
             if self.training:
@@ -324,7 +323,6 @@ class RNN(Module):
                 "backward() was already called for the last forward pass; run the forward pass again before the "
                 "next backward() (sum the gradients of both losses first if they come from one forward pass)"
             )
-        record.consumed = True
         return record
 
 
