@@ -15,16 +15,27 @@ _SETTERS = ("scipy_openblas_set_num_threads", "openblas_set_num_threads", "scipy
             "openblas_set_num_threads64_")
 
 
+def _scipy_blas_paths():
+    """Paths of the OpenBLAS that ``scipy.linalg.cython_blas`` uses (numpy's wheel bundles a separate copy)."""
+    import scipy
+    import scipy.linalg.cython_blas  # noqa: F401  (loads the library so that it appears in the process maps)
+
+    with open("/proc/self/maps") as maps:
+        paths = {line.split()[-1] for line in maps if "openblas" in line.rsplit("/", 1)[-1]}
+    paths = sorted(p for p in paths if os.path.isfile(p))
+    wheel_libs = os.path.join(os.path.dirname(os.path.dirname(scipy.__file__)), "scipy.libs")
+    bundled = [p for p in paths if os.path.dirname(p) == wheel_libs]
+    # A wheel install bundles scipy's own copy; elsewhere (conda, distro packages) one shared library is expected.
+    return bundled if bundled else paths if len(paths) == 1 else []
+
+
 def _find_scipy_blas():
     """``(set_num_threads, get_num_threads)`` of the BLAS numba calls, or None."""
     try:
-        import scipy.linalg.cython_blas  # noqa: F401  (loads the library so that it appears in the process maps)
-
-        with open("/proc/self/maps") as maps:
-            paths = {line.split()[-1] for line in maps if "openblas" in line and "scipy" in line}
+        paths = _scipy_blas_paths()
     except (ImportError, OSError):
         return None
-    for path in sorted(p for p in paths if os.path.isfile(p)):
+    for path in paths:
         library = ctypes.CDLL(path)
         for setter in _SETTERS:
             getter = setter.replace("set_", "get_")
