@@ -1,0 +1,134 @@
+"""``numbarnn.Linear``: an affine layer, ``y = x W^T + b``, with ``torch.nn.Linear``'s names and initialisation."""
+
+import numpy as np
+
+from ._dense import dense_backward, dense_forward
+from ._module import Module
+from ._validation import as_array, check_size
+from ._workspace import Workspace
+
+# What the kernels receive in place of a bias when there is none.
+_NO_BIAS = {np.dtype(dtype): np.empty(0, dtype) for dtype in (np.float32, np.float64)}
+
+
+class Linear(Module):
+    r"""Affine map over the last axis, :math:`y = x W^T + b`, like ``torch.nn.Linear``.
+
+    Parameters
+    ----------
+    in_features : int
+        H_in, the width of the input's last axis.
+    out_features : int
+        H_out, the width of the output's last axis.
+    bias : bool, default True
+        Whether to add a learned ``bias``.
+    dtype : np.float32 or np.float64, keyword-only, default np.float32
+        dtype of the parameters, and the dtype every input must have.
+    seed : int or np.random.Generator, keyword-only, optional
+        Seeds the initialisation: ``weight`` and ``bias`` are drawn from U(-1/sqrt(H_in), 1/sqrt(H_in)), which is
+        what torch's ``kaiming_uniform_(a=sqrt(5))`` and its bias rule amount to.
+
+    Attributes
+    ----------
+    weight (H_out, H_in), bias (H_out,) : ndarray
+        Also in ``params``; their gradients in ``grads`` (views into one flat buffer each).
+    training : bool
+        In training mode (the default) a forward keeps a reference to its input (not a copy: do not modify the
+        input in place before :meth:`backward`) for the weight gradient; in eval mode nothing is kept.
+    """
+
+    def __init__(self, in_features, out_features, bias=True, *, dtype=np.float32, seed=None):
+        self.in_features = check_size(in_features, "in_features")
+        self.out_features = check_size(out_features, "out_features")
+        self.bias_enabled = bool(bias)
+        weight_size = self.out_features * self.in_features
+        entries = [("weight", 0, (self.out_features, self.in_features))]
+        if self.bias_enabled:
+            entries.append(("bias", weight_size, (self.out_features,)))
+        total = weight_size + (self.out_features if self.bias_enabled else 0)
+        self._init_parameters(entries, total, dtype, 1.0 / np.sqrt(self.in_features), np.random.default_rng(seed))
+        self._workspace = Workspace()
+        self._saved_input = None  # (input as (rows, H_in), shape of the output) from the last training forward
+
+    def __getattr__(self, name):
+        # `bias` is a parameter when enabled (found by Module.__getattr__); without one it reads as None, as in torch.
+        if name == "bias" and "bias_enabled" in self.__dict__ and not self.__dict__["bias_enabled"]:
+            return None
+        return super().__getattr__(name)
+
+    def __repr__(self):
+        return f"Linear(in_features={self.in_features}, out_features={self.out_features}, bias={self.bias_enabled})"
+
+    def __call__(self, input):
+        return self.forward(input)
+
+    def forward(self, input):
+        """Apply the layer.
+
+        Parameters
+        ----------
+        input : ndarray
+            (..., H_in): any number of leading dimensions (also none), of the module dtype.
+
+        Returns
+        -------
+        ndarray
+            (..., H_out), a new array.
+        """
+        x = as_array(input, "input", self.dtype)
+        if x.ndim == 0:
+            raise ValueError(f"Linear: expected input of shape (..., {self.in_features}), got a 0-d array")
+        if x.shape[-1] != self.in_features:
+            raise ValueError(
+                f"Linear: input.shape[-1] must equal in_features={self.in_features}, got input of shape {x.shape}"
+            )
+        leading = x.shape[:-1]
+        x_rows = np.ascontiguousarray(x.reshape(-1, self.in_features))
+        out = np.empty((x_rows.shape[0], self.out_features), self.dtype)
+        dense_forward(x_rows, self.params["weight"], self.params["bias"] if self.bias_enabled else _NO_BIAS[self.dtype],
+                      out)
+        out_shape = leading + (self.out_features,)
+        self._saved_input = (x_rows, out_shape) if self.training else None
+        return out.reshape(out_shape)
+
+    def backward(self, grad_output):
+        """Backpropagate through the most recent training-mode forward pass.
+
+        ``weight`` and ``bias`` gradients are *added* to :attr:`grads` (as torch's ``.grad`` accumulates); call
+        :meth:`zero_grad` to clear them.
+
+        Parameters
+        ----------
+        grad_output : ndarray
+            (..., H_out), gradient of the loss with respect to that forward's output, same shape.
+
+        Returns
+        -------
+        ndarray
+            (..., H_in), gradient with respect to that forward's input.
+        """
+        if self._saved_input is None:
+            if self.training:
+                raise RuntimeError(
+                    "backward() needs a forward pass in training mode first; run the forward pass, then backward() "
+                    "(once per forward)"
+                )
+            raise RuntimeError(
+                "backward() needs a forward pass in training mode, but the module is in eval mode, which keeps "
+                "nothing for backward; call linear.train() and run the forward pass again"
+            )
+        x_rows, out_shape = self._saved_input
+        grad = as_array(grad_output, "grad_output", self.dtype)
+        if grad.shape != out_shape:
+            raise ValueError(
+                f"grad_output must have shape {out_shape} (the shape of the forward result), got {grad.shape}"
+            )
+        self._saved_input = None
+        grad_rows = np.ascontiguousarray(grad.reshape(-1, self.out_features))
+        weight = self.params["weight"]
+        grad_input = np.empty((grad_rows.shape[0], self.in_features), self.dtype)
+        # The weight product goes into a reused buffer first, so accumulating into grads allocates nothing per call.
+        dense_backward(x_rows, grad_rows, weight, self.grads["weight"],
+                       self.grads["bias"] if self.bias_enabled else _NO_BIAS[self.dtype],
+                       self._workspace.get("grad_weight", weight.shape, self.dtype), grad_input)
+        return grad_input.reshape(out_shape[:-1] + (self.in_features,))
