@@ -15,7 +15,8 @@ def test_readme_has_examples():
 
 
 @pytest.mark.parametrize("index", range(len(PYTHON_BLOCKS)))
-def test_readme_example_runs(index, capsys):
+def test_readme_example_runs(index, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # examples may write files
     exec(compile(PYTHON_BLOCKS[index], f"README.md[python block {index}]", "exec"), {"__name__": "__readme__"})
     printed = capsys.readouterr().out.split("\n")
     # A comment after a print() states what it prints (after a colon, if the comment also explains): hold the README
