@@ -14,19 +14,19 @@ from ._activations import activation_slope
 from ._forward import layer_input, layer_output, parameter_views
 from ._jit import jit
 from ._layout import B_HH, B_IH, NO_BIAS, W_HH, W_IH
-from ._loops import add_2d, add_into_flat, copy_3d, copy_transposed, multiply_2d
-from ._matmul import matmul_transposed_b
+from ._loops import add_2d, add_into_flat, copy_3d, multiply_2d
+from ._matmul import matmul
 
 
 @jit
-def direction_backward(grad_y, y, w_hh_transposed, step_offsets, reverse, relu, column, carry, dz):
+def direction_backward(grad_y, y, w_hh, step_offsets, reverse, relu, column, carry, dz):
     """Reverse-time loop of one direction.
 
     ``grad_y``/``y`` (R, D * H) are the gradient and value of the layer output (this direction's columns start at
-    ``column``); ``w_hh_transposed`` is a C-contiguous copy of W_hh.T; ``carry`` (N, H) holds the gradient of h_n on
-    entry and of h_0 on exit; ``dz`` (R, H) receives the gradient of the pre-activations.
+    ``column``); ``carry`` (N, H) holds the gradient of h_n on entry and of h_0 on exit; ``dz`` (R, H) receives the
+    gradient of the pre-activations.
     """
-    hidden = w_hh_transposed.shape[0]
+    hidden = w_hh.shape[0]
     steps = step_offsets.size - 1
     for s in range(steps):
         t = s if reverse else steps - 1 - s
@@ -36,7 +36,7 @@ def direction_backward(grad_y, y, w_hh_transposed, step_offsets, reverse, relu, 
             for j in range(hidden):
                 r = r0 + i
                 dz[r, j] = (grad_y[r, column + j] + carry[i, j]) * activation_slope(y[r, column + j], relu)
-        matmul_transposed_b(dz[r0 : r0 + n], w_hh_transposed, carry[:n])
+        matmul(dz[r0 : r0 + n], w_hh, carry[:n])
 
 
 @jit
@@ -76,6 +76,8 @@ def input_gradient_target(l, d, num_directions, grad_x, grad_layer, grad_input_t
 
 @jit
 def finish_layer_gradient(l, num_directions, dropout_scale, grad_x, grad_layer, grad_input_tmp, rows, width):
+    if l == 0 and grad_x.shape[0] == 0:
+        return
     destination = grad_x if l == 0 else grad_layer
     if num_directions == 2:
         partial_0 = grad_input_tmp[0, : rows * width].reshape((rows, width))
@@ -97,7 +99,8 @@ def rnn_backward(x, params, offsets, step_offsets, num_directions, relu, dropout
     grad_output : (R, D * H) gradient of the top layer's output rows.
     grad_h_n : (num_layers * D, N, H) gradient of the final states.
     grads : (P,) flat parameter gradients, accumulated into.
-    grad_x : (R, H_in) gradient of the input rows (output). grad_h_0 : (num_layers * D, N, H) (output).
+    grad_x : (R, H_in) gradient of the input rows (output), or (0, H_in) to skip computing it.
+    grad_h_0 : (num_layers * D, N, H) (output).
     grad_layer : (R, D * H), dz : (D, R, H), grad_input_tmp : (D, R * max(H_in, D * H)) and
     weight_tmp : (D, H * max(H_in, D * H, H)) workspaces.
     """
@@ -115,17 +118,16 @@ def rnn_backward(x, params, offsets, step_offsets, num_directions, relu, dropout
             row = l * num_directions + d
             w_ih, w_hh, _, _ = parameter_views(params, offsets, row, width, hidden, zeros)
             scratch = weight_tmp[d]
-            w_hh_transposed = scratch[: hidden * hidden].reshape((hidden, hidden))
-            copy_transposed(w_hh, w_hh_transposed)
-            direction_backward(grad_y, y, w_hh_transposed, step_offsets, d == 1, relu, d * hidden, grad_h_0[row],
-                               dz[d])
+            direction_backward(grad_y, y, w_hh, step_offsets, d == 1, relu, d * hidden, grad_h_0[row], dz[d])
             # The weight and bias gradients and this direction's input gradient, each over all rows at once.
-            accumulate_weight_gradient(dz[d], h_prev[l, d], grads, offsets[row, W_HH], w_hh_transposed)
+            accumulate_weight_gradient(dz[d], h_prev[l, d], grads, offsets[row, W_HH],
+                                       scratch[: hidden * hidden].reshape((hidden, hidden)))
             accumulate_weight_gradient(dz[d], inputs, grads, offsets[row, W_IH],
                                        scratch[: hidden * width].reshape((hidden, width)))
             accumulate_bias_gradient(dz[d], grads, offsets, row, scratch[:hidden])
-            np.dot(dz[d], w_ih, input_gradient_target(l, d, num_directions, grad_x, grad_layer, grad_input_tmp, rows,
-                                                      width))
+            if l > 0 or grad_x.shape[0] > 0:
+                np.dot(dz[d], w_ih, input_gradient_target(l, d, num_directions, grad_x, grad_layer, grad_input_tmp,
+                                                          rows, width))
         finish_layer_gradient(l, num_directions, dropout_scale, grad_x, grad_layer, grad_input_tmp, rows, width)
 
 
@@ -148,15 +150,14 @@ def rnn_backward_parallel(x, params, offsets, step_offsets, num_directions, relu
             row = l * num_directions + d
             w_ih, w_hh, _, _ = parameter_views(params, offsets, row, width, hidden, zeros)
             scratch = weight_tmp[d]
-            w_hh_transposed = scratch[: hidden * hidden].reshape((hidden, hidden))
-            copy_transposed(w_hh, w_hh_transposed)
-            direction_backward(grad_y, y, w_hh_transposed, step_offsets, d == 1, relu, d * hidden, grad_h_0[row],
-                               dz[d])
+            direction_backward(grad_y, y, w_hh, step_offsets, d == 1, relu, d * hidden, grad_h_0[row], dz[d])
             # The weight and bias gradients and this direction's input gradient, each over all rows at once.
-            accumulate_weight_gradient(dz[d], h_prev[l, d], grads, offsets[row, W_HH], w_hh_transposed)
+            accumulate_weight_gradient(dz[d], h_prev[l, d], grads, offsets[row, W_HH],
+                                       scratch[: hidden * hidden].reshape((hidden, hidden)))
             accumulate_weight_gradient(dz[d], inputs, grads, offsets[row, W_IH],
                                        scratch[: hidden * width].reshape((hidden, width)))
             accumulate_bias_gradient(dz[d], grads, offsets, row, scratch[:hidden])
-            np.dot(dz[d], w_ih, input_gradient_target(l, d, num_directions, grad_x, grad_layer, grad_input_tmp, rows,
-                                                      width))
+            if l > 0 or grad_x.shape[0] > 0:
+                np.dot(dz[d], w_ih, input_gradient_target(l, d, num_directions, grad_x, grad_layer, grad_input_tmp,
+                                                          rows, width))
         finish_layer_gradient(l, num_directions, dropout_scale, grad_x, grad_layer, grad_input_tmp, rows, width)

@@ -15,8 +15,8 @@ from numba import prange
 from ._activations import activate
 from ._jit import jit
 from ._layout import B_HH, B_IH, NO_BIAS, W_HH, W_IH
-from ._loops import copy_2d, copy_3d, multiply_2d
-from ._matmul import matmul_transposed_b
+from ._loops import copy_2d, copy_3d, copy_transposed, multiply_2d
+from ._matmul import matmul
 
 
 @jit
@@ -60,16 +60,16 @@ def prepare_layer_input(l, x, dropout_scale, layer_in, layer_out):
 
 
 @jit
-def direction_forward(inputs, w_ih, w_hh, b_ih, b_hh, step_offsets, reverse, relu, z, step_tmp, h, h_prev, out,
-                      column):
+def direction_forward(inputs, w_ih, w_hh_transposed, b_ih, b_hh, step_offsets, reverse, relu, z, step_tmp, h,
+                      h_prev, out, column):
     """Run one direction of one layer.
 
-    ``z`` (R, H) receives the input projection; ``h`` (N, H) holds h_0 on entry and h_n on exit; ``h_prev`` (R, H),
-    when it has rows, receives the state each step starts from (for the weight gradient); the outputs go to
-    ``out[:, column:column + H]``.
+    ``z`` (R, H) receives the input projection; ``w_hh_transposed`` is a C-contiguous copy of W_hh.T; ``h`` (N, H)
+    holds h_0 on entry and h_n on exit; ``h_prev`` (R, H), when it has rows, receives the state each step starts from
+    (for the weight gradient); the outputs go to ``out[:, column:column + H]``.
     """
     np.dot(inputs, w_ih.T, z)
-    hidden = w_hh.shape[0]
+    hidden = w_hh_transposed.shape[0]
     keep_h_prev = h_prev.shape[0] > 0
     steps = step_offsets.size - 1
     for s in range(steps):
@@ -78,7 +78,7 @@ def direction_forward(inputs, w_ih, w_hh, b_ih, b_hh, step_offsets, reverse, rel
         n = step_offsets[t + 1] - r0
         if keep_h_prev:
             copy_2d(h[:n], h_prev[r0 : r0 + n])
-        matmul_transposed_b(h[:n], w_hh, step_tmp[:n])
+        matmul(h[:n], w_hh_transposed, step_tmp[:n])
         for i in range(n):
             for j in range(hidden):
                 v = activate((z[r0 + i, j] + b_ih[j]) + (step_tmp[i, j] + b_hh[j]), relu)
@@ -109,6 +109,7 @@ def rnn_forward(x, h_0, params, offsets, step_offsets, num_directions, relu, dro
     num_layers = offsets.shape[0] // num_directions
     hidden = h_n.shape[2]
     zeros = np.zeros(hidden, params.dtype)
+    w_hh_transposed = np.empty((num_directions, hidden, hidden), params.dtype)
     copy_3d(h_0, h_n)
     for l in range(num_layers):
         inputs = prepare_layer_input(l, x, dropout_scale, layer_in, layer_out)
@@ -116,8 +117,9 @@ def rnn_forward(x, h_0, params, offsets, step_offsets, num_directions, relu, dro
         for d in range(num_directions):
             row = l * num_directions + d
             w_ih, w_hh, b_ih, b_hh = parameter_views(params, offsets, row, inputs.shape[1], hidden, zeros)
-            direction_forward(inputs, w_ih, w_hh, b_ih, b_hh, step_offsets, d == 1, relu, z[d], step_tmp[d],
-                              h_n[row], h_prev[l, d], out, d * hidden)
+            copy_transposed(w_hh, w_hh_transposed[d])
+            direction_forward(inputs, w_ih, w_hh_transposed[d], b_ih, b_hh, step_offsets, d == 1, relu, z[d],
+                              step_tmp[d], h_n[row], h_prev[l, d], out, d * hidden)
 
 
 @jit(parallel=True)
@@ -127,6 +129,7 @@ def rnn_forward_parallel(x, h_0, params, offsets, step_offsets, num_directions, 
     num_layers = offsets.shape[0] // num_directions
     hidden = h_n.shape[2]
     zeros = np.zeros(hidden, params.dtype)
+    w_hh_transposed = np.empty((num_directions, hidden, hidden), params.dtype)
     copy_3d(h_0, h_n)
     for l in range(num_layers):
         inputs = prepare_layer_input(l, x, dropout_scale, layer_in, layer_out)
@@ -134,5 +137,6 @@ def rnn_forward_parallel(x, h_0, params, offsets, step_offsets, num_directions, 
         for d in prange(num_directions):
             row = l * num_directions + d
             w_ih, w_hh, b_ih, b_hh = parameter_views(params, offsets, row, inputs.shape[1], hidden, zeros)
-            direction_forward(inputs, w_ih, w_hh, b_ih, b_hh, step_offsets, d == 1, relu, z[d], step_tmp[d],
-                              h_n[row], h_prev[l, d], out, d * hidden)
+            copy_transposed(w_hh, w_hh_transposed[d])
+            direction_forward(inputs, w_ih, w_hh_transposed[d], b_ih, b_hh, step_offsets, d == 1, relu, z[d],
+                              step_tmp[d], h_n[row], h_prev[l, d], out, d * hidden)

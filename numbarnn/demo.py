@@ -250,7 +250,8 @@ def _fit(args, corpus, rnn, head, optimizer, prime):
         optimizer.zero_grad()
         output, hidden_state = rnn(_one_hot(chunk[:-1], inputs), hidden_state)
         loss, grad_logits = softmax_cross_entropy(head(output), chunk[1:])
-        rnn.backward(head.backward(grad_logits))  # no grad_h_n: the gradient stops at the chunk boundary
+        # no grad_h_n: the gradient stops at the chunk boundary; the one-hot input needs no gradient
+        rnn.backward(head.backward(grad_logits), need_input_grad=False)
         if args.clip > 0:
             clip_grad_norm_([rnn, head], args.clip)
         optimizer.step()

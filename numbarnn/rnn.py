@@ -196,7 +196,7 @@ class RNN(Module):
                 parallel_kernel(*arguments)
 
     # -- backward ----------------------------------------------------------------------------------------------
-    def backward(self, grad_output=None, grad_h_n=None):
+    def backward(self, grad_output=None, grad_h_n=None, *, need_input_grad=True):
         """Backpropagate through the most recent training-mode forward pass.
 
         Parameter gradients are *added* to :attr:`grads` (as torch's ``.grad`` accumulates); call
@@ -208,11 +208,15 @@ class RNN(Module):
             Gradient of the loss with respect to ``output``, same shape; zeros when omitted.
         grad_h_n : ndarray, optional
             Gradient with respect to ``h_n``, same shape; zeros when omitted.
+        need_input_grad : bool, keyword-only, default True
+            False when the input is data that needs no gradient (torch's ``requires_grad=False``): skips layer 0's
+            input-gradient GEMM, the largest product of the backward pass when H_in is large.
 
         Returns
         -------
-        grad_input : ndarray
-            Gradient with respect to ``input``, same shape (zero at padded positions).
+        grad_input : ndarray or None
+            Gradient with respect to ``input``, same shape (zero at padded positions); None if not
+            ``need_input_grad``.
         grad_h_0 : ndarray
             Gradient with respect to ``h_0``, shaped like ``h_n`` (also when ``h_0`` was omitted).
         """
@@ -245,14 +249,20 @@ class RNN(Module):
         self._run(rnn_backward, rnn_backward_parallel, record.x_rows, self._param_flat, self._offsets,
                   record.step_offsets, directions, self.nonlinearity == "relu", buffers.dropout_scale,
                   buffers.layer_in, buffers.layer_out, buffers.h_prev, buffers.top_out, buffers.grad_output,
-                  buffers.grad_h_n, self._grad_flat, buffers.grad_x, grad_h_0, buffers.grad_layer, buffers.dz,
+                  buffers.grad_h_n, self._grad_flat, buffers.grad_x if need_input_grad else buffers.no_grad_x,
+                  grad_h_0, buffers.grad_layer, buffers.dz,
                   buffers.grad_input_tmp, buffers.weight_tmp)
-        grad_input = _from_rows(buffers.grad_x, record.order, record.step_offsets, steps, batch,
-                                record.batched and self.batch_first)
+        if need_input_grad:
+            grad_input = _from_rows(buffers.grad_x, record.order, record.step_offsets, steps, batch,
+                                    record.batched and self.batch_first)
+            if not record.batched:
+                grad_input = grad_input[:, 0]
+        else:
+            grad_input = None
         if record.order is not None:
             grad_h_0 = _unsort(grad_h_0, record.order)
         if not record.batched:
-            return grad_input[:, 0], grad_h_0[:, 0]
+            return grad_input, grad_h_0[:, 0]
         return grad_input, grad_h_0
 
     # -- helpers -----------------------------------------------------------------------------------------------
@@ -351,6 +361,7 @@ class _ForwardBuffers:
             "grad_output": (rows, width),
             "grad_h_n": self.state_shape,
             "grad_x": (rows, input_size),
+            "no_grad_x": (0, input_size),  # tells the kernel to skip the input gradient
             "grad_layer": (rows, width),
             "dz": (directions, rows, hidden),
             # each direction's partial input gradient (bidirectional only) and weight-gradient scratch

@@ -105,9 +105,9 @@ def test_truncated_bptt_carries_the_state_between_chunks(monkeypatch):
             calls.append(("forward", None if h_0 is None else h_0.copy(), h_n.copy()))
         return output, h_n
 
-    def backward(self, grad_output=None, grad_h_n=None):
+    def backward(self, grad_output=None, grad_h_n=None, **options):
         calls.append(("backward", grad_h_n))
-        return original_backward(self, grad_output, grad_h_n)
+        return original_backward(self, grad_output, grad_h_n, **options)
 
     monkeypatch.setattr(RNN, "forward", forward)
     monkeypatch.setattr(RNN, "backward", backward)

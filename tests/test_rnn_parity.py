@@ -4,6 +4,8 @@ import itertools
 
 import numpy as np
 import pytest
+
+import numbarnn
 from conftest import (DTYPES, assert_close, input_shape, make_rnn_pair, output_shape, standard_normal, state_shape,
                       torch_run)
 
@@ -250,3 +252,21 @@ def test_zero_grad_clears_every_gradient(rng):
     rnn(x)
     rnn.backward(np.ones_like(output))
     assert all(view.any() for view in grad_views.values())
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("num_layers", [1, 2])
+def test_backward_without_input_gradient_gives_the_same_parameter_gradients(num_layers, bidirectional, rng):
+    rnn = numbarnn.RNN(3, 4, num_layers, bidirectional=bidirectional, dtype=np.float64, seed=0)
+    x = rng.standard_normal((5, 2, 3))
+    grad_output = rng.standard_normal((5, 2, 4 * (2 if bidirectional else 1)))
+    rnn(x)
+    _, grad_h_0 = rnn.backward(grad_output)
+    expected = {name: grad.copy() for name, grad in rnn.grads.items()}
+    rnn.zero_grad()
+    rnn(x)
+    grad_input, grad_h_0_again = rnn.backward(grad_output, need_input_grad=False)
+    assert grad_input is None
+    np.testing.assert_array_equal(grad_h_0_again, grad_h_0)
+    for name, grad in rnn.grads.items():
+        np.testing.assert_array_equal(grad, expected[name], err_msg=name)
