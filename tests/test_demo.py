@@ -23,7 +23,6 @@ def number_after(label, text):
 
 
 def test_tiny_run_reports_loss_baseline_speed_samples_and_writes_files(tmp_path, capsys):
-    pytest.importorskip("matplotlib")  # the [demo] extra; the error without it is tested below
     model_path, plot_path = tmp_path / "out" / "model.npz", tmp_path / "loss.png"
     assert main(TINY + ["--save", str(model_path), "--plot", str(plot_path)]) == 0
     out = capsys.readouterr().out
