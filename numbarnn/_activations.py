@@ -52,7 +52,7 @@ def _tanh_overload(x):
 _ZERO, _ONE = np.float32(0), np.float32(1)
 
 
-@jit
+@jit(inline=True)
 def activate(v, relu):
     """tanh(v), or relu(v) with NaN propagated as torch's relu does."""
     if relu:
@@ -60,7 +60,7 @@ def activate(v, relu):
     return tanh(v)
 
 
-@jit
+@jit(inline=True)
 def activation_slope(y, relu):
     """Derivative of the activation, written in terms of its output ``y``."""
     if relu:

@@ -18,7 +18,7 @@ from ._loops import add_2d, add_into_flat, copy_3d, multiply_2d
 from ._matmul import matmul
 
 
-@jit
+@jit(inline=True)
 def direction_backward(grad_y, y, w_hh, step_offsets, reverse, relu, column, carry, dz):
     """Reverse-time loop of one direction.
 
@@ -39,14 +39,14 @@ def direction_backward(grad_y, y, w_hh, step_offsets, reverse, relu, column, car
         matmul(dz[r0 : r0 + n], w_hh, carry[:n])
 
 
-@jit
+@jit(inline=True)
 def accumulate_weight_gradient(dz, inputs, grads, offset, product):
     """``grads[offset:...] += dz.T @ inputs`` through the (H, width) workspace ``product``."""
     np.dot(dz.T, inputs, product)
     add_into_flat(grads, offset, product)
 
 
-@jit
+@jit(inline=True)
 def accumulate_bias_gradient(dz, grads, offsets, row, column_sums):
     """Both bias gradients receive the column sums of ``dz`` (the biases enter the pre-activation identically)."""
     if offsets[row, B_IH] == NO_BIAS:
@@ -61,7 +61,7 @@ def accumulate_bias_gradient(dz, grads, offsets, row, column_sums):
         grads[o_hh + j] += column_sums[j]
 
 
-@jit
+@jit(inline=True)
 def input_gradient_target(l, d, num_directions, grad_x, grad_layer, grad_input_tmp, rows, width):
     """Where direction ``d`` of layer ``l`` writes its part of the input gradient.
 
@@ -74,7 +74,7 @@ def input_gradient_target(l, d, num_directions, grad_x, grad_layer, grad_input_t
     return grad_x if l == 0 else grad_layer
 
 
-@jit
+@jit(inline=True)
 def finish_layer_gradient(l, num_directions, dropout_scale, grad_x, grad_layer, grad_input_tmp, rows, width):
     if l == 0 and grad_x.shape[0] == 0:
         return

@@ -19,7 +19,7 @@ from ._loops import copy_2d, copy_3d, copy_transposed, multiply_2d
 from ._matmul import matmul
 
 
-@jit
+@jit(inline=True)
 def parameter_views(params, offsets, row, input_width, hidden_size, zeros):
     """``(w_ih, w_hh, b_ih, b_hh)`` of one (layer, direction) row of the offset table; ``zeros`` stands in for bias."""
     h = hidden_size
@@ -33,7 +33,7 @@ def parameter_views(params, offsets, row, input_width, hidden_size, zeros):
     return w_ih, w_hh, params[o_ih : o_ih + h], params[o_hh : o_hh + h]
 
 
-@jit
+@jit(inline=True)
 def layer_output(l, num_layers, layer_out, top_out):
     """Where layer ``l`` writes: ``top_out`` for the last layer, else ``layer_out[l % B]``."""
     if l == num_layers - 1:
@@ -41,7 +41,7 @@ def layer_output(l, num_layers, layer_out, top_out):
     return layer_out[l % layer_out.shape[0]]
 
 
-@jit
+@jit(inline=True)
 def layer_input(l, x, dropout_scale, layer_in, layer_out):
     """The rows layer ``l`` reads: the packed input, or the previous layer's output (after dropout if any)."""
     if l == 0:
@@ -51,7 +51,7 @@ def layer_input(l, x, dropout_scale, layer_in, layer_out):
     return layer_out[(l - 1) % layer_out.shape[0]]
 
 
-@jit
+@jit(inline=True)
 def prepare_layer_input(l, x, dropout_scale, layer_in, layer_out):
     """Apply the dropout mask to the previous layer's output (training only) and return the rows layer ``l`` reads."""
     if l > 0 and dropout_scale.shape[0] > 0:
@@ -59,7 +59,7 @@ def prepare_layer_input(l, x, dropout_scale, layer_in, layer_out):
     return layer_input(l, x, dropout_scale, layer_in, layer_out)
 
 
-@jit
+@jit(inline=True)
 def direction_forward(inputs, w_ih, w_hh_transposed, b_ih, b_hh, step_offsets, reverse, relu, z, step_tmp, h,
                       h_prev, out, column):
     """Run one direction of one layer.

@@ -8,7 +8,7 @@ benefit over a loop that LLVM vectorises. Kernels use these instead.
 from ._jit import jit
 
 
-@jit
+@jit(inline=True)
 def copy_2d(source, target):
     """``target[:] = source`` for 2-D arrays of equal shape (any memory layout)."""
     for i in range(source.shape[0]):
@@ -16,13 +16,13 @@ def copy_2d(source, target):
             target[i, j] = source[i, j]
 
 
-@jit
+@jit(inline=True)
 def copy_3d(source, target):
     for i in range(source.shape[0]):
         copy_2d(source[i], target[i])
 
 
-@jit
+@jit(inline=True)
 def copy_transposed(source, target):
     """``target[:] = source.T`` for a 2-D ``source``."""
     for i in range(source.shape[0]):
@@ -30,7 +30,7 @@ def copy_transposed(source, target):
             target[j, i] = source[i, j]
 
 
-@jit
+@jit(inline=True)
 def add_2d(a, b, out):
     """``out[:] = a + b``."""
     for i in range(a.shape[0]):
@@ -38,7 +38,7 @@ def add_2d(a, b, out):
             out[i, j] = a[i, j] + b[i, j]
 
 
-@jit
+@jit(inline=True)
 def multiply_2d(a, b, out):
     """``out[:] = a * b``."""
     for i in range(a.shape[0]):
@@ -46,7 +46,7 @@ def multiply_2d(a, b, out):
             out[i, j] = a[i, j] * b[i, j]
 
 
-@jit
+@jit(inline=True)
 def add_into_flat(target, offset, source):
     """``target[offset:offset + source.size] += source.ravel()`` for a C-contiguous 2-D ``source``."""
     k = offset

@@ -16,7 +16,7 @@ SMALL_PRODUCT = 1 << 17
 _ZERO = np.float32(0)
 
 
-@jit
+@jit(inline=True)
 def matmul(a, b, out):
     """``out[:] = a @ b`` for C-contiguous ``a`` (M, K), ``b`` (K, N) and ``out`` (M, N); ``out`` must not overlap
     ``a`` or ``b``."""
