@@ -54,3 +54,13 @@ def add_into_flat(target, offset, source):
         for j in range(source.shape[1]):
             target[k] += source[i, j]
             k += 1
+
+
+@jit
+def sum_of_squares(vector):
+    """Sum of the squares of a 1-D array, accumulated in float64 (not through BLAS: numpy's dot would wake the
+    thread pool of numpy's own OpenBLAS, a second pool beside the one the kernels use)."""
+    total = 0.0
+    for i in range(vector.size):
+        total += float(vector[i]) * float(vector[i])
+    return total

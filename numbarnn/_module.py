@@ -1,9 +1,13 @@
 """What every numbarnn module shares: parameters and gradients in two flat buffers, named views onto them,
 ``state_dict``/``load_state_dict``, ``zero_grad`` and the training/evaluation switch."""
 
+from collections import namedtuple
+
 import numpy as np
 
 from ._layout import named_views
+
+IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
 from ._validation import check_dtype
 
 
@@ -16,16 +20,31 @@ class Module:
     """
 
     training = True
+    # Attributes that hold per-call state (buffers, a forward record, a tape): not copied or pickled, reset to these.
+    _TRANSIENT = {}
 
     def _init_parameters(self, entries, total, dtype, bound, rng):
         dtype = check_dtype(dtype)
         flat = rng.uniform(-bound, bound, size=total).astype(dtype)
         grad_flat = np.zeros(total, dtype=dtype)
+        object.__setattr__(self, "_entries", entries)
         object.__setattr__(self, "_param_flat", flat)
         object.__setattr__(self, "_grad_flat", grad_flat)
         object.__setattr__(self, "params", named_views(flat, entries))
         object.__setattr__(self, "grads", named_views(grad_flat, entries))
         object.__setattr__(self, "dtype", dtype)
+
+    def __getstate__(self):
+        # params and grads are views into the flat buffers: rebuilt on unpickling so that they stay views.
+        state = {k: v for k, v in self.__dict__.items() if k not in ("params", "grads") and k not in self._TRANSIENT}
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        for name, default in self._TRANSIENT.items():
+            object.__setattr__(self, name, default() if callable(default) else default)
+        object.__setattr__(self, "params", named_views(self._param_flat, self._entries))
+        object.__setattr__(self, "grads", named_views(self._grad_flat, self._entries))
 
     def __getattr__(self, name):
         params = self.__dict__.get("params")
@@ -44,10 +63,7 @@ class Module:
         target = self.params[name]
         source = np.asarray(value)
         if source.shape != target.shape:
-            raise ValueError(
-                f"size mismatch for {name}: copying a param with shape {source.shape} from checkpoint, "
-                f"the shape in current model is {target.shape}."
-            )
+            raise ValueError(f"cannot assign an array of shape {source.shape} to {name}, of shape {target.shape}")
         target[...] = source  # casts to the module dtype
 
     # -- state -------------------------------------------------------------------------------------------------
@@ -59,6 +75,11 @@ class Module:
         """Copy parameters in from any mapping of array-likes (numpy arrays, torch tensors, lists).
 
         Values are cast to the module dtype. With ``strict`` (the default) the names must match exactly.
+
+        Returns
+        -------
+        IncompatibleKeys
+            ``(missing_keys, unexpected_keys)``, as torch returns them (both empty after a strict load).
         """
         missing = [name for name in self.params if name not in state_dict]
         unexpected = [name for name in state_dict if name not in self.params]
@@ -68,7 +89,7 @@ class Module:
                 parts.append("Missing key(s) in state_dict: " + ", ".join(f'"{k}"' for k in missing) + ".")
             if unexpected:
                 parts.append("Unexpected key(s) in state_dict: " + ", ".join(f'"{k}"' for k in unexpected) + ".")
-            raise KeyError(f"Error(s) in loading state_dict for {type(self).__name__}: " + " ".join(parts))
+            raise ValueError(f"Error(s) in loading state_dict for {type(self).__name__}: " + " ".join(parts))
         sources = {}
         for name in self.params:
             if name in state_dict:
@@ -83,7 +104,7 @@ class Module:
                     )
         for name, value in sources.items():  # checked everything first: a failed load changes nothing
             self.params[name][...] = value
-        return self
+        return IncompatibleKeys(missing, unexpected)
 
     def zero_grad(self):
         """Set every gradient to zero."""

@@ -9,7 +9,6 @@ from ._forward import rnn_forward
 from ._layout import build_layout
 from ._module import Module
 from ._validation import as_array, check_nonlinearity, check_size
-from ._workspace import Workspace
 
 # A training-mode cell records every call until backward() consumes it; past this many unconsumed calls it warns
 # once, since a cell used for inference without eval() would otherwise grow memory without bound.
@@ -45,6 +44,8 @@ class RNNCell(Module):
         ``backward`` for the steps in reverse order. In eval mode nothing is recorded. :meth:`zero_grad` also clears
         the tape; a warning is issued once the tape holds ``TAPE_WARNING_LENGTH`` unconsumed calls.
     """
+
+    _TRANSIENT = {"_tape": list, "_warned_tape": False}
 
     def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh", *, dtype=np.float32, seed=None):
         self.input_size = check_size(input_size, "input_size")
@@ -114,19 +115,17 @@ class RNNCell(Module):
                 )
         hidden = self.hidden_size
         training = self.training
-        buffers = Workspace()
-        x_rows = buffers.get("x", x.shape, self.dtype)
-        x_rows[:] = x
+        # New arrays every call: a training cell's tape keeps them until backward() consumes the call.
+        x_rows = np.array(x, dtype=self.dtype, order="C")
         h_start = np.zeros((1, batch, hidden), self.dtype)
         if hx is not None:
             h_start[0] = hx
-        empty = buffers.get("empty", (0, batch, hidden), self.dtype)
-        h_prev = buffers.get("h_prev", (1, 1, batch if training else 0, hidden), self.dtype)
-        top_out = buffers.get("top_out", (batch, hidden), self.dtype)
+        empty = np.empty((0, batch, hidden), self.dtype)
+        h_prev = np.empty((1, 1, batch if training else 0, hidden), self.dtype)
+        top_out = np.empty((batch, hidden), self.dtype)
         rnn_forward(x_rows, h_start, self._param_flat, self._offsets, np.array([0, batch], dtype=np.int64), 1,
-                    self.nonlinearity == "relu", empty, empty, empty, h_prev,
-                    buffers.get("z", (1, batch, hidden), self.dtype),
-                    buffers.get("step_tmp", (1, batch, hidden), self.dtype), top_out, h_start)
+                    self.nonlinearity == "relu", empty, empty, empty, h_prev, np.empty((1, batch, hidden), self.dtype),
+                    np.empty((1, batch, hidden), self.dtype), top_out, h_start)
         if training:
             self._record(x_rows, h_prev, top_out, batched)
         result = top_out.copy() if training else top_out  # the tape keeps its own copy of h'

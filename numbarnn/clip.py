@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 
+from ._loops import sum_of_squares
 from .optim import _as_module_list
 
 
@@ -14,7 +15,7 @@ def _vector_norm(vector, norm_type):
     if norm_type == math.inf:
         return float(np.max(np.abs(vector)))
     if norm_type == 2.0:
-        return float(np.sqrt(np.dot(vector, vector)))
+        return math.sqrt(sum_of_squares(vector))
     if norm_type == 1.0:
         return float(np.sum(np.abs(vector)))
     return float(np.sum(np.abs(vector) ** norm_type) ** (1.0 / norm_type))

@@ -5,7 +5,6 @@ import numpy as np
 from ._dense import dense_backward, dense_forward
 from ._module import Module
 from ._validation import as_array, check_size
-from ._workspace import Workspace
 
 # What the kernels receive in place of a bias when there is none.
 _NO_BIAS = {np.dtype(dtype): np.empty(0, dtype) for dtype in (np.float32, np.float64)}
@@ -37,6 +36,8 @@ class Linear(Module):
         input in place before :meth:`backward`) for the weight gradient; in eval mode nothing is kept.
     """
 
+    _TRANSIENT = {"_weight_step": None, "_saved_input": None}
+
     def __init__(self, in_features, out_features, bias=True, *, dtype=np.float32, seed=None):
         self.in_features = check_size(in_features, "in_features")
         self.out_features = check_size(out_features, "out_features")
@@ -47,7 +48,7 @@ class Linear(Module):
             entries.append(("bias", weight_size, (self.out_features,)))
         total = weight_size + (self.out_features if self.bias_enabled else 0)
         self._init_parameters(entries, total, dtype, 1.0 / np.sqrt(self.in_features), np.random.default_rng(seed))
-        self._workspace = Workspace()
+        self._weight_step = None  # workspace of backward, allocated once
         self._saved_input = None  # (input as (rows, H_in), shape of the output) from the last training forward
 
     def __getattr__(self, name):
@@ -130,5 +131,10 @@ class Linear(Module):
         # The weight product goes into a reused buffer first, so accumulating into grads allocates nothing per call.
         dense_backward(x_rows, grad_rows, weight, self.grads["weight"],
                        self.grads["bias"] if self.bias_enabled else _NO_BIAS[self.dtype],
-                       self._workspace.get("grad_weight", weight.shape, self.dtype), grad_input)
+                       self._weight_step_buffer(), grad_input)
         return grad_input.reshape(out_shape[:-1] + (self.in_features,))
+
+    def _weight_step_buffer(self):
+        if self._weight_step is None:
+            object.__setattr__(self, "_weight_step", np.empty(self.params["weight"].shape, self.dtype))
+        return self._weight_step

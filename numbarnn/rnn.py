@@ -53,6 +53,8 @@ class RNN(Module):
         needs (in buffers reused across calls of the same shape); call :meth:`eval` for inference.
     """
 
+    _TRANSIENT = {"_workspace": None, "_record": None, "_step_offsets": None}
+
     def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, *, dtype=np.float32, seed=None):
         if (not isinstance(dropout, numbers.Number) or isinstance(dropout, bool)
@@ -81,7 +83,7 @@ class RNN(Module):
         )
         self._init_parameters(entries, total, dtype, 1.0 / np.sqrt(self.hidden_size), rng)
         self._dropout_rng = rng
-        self._workspace = _EmptyWorkspace()
+        self._workspace = None  # the training forward's buffers, reused while the shape stays the same
         self._record = None  # what the last training forward left for backward
         self._step_offsets = None
 
@@ -100,10 +102,10 @@ class RNN(Module):
         return f"RNN({extra})"
 
     # -- forward -----------------------------------------------------------------------------------------------
-    def __call__(self, input, h_0=None, lengths=None):
-        return self.forward(input, h_0, lengths)
+    def __call__(self, input, h_0=None, lengths=None, *, hx=None):
+        return self.forward(input, h_0, lengths, hx=hx)
 
-    def forward(self, input, h_0=None, lengths=None):
+    def forward(self, input, h_0=None, lengths=None, *, hx=None):
         """Run the RNN over a sequence.
 
         Parameters
@@ -112,7 +114,7 @@ class RNN(Module):
             (L, N, H_in), (N, L, H_in) with ``batch_first``, or unbatched (L, H_in); of the module dtype.
         h_0 : ndarray, optional
             (D * num_layers, N, H_out), or (D * num_layers, H_out) for unbatched input; zeros when omitted.
-            ``batch_first`` does not apply to it.
+            ``batch_first`` does not apply to it. ``hx=`` (torch's name for it) is accepted too.
         lengths : array of int, optional
             (N,) the length of each sequence of a padded batch, in any order, each in 1...L. The result equals
             torch's ``pack_padded_sequence(enforce_sorted=False)`` -> RNN -> ``pad_packed_sequence(total_length=L)``:
@@ -127,6 +129,10 @@ class RNN(Module):
         h_n : ndarray
             Final states, shaped like ``h_0``, ordered layer 0 forward, layer 0 reverse, layer 1 forward, ...
         """
+        if hx is not None:
+            if h_0 is not None:
+                raise TypeError("give the initial state once, as h_0 or as hx (torch's name), not both")
+            h_0 = hx
         x, h_0 = self._check_input(input, h_0)
         batched = x.ndim == 3
         if batched and self.batch_first:
@@ -178,7 +184,7 @@ class RNN(Module):
         (released after the call) in eval mode."""
         dropped = self.num_layers - 1 if training and self.dropout > 0 else 0
         key = (rows, batch, dropped)
-        if training and self._workspace.key == key:
+        if training and self._workspace is not None and self._workspace.key == key:
             return self._workspace
         buffers = _ForwardBuffers(key, self.input_size, self.hidden_size, self.num_layers, self.num_directions,
                                   training, self.dtype)
@@ -370,16 +376,12 @@ class _ForwardBuffers:
         }
 
     def __getattr__(self, name):
-        shape = self.__dict__["_backward_shapes"].get(name)
+        shape = self.__dict__.get("_backward_shapes", {}).get(name)
         if shape is None:
             raise AttributeError(name)
         array = np.empty(shape, self.dtype)
         setattr(self, name, array)  # allocated once, then found as an ordinary attribute
         return array
-
-
-class _EmptyWorkspace:
-    key = None
 
 
 class _ForwardRecord:

@@ -98,8 +98,8 @@ def test_truncated_bptt_carries_the_state_between_chunks(monkeypatch):
     calls = []
     original_forward, original_backward = RNN.forward, RNN.backward
 
-    def forward(self, input, h_0=None, lengths=None):
-        output, h_n = original_forward(self, input, h_0, lengths)
+    def forward(self, input, h_0=None, lengths=None, **options):
+        output, h_n = original_forward(self, input, h_0, lengths, **options)
         if self.training:
             calls.append(("forward", None if h_0 is None else h_0.copy(), h_n.copy()))
         return output, h_n

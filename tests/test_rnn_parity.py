@@ -270,3 +270,12 @@ def test_backward_without_input_gradient_gives_the_same_parameter_gradients(num_
     np.testing.assert_array_equal(grad_h_0_again, grad_h_0)
     for name, grad in rnn.grads.items():
         np.testing.assert_array_equal(grad, expected[name], err_msg=name)
+
+
+def test_initial_state_can_be_passed_as_hx_like_torch(rng):
+    rnn = numbarnn.RNN(3, 4, dtype=np.float64, seed=0)
+    x = rng.standard_normal((5, 2, 3))
+    h_0 = rng.standard_normal((1, 2, 4))
+    np.testing.assert_array_equal(rnn(x, hx=h_0)[0], rnn(x, h_0)[0])
+    with pytest.raises(TypeError, match="not both"):
+        rnn(x, h_0, hx=h_0)
