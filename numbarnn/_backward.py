@@ -11,7 +11,7 @@ import numpy as np
 from numba import prange
 
 from ._activations import activation_slope
-from ._forward import layer_input, layer_output, parameter_views
+from ._forward import layer_input, layer_output, weight_views
 from ._jit import jit
 from ._layout import B_HH, B_IH, NO_BIAS, W_HH, W_IH
 from ._loops import add_2d, add_into_flat, copy_3d, multiply_2d
@@ -87,6 +87,26 @@ def finish_layer_gradient(l, num_directions, dropout_scale, grad_x, grad_layer, 
         multiply_2d(destination, dropout_scale[l - 1], destination)
 
 
+@jit(inline=True)
+def layer_direction_backward(l, d, inputs, y, grad_y, params, offsets, step_offsets, num_directions, relu, h_prev,
+                             grads, grad_x, grad_h_0, grad_layer, dz, grad_input_tmp, weight_tmp):
+    """Every gradient of direction ``d`` of layer ``l``: the body both drivers run, serially or one direction per
+    thread. The reverse-time loop first, then the weight and bias gradients and this direction's part of the input
+    gradient, each over all rows at once."""
+    row = l * num_directions + d
+    hidden = grad_h_0.shape[2]
+    rows, width = inputs.shape
+    w_ih, w_hh = weight_views(params, offsets, row, width, hidden)
+    scratch = weight_tmp[d]
+    direction_backward(grad_y, y, w_hh, step_offsets, d == 1, relu, d * hidden, grad_h_0[row], dz[d])
+    accumulate_weight_gradient(dz[d], h_prev[l, d], grads, offsets[row, W_HH],
+                               scratch[: hidden * hidden].reshape((hidden, hidden)))
+    accumulate_weight_gradient(dz[d], inputs, grads, offsets[row, W_IH], scratch[: hidden * width].reshape((hidden, width)))
+    accumulate_bias_gradient(dz[d], grads, offsets, row, scratch[:hidden])
+    if l > 0 or grad_x.shape[0] > 0:
+        np.dot(dz[d], w_ih, input_gradient_target(l, d, num_directions, grad_x, grad_layer, grad_input_tmp, rows, width))
+
+
 @jit
 def rnn_backward(x, params, offsets, step_offsets, num_directions, relu, dropout_scale, layer_in, layer_out, h_prev,
                  top_out, grad_output, grad_h_n, grads, grad_x, grad_h_0, grad_layer, dz, grad_input_tmp, weight_tmp):
@@ -101,13 +121,11 @@ def rnn_backward(x, params, offsets, step_offsets, num_directions, relu, dropout
     grads : (P,) flat parameter gradients, accumulated into.
     grad_x : (R, H_in) gradient of the input rows (output), or (0, H_in) to skip computing it.
     grad_h_0 : (num_layers * D, N, H) (output).
-    grad_layer : (R, D * H), dz : (D, R, H), grad_input_tmp : (D, R * max(H_in, D * H)) and
-    weight_tmp : (D, H * max(H_in, D * H, H)) workspaces.
+    grad_layer : (R, D * H), dz : (D, R, H), grad_input_tmp : (D, R * max(H_in, D * H)) (bidirectional; (D, 0)
+    otherwise) and weight_tmp : (D, H * max(H_in, D * H, H)) workspaces.
     """
     rows = step_offsets[-1]
     num_layers = offsets.shape[0] // num_directions
-    hidden = grad_h_n.shape[2]
-    zeros = np.zeros(hidden, params.dtype)
     copy_3d(grad_h_n, grad_h_0)
     for l in range(num_layers - 1, -1, -1):
         inputs = layer_input(l, x, dropout_scale, layer_in, layer_out)
@@ -115,19 +133,8 @@ def rnn_backward(x, params, offsets, step_offsets, num_directions, relu, dropout
         grad_y = grad_output if l == num_layers - 1 else grad_layer
         width = inputs.shape[1]
         for d in range(num_directions):
-            row = l * num_directions + d
-            w_ih, w_hh, _, _ = parameter_views(params, offsets, row, width, hidden, zeros)
-            scratch = weight_tmp[d]
-            direction_backward(grad_y, y, w_hh, step_offsets, d == 1, relu, d * hidden, grad_h_0[row], dz[d])
-            # The weight and bias gradients and this direction's input gradient, each over all rows at once.
-            accumulate_weight_gradient(dz[d], h_prev[l, d], grads, offsets[row, W_HH],
-                                       scratch[: hidden * hidden].reshape((hidden, hidden)))
-            accumulate_weight_gradient(dz[d], inputs, grads, offsets[row, W_IH],
-                                       scratch[: hidden * width].reshape((hidden, width)))
-            accumulate_bias_gradient(dz[d], grads, offsets, row, scratch[:hidden])
-            if l > 0 or grad_x.shape[0] > 0:
-                np.dot(dz[d], w_ih, input_gradient_target(l, d, num_directions, grad_x, grad_layer, grad_input_tmp,
-                                                          rows, width))
+            layer_direction_backward(l, d, inputs, y, grad_y, params, offsets, step_offsets, num_directions, relu,
+                                     h_prev, grads, grad_x, grad_h_0, grad_layer, dz, grad_input_tmp, weight_tmp)
         finish_layer_gradient(l, num_directions, dropout_scale, grad_x, grad_layer, grad_input_tmp, rows, width)
 
 
@@ -138,8 +145,6 @@ def rnn_backward_parallel(x, params, offsets, step_offsets, num_directions, relu
     """:func:`rnn_backward` with the directions of each layer on separate threads (call with single-threaded BLAS)."""
     rows = step_offsets[-1]
     num_layers = offsets.shape[0] // num_directions
-    hidden = grad_h_n.shape[2]
-    zeros = np.zeros(hidden, params.dtype)
     copy_3d(grad_h_n, grad_h_0)
     for l in range(num_layers - 1, -1, -1):
         inputs = layer_input(l, x, dropout_scale, layer_in, layer_out)
@@ -147,17 +152,6 @@ def rnn_backward_parallel(x, params, offsets, step_offsets, num_directions, relu
         grad_y = grad_output if l == num_layers - 1 else grad_layer
         width = inputs.shape[1]
         for d in prange(num_directions):
-            row = l * num_directions + d
-            w_ih, w_hh, _, _ = parameter_views(params, offsets, row, width, hidden, zeros)
-            scratch = weight_tmp[d]
-            direction_backward(grad_y, y, w_hh, step_offsets, d == 1, relu, d * hidden, grad_h_0[row], dz[d])
-            # The weight and bias gradients and this direction's input gradient, each over all rows at once.
-            accumulate_weight_gradient(dz[d], h_prev[l, d], grads, offsets[row, W_HH],
-                                       scratch[: hidden * hidden].reshape((hidden, hidden)))
-            accumulate_weight_gradient(dz[d], inputs, grads, offsets[row, W_IH],
-                                       scratch[: hidden * width].reshape((hidden, width)))
-            accumulate_bias_gradient(dz[d], grads, offsets, row, scratch[:hidden])
-            if l > 0 or grad_x.shape[0] > 0:
-                np.dot(dz[d], w_ih, input_gradient_target(l, d, num_directions, grad_x, grad_layer, grad_input_tmp,
-                                                          rows, width))
+            layer_direction_backward(l, d, inputs, y, grad_y, params, offsets, step_offsets, num_directions, relu,
+                                     h_prev, grads, grad_x, grad_h_0, grad_layer, dz, grad_input_tmp, weight_tmp)
         finish_layer_gradient(l, num_directions, dropout_scale, grad_x, grad_layer, grad_input_tmp, rows, width)

@@ -20,17 +20,20 @@ from ._matmul import matmul
 
 
 @jit(inline=True)
-def parameter_views(params, offsets, row, input_width, hidden_size, zeros):
-    """``(w_ih, w_hh, b_ih, b_hh)`` of one (layer, direction) row of the offset table; ``zeros`` stands in for bias."""
+def weight_views(params, offsets, row, input_width, hidden_size):
+    """``(w_ih, w_hh)`` of one (layer, direction) row of the offset table, as (H, width) and (H, H) views."""
     h = hidden_size
-    o = offsets[row, W_IH]
-    w_ih = params[o : o + h * input_width].reshape((h, input_width))
-    o = offsets[row, W_HH]
-    w_hh = params[o : o + h * h].reshape((h, h))
+    o_ih, o_hh = offsets[row, W_IH], offsets[row, W_HH]
+    return params[o_ih : o_ih + h * input_width].reshape((h, input_width)), params[o_hh : o_hh + h * h].reshape((h, h))
+
+
+@jit(inline=True)
+def bias_views(params, offsets, row, hidden_size, zeros):
+    """``(b_ih, b_hh)`` of one (layer, direction) row; ``zeros`` (H,) stands in for both when there is no bias."""
     if offsets[row, B_IH] == NO_BIAS:
-        return w_ih, w_hh, zeros, zeros
+        return zeros, zeros
     o_ih, o_hh = offsets[row, B_IH], offsets[row, B_HH]
-    return w_ih, w_hh, params[o_ih : o_ih + h], params[o_hh : o_hh + h]
+    return params[o_ih : o_ih + hidden_size], params[o_hh : o_hh + hidden_size]
 
 
 @jit(inline=True)
@@ -86,15 +89,28 @@ def direction_forward(inputs, w_ih, w_hh_transposed, b_ih, b_hh, step_offsets, r
                 out[r0 + i, column + j] = v
 
 
+@jit(inline=True)
+def layer_direction_forward(l, d, inputs, params, offsets, step_offsets, num_directions, relu, h_prev, z, step_tmp,
+                            w_hh_transposed, bias_zeros, out, h_n):
+    """Direction ``d`` of layer ``l``: the body both drivers run, serially or one direction per thread."""
+    row = l * num_directions + d
+    hidden = h_n.shape[2]
+    w_ih, w_hh = weight_views(params, offsets, row, inputs.shape[1], hidden)
+    b_ih, b_hh = bias_views(params, offsets, row, hidden, bias_zeros)
+    copy_transposed(w_hh, w_hh_transposed[d])
+    direction_forward(inputs, w_ih, w_hh_transposed[d], b_ih, b_hh, step_offsets, d == 1, relu, z[d], step_tmp[d],
+                      h_n[row], h_prev[l, d], out, d * hidden)
+
+
 @jit
 def rnn_forward(x, h_0, params, offsets, step_offsets, num_directions, relu, dropout_scale, layer_in, layer_out,
-                h_prev, z, step_tmp, top_out, h_n):
+                h_prev, z, step_tmp, w_hh_transposed, bias_zeros, top_out, h_n):
     """Forward pass of a stacked (bi)directional RNN over packed rows, one direction after the other.
 
     Parameters
     ----------
     x : (R, H_in) packed input rows.
-    h_0 : (num_layers * D, N, H) initial states, batch sorted by decreasing length.
+    h_0 : (num_layers * D, N, H) initial states, batch sorted by decreasing length (may be ``h_n`` itself).
     params : (P,) flat parameters; ``offsets`` (num_layers * D, 4) locates each one.
     step_offsets : (L + 1,) int64, first row of each time step.
     dropout_scale : (num_layers - 1, R, D * H) mask already divided by 1 - p, or 0 layers for no dropout;
@@ -102,41 +118,30 @@ def rnn_forward(x, h_0, params, offsets, step_offsets, num_directions, relu, dro
     layer_out : (B, R, D * H) outputs of all but the last layer; layer ``l`` writes ``layer_out[l % B]``
         (B = num_layers - 1 keeps every layer for the backward pass; 2 or fewer ping-pong during inference).
     h_prev : (num_layers, D, R, H) states each step starts from, or (num_layers, D, 0, H) to keep none.
-    z : (D, R, H), step_tmp : (D, N, H) workspaces.
+    z : (D, R, H), step_tmp : (D, N, H), w_hh_transposed : (D, H, H) workspaces.
+    bias_zeros : (H,) zeros, read in place of the biases of a module without them.
     top_out : (R, D * H) output of the last layer (output).
     h_n : (num_layers * D, N, H) final states (output).
     """
     num_layers = offsets.shape[0] // num_directions
-    hidden = h_n.shape[2]
-    zeros = np.zeros(hidden, params.dtype)
-    w_hh_transposed = np.empty((num_directions, hidden, hidden), params.dtype)
     copy_3d(h_0, h_n)
     for l in range(num_layers):
         inputs = prepare_layer_input(l, x, dropout_scale, layer_in, layer_out)
         out = layer_output(l, num_layers, layer_out, top_out)
         for d in range(num_directions):
-            row = l * num_directions + d
-            w_ih, w_hh, b_ih, b_hh = parameter_views(params, offsets, row, inputs.shape[1], hidden, zeros)
-            copy_transposed(w_hh, w_hh_transposed[d])
-            direction_forward(inputs, w_ih, w_hh_transposed[d], b_ih, b_hh, step_offsets, d == 1, relu, z[d],
-                              step_tmp[d], h_n[row], h_prev[l, d], out, d * hidden)
+            layer_direction_forward(l, d, inputs, params, offsets, step_offsets, num_directions, relu, h_prev, z,
+                                    step_tmp, w_hh_transposed, bias_zeros, out, h_n)
 
 
 @jit(parallel=True)
 def rnn_forward_parallel(x, h_0, params, offsets, step_offsets, num_directions, relu, dropout_scale, layer_in,
-                         layer_out, h_prev, z, step_tmp, top_out, h_n):
+                         layer_out, h_prev, z, step_tmp, w_hh_transposed, bias_zeros, top_out, h_n):
     """:func:`rnn_forward` with the directions of each layer on separate threads (call with single-threaded BLAS)."""
     num_layers = offsets.shape[0] // num_directions
-    hidden = h_n.shape[2]
-    zeros = np.zeros(hidden, params.dtype)
-    w_hh_transposed = np.empty((num_directions, hidden, hidden), params.dtype)
     copy_3d(h_0, h_n)
     for l in range(num_layers):
         inputs = prepare_layer_input(l, x, dropout_scale, layer_in, layer_out)
         out = layer_output(l, num_layers, layer_out, top_out)
         for d in prange(num_directions):
-            row = l * num_directions + d
-            w_ih, w_hh, b_ih, b_hh = parameter_views(params, offsets, row, inputs.shape[1], hidden, zeros)
-            copy_transposed(w_hh, w_hh_transposed[d])
-            direction_forward(inputs, w_ih, w_hh_transposed[d], b_ih, b_hh, step_offsets, d == 1, relu, z[d],
-                              step_tmp[d], h_n[row], h_prev[l, d], out, d * hidden)
+            layer_direction_forward(l, d, inputs, params, offsets, step_offsets, num_directions, relu, h_prev, z,
+                                    step_tmp, w_hh_transposed, bias_zeros, out, h_n)

@@ -125,7 +125,8 @@ class RNNCell(Module):
         top_out = np.empty((batch, hidden), self.dtype)
         rnn_forward(x_rows, h_start, self._param_flat, self._offsets, np.array([0, batch], dtype=np.int64), 1,
                     self.nonlinearity == "relu", empty, empty, empty, h_prev, np.empty((1, batch, hidden), self.dtype),
-                    np.empty((1, batch, hidden), self.dtype), top_out, h_start)
+                    np.empty((1, batch, hidden), self.dtype), np.empty((1, hidden, hidden), self.dtype),
+                    np.zeros(hidden, self.dtype), top_out, h_start)
         if training:
             self._record(x_rows, h_prev, top_out, batched)
         result = top_out.copy() if training else top_out  # the tape keeps its own copy of h'

@@ -167,7 +167,8 @@ class RNN(Module):
         # h_n holds h_0 on entry: the kernel starts each direction from its row and leaves the final state there.
         self._run(rnn_forward, rnn_forward_parallel, x_rows, h_n, self._param_flat, self._offsets, step_offsets,
                   self.num_directions, self.nonlinearity == "relu", buffers.dropout_scale, buffers.layer_in,
-                  buffers.layer_out, buffers.h_prev, buffers.z, buffers.step_tmp, buffers.top_out, h_n)
+                  buffers.layer_out, buffers.h_prev, buffers.z, buffers.step_tmp, buffers.w_hh_transposed,
+                  buffers.bias_zeros, buffers.top_out, h_n)
         if order is None and not training and not (batched and self.batch_first):
             output = buffers.top_out.reshape(steps, batch, -1)  # this call's own buffer: no copy needed
         else:
@@ -362,6 +363,8 @@ class _ForwardBuffers:
         self.h_prev = np.empty((layers, directions, rows if training else 0, hidden), dtype)
         self.z = np.empty((directions, rows, hidden), dtype)
         self.step_tmp = np.empty((directions, batch, hidden), dtype)
+        self.w_hh_transposed = np.empty((directions, hidden, hidden), dtype)
+        self.bias_zeros = np.zeros(hidden, dtype)
         self.top_out = np.empty((rows, width), dtype)
         self._backward_shapes = {
             "grad_output": (rows, width),

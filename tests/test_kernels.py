@@ -80,13 +80,16 @@ class KernelProblem:
             h_prev=np.full((layers, directions, rows if training else 0, HIDDEN_SIZE), np.nan, self.dtype),
             z=np.full((directions, rows, HIDDEN_SIZE), np.nan, self.dtype),
             step_tmp=np.full((directions, BATCH, HIDDEN_SIZE), np.nan, self.dtype),
+            w_hh_transposed=np.full((directions, HIDDEN_SIZE, HIDDEN_SIZE), np.nan, self.dtype),
+            bias_zeros=np.zeros(HIDDEN_SIZE, self.dtype),
             top_out=np.full((rows, width), np.nan, self.dtype),
             h_n=np.full(self.h_0.shape, np.nan, self.dtype),
         )
         b = buffers
-        (rnn_forward_parallel if parallel else rnn_forward)(b["x"], b["h_0"], self.params, self.offsets, self.step_offsets, directions, relu,
-                    b["dropout_scale"], b["layer_in"], b["layer_out"], b["h_prev"], b["z"], b["step_tmp"],
-                    b["top_out"], b["h_n"])
+        kernel = rnn_forward_parallel if parallel else rnn_forward
+        kernel(b["x"], b["h_0"], self.params, self.offsets, self.step_offsets, directions, relu, b["dropout_scale"],
+               b["layer_in"], b["layer_out"], b["h_prev"], b["z"], b["step_tmp"], b["w_hh_transposed"],
+               b["bias_zeros"], b["top_out"], b["h_n"])
         return buffers
 
     def naive(self, nonlinearity):
@@ -143,13 +146,14 @@ def test_forward_and_backward_kernels_match_naive_loops(case, parallel, rng):
     grad_x = np.full((rows, INPUT_SIZE), np.nan, dtype)
     grad_h_0 = np.full(problem.h_0.shape, np.nan, dtype)
     b = buffers
-    (rnn_backward_parallel if parallel else rnn_backward)(b["x"], problem.params, problem.offsets, problem.step_offsets, problem.directions, relu,
-                 b["dropout_scale"], b["layer_in"], b["layer_out"], b["h_prev"], b["top_out"],
-                 problem.packed(problem.grad_output), np.ascontiguousarray(problem.grad_h_n[:, problem.order]),
-                 grads, grad_x, grad_h_0,
-                 np.full((rows, width), np.nan, dtype), np.full((problem.directions, rows, HIDDEN_SIZE), np.nan, dtype),
-                 np.full((problem.directions, rows * widest if problem.directions == 2 else 0), np.nan, dtype),
-                 np.full((problem.directions, HIDDEN_SIZE * widest), np.nan, dtype))
+    kernel = rnn_backward_parallel if parallel else rnn_backward
+    kernel(b["x"], problem.params, problem.offsets, problem.step_offsets, problem.directions, relu,
+           b["dropout_scale"], b["layer_in"], b["layer_out"], b["h_prev"], b["top_out"],
+           problem.packed(problem.grad_output), np.ascontiguousarray(problem.grad_h_n[:, problem.order]),
+           grads, grad_x, grad_h_0,
+           np.full((rows, width), np.nan, dtype), np.full((problem.directions, rows, HIDDEN_SIZE), np.nan, dtype),
+           np.full((problem.directions, rows * widest if problem.directions == 2 else 0), np.nan, dtype),
+           np.full((problem.directions, HIDDEN_SIZE * widest), np.nan, dtype))
     padded_grad_x = problem.unpacked(grad_x)
     assert_close(padded_grad_x, expected_grad_x, dtype, "grad_x")
     assert_close(unsort(grad_h_0, problem.order), expected_grad_h_0, dtype, "grad_h_0")
