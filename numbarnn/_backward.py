@@ -101,10 +101,12 @@ def layer_direction_backward(l, d, inputs, y, grad_y, params, offsets, step_offs
     direction_backward(grad_y, y, w_hh, step_offsets, d == 1, relu, d * hidden, grad_h_0[row], dz[d])
     accumulate_weight_gradient(dz[d], h_prev[l, d], grads, offsets[row, W_HH],
                                scratch[: hidden * hidden].reshape((hidden, hidden)))
-    accumulate_weight_gradient(dz[d], inputs, grads, offsets[row, W_IH], scratch[: hidden * width].reshape((hidden, width)))
+    accumulate_weight_gradient(dz[d], inputs, grads, offsets[row, W_IH],
+                               scratch[: hidden * width].reshape((hidden, width)))
     accumulate_bias_gradient(dz[d], grads, offsets, row, scratch[:hidden])
     if l > 0 or grad_x.shape[0] > 0:
-        np.dot(dz[d], w_ih, input_gradient_target(l, d, num_directions, grad_x, grad_layer, grad_input_tmp, rows, width))
+        destination = input_gradient_target(l, d, num_directions, grad_x, grad_layer, grad_input_tmp, rows, width)
+        np.dot(dz[d], w_ih, destination)
 
 
 @jit

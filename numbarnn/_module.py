@@ -6,9 +6,9 @@ from collections import namedtuple
 import numpy as np
 
 from ._layout import named_views
+from ._validation import check_dtype
 
 IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
-from ._validation import check_dtype
 
 
 class Module:

@@ -43,7 +43,7 @@ CONFIGS = {
     "large": Config(100, 64, 512, 1024, 1, False),
 }
 
-# The speed targets of the issue, as torch time / numbarnn time: (inference forward, training step).
+# The project's speed targets, as torch time / numbarnn time: (inference forward, training step).
 TARGETS = {
     "tiny": (15.0, 50.0),
     "small": (2.0, 3.0),
@@ -270,7 +270,7 @@ def format_table(results):
 
     def line(cells):  # names left-aligned, numbers right-aligned
         return "| " + " | ".join(cell.ljust(width) if index == 0 else cell.rjust(width)
-                                 for index, (cell, width) in enumerate(zip(cells, widths))) + " |"
+                                 for index, (cell, width) in enumerate(zip(cells, widths, strict=True))) + " |"
 
     separator = "|:" + "-" * (widths[0] + 1) + "|" + "|".join("-" * (width + 1) + ":" for width in widths[1:]) + "|"
     lines = [line(TABLE_COLUMNS), separator]

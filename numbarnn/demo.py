@@ -357,7 +357,7 @@ def _plot(path, history, baseline):
         smoothed = np.convolve(losses, np.ones(window) / window, mode="valid")
         axes.plot(steps[window - 1 :], smoothed, color="tab:blue", label=f"training loss ({window}-update mean)")
     if validation_points:
-        at, values = zip(*validation_points)
+        at, values = zip(*validation_points, strict=True)
         axes.plot(at, values, "o", color="tab:orange", label="held-out loss")
     axes.axhline(baseline, color="tab:red", linestyle="--", label=f"unigram baseline ({baseline:.2f})")
     axes.set_xlabel("update")

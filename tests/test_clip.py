@@ -39,7 +39,7 @@ def test_matches_torch(max_norm, norm_type, dtype, rng):
     total = clip_grad_norm_(modules, max_norm, norm_type=norm_type)
     assert_close(total, expected_total, dtype, "total norm")
     ours = [value for module in modules for value in module.grads.values()]
-    for index, (mine, theirs) in enumerate(zip(ours, expected_grads)):
+    for index, (mine, theirs) in enumerate(zip(ours, expected_grads, strict=True)):
         assert_close(mine, theirs, dtype, f"gradient {index}")
 
 
@@ -67,7 +67,7 @@ def test_non_finite_norm(rng):
     total = clip_grad_norm_(modules, 1.0)
     assert math.isnan(total) and math.isnan(expected_total)
     ours = [value for module in modules for value in module.grads.values()]
-    for mine, theirs in zip(ours, expected_grads):
+    for mine, theirs in zip(ours, expected_grads, strict=True):
         np.testing.assert_array_equal(np.isnan(mine), np.isnan(theirs))
 
 

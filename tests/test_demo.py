@@ -1,5 +1,6 @@
 """``python -m numbarnn demo`` through its command line, on tiny settings."""
 
+import itertools
 import re
 import sys
 
@@ -114,6 +115,6 @@ def test_truncated_bptt_carries_the_state_between_chunks(monkeypatch):
                  "--progress", "lines"]) == 0
     forwards = [call for call in calls if call[0] == "forward"]
     assert len(forwards) == 3 and forwards[0][1] is None
-    for previous, current in zip(forwards, forwards[1:]):
+    for previous, current in itertools.pairwise(forwards):
         np.testing.assert_array_equal(current[1], previous[2])
     assert all(call[1] is None for call in calls if call[0] == "backward")

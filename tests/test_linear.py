@@ -46,7 +46,7 @@ def test_gradients_accumulate_over_backward_calls(rng):
     layer, reference = make_pair(True, np.float64)
     inputs = [rng.standard_normal((3, IN)) for _ in range(2)]
     grads = [rng.standard_normal((3, OUT)) for _ in range(2)]
-    for x, grad_y in zip(inputs, grads):
+    for x, grad_y in zip(inputs, grads, strict=True):
         layer(x)
         layer.backward(grad_y)
         (reference(torch.tensor(x)) * torch.tensor(grad_y)).sum().backward()  # torch's .grad accumulates too

@@ -58,12 +58,12 @@ def test_matches_torch_over_several_steps(case, dtype, rng):
         for module in modules:
             module._grad_flat[:] = rng.standard_normal(module._grad_flat.size)
         gradients = [value.copy() for module in modules for value in module.grads.values()]
-        for param, gradient in zip(reference_params, gradients):
+        for param, gradient in zip(reference_params, gradients, strict=True):
             param.grad = torch.tensor(gradient)
         optimizer.step()
         reference.step()
         ours = [value for module in modules for value in module.params.values()]
-        for index, (mine, theirs) in enumerate(zip(ours, reference_params)):
+        for index, (mine, theirs) in enumerate(zip(ours, reference_params, strict=True)):
             np.testing.assert_allclose(mine, theirs.detach().numpy(), **TOLERANCE[np.dtype(dtype)],
                                        err_msg=f"parameter {index}")
 
@@ -77,7 +77,7 @@ def test_updates_the_flat_buffers_in_place(rng):
     for module in modules:
         module._grad_flat[:] = rng.standard_normal(module._grad_flat.size)
     optimizer.step()
-    for module, params, flat, old in zip(modules, views, flats, before):
+    for module, params, flat, old in zip(modules, views, flats, before, strict=True):
         assert module._param_flat is flat and module.params is params
         assert not np.array_equal(flat, old)
         assert all(np.shares_memory(value, flat) for value in params.values())

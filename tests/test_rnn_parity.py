@@ -4,10 +4,18 @@ import itertools
 
 import numpy as np
 import pytest
+from conftest import (
+    DTYPES,
+    assert_close,
+    input_shape,
+    make_rnn_pair,
+    output_shape,
+    standard_normal,
+    state_shape,
+    torch_run,
+)
 
 import numbarnn
-from conftest import (DTYPES, assert_close, input_shape, make_rnn_pair, output_shape, standard_normal, state_shape,
-                      torch_run)
 
 STEPS, BATCH, INPUT_SIZE, HIDDEN_SIZE = 4, 3, 3, 5
 
@@ -21,7 +29,7 @@ GRID_AXES = dict(
     dtype=DTYPES,
     h_0_given=[True, False],
 )
-FULL_GRID = [dict(zip(GRID_AXES, values)) for values in itertools.product(*GRID_AXES.values())]
+FULL_GRID = [dict(zip(GRID_AXES, values, strict=True)) for values in itertools.product(*GRID_AXES.values())]
 
 
 def grid_id(case):
@@ -165,7 +173,7 @@ def test_arguments_are_not_modified(mode, batch_first, rng):
         rnn(x, h_0, lengths=call_lengths)
         if mode == "train":
             rnn.backward(grad_output, grad_h_n)
-    for original, array in zip(originals, (x, h_0, grad_output, grad_h_n, lengths)):
+    for original, array in zip(originals, (x, h_0, grad_output, grad_h_n, lengths), strict=True):
         np.testing.assert_array_equal(array, original)
 
 
@@ -179,7 +187,7 @@ def test_results_do_not_alias_module_buffers(rng):
     kept = [a.copy() for a in (output_1, h_n_1, grad_x_1, grad_h_0_1)]
     rnn(x2)
     rnn.backward(-grad)
-    for before, after in zip(kept, (output_1, h_n_1, grad_x_1, grad_h_0_1)):
+    for before, after in zip(kept, (output_1, h_n_1, grad_x_1, grad_h_0_1), strict=True):
         np.testing.assert_array_equal(after, before)
 
 

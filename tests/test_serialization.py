@@ -47,7 +47,7 @@ def test_loaded_rnn_computes_the_same(tmp_path, rng):
     save(tmp_path / "rnn.npz", rnn=rnn)
     copy = load(tmp_path / "rnn.npz")["rnn"]
     x = rng.standard_normal((5, 2, 3)).astype(np.float32)
-    for ours, theirs in zip(rnn(x), copy(x)):
+    for ours, theirs in zip(rnn(x), copy(x), strict=True):
         np.testing.assert_array_equal(ours, theirs)
 
 

@@ -158,7 +158,8 @@ def test_attribute_assignment_writes_through(rng):
     # the kernels read the flat buffer: the assigned weights are the ones used
     x = rng.standard_normal((5, 2, 3))
     assert_close(rnn(x)[0], reference(torch.from_numpy(x))[0], np.float64, "output")
-    with pytest.raises(ValueError, match=r"cannot assign an array of shape \(3, 3\) to weight_hh_l0, of shape \(4, 4\)"):
+    expected = r"cannot assign an array of shape \(3, 3\) to weight_hh_l0, of shape \(4, 4\)"
+    with pytest.raises(ValueError, match=expected):
         rnn.weight_hh_l0 = np.zeros((3, 3))
     rnn.not_a_parameter = 5  # other attributes are ordinary attributes
     assert rnn.not_a_parameter == 5 and "not_a_parameter" not in rnn.params
@@ -213,7 +214,7 @@ def test_new_modules_start_with_zero_gradients_in_training_mode():
     rnn = numbarnn.RNN(3, 4, 2)
     assert rnn.training
     assert all(not g.any() and g.shape == p.shape and g.dtype == p.dtype
-               for g, p in zip(rnn.grads.values(), rnn.params.values()))
+               for g, p in zip(rnn.grads.values(), rnn.params.values(), strict=True))
     assert rnn.eval() is rnn and not rnn.training
     assert rnn.train() is rnn and rnn.training
     assert rnn.train(False) is rnn and not rnn.training
