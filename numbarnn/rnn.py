@@ -152,7 +152,7 @@ class RNN(Module):
         training = self.training
         buffers = self._forward_buffers(int(step_offsets[-1]), batch, training)
         if order is None and not training and x.flags.c_contiguous:
-            x_rows = x.reshape(buffers.x_rows.shape)  # read in place: nothing outlives this call
+            x_rows = x.reshape(-1, self.input_size)  # read in place: nothing outlives this call
         else:
             x_rows = buffers.x_rows
             _to_rows(x, order, step_offsets, x_rows)
@@ -347,8 +347,8 @@ class _ForwardBuffers:
     """Every array the forward pass writes and the backward pass reads or writes, for one (rows, N) shape.
 
     In training mode all layers' outputs and the states entering each step are kept for the backward pass; in eval
-    mode only two layer outputs ping-pong and no states are kept. The backward pass's own workspaces are allocated
-    the first time it runs.
+    mode only two layer outputs ping-pong and no states are kept. The packed input and the backward pass's own
+    workspaces are allocated the first time they are used.
     """
 
     def __init__(self, key, input_size, hidden, layers, directions, training, dtype):
@@ -356,7 +356,6 @@ class _ForwardBuffers:
         width = directions * hidden
         self.key, self.batch, self.dtype = key, batch, dtype
         self.state_shape = (layers * directions, batch, hidden)
-        self.x_rows = np.empty((rows, input_size), dtype)
         self.dropout_scale = np.empty((dropped, rows, width), dtype)
         self.layer_in = np.empty((dropped, rows, width), dtype)
         self.layer_out = np.empty((layers - 1 if training else min(layers - 1, 2), rows, width), dtype)
@@ -366,7 +365,10 @@ class _ForwardBuffers:
         self.w_hh_transposed = np.empty((directions, hidden, hidden), dtype)
         self.bias_zeros = np.zeros(hidden, dtype)
         self.top_out = np.empty((rows, width), dtype)
-        self._backward_shapes = {
+        # Allocated on first use (see __getattr__): the packed input (not needed when eval reads a contiguous input
+        # in place) and the backward pass's workspaces.
+        self._lazy_shapes = {
+            "x_rows": (rows, input_size),
             "grad_output": (rows, width),
             "grad_h_n": self.state_shape,
             "grad_x": (rows, input_size),
@@ -379,7 +381,7 @@ class _ForwardBuffers:
         }
 
     def __getattr__(self, name):
-        shape = self.__dict__.get("_backward_shapes", {}).get(name)
+        shape = self.__dict__.get("_lazy_shapes", {}).get(name)
         if shape is None:
             raise AttributeError(name)
         array = np.empty(shape, self.dtype)
