@@ -13,7 +13,9 @@ COMMANDS = {
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="numbarnn", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="numbarnn", description="numbarnn: vanilla RNNs on the CPU with PyTorch's semantics, compiled with Numba."
+    )
     subparsers = parser.add_subparsers(dest="command", metavar="{" + ",".join(COMMANDS) + "}")
     modules = {}
     for name, (module_name, help_text) in COMMANDS.items():

@@ -91,7 +91,7 @@ class RNNCell(Module):
             hx = np.asarray(hx)
             if hx.ndim not in (1, 2):
                 raise ValueError(f"RNNCell: Expected hidden to be 1D or 2D, got {hx.ndim}D instead")
-        x = as_array(x, "input", self.dtype)
+        x = as_array(input, "input", self.dtype)  # the original object: the fix it names depends on it
         if x.shape[-1] != self.input_size:
             raise ValueError(f"input has inconsistent input_size: got {x.shape[-1]} expected {self.input_size}")
         batched = x.ndim == 2

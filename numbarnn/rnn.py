@@ -285,7 +285,7 @@ class RNN(Module):
                 raise ValueError(f"For batched 3-D input, hx should also be 3-D but got {h_0.ndim}-D tensor")
             if not batched and h_0.ndim != 2:
                 raise ValueError(f"For unbatched 2-D input, hx should also be 2-D but got {h_0.ndim}-D tensor")
-        x = as_array(x, "input", self.dtype)
+        x = as_array(input, "input", self.dtype)  # the original object: the fix it names depends on it
         if x.shape[-1] != self.input_size:
             raise ValueError(
                 f"input.size(-1) must be equal to input_size. Expected {self.input_size}, got {x.shape[-1]}"

@@ -165,7 +165,7 @@ def test_input_dtype_must_match_and_the_message_names_the_fix(modules, given):
 
 def test_nested_lists_are_float64_and_rejected_by_a_float32_module(modules):
     rnn, _ = modules
-    with pytest.raises(ValueError, match=re.escape("input.astype(np.float32)")):
+    with pytest.raises(ValueError, match=re.escape("np.asarray(input, dtype=np.float32)")):
         rnn([[[0.0, 0.0, 0.0]]])
 
 
