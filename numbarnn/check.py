@@ -103,7 +103,7 @@ def run(args):
     torch.manual_seed(args.seed)
     rnn_grid = list(itertools.product((1, 2, 3), (False, True), ("tanh", "relu"), (True, False), (False, True),
                                       (False, True)))
-    rows, failed = [], 0
+    checked, failed = 0, 0
     header = f"{'module':<8} {'layers':>6} {'bidir':>5} {'act':>4} {'bias':>5} {'b_first':>7} {'lengths':>7} " \
              f"{'dtype':>7} {'output':>9} {'h_n':>9} {'grads':>9}  ok"
     print(header)
@@ -126,12 +126,12 @@ def run(args):
             print(f"{module:<8} {layers:>6} {str(bidirectional):>5} {nonlinearity:>4} {str(bias):>5} "
                   f"{str(batch_first):>7} {str(use_lengths):>7} {dtype:>7} {errors['output']:>9.2e} "
                   f"{errors['h_n']:>9.2e} {errors['gradients']:>9.2e}  {'yes' if ok else 'NO'}")
-            rows.append(errors)
+            checked += 1
     print()
     for dtype, tolerance in TOLERANCES.items():
         print(f"largest relative error, {dtype}: {worst[dtype]:.2e} (tolerance {tolerance:.0e})")
     if failed:
-        print(f"{failed} of {len(rows)} settings exceed the tolerance", file=sys.stderr)
+        print(f"{failed} of {checked} settings exceed the tolerance", file=sys.stderr)
         return 1
-    print(f"all {len(rows)} settings agree with torch")
+    print(f"all {checked} settings agree with torch")
     return 0

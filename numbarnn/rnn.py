@@ -1,5 +1,6 @@
 """``numbarnn.RNN``: a multi-layer Elman RNN with ``torch.nn.RNN``'s arguments, shapes, names and messages."""
 
+import functools
 import numbers
 import warnings
 
@@ -425,7 +426,10 @@ def _check_gradient(value, name, shape, dtype):
     return array
 
 
+@functools.lru_cache(maxsize=16)
 def _identity(n):
+    """The batch order 0...n-1 for the pack kernels; shared across calls (the kernels only read it; left writeable so
+    that it has the same numba type as a length-sorted order and needs no second compile)."""
     return np.arange(n, dtype=np.int64)
 
 
