@@ -6,7 +6,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from conftest import DTYPES, assert_close, standard_normal, torch_dtype
+from helpers import DTYPES, assert_close, standard_normal, torch_dtype
 
 import numbarnn
 import numbarnn.cell

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import assert_close, make_rnn_pair
+from helpers import assert_close, make_rnn_pair
 
 import numbarnn
 from numbarnn.clip import clip_grad_norm_

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import DTYPES, assert_close
+from helpers import DTYPES, assert_close
 
 import numbarnn
 from numbarnn.clip import clip_grad_norm_

@@ -8,7 +8,7 @@ compared exactly.
 import numpy as np
 import pytest
 import torch
-from conftest import assert_close, make_rnn_pair, torch_run
+from helpers import assert_close, make_rnn_pair, torch_run
 
 import numbarnn
 from numbarnn._packing import unpack

@@ -10,7 +10,7 @@ import naive
 import numba
 import numpy as np
 import pytest
-from conftest import DTYPES, assert_close
+from helpers import DTYPES, assert_close
 from numpy.testing import assert_array_equal
 
 from numbarnn._activations import activate, activation_slope

@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 import torch
-from conftest import DTYPES, assert_close, input_shape, make_rnn_pair, output_shape, standard_normal, torch_run
+from helpers import DTYPES, assert_close, input_shape, make_rnn_pair, output_shape, standard_normal, torch_run
 
 STEPS, BATCH, INPUT_SIZE, HIDDEN_SIZE = 6, 4, 3, 4
 

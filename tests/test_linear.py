@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import DTYPES, assert_close, torch_dtype
+from helpers import DTYPES, assert_close, torch_dtype
 
 from numbarnn.linear import Linear
 

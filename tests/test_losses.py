@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import DTYPES, assert_close
+from helpers import DTYPES, assert_close
 
 from numbarnn.losses import mse_loss, softmax_cross_entropy
 

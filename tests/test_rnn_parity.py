@@ -4,7 +4,7 @@ import itertools
 
 import numpy as np
 import pytest
-from conftest import (
+from helpers import (
     DTYPES,
     assert_close,
     input_shape,

@@ -4,7 +4,7 @@ attribute write-through, initialisation and seeding, and the printed form."""
 import numpy as np
 import pytest
 import torch
-from conftest import assert_close, torch_dtype
+from helpers import assert_close, torch_dtype
 from scipy import stats
 
 import numbarnn

@@ -1,0 +1,135 @@
+"""Shared helpers for the tests: tolerances, building a numbarnn/torch pair with equal weights, and running
+torch's forward + autograd backward the way numbarnn's ``backward`` defines its gradients.
+
+Test modules import them with ``from helpers import ...`` (pytest puts ``tests/`` on ``sys.path``); fixtures live in
+``conftest.py``.
+"""
+
+import functools
+
+import numpy as np
+import torch
+from numpy.testing import assert_allclose
+
+import numbarnn
+
+# Tiny problems: torch's intra-op threads only add start-up cost and compete with numba/BLAS for the 2 cores.
+torch.set_num_threads(1)
+
+DTYPES = [np.float32, np.float64]
+TORCH_DTYPES = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}
+
+# Every compared value is a short chain (T <= 7 steps) of sums of O(1) terms: weights are U(-1/sqrt(H), 1/sqrt(H))
+# and inputs standard normal. Two correct implementations differ by their summation order (and, in float32, by the
+# rational tanh, within 3e-7 of the exact one), so they agree to a modest multiple of the unit roundoff:
+# float32 eps = 1.2e-7, float64 eps = 2.2e-16. rtol is the relative agreement asked for. atol covers entries that
+# cancel to near zero, where only the absolute error is meaningful: a parameter gradient sums up to L * N <= 28 rows
+# of products whose magnitudes add up to ~10-40, so its rounding error is ~sqrt(28) * eps * 40: 2.5e-5 in the worst
+# case and a few 1e-6 in practice for float32 (measured up to 1.9e-6), ~1e-14 for float64 (measured up to 3e-15).
+RTOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-10}
+ATOL = {np.dtype(np.float32): 5e-6, np.dtype(np.float64): 1e-12}
+
+
+def assert_close(actual, expected, dtype, name=""):
+    """Compare with the tolerances of ``dtype`` (NaN matches NaN, inf matches inf of the same sign)."""
+    dtype = np.dtype(dtype)
+    if isinstance(expected, torch.Tensor):
+        expected = expected.detach().numpy()
+    assert np.asarray(actual).shape == np.asarray(expected).shape, (name, np.shape(actual), np.shape(expected))
+    assert_allclose(actual, expected, rtol=RTOL[dtype], atol=ATOL[dtype], err_msg=name)
+
+
+def torch_dtype(dtype):
+    return TORCH_DTYPES[np.dtype(dtype)]
+
+
+@functools.lru_cache(maxsize=None)
+def _torch_rnn(input_size, hidden_size, num_layers, nonlinearity, bias, batch_first, dropout, bidirectional, dtype,
+               seed):
+    # Cached: many tests share a configuration, and torch.manual_seed plus construction cost more than the test.
+    # Callers never change the weights (torch_run only reads them and resets .grad).
+    torch.manual_seed(seed)
+    return torch.nn.RNN(input_size, hidden_size, num_layers, nonlinearity=nonlinearity, bias=bias,
+                        batch_first=batch_first, dropout=dropout, bidirectional=bidirectional,
+                        dtype=torch_dtype(dtype))
+
+
+def make_rnn_pair(input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True, batch_first=False,
+                  dropout=0.0, bidirectional=False, dtype=np.float64, seed=0):
+    """A fresh ``numbarnn.RNN`` and a ``torch.nn.RNN`` (shared between tests, do not modify its weights) built
+    with the same arguments, numbarnn holding torch's weights; torch's module is in training mode."""
+    reference = _torch_rnn(input_size, hidden_size, num_layers, nonlinearity, bias, batch_first, float(dropout),
+                           bidirectional, np.dtype(dtype), seed).train()
+    rnn = numbarnn.RNN(input_size, hidden_size, num_layers, nonlinearity=nonlinearity, bias=bias,
+                       batch_first=batch_first, dropout=dropout, bidirectional=bidirectional, dtype=dtype,
+                       seed=seed + 1)
+    rnn.load_state_dict(reference.state_dict())
+    return rnn, reference
+
+
+def torch_run(reference, x, h_0=None, grad_output=None, grad_h_n=None, lengths=None):
+    """torch's forward and, when a gradient is given, autograd's backward for the loss
+    ``sum(grad_output * output) + sum(grad_h_n * h_n)``.
+
+    ``h_0=None`` is run as explicit zeros that require grad, which is what torch does with an omitted h_0, so that
+    the gradient numbarnn returns for the implicit zeros can be compared. ``lengths`` runs
+    pack_padded_sequence(enforce_sorted=False) -> RNN -> pad_packed_sequence(total_length=L).
+
+    Returns ``(output, h_n, grad_x, grad_h_0, grads)`` as NumPy arrays; ``grads`` maps parameter names to ``.grad``
+    (zeros where autograd left None); the gradients are None when no gradient was given.
+    """
+    dtype = next(reference.parameters()).dtype
+    reference.zero_grad(set_to_none=True)
+    x_t = torch.tensor(np.asarray(x), dtype=dtype, requires_grad=True)
+    batched = x_t.dim() == 3
+    if h_0 is None:
+        state_shape = [reference.num_layers * (2 if reference.bidirectional else 1), reference.hidden_size]
+        if batched:
+            state_shape.insert(1, x_t.shape[0] if reference.batch_first else x_t.shape[1])
+        h_0 = np.zeros(state_shape)
+    h_0_t = torch.tensor(np.asarray(h_0), dtype=dtype, requires_grad=True)
+    if lengths is None:
+        output_t, h_n_t = reference(x_t, h_0_t)
+    else:
+        steps = x_t.shape[1] if reference.batch_first else x_t.shape[0]
+        packed = torch.nn.utils.rnn.pack_padded_sequence(x_t, torch.as_tensor(np.asarray(lengths)),
+                                                         batch_first=reference.batch_first, enforce_sorted=False)
+        packed_output, h_n_t = reference(packed, h_0_t)
+        output_t, _ = torch.nn.utils.rnn.pad_packed_sequence(packed_output, batch_first=reference.batch_first,
+                                                             total_length=steps)
+    output, h_n = output_t.detach().numpy(), h_n_t.detach().numpy()
+    if grad_output is None and grad_h_n is None:
+        return output, h_n, None, None, None
+    loss = output_t.sum() * 0
+    if grad_output is not None:
+        loss = loss + (output_t * torch.tensor(np.asarray(grad_output), dtype=dtype)).sum()
+    if grad_h_n is not None:
+        loss = loss + (h_n_t * torch.tensor(np.asarray(grad_h_n), dtype=dtype)).sum()
+    loss.backward()
+    grads = {name: (np.zeros(tuple(p.shape), p.detach().numpy().dtype) if p.grad is None else p.grad.numpy())
+             for name, p in reference.named_parameters()}
+    return output, h_n, x_t.grad.numpy(), h_0_t.grad.numpy(), grads
+
+
+def state_shape(rnn, batch=None):
+    """Shape of h_0 / h_n for ``rnn``: (D * num_layers, N, H), or (D * num_layers, H) when ``batch`` is None."""
+    rows = rnn.num_layers * (2 if rnn.bidirectional else 1)
+    return (rows, rnn.hidden_size) if batch is None else (rows, batch, rnn.hidden_size)
+
+
+def input_shape(rnn, steps, batch=None):
+    """Shape of the input: (L, N, H_in), (N, L, H_in) with batch_first, or (L, H_in) when ``batch`` is None."""
+    if batch is None:
+        return (steps, rnn.input_size)
+    return (batch, steps, rnn.input_size) if rnn.batch_first else (steps, batch, rnn.input_size)
+
+
+def output_shape(rnn, steps, batch=None):
+    width = rnn.hidden_size * (2 if rnn.bidirectional else 1)
+    if batch is None:
+        return (steps, width)
+    return (batch, steps, width) if rnn.batch_first else (steps, batch, width)
+
+
+def standard_normal(rng, shape, dtype):
+    return rng.standard_normal(shape).astype(dtype)
