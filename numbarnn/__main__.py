@@ -6,9 +6,9 @@ import sys
 
 # subcommand -> (module that implements it, one-line help); each module has add_arguments(parser) and run(args).
 COMMANDS = {
-    "demo": ("numbarnn.demo", "train a character-level language model on the bundled corpus (the main job)"),
-    "check": ("numbarnn.check", "compare outputs and gradients with torch.nn.RNN / RNNCell over a grid of settings"),
-    "bench": ("numbarnn.bench", "time numbarnn and torch.nn.RNN side by side (forward and training step)"),
+    "demo": ("numbarnn.cli.demo", "train a character-level language model on the bundled corpus (the main job)"),
+    "check": ("numbarnn.cli.check", "compare outputs and gradients with torch.nn.RNN / RNNCell over a grid of settings"),
+    "bench": ("numbarnn.cli.bench", "time numbarnn and torch.nn.RNN side by side (forward and training step)"),
 }
 
 

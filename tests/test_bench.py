@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from numbarnn import bench
+from numbarnn.cli import bench
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # the asv suite lives next to the package, not inside it
@@ -105,7 +105,7 @@ def test_bench_arguments():
 
 def test_help_does_not_import_torch():
     # `python -m numbarnn --help` imports every subcommand module; bench must leave torch for run() to import.
-    code = "import sys, numbarnn.bench; print('torch' in sys.modules, 'threadpoolctl' in sys.modules)"
+    code = "import sys, numbarnn.cli.bench; print('torch' in sys.modules, 'threadpoolctl' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.split() == ["False", "False"]
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from numbarnn.__main__ import main
-from numbarnn.demo import DEFAULT_CORPUS
+from numbarnn.cli.demo import DEFAULT_CORPUS
 from numbarnn.linear import Linear
 from numbarnn.rnn import RNN
 from numbarnn.serialization import load, load_metadata

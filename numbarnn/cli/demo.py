@@ -16,14 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .clip import clip_grad_norm_
-from .linear import Linear
-from .losses import softmax_cross_entropy
-from .optim import Adagrad, Adam
-from .rnn import RNN
-from .serialization import save
+from ..clip import clip_grad_norm_
+from ..linear import Linear
+from ..losses import softmax_cross_entropy
+from ..optim import Adagrad, Adam
+from ..rnn import RNN
+from ..serialization import save
 
-DEFAULT_CORPUS = Path(__file__).with_name("data") / "corpus.txt"
+DEFAULT_CORPUS = Path(__file__).parent.parent / "data" / "corpus.txt"  # numbarnn/data, shipped as package data
 # Fraction of the text (its end) held out to measure the final loss.
 VALIDATION_FRACTION = 0.05
 # Smoothing of the reported training loss: an exponential moving average over about 1 / (1 - 0.95) = 20 updates.
