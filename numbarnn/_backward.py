@@ -2,9 +2,10 @@
 
 The reverse-time loop carries only ``dz_t = (dy_t + dh_t) * act'(y_t)`` and ``dh_{t-1} = dz_t @ W_hh``. Everything
 that does not depend on the previous step — the weight gradients, both bias gradients and the input gradient — is
-computed after the loop with large GEMMs and reductions over all rows. As in the forward pass, one driver runs the
-directions in turn and one runs them on two threads; each direction owns its slice of every workspace and of the
-gradient buffer, and the two partial input gradients are added after the parallel loop.
+computed after the loop with large GEMMs and reductions over the task's rows. As in the forward pass each (block,
+direction) of a layer is a task: each task owns its rows of every workspace, each block accumulates its own partial
+parameter gradients (summed after the pass, as stumpy sums per-thread accumulators), and the two directions' partial
+input gradients are added once both are done.
 """
 
 import numpy as np
@@ -20,11 +21,11 @@ from ._matmul import matmul
 
 @jit(inline=True)
 def direction_backward(grad_y, y, w_hh, step_offsets, reverse, relu, column, carry, dz):
-    """Reverse-time loop of one direction.
+    """Reverse-time loop of one direction over one block's rows.
 
-    ``grad_y``/``y`` (R, D * H) are the gradient and value of the layer output (this direction's columns start at
-    ``column``); ``carry`` (N, H) holds the gradient of h_n on entry and of h_0 on exit; ``dz`` (R, H) receives the
-    gradient of the pre-activations.
+    ``grad_y``/``y`` (R_b, D * H) are the gradient and value of the layer output (this direction's columns start at
+    ``column``); ``carry`` (N_b, H) holds the gradient of h_n on entry and of h_0 on exit; ``dz`` (R_b, H) receives
+    the gradient of the pre-activations.
     """
     hidden = w_hh.shape[0]
     steps = step_offsets.size - 1
@@ -51,7 +52,8 @@ def accumulate_bias_gradient(dz, grads, offsets, row, column_sums):
     """Both bias gradients receive the column sums of ``dz`` (the biases enter the pre-activation identically)."""
     if offsets[row, B_IH] == NO_BIAS:
         return
-    column_sums[:] = 0
+    for j in range(column_sums.size):
+        column_sums[j] = 0
     for r in range(dz.shape[0]):
         for j in range(dz.shape[1]):
             column_sums[j] += dz[r, j]
@@ -62,98 +64,122 @@ def accumulate_bias_gradient(dz, grads, offsets, row, column_sums):
 
 
 @jit(inline=True)
-def input_gradient_target(l, d, num_directions, grad_x, grad_layer, grad_input_tmp, rows, width):
-    """Where direction ``d`` of layer ``l`` writes its part of the input gradient.
+def block_gradients(b, grads, buffers):
+    """Where block ``b`` accumulates its parameter gradients: the caller's ``grads`` when there is one block, else
+    the block's own partial buffer (summed by :func:`sum_partial_gradients`)."""
+    if buffers.grad_partial.shape[0] == 0:
+        return grads
+    return buffers.grad_partial[b]
 
-    With one direction that is the input gradient itself (``grad_x``, or ``grad_layer`` for the layer below, which
-    the direction has finished reading by then). With two, each writes its own partial buffer, since one direction
-    may still read ``grad_layer`` while the other is done; :func:`finish_layer_gradient` adds them.
+
+@jit(inline=True)
+def input_gradient_target(l, d, num_directions, buffers, r0, r1, width):
+    """Where direction ``d`` of layer ``l`` writes its part of the input gradient of rows ``r0:r1``.
+
+    With one direction that is the input gradient itself (``grad_x``, or ``grad_layer`` for the layer below, whose
+    rows the task has finished reading by then). With two, each writes its own partial buffer, since one direction
+    may still read ``grad_layer`` while the other is done; :func:`finish_block_gradient` adds them.
     """
     if num_directions == 2:
-        return grad_input_tmp[d, : rows * width].reshape((rows, width))
-    return grad_x if l == 0 else grad_layer
+        return buffers.grad_input_tmp[d][r0 * width : r1 * width].reshape((r1 - r0, width))
+    return buffers.grad_x[r0:r1] if l == 0 else buffers.grad_layer[r0:r1]
 
 
 @jit(inline=True)
-def finish_layer_gradient(l, num_directions, dropout_scale, grad_x, grad_layer, grad_input_tmp, rows, width):
-    if l == 0 and grad_x.shape[0] == 0:
-        return
-    destination = grad_x if l == 0 else grad_layer
-    if num_directions == 2:
-        partial_0 = grad_input_tmp[0, : rows * width].reshape((rows, width))
-        partial_1 = grad_input_tmp[1, : rows * width].reshape((rows, width))
-        add_2d(partial_0, partial_1, destination)
-    if l > 0 and dropout_scale.shape[0] > 0:
-        multiply_2d(destination, dropout_scale[l - 1], destination)
-
-
-@jit(inline=True)
-def layer_direction_backward(l, d, inputs, y, grad_y, params, offsets, step_offsets, num_directions, relu, h_prev,
-                             grads, grad_x, grad_h_0, grad_layer, dz, grad_input_tmp, weight_tmp):
-    """Every gradient of direction ``d`` of layer ``l``: the body both drivers run, serially or one direction per
-    thread. The reverse-time loop first, then the weight and bias gradients and this direction's part of the input
-    gradient, each over all rows at once."""
+def task_backward(l, task, params, offsets, packing, forward, buffers, num_directions, relu, grads):
+    """Every gradient of direction ``task % D`` of layer ``l`` over block ``task // D``: the body both drivers run.
+    The reverse-time loop first, then the weight and bias gradients and this direction's part of the input
+    gradient, each over all the block's rows at once."""
+    b, d = task // num_directions, task % num_directions
+    r0, r1 = packing.block_rows[b], packing.block_rows[b + 1]
+    n0, n1 = packing.block_batch[b], packing.block_batch[b + 1]
+    num_layers = offsets.shape[0] // num_directions
     row = l * num_directions + d
-    hidden = grad_h_0.shape[2]
-    rows, width = inputs.shape
+    hidden = buffers.grad_h.shape[2]
+    inputs = layer_input(l, forward)[r0:r1]
+    width = inputs.shape[1]
     w_ih, w_hh = weight_views(params, offsets, row, width, hidden)
-    scratch = weight_tmp[d]
-    direction_backward(grad_y, y, w_hh, step_offsets, d == 1, relu, d * hidden, grad_h_0[row], dz[d])
-    accumulate_weight_gradient(dz[d], h_prev[l, d], grads, offsets[row, W_HH],
+    grad_y = buffers.grad_output if l == num_layers - 1 else buffers.grad_layer
+    dz = buffers.dz[d][r0:r1]
+    direction_backward(grad_y[r0:r1], layer_output(l, num_layers, forward)[r0:r1], w_hh, packing.step_offsets[b],
+                       d == 1, relu, d * hidden, buffers.grad_h[row][n0:n1], dz)
+    target = block_gradients(b, grads, buffers)
+    scratch = buffers.weight_tmp[task]
+    accumulate_weight_gradient(dz, forward.h_prev[l, d][r0:r1], target, offsets[row, W_HH],
                                scratch[: hidden * hidden].reshape((hidden, hidden)))
-    accumulate_weight_gradient(dz[d], inputs, grads, offsets[row, W_IH],
-                               scratch[: hidden * width].reshape((hidden, width)))
-    accumulate_bias_gradient(dz[d], grads, offsets, row, scratch[:hidden])
-    if l > 0 or grad_x.shape[0] > 0:
-        destination = input_gradient_target(l, d, num_directions, grad_x, grad_layer, grad_input_tmp, rows, width)
-        np.dot(dz[d], w_ih, destination)
+    accumulate_weight_gradient(dz, inputs, target, offsets[row, W_IH], scratch[: hidden * width].reshape((hidden, width)))
+    accumulate_bias_gradient(dz, target, offsets, row, scratch[:hidden])
+    if l > 0 or buffers.grad_x.shape[0] > 0:
+        np.dot(dz, w_ih, input_gradient_target(l, d, num_directions, buffers, r0, r1, width))
+
+
+@jit(inline=True)
+def finish_block_gradient(l, b, packing, forward, buffers, num_directions, width):
+    """Layer ``l``'s input gradient over block ``b``'s rows: the two directions' partials added (bidirectional),
+    then the dropout mask applied (it scaled the forward input)."""
+    if l == 0 and buffers.grad_x.shape[0] == 0:
+        return
+    r0, r1 = packing.block_rows[b], packing.block_rows[b + 1]
+    destination = buffers.grad_x[r0:r1] if l == 0 else buffers.grad_layer[r0:r1]
+    if num_directions == 2:
+        partials = buffers.grad_input_tmp
+        add_2d(partials[0][r0 * width : r1 * width].reshape((r1 - r0, width)),
+               partials[1][r0 * width : r1 * width].reshape((r1 - r0, width)), destination)
+    if l > 0 and forward.dropout_scale.shape[0] > 0:
+        multiply_2d(destination, forward.dropout_scale[l - 1][r0:r1], destination)
+
+
+@jit(inline=True)
+def zero_partial_gradients(b, buffers):
+    if buffers.grad_partial.shape[0] > 0:
+        partial = buffers.grad_partial[b]
+        for k in range(partial.size):
+            partial[k] = 0
 
 
 @jit
-def rnn_backward(x, params, offsets, step_offsets, num_directions, relu, dropout_scale, layer_in, layer_out, h_prev,
-                 top_out, grad_output, grad_h_n, grads, grad_x, grad_h_0, grad_layer, dz, grad_input_tmp, weight_tmp):
-    """Backward pass matching :func:`numbarnn._forward.rnn_forward` run with every layer kept.
+def rnn_backward(params, offsets, packing, forward, buffers, num_directions, relu, grads):
+    """Backward pass matching :func:`numbarnn._forward.rnn_forward` run in training mode.
 
     Parameters
     ----------
-    x, params, offsets, step_offsets, num_directions, relu, dropout_scale, layer_in, layer_out, h_prev, top_out
-        As given to (and filled by) the training forward pass (``layer_out`` holding all num_layers - 1 layers).
-    grad_output : (R, D * H) gradient of the top layer's output rows.
-    grad_h_n : (num_layers * D, N, H) gradient of the final states.
+    params, offsets, packing, num_directions, relu
+        As given to the training forward pass; ``forward`` is its :class:`~numbarnn._workspace.ForwardBuffers`.
+    buffers : :class:`numbarnn._workspace.BackwardBuffers`; ``grad_output`` and ``grad_h`` (holding the gradient
+        of h_n) are read; ``grad_x`` (when it has rows) and ``grad_h`` (the gradient of h_0) are the results.
     grads : (P,) flat parameter gradients, accumulated into.
-    grad_x : (R, H_in) gradient of the input rows (output), or (0, H_in) to skip computing it.
-    grad_h_0 : (num_layers * D, N, H) (output).
-    grad_layer : (R, D * H), dz : (D, R, H), grad_input_tmp : (D, R * max(H_in, D * H)) (bidirectional; (D, 0)
-    otherwise) and weight_tmp : (D, H * max(H_in, D * H, H)) workspaces.
     """
-    rows = step_offsets[-1]
     num_layers = offsets.shape[0] // num_directions
-    copy_3d(grad_h_n, grad_h_0)
+    blocks = packing.block_batch.size - 1
+    for b in range(blocks):
+        zero_partial_gradients(b, buffers)
     for l in range(num_layers - 1, -1, -1):
-        inputs = layer_input(l, x, dropout_scale, layer_in, layer_out)
-        y = layer_output(l, num_layers, layer_out, top_out)
-        grad_y = grad_output if l == num_layers - 1 else grad_layer
-        width = inputs.shape[1]
-        for d in range(num_directions):
-            layer_direction_backward(l, d, inputs, y, grad_y, params, offsets, step_offsets, num_directions, relu,
-                                     h_prev, grads, grad_x, grad_h_0, grad_layer, dz, grad_input_tmp, weight_tmp)
-        finish_layer_gradient(l, num_directions, dropout_scale, grad_x, grad_layer, grad_input_tmp, rows, width)
+        width = layer_input(l, forward).shape[1]
+        for task in range(blocks * num_directions):
+            task_backward(l, task, params, offsets, packing, forward, buffers, num_directions, relu, grads)
+        for b in range(blocks):
+            finish_block_gradient(l, b, packing, forward, buffers, num_directions, width)
+    partial = buffers.grad_partial
+    for b in range(partial.shape[0]):
+        for k in range(grads.size):
+            grads[k] += partial[b, k]
 
 
 @jit(parallel=True)
-def rnn_backward_parallel(x, params, offsets, step_offsets, num_directions, relu, dropout_scale, layer_in, layer_out,
-                          h_prev, top_out, grad_output, grad_h_n, grads, grad_x, grad_h_0, grad_layer, dz,
-                          grad_input_tmp, weight_tmp):
-    """:func:`rnn_backward` with the directions of each layer on separate threads (call with single-threaded BLAS)."""
-    rows = step_offsets[-1]
+def rnn_backward_parallel(params, offsets, packing, forward, buffers, num_directions, relu, grads):
+    """:func:`rnn_backward` with each layer's tasks on numba's threads (call with single-threaded BLAS)."""
     num_layers = offsets.shape[0] // num_directions
-    copy_3d(grad_h_n, grad_h_0)
+    blocks = packing.block_batch.size - 1
+    for b in prange(blocks):
+        zero_partial_gradients(b, buffers)
     for l in range(num_layers - 1, -1, -1):
-        inputs = layer_input(l, x, dropout_scale, layer_in, layer_out)
-        y = layer_output(l, num_layers, layer_out, top_out)
-        grad_y = grad_output if l == num_layers - 1 else grad_layer
-        width = inputs.shape[1]
-        for d in prange(num_directions):
-            layer_direction_backward(l, d, inputs, y, grad_y, params, offsets, step_offsets, num_directions, relu,
-                                     h_prev, grads, grad_x, grad_h_0, grad_layer, dz, grad_input_tmp, weight_tmp)
-        finish_layer_gradient(l, num_directions, dropout_scale, grad_x, grad_layer, grad_input_tmp, rows, width)
+        width = layer_input(l, forward).shape[1]
+        for task in prange(blocks * num_directions):
+            task_backward(l, task, params, offsets, packing, forward, buffers, num_directions, relu, grads)
+        if num_directions == 2 or (l > 0 and forward.dropout_scale.shape[0] > 0):
+            for b in prange(blocks):
+                finish_block_gradient(l, b, packing, forward, buffers, num_directions, width)
+    partial = buffers.grad_partial
+    for k in prange(grads.size):
+        for b in range(partial.shape[0]):  # the blocks in order, as the serial driver sums them
+            grads[k] += partial[b, k]

@@ -1,12 +1,10 @@
-"""Forward kernels: a stack of RNN layers, each in one or two directions, over packed time-major rows.
+"""Forward kernels: a stack of RNN layers, each in one or two directions, over the packed rows of
+:mod:`numbarnn._workspace`.
 
-Rows are *packed*: the rows of time step ``t`` are ``step_offsets[t]:step_offsets[t + 1]``, and the batch is sorted
-by decreasing length, so the sequences still running at step ``t`` are always a prefix of the batch. With equal
-lengths the packing is simply ``x.reshape(L * N, H_in)``.
-
-Two drivers share every piece: :func:`rnn_forward` runs the directions one after the other (all threading comes from
-BLAS), :func:`rnn_forward_parallel` runs the two directions of a bidirectional layer on two threads (BLAS must then be
-single-threaded, which the caller arranges).
+The batch is split into blocks of sequences, and each (block, direction) is an independent *task* within a layer:
+its rows' input projection (one GEMM), then every time step (``h_{t-1} W_hh^T`` and a fused bias + activation
+epilogue). :func:`rnn_forward` runs the tasks one after the other; :func:`rnn_forward_parallel` runs each layer's
+tasks on numba's threads, with single-threaded products inside, so threads meet once per layer, never per step.
 """
 
 import numpy as np
@@ -15,7 +13,7 @@ from numba import prange
 from ._activations import activate
 from ._jit import jit
 from ._layout import B_HH, B_IH, NO_BIAS, W_HH, W_IH
-from ._loops import copy_2d, copy_3d, copy_transposed, multiply_2d
+from ._loops import copy_2d, copy_transposed, multiply_2d
 from ._matmul import matmul
 
 
@@ -37,38 +35,38 @@ def bias_views(params, offsets, row, hidden_size, zeros):
 
 
 @jit(inline=True)
-def layer_output(l, num_layers, layer_out, top_out):
-    """Where layer ``l`` writes: ``top_out`` for the last layer, else ``layer_out[l % B]``."""
+def layer_output(l, num_layers, buffers):
+    """Where layer ``l`` writes: ``top_out`` for the last layer, else ``layer_out[l % K]``."""
     if l == num_layers - 1:
-        return top_out
-    return layer_out[l % layer_out.shape[0]]
+        return buffers.top_out
+    return buffers.layer_out[l % buffers.layer_out.shape[0]]
 
 
 @jit(inline=True)
-def layer_input(l, x, dropout_scale, layer_in, layer_out):
+def layer_input(l, buffers):
     """The rows layer ``l`` reads: the packed input, or the previous layer's output (after dropout if any)."""
     if l == 0:
-        return x
-    if dropout_scale.shape[0] > 0:
-        return layer_in[l - 1]
-    return layer_out[(l - 1) % layer_out.shape[0]]
+        return buffers.x_rows
+    if buffers.dropout_scale.shape[0] > 0:
+        return buffers.layer_in[l - 1]
+    return buffers.layer_out[(l - 1) % buffers.layer_out.shape[0]]
 
 
 @jit(inline=True)
-def prepare_layer_input(l, x, dropout_scale, layer_in, layer_out):
-    """Apply the dropout mask to the previous layer's output (training only) and return the rows layer ``l`` reads."""
-    if l > 0 and dropout_scale.shape[0] > 0:
-        multiply_2d(layer_out[(l - 1) % layer_out.shape[0]], dropout_scale[l - 1], layer_in[l - 1])
-    return layer_input(l, x, dropout_scale, layer_in, layer_out)
+def apply_dropout(l, buffers, r0, r1):
+    """Rows ``r0:r1`` of layer ``l``'s input: the previous layer's output times the dropout mask (training only)."""
+    if l > 0 and buffers.dropout_scale.shape[0] > 0:
+        previous = buffers.layer_out[(l - 1) % buffers.layer_out.shape[0]]
+        multiply_2d(previous[r0:r1], buffers.dropout_scale[l - 1][r0:r1], buffers.layer_in[l - 1][r0:r1])
 
 
 @jit(inline=True)
 def direction_forward(inputs, w_ih, w_hh_transposed, b_ih, b_hh, step_offsets, reverse, relu, z, step_tmp, h,
                       h_prev, out, column):
-    """Run one direction of one layer.
+    """Run one direction of one layer over one block's rows.
 
-    ``z`` (R, H) receives the input projection; ``w_hh_transposed`` is a C-contiguous copy of W_hh.T; ``h`` (N, H)
-    holds h_0 on entry and h_n on exit; ``h_prev`` (R, H), when it has rows, receives the state each step starts from
+    ``z`` receives the input projection; ``w_hh_transposed`` is a C-contiguous copy of W_hh.T; ``h`` (N_b, H)
+    holds h_0 on entry and h_n on exit; ``h_prev``, when it has rows, receives the state each step starts from
     (for the weight gradient); the outputs go to ``out[:, column:column + H]``.
     """
     np.dot(inputs, w_ih.T, z)
@@ -90,58 +88,55 @@ def direction_forward(inputs, w_ih, w_hh_transposed, b_ih, b_hh, step_offsets, r
 
 
 @jit(inline=True)
-def layer_direction_forward(l, d, inputs, params, offsets, step_offsets, num_directions, relu, h_prev, z, step_tmp,
-                            w_hh_transposed, bias_zeros, out, h_n):
-    """Direction ``d`` of layer ``l``: the body both drivers run, serially or one direction per thread."""
+def task_forward(l, task, params, offsets, packing, buffers, num_directions, relu):
+    """Direction ``task % D`` of layer ``l`` over block ``task // D``: the body both drivers run."""
+    b, d = task // num_directions, task % num_directions
+    r0, r1 = packing.block_rows[b], packing.block_rows[b + 1]
+    n0, n1 = packing.block_batch[b], packing.block_batch[b + 1]
     row = l * num_directions + d
-    hidden = h_n.shape[2]
+    hidden = buffers.h_n.shape[2]
+    inputs = layer_input(l, buffers)
     w_ih, w_hh = weight_views(params, offsets, row, inputs.shape[1], hidden)
-    b_ih, b_hh = bias_views(params, offsets, row, hidden, bias_zeros)
-    copy_transposed(w_hh, w_hh_transposed[d])
-    direction_forward(inputs, w_ih, w_hh_transposed[d], b_ih, b_hh, step_offsets, d == 1, relu, z[d], step_tmp[d],
-                      h_n[row], h_prev[l, d], out, d * hidden)
+    b_ih, b_hh = bias_views(params, offsets, row, hidden, buffers.bias_zeros)
+    w_hh_transposed = buffers.w_hh_t[task]
+    copy_transposed(w_hh, w_hh_transposed)
+    out = layer_output(l, offsets.shape[0] // num_directions, buffers)
+    # h_prev has no rows in inference, and slicing keeps it empty
+    direction_forward(inputs[r0:r1], w_ih, w_hh_transposed, b_ih, b_hh, packing.step_offsets[b], d == 1, relu,
+                      buffers.z[d][r0:r1], buffers.step_tmp[d][n0:n1], buffers.h_n[row][n0:n1],
+                      buffers.h_prev[l, d][r0:r1], out[r0:r1], d * hidden)
 
 
 @jit
-def rnn_forward(x, h_0, params, offsets, step_offsets, num_directions, relu, dropout_scale, layer_in, layer_out,
-                h_prev, z, step_tmp, w_hh_transposed, bias_zeros, top_out, h_n):
-    """Forward pass of a stacked (bi)directional RNN over packed rows, one direction after the other.
+def rnn_forward(params, offsets, packing, buffers, num_directions, relu):
+    """Forward pass of a stacked (bi)directional RNN over packed rows, one task after the other.
 
     Parameters
     ----------
-    x : (R, H_in) packed input rows.
-    h_0 : (num_layers * D, N, H) initial states, batch sorted by decreasing length (may be ``h_n`` itself).
-    params : (P,) flat parameters; ``offsets`` (num_layers * D, 4) locates each one.
-    step_offsets : (L + 1,) int64, first row of each time step.
-    dropout_scale : (num_layers - 1, R, D * H) mask already divided by 1 - p, or 0 layers for no dropout;
-        ``layer_in`` (same shape) receives the dropped-out inputs of layers 1...
-    layer_out : (B, R, D * H) outputs of all but the last layer; layer ``l`` writes ``layer_out[l % B]``
-        (B = num_layers - 1 keeps every layer for the backward pass; 2 or fewer ping-pong during inference).
-    h_prev : (num_layers, D, R, H) states each step starts from, or (num_layers, D, 0, H) to keep none.
-    z : (D, R, H), step_tmp : (D, N, H), w_hh_transposed : (D, H, H) workspaces.
-    bias_zeros : (H,) zeros, read in place of the biases of a module without them.
-    top_out : (R, D * H) output of the last layer (output).
-    h_n : (num_layers * D, N, H) final states (output).
+    params : (P,) flat parameters; ``offsets`` (num_layers * D, 4) locates each one (:mod:`numbarnn._layout`).
+    packing : :class:`numbarnn._workspace.Packing` of the batch.
+    buffers : :class:`numbarnn._workspace.ForwardBuffers`; ``x_rows``, ``h_n`` (holding h_0) and, with dropout,
+        ``dropout_scale`` are read; ``top_out`` and ``h_n`` are the results.
+    num_directions : 1 or 2; relu : bool, else tanh.
     """
     num_layers = offsets.shape[0] // num_directions
-    copy_3d(h_0, h_n)
+    tasks = (packing.block_batch.size - 1) * num_directions
     for l in range(num_layers):
-        inputs = prepare_layer_input(l, x, dropout_scale, layer_in, layer_out)
-        out = layer_output(l, num_layers, layer_out, top_out)
-        for d in range(num_directions):
-            layer_direction_forward(l, d, inputs, params, offsets, step_offsets, num_directions, relu, h_prev, z,
-                                    step_tmp, w_hh_transposed, bias_zeros, out, h_n)
+        for b in range(packing.block_batch.size - 1):
+            apply_dropout(l, buffers, packing.block_rows[b], packing.block_rows[b + 1])
+        for task in range(tasks):
+            task_forward(l, task, params, offsets, packing, buffers, num_directions, relu)
 
 
 @jit(parallel=True)
-def rnn_forward_parallel(x, h_0, params, offsets, step_offsets, num_directions, relu, dropout_scale, layer_in,
-                         layer_out, h_prev, z, step_tmp, w_hh_transposed, bias_zeros, top_out, h_n):
-    """:func:`rnn_forward` with the directions of each layer on separate threads (call with single-threaded BLAS)."""
+def rnn_forward_parallel(params, offsets, packing, buffers, num_directions, relu):
+    """:func:`rnn_forward` with each layer's tasks on numba's threads (call with single-threaded BLAS)."""
     num_layers = offsets.shape[0] // num_directions
-    copy_3d(h_0, h_n)
+    blocks = packing.block_batch.size - 1
+    tasks = blocks * num_directions
     for l in range(num_layers):
-        inputs = prepare_layer_input(l, x, dropout_scale, layer_in, layer_out)
-        out = layer_output(l, num_layers, layer_out, top_out)
-        for d in prange(num_directions):
-            layer_direction_forward(l, d, inputs, params, offsets, step_offsets, num_directions, relu, h_prev, z,
-                                    step_tmp, w_hh_transposed, bias_zeros, out, h_n)
+        if l > 0 and buffers.dropout_scale.shape[0] > 0:
+            for b in prange(blocks):
+                apply_dropout(l, buffers, packing.block_rows[b], packing.block_rows[b + 1])
+        for task in prange(tasks):
+            task_forward(l, task, params, offsets, packing, buffers, num_directions, relu)

@@ -34,6 +34,13 @@ class Module:
         object.__setattr__(self, "grads", named_views(grad_flat, entries))
         object.__setattr__(self, "dtype", dtype)
 
+    def extra_repr(self):
+        """The constructor arguments shown by ``repr``, as torch's ``extra_repr``."""
+        return ""
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.extra_repr()})"
+
     def __getstate__(self):
         # params and grads are views into the flat buffers: rebuilt on unpickling so that they stay views.
         state = {k: v for k, v in self.__dict__.items() if k not in ("params", "grads") and k not in self._TRANSIENT}

@@ -1,81 +1,78 @@
-"""Thread control: one pool at a time.
+"""Thread control, decided once per process: numba's threads parallelise, BLAS runs on one thread.
 
 Inside a recurrence either all threading comes from BLAS, or numba's threads run with single-threaded BLAS: an
-OpenBLAS pool that is idle-spinning after a call steals the cores numba's workers need (measured 1.7-2x slower).
-numba's ``np.dot`` calls the BLAS that ``scipy.linalg.cython_blas`` loads, so that is the library whose thread count is
-switched here. Where it cannot be found (another BLAS vendor), the parallel kernels are simply not used.
+OpenBLAS pool that is idle-spinning after a call steals the cores numba's workers need (measured 1.7-2x slower), and
+a threaded product per time step makes the threads meet at every step. numbarnn therefore splits the batch into
+blocks that numba's threads run independently (see :mod:`numbarnn._workspace`), and runs the BLAS that numba's
+``np.dot`` calls — scipy's — on one thread. That limit is set once, the first time a kernel runs, through
+threadpoolctl, and never changed per call: nothing process-wide moves while threads are serving requests.
+
+How many threads a call uses is numba's own setting (``numba.set_num_threads``, per calling thread, or the
+``NUMBA_NUM_THREADS`` environment variable). numba's ``workqueue`` threading layer (its fallback where neither TBB
+nor OpenMP is installed) aborts the process when two threads enter parallel kernels at once; under it a call that
+finds another parallel call running uses the serial kernel instead, which computes the same blocks in the same order
+and so gives bitwise the same result.
 """
 
-import ctypes
 import os
+import threading
 
 import numba
 
-_SETTERS = ("scipy_openblas_set_num_threads", "openblas_set_num_threads", "scipy_openblas_set_num_threads64_",
-            "openblas_set_num_threads64_")
+_CONCURRENT_LAYERS = ("omp", "tbb")
+_state_lock = threading.Lock()
+_blas_limited = False
+_layer_allows_concurrency = None  # unknown until the first parallel call has chosen the threading layer
+_parallel_gate = threading.Lock()  # serialises parallel calls while that is unknown, and for ever under workqueue
 
 
-def _scipy_blas_paths():
-    """Paths of the OpenBLAS that ``scipy.linalg.cython_blas`` uses (numpy's wheel bundles a separate copy)."""
+def _scipy_blas_controllers(controller):
+    """threadpoolctl's controllers of the BLAS that numba's ``np.dot`` calls: scipy's.
+
+    A wheel install bundles scipy's own copy beside the package (numpy's wheel bundles a separate one, which is left
+    alone); elsewhere (conda, distribution packages) scipy and numpy share one BLAS, which is then the one limited.
+    """
     import scipy
-    import scipy.linalg.cython_blas  # noqa: F401  (loads the library so that it appears in the process maps)
 
-    with open("/proc/self/maps") as maps:
-        paths = {line.split()[-1] for line in maps if "openblas" in line.rsplit("/", 1)[-1]}
-    paths = sorted(p for p in paths if os.path.isfile(p))
-    wheel_libs = os.path.join(os.path.dirname(os.path.dirname(scipy.__file__)), "scipy.libs")
-    bundled = [p for p in paths if os.path.dirname(p) == wheel_libs]
-    # A wheel install bundles scipy's own copy; elsewhere (conda, distro packages) one shared library is expected.
-    return bundled if bundled else paths if len(paths) == 1 else []
+    scipy_root = os.path.dirname(os.path.dirname(os.path.abspath(scipy.__file__)))
+    blas = [lib for lib in controller.lib_controllers if lib.user_api == "blas"]
+    bundled = [lib for lib in blas if os.path.basename(os.path.dirname(lib.filepath)) in ("scipy.libs", ".dylibs")
+               and os.path.abspath(lib.filepath).startswith(scipy_root)]
+    return bundled or blas
 
 
-def _find_scipy_blas():
-    """``(set_num_threads, get_num_threads)`` of the BLAS numba calls, or None."""
+def limit_blas_once():
+    """Run scipy's BLAS on one thread from now on (idempotent, thread-safe, cheap after the first call)."""
+    global _blas_limited
+    if _blas_limited:
+        return
+    with _state_lock:
+        if _blas_limited:
+            return
+        import scipy.linalg.cython_blas  # noqa: F401  (loaded now: threadpoolctl sees only libraries already loaded)
+        from threadpoolctl import ThreadpoolController
+
+        for library in _scipy_blas_controllers(ThreadpoolController()):
+            library.set_num_threads(1)
+        _blas_limited = True
+
+
+def run_kernel(serial_kernel, parallel_kernel, tasks, *arguments):
+    """Call ``parallel_kernel(*arguments)`` when there are several independent tasks, the calling thread allows
+    several numba threads and the threading layer allows the call; ``serial_kernel`` (same result) otherwise."""
+    global _layer_allows_concurrency
+    limit_blas_once()
+    if tasks < 2 or numba.get_num_threads() < 2:
+        serial_kernel(*arguments)
+        return
+    if _layer_allows_concurrency:
+        parallel_kernel(*arguments)
+        return
+    if not _parallel_gate.acquire(blocking=False):
+        serial_kernel(*arguments)  # another thread is in a parallel kernel and the layer may not allow a second
+        return
     try:
-        paths = _scipy_blas_paths()
-    except (ImportError, OSError):
-        return None
-    for path in paths:
-        library = ctypes.CDLL(path)
-        for setter in _SETTERS:
-            getter = setter.replace("set_", "get_")
-            if hasattr(library, setter) and hasattr(library, getter):
-                set_threads, get_threads = getattr(library, setter), getattr(library, getter)
-                set_threads.argtypes, set_threads.restype = [ctypes.c_int], None
-                get_threads.argtypes, get_threads.restype = [], ctypes.c_int
-                return set_threads, get_threads
-    return None
-
-
-class _SingleThreadedBlas:
-    """Context manager: BLAS runs on one thread inside, and gets its previous thread count back after."""
-
-    def __init__(self, functions):
-        self._set, self._get = functions
-        self._saved = None
-
-    def __enter__(self):
-        self._saved = self._get()
-        if self._saved != 1:
-            self._set(1)
-        return self
-
-    def __exit__(self, *exc_info):
-        if self._saved != 1:
-            self._set(self._saved)
-        return False
-
-
-_blas = None  # resolved on first use, so `import numbarnn` stays fast
-
-
-def parallel_directions_context():
-    """A context under which the direction-parallel kernels may run, or None when they should not be used
-    (a single numba thread, or a BLAS whose thread count cannot be controlled)."""
-    global _blas
-    if numba.get_num_threads() < 2:
-        return None
-    if _blas is None:
-        functions = _find_scipy_blas()
-        _blas = _SingleThreadedBlas(functions) if functions is not None else False
-    return _blas or None
+        parallel_kernel(*arguments)
+        _layer_allows_concurrency = numba.threading_layer() in _CONCURRENT_LAYERS
+    finally:
+        _parallel_gate.release()

@@ -4,11 +4,15 @@ import warnings
 
 import numpy as np
 
-from ._backward import rnn_backward
-from ._forward import rnn_forward
+from . import _engine as engine
+from ._engine import Record
 from ._layout import build_layout
 from ._module import Module
+from ._step import stacked_step
+from ._threads import limit_blas_once
 from ._validation import as_array, check_nonlinearity, check_size
+from ._workspace import Spec, equal_length_packing, forward_buffers
+from .rnn import _zeros
 
 # A training-mode cell records every call until backward() consumes it; past this many unconsumed calls it warns
 # once, since a cell used for inference without eval() would otherwise grow memory without bound.
@@ -41,8 +45,10 @@ class RNNCell(Module):
     training : bool
         In training mode (the default) each call is recorded on a tape, and each :meth:`backward` consumes the most
         recent unconsumed call (last in, first out), so ``for x_t in X: h = cell(x_t, h)`` is trained by calling
-        ``backward`` for the steps in reverse order. In eval mode nothing is recorded. :meth:`zero_grad` also clears
-        the tape; a warning is issued once the tape holds ``TAPE_WARNING_LENGTH`` unconsumed calls.
+        ``backward`` for the steps in reverse order. In eval mode nothing is recorded. :meth:`zero_grad` clears the
+        gradients only (so torch's order forward, ``zero_grad``, backward, step works); the tape is dropped by the
+        backwards consuming it, by :meth:`eval` or by :meth:`clear_tape`. A warning is issued once the tape holds
+        ``TAPE_WARNING_LENGTH`` unconsumed calls.
     """
 
     _TRANSIENT = {"_tape": list, "_warned_tape": False}
@@ -58,13 +64,13 @@ class RNNCell(Module):
         self._tape = []
         self._warned_tape = False
 
-    def __repr__(self):
+    def extra_repr(self):
         extra = f"{self.input_size}, {self.hidden_size}"
         if not self.bias:
             extra += ", bias=False"
         if self.nonlinearity != "tanh":
             extra += f", nonlinearity={self.nonlinearity}"
-        return f"RNNCell({extra})"
+        return extra
 
     def __call__(self, input, hx=None):
         return self.forward(input, hx)
@@ -97,8 +103,6 @@ class RNNCell(Module):
         batched = x.ndim == 2
         x = x if batched else x[None]
         batch = x.shape[0]
-        if batch == 0:
-            raise ValueError("Expected batch size to be larger than 0 in RNNCell")
         if hx is not None:
             hx = as_array(hx, "hx", self.dtype)
             if hx.ndim != (2 if batched else 1):
@@ -113,24 +117,19 @@ class RNNCell(Module):
                 raise ValueError(
                     f"hidden0 has inconsistent hidden_size: got {hx.shape[1]}, expected {self.hidden_size}"
                 )
-        hidden = self.hidden_size
-        training = self.training
-        # New arrays every call: a training cell's tape keeps them until backward() consumes the call.
-        x_rows = np.array(x, dtype=self.dtype, order="C")
-        h_start = np.zeros((1, batch, hidden), self.dtype)
+        state = np.zeros((1, batch, self.hidden_size), self.dtype)
         if hx is not None:
-            h_start[0] = hx
-        empty = np.empty((0, batch, hidden), self.dtype)
-        h_prev = np.empty((1, 1, batch if training else 0, hidden), self.dtype)
-        top_out = np.empty((batch, hidden), self.dtype)
-        rnn_forward(x_rows, h_start, self._param_flat, self._offsets, np.array([0, batch], dtype=np.int64), 1,
-                    self.nonlinearity == "relu", empty, empty, empty, h_prev, np.empty((1, batch, hidden), self.dtype),
-                    np.empty((1, batch, hidden), self.dtype), np.empty((1, hidden, hidden), self.dtype),
-                    np.zeros(hidden, self.dtype), top_out, h_start)
-        if training:
-            self._record(x_rows, h_prev, top_out, batched)
-        result = top_out.copy() if training else top_out  # the tape keeps its own copy of h'
-        return result if batched else result[0]
+            state[0] = hx
+        x_rows = np.ascontiguousarray(x)
+        limit_blas_once()
+        stacked_step(self._param_flat, self._offsets, x_rows, state, self.nonlinearity == "relu",
+                     _zeros(self.hidden_size, self.dtype), np.empty((batch, self.hidden_size), self.dtype))
+        output = state[0]
+        if self.training:
+            # The tape keeps its own copies: the caller may reuse or modify its arrays before backward().
+            h_start = np.zeros_like(output) if hx is None else np.array(hx, order="C")
+            self._record(x_rows.copy() if x_rows is x else x_rows, h_start, output.copy(), batched)
+        return output if batched else output[0]
 
     def backward(self, grad_h):
         """Backpropagate through the most recent unconsumed call.
@@ -168,24 +167,27 @@ class RNNCell(Module):
                 f"got {grad.shape}"
             )
         self._tape.pop()
-        grad_rows = np.ascontiguousarray(grad.reshape(batch, hidden))
-        grad_x = np.empty_like(x_rows)
-        grad_hx = np.empty((1, batch, hidden), self.dtype)
-        empty = np.empty((0, batch, hidden), self.dtype)
-        widest = max(self.input_size, hidden)
-        rnn_backward(x_rows, self._param_flat, self._offsets, np.array([0, batch], dtype=np.int64), 1,
-                     self.nonlinearity == "relu", empty, empty, empty, h_prev, top_out, grad_rows,
-                     np.zeros((1, batch, hidden), self.dtype), self._grad_flat, grad_x, grad_hx,
-                     np.empty((batch, hidden), self.dtype), np.empty((1, batch, hidden), self.dtype),
-                     np.empty((1, 0), self.dtype), np.empty((1, hidden * widest), self.dtype))
+        spec = Spec(self.input_size, hidden, 1, 1, self.dtype, self.nonlinearity == "relu")
+        packing = equal_length_packing(1, batch, 1)
+        forward = forward_buffers(spec, packing, training=True, dropped=0, x_rows=x_rows)
+        forward.h_prev[0, 0] = h_prev
+        forward.top_out[...] = top_out
+        record = Record(spec, packing, forward, 1, batch, False)
+        grad_x, grad_hx, _ = engine.backward(self._param_flat, self._offsets, record, grad.reshape(1, batch, hidden),
+                                             None, self._grad_flat, need_input_grad=True, batch_first=False)
         if not batched:
-            return grad_x[0], grad_hx[0, 0]
-        return grad_x, grad_hx[0]
+            return grad_x[0, 0], grad_hx[0, 0]
+        return grad_x[0], grad_hx[0]
 
-    def zero_grad(self):
-        """Set every gradient to zero and drop the tape of recorded calls."""
-        super().zero_grad()
+    def clear_tape(self):
+        """Drop every recorded call that no :meth:`backward` has consumed (a truncated BPTT window, say)."""
         self._tape.clear()
+
+    def train(self, mode=True):
+        """Switch to training mode (the default), or to eval mode, which records nothing and drops the tape."""
+        if not mode:
+            self.clear_tape()
+        return super().train(mode)
 
     def _record(self, x_rows, h_prev, top_out, batched):
         self._tape.append((x_rows, h_prev, top_out, batched))
@@ -193,7 +195,7 @@ class RNNCell(Module):
             self._warned_tape = True
             warnings.warn(
                 f"RNNCell in training mode has recorded {len(self._tape)} calls that no backward() consumed; for "
-                "inference call cell.eval() (which records nothing), or call cell.zero_grad() to drop the tape",
+                "inference call cell.eval() (which records nothing), or call cell.clear_tape() to drop the tape",
                 RuntimeWarning,
                 stacklevel=3,
             )

@@ -57,8 +57,8 @@ class Linear(Module):
             return None
         return super().__getattr__(name)
 
-    def __repr__(self):
-        return f"Linear(in_features={self.in_features}, out_features={self.out_features}, bias={self.bias_enabled})"
+    def extra_repr(self):
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias_enabled}"
 
     def __call__(self, input):
         return self.forward(input)

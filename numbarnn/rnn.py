@@ -1,18 +1,20 @@
 """``numbarnn.RNN``: a multi-layer Elman RNN with ``torch.nn.RNN``'s arguments, shapes, names and messages."""
 
+import contextlib
 import functools
 import numbers
+import threading
 import warnings
 
 import numpy as np
 
-from ._backward import rnn_backward, rnn_backward_parallel
-from ._forward import rnn_forward, rnn_forward_parallel
+from . import _engine as engine
 from ._layout import build_layout
 from ._module import Module
-from ._packing import pack, unpack
-from ._threads import parallel_directions_context
+from ._step import stacked_step
+from ._threads import limit_blas_once
 from ._validation import as_array, check_nonlinearity, check_size
+from ._workspace import Spec
 
 
 class RNN(Module):
@@ -51,24 +53,15 @@ class RNN(Module):
         gradients, as views into one flat buffer each. Each parameter is also an attribute.
     training : bool
         Modules start in training mode, as torch's do. In training mode every forward keeps what :meth:`backward`
-        needs (in buffers reused across calls of the same shape); call :meth:`eval` for inference.
+        needs (in buffers reused across calls of the same shape); call :meth:`eval` for inference, which keeps
+        nothing and may run from many threads at once.
     """
 
-    _TRANSIENT = {"_workspace": None, "_record": None, "_step_offsets": None}
+    _TRANSIENT = {"_record": None, "_spare_backward": None, "_training_lock": threading.Lock}
 
     def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, *, dtype=np.float32, seed=None):
-        if (not isinstance(dropout, numbers.Number) or isinstance(dropout, bool)
-                or not 0 <= dropout <= 1):
-            raise ValueError(
-                "dropout should be a number in range [0, 1] representing the probability of an element being zeroed"
-            )
-        if dropout > 0 and num_layers == 1:
-            warnings.warn(
-                "dropout option adds dropout after all but last recurrent layer, so non-zero dropout expects "
-                f"num_layers greater than 1, but got dropout={dropout} and num_layers={num_layers}",
-                stacklevel=2,
-            )
+        self.check_dropout(dropout, num_layers)
         self.input_size = check_size(input_size, "input_size")
         self.hidden_size = check_size(hidden_size, "hidden_size")
         self.num_layers = check_size(num_layers, "num_layers")
@@ -84,11 +77,16 @@ class RNN(Module):
         )
         self._init_parameters(entries, total, dtype, 1.0 / np.sqrt(self.hidden_size), rng)
         self._dropout_rng = rng
-        self._workspace = None  # the training forward's buffers, reused while the shape stays the same
-        self._record = None  # what the last training forward left for backward
-        self._step_offsets = None
+        self._record = None  # what the last training forward left for backward (it owns its buffers)
+        self._spare_backward = None  # the last backward's buffers, reused while the shape stays the same
+        self._training_lock = threading.Lock()
 
-    def __repr__(self):
+    @property
+    def _spec(self):
+        return Spec(self.input_size, self.hidden_size, self.num_layers, self.num_directions, self.dtype,
+                    self.nonlinearity == "relu")
+
+    def extra_repr(self):
         extra = f"{self.input_size}, {self.hidden_size}"
         if self.num_layers != 1:
             extra += f", num_layers={self.num_layers}"
@@ -100,7 +98,7 @@ class RNN(Module):
             extra += f", dropout={self.dropout}"
         if self.bidirectional:
             extra += ", bidirectional=True"
-        return f"RNN({extra})"
+        return extra
 
     # -- forward -----------------------------------------------------------------------------------------------
     def __call__(self, input, h_0=None, lengths=None, *, hx=None):
@@ -129,79 +127,93 @@ class RNN(Module):
             states, forward direction first.
         h_n : ndarray
             Final states, shaped like ``h_0``, ordered layer 0 forward, layer 0 reverse, layer 1 forward, ...
+
+        Notes
+        -----
+        An eval-mode module may be called from any number of threads at once. A training-mode forward keeps a
+        record for :meth:`backward`, so one module trains in one thread at a time (a second thread gets an error).
         """
-        if hx is not None:
-            if h_0 is not None:
-                raise TypeError("give the initial state once, as h_0 or as hx (torch's name), not both")
-            h_0 = hx
-        x, h_0 = self._check_input(input, h_0)
+        h_0 = self.resolve_hx(h_0, hx)
+        x, h_0 = self.check_input(input, h_0)
         batched = x.ndim == 3
-        if batched and self.batch_first:
-            x = x.transpose(1, 0, 2)
-        elif not batched:
-            x = x[:, None, :]
+        x = self.time_major(x)
         steps, batch = x.shape[0], x.shape[1]
-        if lengths is None:
-            order, step_offsets = None, self._equal_step_offsets(steps, batch)
-        elif batched:
-            order, step_offsets = _sort_by_length(lengths, steps, batch)
+        if lengths is not None:
+            lengths = self.check_lengths(lengths, steps, batch, batched)
+        if h_0 is not None:
+            h_0 = h_0.reshape(self.num_layers * self.num_directions, batch, self.hidden_size)
+        batch_first = batched and self.batch_first
+        if not self.training:
+            if self._record is not None:
+                self._record = None  # the most recent forward keeps nothing: a backward now would be a mistake
+            output, h_n, _ = engine.forward(self._spec, self._param_flat, self._offsets, x, h_0, lengths,
+                                            training=False, batch_first=batch_first)
         else:
-            raise ValueError(
-                "lengths needs batched 3-D input, got unbatched 2-D input; add a batch dimension "
-                "(input[:, None] or input[None]) or leave lengths out"
-            )
-        training = self.training
-        buffers = self._forward_buffers(int(step_offsets[-1]), batch, training)
-        if order is None and not training and x.flags.c_contiguous:
-            x_rows = x.reshape(-1, self.input_size)  # read in place: nothing outlives this call
-        else:
-            x_rows = buffers.x_rows
-            _to_rows(x, order, step_offsets, x_rows)
-        h_n = np.empty(buffers.state_shape, self.dtype)
-        if h_0 is None:
-            h_n.fill(0)
-        else:
-            h_0 = h_0.reshape(buffers.state_shape)
-            h_n[:] = h_0 if order is None else h_0[:, order]
-        if buffers.dropout_scale.shape[0]:
-            self._draw_dropout_masks(buffers.dropout_scale)
-        # h_n holds h_0 on entry: the kernel starts each direction from its row and leaves the final state there.
-        self._run(rnn_forward, rnn_forward_parallel, x_rows, h_n, self._param_flat, self._offsets, step_offsets,
-                  self.num_directions, self.nonlinearity == "relu", buffers.dropout_scale, buffers.layer_in,
-                  buffers.layer_out, buffers.h_prev, buffers.z, buffers.step_tmp, buffers.w_hh_transposed,
-                  buffers.bias_zeros, buffers.top_out, h_n)
-        if order is None and not training and not (batched and self.batch_first):
-            output = buffers.top_out.reshape(steps, batch, -1)  # this call's own buffer: no copy needed
-        else:
-            output = _from_rows(buffers.top_out, order, step_offsets, steps, batch, batched and self.batch_first)
-        if order is not None:
-            h_n = _unsort(h_n, order)
-        self._record = _ForwardRecord(buffers, x_rows, order, step_offsets, batched) if training else None
+            with self._exclusive_training("forward"):
+                dropout = self._draw_dropout_masks if self.dropout > 0 and self.num_layers > 1 else None
+                spare = self._record if self._record is not None and self._record.consumed else None
+                output, h_n, record = engine.forward(self._spec, self._param_flat, self._offsets, x, h_0, lengths,
+                                                     training=True, batch_first=batch_first, draw_dropout=dropout,
+                                                     spare=spare)
+                record.batched = batched
+                self._record = record
         if not batched:
             return output[:, 0], h_n[:, 0]
         return output, h_n
 
-    def _forward_buffers(self, rows, batch, training):
-        """The forward workspaces for ``rows`` packed rows: the module's own, reused, in training mode; new ones
-        (released after the call) in eval mode."""
-        dropped = self.num_layers - 1 if training and self.dropout > 0 else 0
-        key = (rows, batch, dropped)
-        if training and self._workspace is not None and self._workspace.key == key:
-            return self._workspace
-        buffers = _ForwardBuffers(key, self.input_size, self.hidden_size, self.num_layers, self.num_directions,
-                                  training, self.dtype)
-        if training:
-            self._workspace = buffers
-        return buffers
+    def step(self, input, h=None):
+        """One time step of a unidirectional RNN, for streaming inference: equal (to float rounding) to
+        ``rnn(input[None], h)`` in eval mode, at a few microseconds per call.
 
-    def _run(self, serial_kernel, parallel_kernel, *arguments):
-        """Call the kernel; a bidirectional module runs its two directions on two threads when it can."""
-        parallel = parallel_directions_context() if self.num_directions == 2 else None
-        if parallel is None:
-            serial_kernel(*arguments)
+        Parameters
+        ----------
+        input : ndarray
+            (N, H_in), or unbatched (H_in,).
+        h : ndarray, optional
+            (num_layers, N, H_out), or (num_layers, H_out); zeros when omitted.
+
+        Returns
+        -------
+        output : ndarray
+            (N, H_out) or (H_out,): the last layer's new state.
+        h_n : ndarray
+            (num_layers, N, H_out) or (num_layers, H_out): every layer's new state, to pass as ``h`` next time.
+
+        Notes
+        -----
+        Inference only: nothing is kept for :meth:`backward` and no dropout is applied, in either mode (train with
+        :meth:`forward`). Safe to call from several threads at once.
+        """
+        if self.bidirectional:
+            raise ValueError("step() runs one time step forward, but a bidirectional RNN's reverse direction needs "
+                             "the whole sequence; call rnn(input) on the full sequence instead")
+        x = as_array(input, "input", self.dtype)
+        if x.ndim not in (1, 2):
+            raise ValueError(f"step: Expected input to be 1D (H_in,) or 2D (N, H_in), got {x.ndim}D instead")
+        if x.shape[-1] != self.input_size:
+            raise ValueError(
+                f"input.size(-1) must be equal to input_size. Expected {self.input_size}, got {x.shape[-1]}"
+            )
+        batched = x.ndim == 2
+        rows = x if batched else x[None]
+        batch = rows.shape[0]
+        state = np.empty((self.num_layers, batch, self.hidden_size), self.dtype)
+        if h is None:
+            state.fill(0)
         else:
-            with parallel:
-                parallel_kernel(*arguments)
+            h = as_array(h, "h", self.dtype)
+            expected = (self.num_layers, batch, self.hidden_size) if batched else (self.num_layers, self.hidden_size)
+            if h.shape != expected:
+                raise ValueError(f"Expected hidden size {expected}, got {list(h.shape)}")
+            state[...] = h.reshape(state.shape)
+        limit_blas_once()
+        stacked_step(self._param_flat, self._offsets, np.ascontiguousarray(rows), state,
+                     self.nonlinearity == "relu", _zeros(self.hidden_size, self.dtype),
+                     np.empty((batch, self.hidden_size), self.dtype))
+        output = state[-1].copy()
+        if not batched:
+            return output[0], state[:, 0]
+        return output, state
 
     # -- backward ----------------------------------------------------------------------------------------------
     def backward(self, grad_output=None, grad_h_n=None, *, need_input_grad=True):
@@ -228,53 +240,58 @@ class RNN(Module):
         grad_h_0 : ndarray
             Gradient with respect to ``h_0``, shaped like ``h_n`` (also when ``h_0`` was omitted).
         """
-        record = self._unconsumed_record()
-        buffers = record.buffers
-        layers, directions, hidden = self.num_layers, self.num_directions, self.hidden_size
-        batch, steps = buffers.batch, record.steps
-        time_major = (steps, batch, directions * hidden)
-        if not record.batched:
-            output_shape = (steps, directions * hidden)
-        elif self.batch_first:
-            output_shape = (batch, steps, directions * hidden)
-        else:
-            output_shape = time_major
-        if grad_output is None:
-            buffers.grad_output.fill(0)
-        else:
-            grad_output = _check_gradient(grad_output, "grad_output", output_shape, self.dtype)
-            if self.batch_first and record.batched:
-                grad_output = grad_output.transpose(1, 0, 2)
-            _to_rows(grad_output.reshape(time_major), record.order, record.step_offsets, buffers.grad_output)
-        if grad_h_n is None:
-            buffers.grad_h_n.fill(0)
-        else:
-            hidden_shape = buffers.state_shape if record.batched else (layers * directions, hidden)
-            grad_h_n = _check_gradient(grad_h_n, "grad_h_n", hidden_shape, self.dtype).reshape(buffers.state_shape)
-            buffers.grad_h_n[:] = grad_h_n if record.order is None else grad_h_n[:, record.order]
-        record.consumed = True  # only now: a backward rejected for a bad gradient leaves the pass usable
-        grad_h_0 = np.empty(buffers.state_shape, self.dtype)
-        self._run(rnn_backward, rnn_backward_parallel, record.x_rows, self._param_flat, self._offsets,
-                  record.step_offsets, directions, self.nonlinearity == "relu", buffers.dropout_scale,
-                  buffers.layer_in, buffers.layer_out, buffers.h_prev, buffers.top_out, buffers.grad_output,
-                  buffers.grad_h_n, self._grad_flat, buffers.grad_x if need_input_grad else buffers.no_grad_x,
-                  grad_h_0, buffers.grad_layer, buffers.dz,
-                  buffers.grad_input_tmp, buffers.weight_tmp)
-        if need_input_grad:
-            grad_input = _from_rows(buffers.grad_x, record.order, record.step_offsets, steps, batch,
-                                    record.batched and self.batch_first)
+        with self._exclusive_training("backward"):
+            record = self._unconsumed_record()
+            layers, directions, hidden = self.num_layers, self.num_directions, self.hidden_size
+            batch, steps = record.batch, record.steps
+            time_major = (steps, batch, directions * hidden)
             if not record.batched:
-                grad_input = grad_input[:, 0]
-        else:
-            grad_input = None
-        if record.order is not None:
-            grad_h_0 = _unsort(grad_h_0, record.order)
+                output_shape = (steps, directions * hidden)
+            elif self.batch_first:
+                output_shape = (batch, steps, directions * hidden)
+            else:
+                output_shape = time_major
+            state_shape = (layers * directions, batch, hidden)
+            if grad_output is not None:
+                grad_output = _check_gradient(grad_output, "grad_output", output_shape, self.dtype)
+                if self.batch_first and record.batched:
+                    grad_output = grad_output.transpose(1, 0, 2)
+                grad_output = grad_output.reshape(time_major)
+            if grad_h_n is not None:
+                hidden_shape = state_shape if record.batched else (layers * directions, hidden)
+                grad_h_n = _check_gradient(grad_h_n, "grad_h_n", hidden_shape, self.dtype).reshape(state_shape)
+            record.consumed = True  # only now: a backward rejected for a bad gradient leaves the pass usable
+            grad_input, grad_h_0, self._spare_backward = engine.backward(
+                self._param_flat, self._offsets, record, grad_output, grad_h_n, self._grad_flat,
+                need_input_grad=need_input_grad, batch_first=record.batched and self.batch_first,
+                spare=self._spare_backward)
         if not record.batched:
-            return grad_input, grad_h_0[:, 0]
+            return (None if grad_input is None else grad_input[:, 0]), grad_h_0[:, 0]
         return grad_input, grad_h_0
 
-    # -- helpers -----------------------------------------------------------------------------------------------
-    def _check_input(self, input, h_0):
+    # -- checks, in torch's order ------------------------------------------------------------------------------
+    @staticmethod
+    def check_dropout(dropout, num_layers):
+        if not isinstance(dropout, numbers.Number) or isinstance(dropout, bool) or not 0 <= dropout <= 1:
+            raise ValueError(
+                "dropout should be a number in range [0, 1] representing the probability of an element being zeroed"
+            )
+        if dropout > 0 and num_layers == 1:
+            warnings.warn(
+                "dropout option adds dropout after all but last recurrent layer, so non-zero dropout expects "
+                f"num_layers greater than 1, but got dropout={dropout} and num_layers={num_layers}",
+                stacklevel=3,
+            )
+
+    @staticmethod
+    def resolve_hx(h_0, hx):
+        if hx is None:
+            return h_0
+        if h_0 is not None:
+            raise TypeError("give the initial state once, as h_0 or as hx (torch's name), not both")
+        return hx
+
+    def check_input(self, input, h_0):
         """torch's checks, in torch's order; returns the input and h_0 as arrays."""
         x = np.asarray(input)
         if x.ndim not in (2, 3):
@@ -291,28 +308,65 @@ class RNN(Module):
             raise ValueError(
                 f"input.size(-1) must be equal to input_size. Expected {self.input_size}, got {x.shape[-1]}"
             )
-        if batched:
-            batch = x.shape[0] if self.batch_first else x.shape[1]
-            expected = (self.num_layers * self.num_directions, batch, self.hidden_size)
-        else:
-            expected = (self.num_layers * self.num_directions, self.hidden_size)
         if h_0 is not None:
-            if h_0.shape != expected:
-                raise ValueError(f"Expected hidden size {expected}, got {list(h_0.shape)}")
+            self.check_hidden_size(h_0, x)
             h_0 = as_array(h_0, "h_0", self.dtype)
         steps = x.shape[1] if batched and self.batch_first else x.shape[0]
         if steps == 0:
             raise ValueError("Expected sequence length to be larger than 0 in RNN")
-        if batched and expected[1] == 0:
-            raise ValueError("Expected batch size to be larger than 0 in RNN")
         return x, h_0
 
-    def _equal_step_offsets(self, steps, batch):
-        cached = self._step_offsets
-        if cached is None or cached.size != steps + 1 or cached[1] != batch:
-            cached = np.arange(steps + 1, dtype=np.int64) * batch
-            object.__setattr__(self, "_step_offsets", cached)
-        return cached
+    def check_hidden_size(self, h_0, x):
+        if x.ndim == 3:
+            batch = x.shape[0] if self.batch_first else x.shape[1]
+            expected = (self.num_layers * self.num_directions, batch, self.hidden_size)
+        else:
+            expected = (self.num_layers * self.num_directions, self.hidden_size)
+        if h_0.shape != expected:
+            raise ValueError(f"Expected hidden size {expected}, got {list(h_0.shape)}")
+
+    def time_major(self, x):
+        """(L, N, H_in) view of a checked input: batch_first transposed, unbatched given a batch of one."""
+        if x.ndim == 2:
+            return x[:, None, :]
+        return x.transpose(1, 0, 2) if self.batch_first else x
+
+    @staticmethod
+    def check_lengths(lengths, steps, batch, batched):
+        """``lengths`` as int64 (N,), each in 1...L."""
+        if not batched:
+            raise ValueError(
+                "lengths needs batched 3-D input, got unbatched 2-D input; add a batch dimension "
+                "(input[:, None] or input[None]) or leave lengths out"
+            )
+        lengths = np.asarray(lengths)
+        if lengths.dtype.kind not in "iu":
+            raise TypeError(f"lengths must be an array of integers, got dtype {lengths.dtype}; "
+                            "convert it with lengths.astype(np.int64)")
+        if lengths.shape != (batch,):
+            raise ValueError(f"lengths must have shape ({batch},), one length per sequence of the batch, "
+                             f"got shape {lengths.shape}")
+        if (lengths <= 0).any():
+            raise ValueError("Length of all samples has to be greater than 0, but found an element in 'lengths' "
+                             f"that is <= 0: {lengths.min()}")
+        if (lengths > steps).any():
+            raise ValueError(f"lengths must be at most the sequence length L={steps}, got {lengths.max()}")
+        return lengths.astype(np.int64)
+
+    # -- training state ----------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _exclusive_training(self, what):
+        """One thread at a time may run a training forward or backward of a module: they share its record."""
+        if not self._training_lock.acquire(blocking=False):
+            raise RuntimeError(
+                f"{what}() in training mode while another thread is training this module: a training module keeps "
+                "one record for backward, so train it from one thread (or give each thread its own copy, "
+                "copy.deepcopy(rnn)); for concurrent inference call rnn.eval()"
+            )
+        try:
+            yield
+        finally:
+            self._training_lock.release()
 
     def _draw_dropout_masks(self, scale):
         """Fill ``scale`` with 0 or 1 / (1 - p), each kept with probability 1 - p."""
@@ -344,81 +398,6 @@ class RNN(Module):
         return record
 
 
-class _ForwardBuffers:
-    """Every array the forward pass writes and the backward pass reads or writes, for one (rows, N) shape.
-
-    In training mode all layers' outputs and the states entering each step are kept for the backward pass; in eval
-    mode only two layer outputs ping-pong and no states are kept. The packed input and the backward pass's own
-    workspaces are allocated the first time they are used.
-    """
-
-    def __init__(self, key, input_size, hidden, layers, directions, training, dtype):
-        rows, batch, dropped = key
-        width = directions * hidden
-        self.key, self.batch, self.dtype = key, batch, dtype
-        self.state_shape = (layers * directions, batch, hidden)
-        self.dropout_scale = np.empty((dropped, rows, width), dtype)
-        self.layer_in = np.empty((dropped, rows, width), dtype)
-        self.layer_out = np.empty((layers - 1 if training else min(layers - 1, 2), rows, width), dtype)
-        self.h_prev = np.empty((layers, directions, rows if training else 0, hidden), dtype)
-        self.z = np.empty((directions, rows, hidden), dtype)
-        self.step_tmp = np.empty((directions, batch, hidden), dtype)
-        self.w_hh_transposed = np.empty((directions, hidden, hidden), dtype)
-        self.bias_zeros = np.zeros(hidden, dtype)
-        self.top_out = np.empty((rows, width), dtype)
-        # Allocated on first use (see __getattr__): the packed input (not needed when eval reads a contiguous input
-        # in place) and the backward pass's workspaces.
-        self._lazy_shapes = {
-            "x_rows": (rows, input_size),
-            "grad_output": (rows, width),
-            "grad_h_n": self.state_shape,
-            "grad_x": (rows, input_size),
-            "no_grad_x": (0, input_size),  # tells the kernel to skip the input gradient
-            "grad_layer": (rows, width),
-            "dz": (directions, rows, hidden),
-            # each direction's partial input gradient (bidirectional only) and weight-gradient scratch
-            "grad_input_tmp": (directions, rows * max(input_size, width) if directions == 2 else 0),
-            "weight_tmp": (directions, hidden * max(input_size, width, hidden)),
-        }
-
-    def __getattr__(self, name):
-        shape = self.__dict__.get("_lazy_shapes", {}).get(name)
-        if shape is None:
-            raise AttributeError(name)
-        array = np.empty(shape, self.dtype)
-        setattr(self, name, array)  # allocated once, then found as an ordinary attribute
-        return array
-
-
-class _ForwardRecord:
-    """What a training forward leaves for its backward pass."""
-
-    def __init__(self, buffers, x_rows, order, step_offsets, batched):
-        self.buffers, self.x_rows, self.order, self.step_offsets = buffers, x_rows, order, step_offsets
-        self.batched = batched
-        self.steps = step_offsets.size - 1
-        self.consumed = False
-
-
-def _to_rows(source, order, step_offsets, rows):
-    """Copy time-major (L, N, F) ``source`` into packed ``rows``."""
-    if order is None and source.flags.c_contiguous:
-        rows[:] = source.reshape(rows.shape)
-    else:
-        pack(source, _identity(source.shape[1]) if order is None else order, step_offsets, rows)
-
-
-def _from_rows(rows, order, step_offsets, steps, batch, batch_first):
-    """A new (L, N, F) array (or (N, L, F) with ``batch_first``) from packed ``rows``; zero where padded."""
-    features = rows.shape[1]
-    if order is None and not batch_first:
-        return rows.reshape(steps, batch, features).copy()
-    result = np.empty((batch, steps, features) if batch_first else (steps, batch, features), rows.dtype)
-    unpack(rows, _identity(batch) if order is None else order, step_offsets,
-           result.transpose(1, 0, 2) if batch_first else result)
-    return result
-
-
 def _check_gradient(value, name, shape, dtype):
     array = as_array(value, name, dtype)
     if array.shape != tuple(shape):
@@ -426,38 +405,7 @@ def _check_gradient(value, name, shape, dtype):
     return array
 
 
-@functools.lru_cache(maxsize=16)
-def _identity(n):
-    """The batch order 0...n-1 for the pack kernels; shared across calls (the kernels only read it; left writeable so
-    that it has the same numba type as a length-sorted order and needs no second compile)."""
-    return np.arange(n, dtype=np.int64)
-
-
-def _unsort(states, order):
-    """Undo the length sort along the batch axis of (layers, N, H) states."""
-    unsorted = np.empty_like(states)
-    unsorted[:, order] = states
-    return unsorted
-
-
-def _sort_by_length(lengths, steps, batch):
-    """``(order, step_offsets)`` for a padded batch: the batch sorted by decreasing length, and where each step's
-    rows start once packed."""
-    lengths = np.asarray(lengths)
-    if lengths.dtype.kind not in "iu":
-        raise TypeError(f"lengths must be an array of integers, got dtype {lengths.dtype}; "
-                        "convert it with lengths.astype(np.int64)")
-    if lengths.shape != (batch,):
-        raise ValueError(f"lengths must have shape ({batch},), one length per sequence of the batch, "
-                         f"got shape {lengths.shape}")
-    if (lengths <= 0).any():
-        raise ValueError("Length of all samples has to be greater than 0, but found an element in 'lengths' that is "
-                         f"<= 0: {lengths.min()}")
-    if (lengths > steps).any():
-        raise ValueError(f"lengths must be at most the sequence length L={steps}, got {lengths.max()}")
-    lengths = lengths.astype(np.int64)
-    order = np.argsort(-lengths, kind="stable")
-    batch_sizes = (lengths[None, :] > np.arange(steps)[:, None]).sum(axis=1)
-    step_offsets = np.zeros(steps + 1, dtype=np.int64)
-    np.cumsum(batch_sizes, out=step_offsets[1:])
-    return order, step_offsets
+@functools.lru_cache(maxsize=32)
+def _zeros(size, dtype):
+    """Zeros the step kernel reads in place of absent biases (shared: never written)."""
+    return np.zeros(size, dtype)

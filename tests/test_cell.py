@@ -163,17 +163,34 @@ def test_eval_records_nothing(rng):
     assert all(not grad.any() for grad in cell.grads.values())
 
 
-def test_zero_grad_clears_gradients_and_the_tape(rng):
+def test_zero_grad_clears_gradients_only(rng):
+    """torch's order -- forward, zero_grad, backward, step -- must work: zero_grad keeps the tape."""
+    cell, reference = make_cell_pair()
+    x = rng.standard_normal((BATCH, INPUT_SIZE))
+    grad_h = rng.standard_normal((BATCH, HIDDEN_SIZE))
+    cell.backward(np.ones_like(cell(x)))  # leaves gradients behind
+    h = cell(x)
+    cell.zero_grad()
+    assert all(not grad.any() for grad in cell.grads.values())
+    cell.backward(grad_h)  # the call made before zero_grad is still taped
+    reference.zero_grad()
+    (reference(torch.tensor(x)) * torch.tensor(grad_h)).sum().backward()
+    for name, param in reference.named_parameters():
+        assert_close(cell.grads[name], param.grad, np.float64, name)
+    assert h.shape == (BATCH, HIDDEN_SIZE)
+
+
+@pytest.mark.parametrize("drop", ["clear_tape", "eval"])
+def test_clear_tape_and_eval_drop_the_tape(drop, rng):
     cell, _ = make_cell_pair()
     x = rng.standard_normal((BATCH, INPUT_SIZE))
     h = cell(x)
     cell(x, h)
-    cell.backward(np.ones_like(h))
-    assert any(grad.any() for grad in cell.grads.values())
-    cell.zero_grad()
-    assert all(not grad.any() for grad in cell.grads.values())
+    getattr(cell, drop)()
+    cell.train()
     with pytest.raises(RuntimeError, match="no recorded call"):
-        cell.backward(np.ones_like(h))  # the first call, still taped before zero_grad, is gone
+        cell.backward(np.ones_like(h))
+    assert all(not grad.any() for grad in cell.grads.values())
 
 
 def test_tape_warning_once_past_the_limit(monkeypatch, rng):

@@ -1,7 +1,7 @@
 """Dropout between layers: off in eval, the expected rate in training, and exact gradients through the masks.
 
 The masks of a training forward are read from ``rnn._record.buffers.dropout_scale`` ((num_layers - 1, R, D * H)
-packed rows, 0 or 1 / (1 - p)); torch is then run layer by layer with the same masks, so the gradients can be
+packed rows, laid out by ``rnn._record.packing``, 0 or 1 / (1 - p)); torch is then run layer by layer with the same masks, so the gradients can be
 compared exactly.
 """
 
@@ -20,10 +20,9 @@ def padded_masks(rnn, steps, batch):
     """The last training forward's dropout masks as (num_layers - 1, L, N, D * H), zero at padded positions."""
     record = rnn._record
     scale = record.buffers.dropout_scale
-    order = np.arange(batch) if record.order is None else record.order
     masks = np.empty((scale.shape[0], steps, batch, scale.shape[2]), scale.dtype)
     for k in range(scale.shape[0]):
-        unpack(scale[k], order, record.step_offsets, masks[k])
+        unpack(scale[k], record.packing, masks[k])
     return masks
 
 

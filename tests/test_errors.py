@@ -229,12 +229,6 @@ def test_empty_sequence(batch_first, batched):
         rnn(zeros(*shape))
 
 
-def test_empty_batch():
-    # torch returns empty results for N = 0; numbarnn refuses the batch explicitly.
-    with pytest.raises(ValueError, match="^Expected batch size to be larger than 0 in RNN$"):
-        numbarnn.RNN(3, 5)(zeros(4, 0, 3))
-
-
 # -- RNN lengths ---------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("lengths,match", [
@@ -395,12 +389,6 @@ def test_cell_dtypes(cells):
         cell(zeros(2, 3), np.zeros((2, 4)))
 
 
-def test_cell_empty_batch(cells):
-    cell, _ = cells
-    with pytest.raises(ValueError, match="^Expected batch size to be larger than 0 in RNNCell$"):
-        cell(zeros(0, 3))
-
-
 def test_cell_backward_without_a_recorded_call():
     cell = numbarnn.RNNCell(3, 4)
     with pytest.raises(RuntimeError, match=r"^backward\(\) has no recorded call"):
@@ -430,3 +418,31 @@ def test_cell_backward_twice_for_one_call():
     cell.backward(zeros(4))
     with pytest.raises(RuntimeError, match="each backward consumes one call"):
         cell.backward(zeros(4))
+
+
+# -- empty batches -------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("batch_first", [False, True])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_an_empty_batch_gives_empty_results_and_gradients_like_torch(batch_first, bidirectional):
+    rnn = numbarnn.RNN(3, 5, num_layers=2, batch_first=batch_first, bidirectional=bidirectional, seed=0)
+    reference = torch.nn.RNN(3, 5, num_layers=2, batch_first=batch_first, bidirectional=bidirectional)
+    shape = (0, 4, 3) if batch_first else (4, 0, 3)
+    output, h_n = rnn(zeros(*shape))
+    expected_output, expected_h_n = reference(torch.zeros(shape))
+    assert output.shape == tuple(expected_output.shape) and h_n.shape == tuple(expected_h_n.shape)
+    assert output.dtype == h_n.dtype == np.float32
+    grad_x, grad_h_0 = rnn.backward(np.zeros_like(output), np.zeros_like(h_n))
+    assert grad_x.shape == shape and grad_h_0.shape == h_n.shape
+    assert all(not grad.any() for grad in rnn.grads.values())
+    output, h_n = rnn(zeros(*shape), lengths=np.zeros(0, np.int64))
+    assert output.shape == tuple(expected_output.shape)
+
+
+def test_an_empty_batch_through_the_cell_like_torch():
+    cell = numbarnn.RNNCell(3, 4, seed=0)
+    h = cell(zeros(0, 3), zeros(0, 4))
+    assert h.shape == tuple(torch.nn.RNNCell(3, 4)(torch.zeros(0, 3)).shape) == (0, 4)
+    grad_x, grad_hx = cell.backward(np.zeros((0, 4), np.float32))
+    assert grad_x.shape == (0, 3) and grad_hx.shape == (0, 4)
+    assert all(not grad.any() for grad in cell.grads.values())

@@ -1,7 +1,7 @@
 """The private kernels called directly, against the naive NumPy loops of ``naive.py`` and plain NumPy.
 
-The buffers are prepared here from the kernels' docstrings (not through ``numbarnn.RNN``), so a mistake in how
-``rnn.py`` drives the kernels and a mistake in the kernels themselves show up in different tests.
+The buffers come from the convention's owner, :mod:`numbarnn._workspace` (not through ``numbarnn.RNN``), so a
+mistake in how ``rnn.py`` drives the kernels and a mistake in the kernels themselves show up in different tests.
 """
 
 import itertools
@@ -19,77 +19,82 @@ from numbarnn._forward import rnn_forward, rnn_forward_parallel
 from numbarnn._layout import build_layout, named_views
 from numbarnn._matmul import SMALL_PRODUCT, matmul
 from numbarnn._packing import pack, unpack
+from numbarnn._workspace import (Spec, backward_buffers, equal_length_packing, forward_buffers, length_packing,
+                                 packing_rows)
 
-STEPS, BATCH, INPUT_SIZE, HIDDEN_SIZE = 5, 3, 4, 3
-UNSORTED_LENGTHS = np.array([2, 5, 1])  # deliberately not sorted, with a length-1 sequence and one of full length
+STEPS, BATCH, INPUT_SIZE, HIDDEN_SIZE = 5, 5, 4, 3
+# Deliberately not sorted, with a length-1 sequence, two of full length, and blocks of unequal size when dealt out.
+UNSORTED_LENGTHS = np.array([2, 5, 1, 4, 5])
 
 
-def sort_by_length(lengths, steps):
-    """``(order, step_offsets)``: the batch sorted by decreasing length (stable), and each step's first packed row."""
-    order = np.argsort(-lengths, kind="stable").astype(np.int64)
-    running = np.array([(lengths > t).sum() for t in range(steps)])
-    return order, np.concatenate([[0], np.cumsum(running)]).astype(np.int64)
+def make_packing(lengths, blocks):
+    return equal_length_packing(STEPS, BATCH, blocks) if lengths is None else length_packing(lengths, STEPS, blocks)
+
+
+def filled(buffers, value=np.nan):
+    """The same buffers, each filled with ``value``: the kernels must write everything they later read."""
+    for array in buffers:
+        array.fill(value)
+    return buffers
 
 
 class KernelProblem:
     """Random parameters, inputs and gradients for a stack, in the padded (L, N, ...) layout and packed."""
 
-    def __init__(self, num_layers, bidirectional, bias, dtype, lengths, dropout, rng):
+    def __init__(self, num_layers, bidirectional, bias, dtype, lengths, dropout, blocks, rng):
         self.num_layers, self.bidirectional, self.dtype = num_layers, bidirectional, np.dtype(dtype)
         self.directions = 2 if bidirectional else 1
-        width = self.directions * HIDDEN_SIZE
-        self.width = width
+        self.width = self.directions * HIDDEN_SIZE
         entries, self.offsets, total = build_layout(INPUT_SIZE, HIDDEN_SIZE, num_layers, self.directions, bias)
+        self.entries = entries
         self.params = rng.uniform(-0.8, 0.8, total).astype(dtype)
         self.named = {name: view.astype(np.float64) for name, view in named_views(self.params, entries).items()}
         self.lengths = np.full(BATCH, STEPS) if lengths is None else np.asarray(lengths)
-        self.order, self.step_offsets = sort_by_length(self.lengths, STEPS)
-        self.rows = int(self.step_offsets[-1])
+        self.packing = make_packing(lengths, blocks)
+        self.order = self.packing.order
+        self.rows = packing_rows(self.packing)
         self.x = rng.standard_normal((STEPS, BATCH, INPUT_SIZE)).astype(dtype)
         self.h_0 = rng.standard_normal((num_layers * self.directions, BATCH, HIDDEN_SIZE)).astype(dtype)
-        self.grad_output = rng.standard_normal((STEPS, BATCH, width)).astype(dtype)
+        self.grad_output = rng.standard_normal((STEPS, BATCH, self.width)).astype(dtype)
         self.grad_h_n = rng.standard_normal(self.h_0.shape).astype(dtype)
         if dropout and num_layers > 1:
-            keep = rng.random((num_layers - 1, STEPS, BATCH, width)) >= 0.4
+            keep = rng.random((num_layers - 1, STEPS, BATCH, self.width)) >= 0.4
             self.masks = (keep / 0.6).astype(dtype)
         else:
             self.masks = None
 
+    def spec(self, relu):
+        return Spec(INPUT_SIZE, HIDDEN_SIZE, self.num_layers, self.directions, self.dtype, relu)
+
     def packed(self, padded):
         rows = np.empty((self.rows, padded.shape[-1]), self.dtype)
-        pack(padded, self.order, self.step_offsets, rows)
+        pack(padded, self.packing, rows)
         return rows
 
     def unpacked(self, rows):
         padded = np.empty((STEPS, BATCH, rows.shape[1]), self.dtype)
-        unpack(rows, self.order, self.step_offsets, padded)
+        unpack(rows, self.packing, padded)
         return padded
 
     def forward(self, relu, training=True, parallel=False):
-        """Run the forward kernel (the direction-parallel one if ``parallel``); returns its buffers by name."""
-        layers, directions, rows, width = self.num_layers, self.directions, self.rows, self.width
-        dropped = layers - 1 if self.masks is not None else 0
-        buffers = dict(
-            x=self.packed(self.x),
-            h_0=np.ascontiguousarray(self.h_0[:, self.order]),
-            dropout_scale=np.stack([self.packed(m) for m in self.masks]) if dropped else
-            np.empty((0, rows, width), self.dtype),
-            layer_in=np.full((dropped, rows, width), np.nan, self.dtype),
-            # Inference keeps at most two layer outputs (ping-pong) and no h_prev rows.
-            layer_out=np.full((layers - 1 if training else min(layers - 1, 2), rows, width), np.nan, self.dtype),
-            h_prev=np.full((layers, directions, rows if training else 0, HIDDEN_SIZE), np.nan, self.dtype),
-            z=np.full((directions, rows, HIDDEN_SIZE), np.nan, self.dtype),
-            step_tmp=np.full((directions, BATCH, HIDDEN_SIZE), np.nan, self.dtype),
-            w_hh_transposed=np.full((directions, HIDDEN_SIZE, HIDDEN_SIZE), np.nan, self.dtype),
-            bias_zeros=np.zeros(HIDDEN_SIZE, self.dtype),
-            top_out=np.full((rows, width), np.nan, self.dtype),
-            h_n=np.full(self.h_0.shape, np.nan, self.dtype),
-        )
-        b = buffers
+        """Run the forward kernel (the parallel driver if ``parallel``); returns its buffers."""
+        dropped = self.num_layers - 1 if self.masks is not None else 0
+        buffers = filled(forward_buffers(self.spec(relu), self.packing, training, dropped))
+        buffers.bias_zeros.fill(0)
+        buffers.x_rows[...] = self.packed(self.x)
+        buffers.h_n[...] = self.h_0[:, self.order]
+        for k in range(dropped):
+            buffers.dropout_scale[k] = self.packed(self.masks[k])
         kernel = rnn_forward_parallel if parallel else rnn_forward
-        kernel(b["x"], b["h_0"], self.params, self.offsets, self.step_offsets, directions, relu, b["dropout_scale"],
-               b["layer_in"], b["layer_out"], b["h_prev"], b["z"], b["step_tmp"], b["w_hh_transposed"],
-               b["bias_zeros"], b["top_out"], b["h_n"])
+        kernel(self.params, self.offsets, self.packing, buffers, self.directions, relu)
+        return buffers
+
+    def backward(self, forward, relu, grads, parallel=False):
+        buffers = filled(backward_buffers(self.spec(relu), self.packing, self.params.size, True))
+        buffers.grad_output[...] = self.packed(self.grad_output)
+        buffers.grad_h[...] = self.grad_h_n[:, self.order]
+        kernel = rnn_backward_parallel if parallel else rnn_backward
+        kernel(self.params, self.offsets, self.packing, forward, buffers, self.directions, relu, grads)
         return buffers
 
     def naive(self, nonlinearity):
@@ -109,58 +114,65 @@ def unsort(states, order):
     return result
 
 
-# (num_layers, bidirectional, bias, nonlinearity, dtype, lengths, dropout); dropout needs a second layer.
+# (num_layers, bidirectional, bias, nonlinearity, dtype, lengths, dropout, blocks); dropout needs a second layer.
 KERNEL_GRID = [case for case in itertools.product([1, 2, 3], [False, True], [True, False], ["tanh", "relu"], DTYPES,
-                                                  [None, UNSORTED_LENGTHS], [False, True])
+                                                  [None, UNSORTED_LENGTHS], [False, True], [1, 2])
                if case[0] > 1 or not case[6]]
 
 
 def kernel_id(case):
-    layers, bidirectional, bias, nonlinearity, dtype, lengths, dropout = case
+    layers, bidirectional, bias, nonlinearity, dtype, lengths, dropout, blocks = case
     return "-".join([f"L{layers}", "bi" if bidirectional else "uni", "bias" if bias else "nobias", nonlinearity,
                      np.dtype(dtype).name, "lengths" if lengths is not None else "full",
-                     "dropout" if dropout else "nodropout"])
+                     "dropout" if dropout else "nodropout", f"B{blocks}"])
 
 
-# The direction-parallel kernels only differ in how directions are scheduled; check them on the bidirectional cases.
-KERNEL_CASES = [(case, False) for case in KERNEL_GRID] + [(case, True) for case in KERNEL_GRID if case[1]]
+def test_the_grid_covers_every_option_with_both_block_counts():
+    for position, values in enumerate([[1, 2, 3], [False, True], [True, False], ["tanh", "relu"]]):
+        for value in values:
+            assert {case[7] for case in KERNEL_GRID if case[position] == value} == {1, 2}
+    assert {(case[6], case[7]) for case in KERNEL_GRID} == {(False, 1), (False, 2), (True, 1), (True, 2)}
 
 
-@pytest.mark.parametrize(("case", "parallel"), KERNEL_CASES,
-                         ids=[kernel_id(case) + ("-parallel" if parallel else "") for case, parallel in KERNEL_CASES])
-def test_forward_and_backward_kernels_match_naive_loops(case, parallel, rng):
-    num_layers, bidirectional, bias, nonlinearity, dtype, lengths, dropout = case
-    problem = KernelProblem(num_layers, bidirectional, bias, dtype, lengths, dropout, rng)
+@pytest.mark.parametrize("case", KERNEL_GRID, ids=[kernel_id(case) for case in KERNEL_GRID])
+def test_forward_and_backward_kernels_match_naive_loops(case, rng):
+    num_layers, bidirectional, bias, nonlinearity, dtype, lengths, dropout, blocks = case
+    problem = KernelProblem(num_layers, bidirectional, bias, dtype, lengths, dropout, blocks, rng)
     relu = nonlinearity == "relu"
     expected_output, expected_h_n, expected_grad_x, expected_grad_h_0, expected_grads = problem.naive(nonlinearity)
 
-    buffers = problem.forward(relu, parallel=parallel)
-    assert_close(problem.unpacked(buffers["top_out"]), expected_output, dtype, "output")
-    assert_close(unsort(buffers["h_n"], problem.order), expected_h_n, dtype, "h_n")
+    forward = problem.forward(relu)
+    assert_close(problem.unpacked(forward.top_out), expected_output, dtype, "output")
+    assert_close(unsort(forward.h_n, problem.order), expected_h_n, dtype, "h_n")
 
-    entries = build_layout(INPUT_SIZE, HIDDEN_SIZE, num_layers, problem.directions, bias)[0]
     grads_start = rng.standard_normal(problem.params.size).astype(dtype)  # the kernel must add, not overwrite
     grads = grads_start.copy()
-    rows, width = problem.rows, problem.width
-    widest = max(INPUT_SIZE, width, HIDDEN_SIZE)
-    grad_x = np.full((rows, INPUT_SIZE), np.nan, dtype)
-    grad_h_0 = np.full(problem.h_0.shape, np.nan, dtype)
-    b = buffers
-    kernel = rnn_backward_parallel if parallel else rnn_backward
-    kernel(b["x"], problem.params, problem.offsets, problem.step_offsets, problem.directions, relu,
-           b["dropout_scale"], b["layer_in"], b["layer_out"], b["h_prev"], b["top_out"],
-           problem.packed(problem.grad_output), np.ascontiguousarray(problem.grad_h_n[:, problem.order]),
-           grads, grad_x, grad_h_0,
-           np.full((rows, width), np.nan, dtype), np.full((problem.directions, rows, HIDDEN_SIZE), np.nan, dtype),
-           np.full((problem.directions, rows * widest if problem.directions == 2 else 0), np.nan, dtype),
-           np.full((problem.directions, HIDDEN_SIZE * widest), np.nan, dtype))
-    padded_grad_x = problem.unpacked(grad_x)
-    assert_close(padded_grad_x, expected_grad_x, dtype, "grad_x")
-    assert_close(unsort(grad_h_0, problem.order), expected_grad_h_0, dtype, "grad_h_0")
-    accumulated = named_views(grads - grads_start, entries)
+    backward = problem.backward(forward, relu, grads)
+    assert_close(problem.unpacked(backward.grad_x), expected_grad_x, dtype, "grad_x")
+    assert_close(unsort(backward.grad_h, problem.order), expected_grad_h_0, dtype, "grad_h_0")
+    accumulated = named_views(grads - grads_start, problem.entries)
     assert list(accumulated) == list(expected_grads)
     for name, expected in expected_grads.items():
         assert_close(accumulated[name], expected, dtype, name)
+
+
+PARALLEL_CASES = [case for case in KERNEL_GRID if case[7] == 2 and case[4] == np.float64 and case[2]]
+
+
+@pytest.mark.parametrize("case", PARALLEL_CASES, ids=[kernel_id(case) for case in PARALLEL_CASES])
+def test_parallel_drivers_give_bitwise_the_serial_result(case, rng):
+    """The parallel drivers run the same tasks on threads: every result must be bitwise the serial one."""
+    num_layers, bidirectional, bias, nonlinearity, dtype, lengths, dropout, blocks = case
+    problem = KernelProblem(num_layers, bidirectional, bias, dtype, lengths, dropout, blocks, rng)
+    relu = nonlinearity == "relu"
+    results = []
+    for parallel in (False, True):
+        forward = problem.forward(relu, parallel=parallel)
+        grads = np.zeros_like(problem.params)
+        backward = problem.backward(forward, relu, grads, parallel=parallel)
+        results.append((forward.top_out, forward.h_n, backward.grad_x, backward.grad_h, grads))
+    for serial, parallel in zip(*results, strict=True):
+        assert_array_equal(parallel, serial)
 
 
 @pytest.mark.parametrize("lengths", [None, UNSORTED_LENGTHS], ids=["full", "lengths"])
@@ -168,33 +180,40 @@ def test_forward_and_backward_kernels_match_naive_loops(case, parallel, rng):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_inference_buffers_give_the_training_result(num_layers, dtype, lengths, rng):
     """Inference keeps only two layer outputs (ping-pong) and no h_prev; the results must not change."""
-    problem = KernelProblem(num_layers, True, True, dtype, lengths, False, rng)
+    problem = KernelProblem(num_layers, True, True, dtype, lengths, False, 2, rng)
     training = problem.forward(relu=False, training=True)
     inference = problem.forward(relu=False, training=False)
-    assert_array_equal(inference["top_out"], training["top_out"])
-    assert_array_equal(inference["h_n"], training["h_n"])
+    assert_array_equal(inference.top_out, training.top_out)
+    assert_array_equal(inference.h_n, training.h_n)
 
 
 # -- packing -------------------------------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("blocks", [1, 2, 3])
 @pytest.mark.parametrize("lengths", [[4, 4, 4], [1, 4, 2], [3, 1, 3], [1, 1, 1]])
-def test_pack_and_unpack_follow_their_definition(lengths, rng):
+def test_pack_and_unpack_follow_their_definition(lengths, blocks, rng):
     lengths = np.array(lengths)
     steps, features = 4, 2
-    order, step_offsets = sort_by_length(lengths, steps)
+    packing = length_packing(lengths, steps, blocks)
     source = rng.standard_normal((steps, lengths.size, features))
-    packed = np.full((int(step_offsets[-1]), features), np.nan)
-    pack(source, order, step_offsets, packed)
-    expected_rows = [source[t, n] for t in range(steps) for n in order if lengths[n] > t]
+    packed = np.full((packing_rows(packing), features), np.nan)
+    pack(source, packing, packed)
+    # Block by block, time-major inside a block, each block's sequences by decreasing length.
+    expected_rows = []
+    for b in range(blocks):
+        members = packing.order[packing.block_batch[b]:packing.block_batch[b + 1]]
+        assert (np.diff(lengths[members]) <= 0).all()
+        expected_rows += [source[t, n] for t in range(steps) for n in members if lengths[n] > t]
     assert_array_equal(packed, np.array(expected_rows))
+    assert sorted(packing.order) == list(range(lengths.size))
     # batch_first data arrives as a transposed (non-contiguous) view
     batch_first = np.ascontiguousarray(source.transpose(1, 0, 2))
     packed_from_view = np.full_like(packed, np.nan)
-    pack(batch_first.transpose(1, 0, 2), order, step_offsets, packed_from_view)
+    pack(batch_first.transpose(1, 0, 2), packing, packed_from_view)
     assert_array_equal(packed_from_view, packed)
 
     target = np.full_like(source, np.nan)  # every position must be written: data or zero padding
-    unpack(packed, order, step_offsets, target)
+    unpack(packed, packing, target)
     valid = np.arange(steps)[:, None] < lengths[None, :]
     assert_array_equal(target[valid], source[valid])
     assert_array_equal(target[~valid], 0)

@@ -1,0 +1,179 @@
+"""One forward and one backward pass of a stacked RNN on already-validated arrays: packing, buffers, the kernel
+call and unpacking. ``RNN`` (which owns its parameters) and the PyTorch integration (whose parameters are torch's)
+both drive the kernels through here.
+
+A training forward returns a :class:`Record` that owns everything its backward reads, so several forwards may be
+waiting for their backwards at once; a consumed record can hand its buffers to the next forward of the same shape.
+"""
+
+import numpy as np
+
+from ._backward import rnn_backward, rnn_backward_parallel
+from ._forward import rnn_forward, rnn_forward_parallel
+from ._packing import pack, unpack
+from ._threads import run_kernel
+from ._workspace import (Spec, backward_buffers, block_count, block_total, equal_length_packing, forward_buffers,
+                         identity_order, is_single_block, length_packing, packing_rows, partial_blocks)
+
+__all__ = ["Spec", "Record", "forward", "backward"]
+
+
+class Record:
+    """What a training forward leaves for its backward: the packing, the forward buffers (inputs, every layer's
+    output and the states entering each step, dropout masks) and the shape of the call."""
+
+    __slots__ = ("spec", "packing", "buffers", "steps", "batch", "lengths_given", "consumed", "batched")
+
+    def __init__(self, spec, packing, buffers, steps, batch, lengths_given):
+        self.spec, self.packing, self.buffers = spec, packing, buffers
+        self.steps, self.batch, self.lengths_given = steps, batch, lengths_given
+        self.consumed = False
+        self.batched = True  # the caller's input had a batch axis (the caller sets it)
+
+    def key(self):
+        return buffer_key(self.packing, self.buffers.dropout_scale.shape[0])
+
+
+def buffer_key(packing, dropped):
+    """Forward buffers can be reused by a call with the same key."""
+    return packing_rows(packing), packing.order.size, block_total(packing), dropped
+
+
+def make_packing(spec, steps, batch, lengths):
+    """The packing of a (L, N) batch; ``lengths`` is None or already checked (each in 1...L)."""
+    blocks = block_count(batch, steps, spec.input_size, spec.hidden_size, spec.num_layers * spec.num_directions)
+    if lengths is None or (lengths == steps).all():
+        return equal_length_packing(steps, batch, blocks)
+    return length_packing(lengths, steps, blocks)
+
+
+def forward(spec, params, offsets, x, h_0, lengths, *, training, batch_first, draw_dropout=None, spare=None):
+    """Run the stack over ``x``.
+
+    Parameters
+    ----------
+    spec : Spec
+    params, offsets : the flat parameters and their offset table (:mod:`numbarnn._layout`).
+    x : (L, N, H_in) time-major input (a batch_first input as its transposed view), of ``spec.dtype``.
+    h_0 : (num_layers * D, N, H_out) or None for zeros.
+    lengths : (N,) int64 or None.
+    training : keep what the backward pass needs and return it as a :class:`Record`.
+    batch_first : lay the output out as (N, L, D * H_out).
+    draw_dropout : None, or a function filling the (num_layers - 1, R, D * H_out) dropout scale (training only).
+    spare : a consumed :class:`Record` whose buffers may be reused, or None.
+
+    Returns
+    -------
+    output : (L, N, D * H_out), or (N, L, D * H_out) with ``batch_first``; zero past each sequence's length.
+    h_n : (num_layers * D, N, H_out).
+    record : :class:`Record` or None.
+    """
+    steps, batch = x.shape[0], x.shape[1]
+    layers_directions = spec.num_layers * spec.num_directions
+    width = spec.num_directions * spec.hidden_size
+    if batch == 0:  # nothing to compute; torch returns empty results too
+        output = np.zeros((0, steps, width) if batch_first else (steps, 0, width), spec.dtype)
+        h_n = np.zeros((layers_directions, 0, spec.hidden_size), spec.dtype)
+        return output, h_n, Record(spec, None, None, steps, 0, False) if training else None
+    packing = make_packing(spec, steps, batch, lengths)
+    in_place = is_single_block(packing, steps)
+    dropped = spec.num_layers - 1 if draw_dropout is not None else 0
+    # Inference reads a contiguous single-block input in place; training copies it (the record must own it).
+    reads_input = in_place and not training and x.flags.c_contiguous
+    if spare is not None and spare.buffers is not None and spare.key() == buffer_key(packing, dropped):
+        buffers = spare.buffers
+    else:
+        buffers = forward_buffers(spec, packing, training, dropped,
+                                  x.reshape(-1, spec.input_size) if reads_input else None)
+    if not reads_input:
+        to_rows(x, packing, buffers.x_rows, in_place)
+    if h_0 is None:
+        buffers.h_n.fill(0)
+    elif identity_order(packing):
+        buffers.h_n[...] = h_0
+    else:
+        np.take(h_0, packing.order, axis=1, out=buffers.h_n)
+    if dropped:
+        draw_dropout(buffers.dropout_scale)
+    run_kernel(rnn_forward, rnn_forward_parallel, block_total(packing) * spec.num_directions,
+               params, offsets, packing, buffers, spec.num_directions, spec.relu)
+    output = from_rows(buffers.top_out, packing, steps, batch, batch_first, in_place and not training)
+    h_n = unsort_states(buffers.h_n, packing, copy=training)
+    record = Record(spec, packing, buffers, steps, batch, lengths is not None) if training else None
+    return output, h_n, record
+
+
+def backward(params, offsets, record, grad_output, grad_h_n, grads, *, need_input_grad, batch_first, spare=None):
+    """Backpropagate through ``record``'s forward.
+
+    Parameters
+    ----------
+    params, offsets : as given to :func:`forward` (read as they are now).
+    record : the training forward's :class:`Record` (not consumed here: the caller marks it).
+    grad_output : (L, N, D * H_out) time-major view of the output gradient, or None for zeros.
+    grad_h_n : (num_layers * D, N, H_out) or None for zeros.
+    grads : (P,) flat parameter gradients, accumulated into.
+    need_input_grad : compute the input gradient (else None is returned for it).
+    batch_first : lay the input gradient out as (N, L, H_in).
+    spare : :class:`numbarnn._workspace.BackwardBuffers` of an earlier call that may be reused, or None.
+
+    Returns
+    -------
+    grad_input : (L, N, H_in) or (N, L, H_in), or None; grad_h_0 : (num_layers * D, N, H_out);
+    buffers : the backward buffers used (to pass as ``spare`` next time).
+    """
+    spec, packing, forward_buffers_ = record.spec, record.packing, record.buffers
+    steps, batch = record.steps, record.batch
+    shape = (batch, steps, spec.input_size) if batch_first else (steps, batch, spec.input_size)
+    if batch == 0:
+        grad_h_0 = np.zeros((spec.num_layers * spec.num_directions, 0, spec.hidden_size), spec.dtype)
+        return (np.zeros(shape, spec.dtype) if need_input_grad else None), grad_h_0, spare
+    buffers = spare
+    if (buffers is None or buffers.grad_output.shape[0] != packing_rows(packing) or buffers.grad_h.shape[1] != batch
+            or buffers.grad_partial.shape[0] != partial_blocks(packing)
+            or (buffers.grad_x.shape[0] > 0) != need_input_grad):
+        buffers = backward_buffers(spec, packing, params.size, need_input_grad)
+    in_place = is_single_block(packing, steps)
+    if grad_output is None:
+        buffers.grad_output.fill(0)
+    else:
+        to_rows(grad_output, packing, buffers.grad_output, in_place)
+    if grad_h_n is None:
+        buffers.grad_h.fill(0)
+    elif identity_order(packing):
+        buffers.grad_h[...] = grad_h_n
+    else:
+        np.take(grad_h_n, packing.order, axis=1, out=buffers.grad_h)
+    run_kernel(rnn_backward, rnn_backward_parallel, block_total(packing) * spec.num_directions,
+               params, offsets, packing, forward_buffers_, buffers, spec.num_directions, spec.relu, grads)
+    grad_input = from_rows(buffers.grad_x, packing, steps, batch, batch_first, False) if need_input_grad else None
+    return grad_input, unsort_states(buffers.grad_h, packing, copy=True), buffers
+
+
+def to_rows(source, packing, rows, in_place):
+    """Copy time-major (L, N, F) ``source`` into packed ``rows``."""
+    if in_place and source.flags.c_contiguous:
+        rows[...] = source.reshape(rows.shape)
+    else:
+        pack(source, packing, rows)
+
+
+def from_rows(rows, packing, steps, batch, batch_first, own):
+    """(L, N, F), or (N, L, F) with ``batch_first``, from packed ``rows``; zero where padded. ``own``: ``rows``
+    belong to this call alone and may be returned as they are."""
+    features = rows.shape[1]
+    if is_single_block(packing, steps) and not batch_first:
+        padded = rows.reshape(steps, batch, features)
+        return padded if own else padded.copy()
+    result = np.empty((batch, steps, features) if batch_first else (steps, batch, features), rows.dtype)
+    unpack(rows, packing, result.transpose(1, 0, 2) if batch_first else result)
+    return result
+
+
+def unsort_states(states, packing, copy):
+    """(layers, N, H) states in the user's batch order (always a new array when ``copy``)."""
+    if identity_order(packing):
+        return states.copy() if copy else states
+    unsorted = np.empty_like(states)
+    unsorted[:, packing.order] = states
+    return unsorted

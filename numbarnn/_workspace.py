@@ -1,0 +1,171 @@
+"""The kernels' calling convention, in one place: how a batch is split into blocks and packed into rows, and every
+buffer the forward and backward kernels read and write, with its shape.
+
+``RNN``, ``RNNCell``, the PyTorch integration and the kernel tests all build their kernel arguments here, so a
+change of convention is made once.
+
+Packed rows
+    The batch is split into B blocks of sequences that the kernels run independently (one thread each in the
+    parallel kernels: sequences never interact, through time or through layers). Block ``b`` owns packed rows
+    ``block_rows[b]:block_rows[b + 1]`` and batch positions ``block_batch[b]:block_batch[b + 1]``; inside a block the
+    rows are time-major and its sequences are sorted by decreasing length, so the rows of step ``t`` are
+    ``block_rows[b] + step_offsets[b, t]`` onwards and the sequences still running form a prefix of the block.
+    ``order[p]`` is the user's batch index at batch position ``p``. With one block and equal lengths the packing is
+    ``x.reshape(L * N, H_in)``.
+"""
+
+import functools
+from collections import namedtuple
+
+import numba
+import numpy as np
+
+Packing = namedtuple("Packing", ["order", "block_batch", "block_rows", "step_offsets"])
+
+# What the kernels need to know of a module: sizes, dtype and activation.
+Spec = namedtuple("Spec", ["input_size", "hidden_size", "num_layers", "num_directions", "dtype", "relu"])
+
+ForwardBuffers = namedtuple("ForwardBuffers", [
+    "x_rows",         # (R, H_in) packed input
+    "dropout_scale",  # (num_layers - 1, R, D * H) inter-layer masks divided by 1 - p, or 0 layers without dropout
+    "layer_in",       # (num_layers - 1, R, D * H) dropped-out inputs of layers 1..., or 0 layers without dropout
+    "layer_out",      # (K, R, D * H) outputs of all but the last layer; layer l writes layer_out[l % K]
+    "h_prev",         # (num_layers, D, R, H) state each step starts from (training), or (num_layers, D, 0, H)
+    "z",              # (D, R, H) input projections
+    "step_tmp",       # (D, N, H) the per-step product h_{t-1} W_hh^T
+    "w_hh_t",         # (B * D, H, H) each task's C-contiguous copy of W_hh^T
+    "bias_zeros",     # (H,) zeros, read in place of the biases of a module without them
+    "top_out",        # (R, D * H) the last layer's output rows
+    "h_n",            # (num_layers * D, N, H) h_0 on entry, h_n on exit, batch in packed order
+])
+
+BackwardBuffers = namedtuple("BackwardBuffers", [
+    "grad_output",     # (R, D * H) gradient of the top output rows
+    "grad_h",          # (num_layers * D, N, H) gradient of h_n on entry, of h_0 on exit, batch in packed order
+    "grad_x",          # (R, H_in) gradient of the input rows, or (0, H_in) to skip it
+    "grad_layer",      # (R, D * H) gradient flowing between layers
+    "dz",              # (D, R, H) gradient of the pre-activations
+    "grad_input_tmp",  # (D, R * max(H_in, D * H)) each direction's partial input gradient (bidirectional), or (D, 0)
+    "weight_tmp",      # (B * D, H * max(H_in, D * H, H)) each task's weight-gradient product
+    "grad_partial",    # (B, P) each block's parameter gradients, summed into the module's after the pass
+])
+
+# Below this many multiply-adds per call a second block costs more (a parallel region, smaller products) than it
+# saves; the tiny benchmark configuration (L=100, N=1, H=64) is far below it.
+MIN_WORK_PER_BLOCK = 1 << 18
+
+
+@functools.lru_cache(maxsize=1)
+def max_blocks():
+    """How many blocks a batch is split into at most: numba's thread-pool size, fixed per process.
+
+    Fixed, rather than numba's (thread-local) current thread count, so that a call gives bitwise the same result
+    whichever thread makes it and whether its blocks then run in parallel or one after the other.
+    """
+    return max(1, numba.config.NUMBA_NUM_THREADS)
+
+
+def block_count(batch, steps, input_size, hidden_size, num_layers):
+    """How many independent blocks to split a batch of ``batch`` sequences into."""
+    work = steps * batch * hidden_size * (input_size + hidden_size * num_layers)
+    if batch < 2 or work < 2 * MIN_WORK_PER_BLOCK:
+        return 1
+    return int(min(max_blocks(), batch, work // MIN_WORK_PER_BLOCK))
+
+
+@functools.lru_cache(maxsize=64)
+def equal_length_packing(steps, batch, blocks):
+    """The packing of a batch whose sequences all have length ``steps`` (cached: the kernels only read it)."""
+    block_batch = np.linspace(0, batch, blocks + 1).astype(np.int64)
+    sizes = np.diff(block_batch)
+    step_offsets = np.arange(steps + 1, dtype=np.int64)[None, :] * sizes[:, None]
+    block_rows = np.concatenate([[0], np.cumsum(sizes * steps)]).astype(np.int64)
+    return Packing(np.arange(batch, dtype=np.int64), block_batch, block_rows, step_offsets)
+
+
+def length_packing(lengths, steps, blocks):
+    """The packing of a padded batch with the given lengths (each in 1...L, already checked).
+
+    The length-sorted batch is dealt to the blocks in turn (the longest to block 0, the next to block 1, ...), so
+    each block gets a similar amount of work and its own sequences stay sorted by decreasing length.
+    """
+    by_length = np.argsort(-lengths, kind="stable")
+    members = [by_length[b::blocks] for b in range(blocks)]
+    order = np.concatenate(members).astype(np.int64)
+    block_batch = np.concatenate([[0], np.cumsum([m.size for m in members])]).astype(np.int64)
+    step_offsets = np.zeros((blocks, steps + 1), np.int64)
+    for b, member in enumerate(members):
+        running = (lengths[member][None, :] > np.arange(steps)[:, None]).sum(axis=1)
+        np.cumsum(running, out=step_offsets[b, 1:])
+    block_rows = np.concatenate([[0], np.cumsum(step_offsets[:, -1])]).astype(np.int64)
+    return Packing(order, block_batch, block_rows, step_offsets)
+
+
+def packing_rows(packing):
+    return int(packing.block_rows[-1])
+
+
+def block_total(packing):
+    return packing.block_batch.size - 1
+
+
+def is_single_block(packing, steps):
+    """One block, every sequence of full length: the packed rows are the (L, N, F) array reshaped."""
+    return packing.block_batch.size == 2 and packing.order.size * steps == packing_rows(packing)
+
+
+def identity_order(packing):
+    """The packed batch order is the user's."""
+    order = packing.order
+    return order.size < 2 or bool(order[0] == 0 and (order[1:] - order[:-1] == 1).all())
+
+
+def partial_blocks(packing):
+    """Rows of the per-block partial gradients: none with one block, which accumulates into the gradients."""
+    blocks = block_total(packing)
+    return blocks if blocks > 1 else 0
+
+
+def forward_buffers(spec, packing, training, dropped, x_rows=None):
+    """The forward pass's buffers for ``spec`` (the module's sizes) and ``packing``.
+
+    ``training`` keeps every layer's output and the state entering each step for the backward pass; inference
+    keeps two layer outputs that ping-pong and no states. ``x_rows`` may be the caller's own packed input (read
+    in place); ``dropped`` is the number of layers with a dropout mask (0 or num_layers - 1).
+    """
+    input_size, hidden, layers, directions, dtype = spec[:5]
+    rows, batch, blocks = packing_rows(packing), packing.order.size, block_total(packing)
+    width = directions * hidden
+    empty = np.empty
+    return ForwardBuffers(
+        x_rows=empty((rows, input_size), dtype) if x_rows is None else x_rows,
+        dropout_scale=empty((dropped, rows, width), dtype),
+        layer_in=empty((dropped, rows, width), dtype),
+        layer_out=empty((layers - 1 if training else min(layers - 1, 2), rows, width), dtype),
+        h_prev=empty((layers, directions, rows if training else 0, hidden), dtype),
+        z=empty((directions, rows, hidden), dtype),
+        step_tmp=empty((directions, batch, hidden), dtype),
+        w_hh_t=empty((blocks * directions, hidden, hidden), dtype),
+        bias_zeros=np.zeros(hidden, dtype),
+        top_out=empty((rows, width), dtype),
+        h_n=empty((layers * directions, batch, hidden), dtype),
+    )
+
+
+def backward_buffers(spec, packing, parameter_count, need_input_grad):
+    """The backward pass's buffers for ``spec`` and ``packing``; ``grad_x`` has no rows unless
+    ``need_input_grad``."""
+    input_size, hidden, layers, directions, dtype = spec[:5]
+    rows, batch, blocks = packing_rows(packing), packing.order.size, block_total(packing)
+    width = directions * hidden
+    empty = np.empty
+    return BackwardBuffers(
+        grad_output=empty((rows, width), dtype),
+        grad_h=empty((layers * directions, batch, hidden), dtype),
+        grad_x=empty((rows if need_input_grad else 0, input_size), dtype),
+        grad_layer=empty((rows, width), dtype),
+        dz=empty((directions, rows, hidden), dtype),
+        grad_input_tmp=empty((directions, rows * max(input_size, width) if directions == 2 else 0), dtype),
+        weight_tmp=empty((blocks * directions, hidden * max(input_size, width, hidden)), dtype),
+        grad_partial=empty((partial_blocks(packing), parameter_count), dtype),
+    )
