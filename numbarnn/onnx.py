@@ -208,3 +208,351 @@ def _build_model(rnn, head, opset, with_h_0, with_lengths):
                                    bias=head.bias_enabled)
     helper.set_model_props(model, {METADATA_KEY: json.dumps(description)})
     return model
+
+
+# -- load --------------------------------------------------------------------------------------------------------
+def load(path):
+    """Rebuild a numbarnn ``RNN`` (and ``Linear`` head) from an ONNX graph of ``RNN`` nodes.
+
+    Reads what :func:`export` writes, and the graphs other exporters write for an RNN (e.g. ``torch.onnx.export``
+    of a ``torch.nn.RNN`` with ``dynamo=False``): one ONNX ``RNN`` node per layer (tanh or relu, forward or
+    bidirectional, layout 0, constant W / R / B), chained through Transpose / Squeeze / Unsqueeze / Reshape nodes,
+    an initial state that is a graph input or zeros (built with Shape, Gather, Concat, Slice, ConstantOfShape,
+    Expand, Constant...), and optionally one head on the output: MatMul (+ Add) or Gemm with constant weights.
+
+    Parameters
+    ----------
+    path : str, os.PathLike or onnx.ModelProto
+
+    Returns
+    -------
+    dict
+        ``{"rnn": RNN}``, plus ``"head": Linear`` when the graph applies one to the RNN's output. The modules are in
+        eval mode (the graph is an inference graph; call ``.train()`` to train them further) and have the dtype
+        of the graph's weights (float32 or float64). ``batch_first`` is True when the graph transposes a
+        (N, L, H_in) input into the first RNN node.
+
+    Raises
+    ------
+    ONNXMappingError
+        (a ``ValueError``) for a graph numbarnn cannot express, naming the node it cannot map and why: another
+        operator (LSTM, GRU, an unrolled loop of MatMul and Tanh as torch's dynamo exporter writes), a reverse-only
+        or clipped RNN, an activation other than tanh or relu, weights computed at run time, a non-zero constant
+        initial state, or a head applied to something other than every step of the output.
+    """
+    if isinstance(path, onnx.ModelProto):
+        model, where = path, "ONNX model"
+    else:
+        where = os.fspath(path)
+        if not os.path.exists(where):
+            raise FileNotFoundError(f"No such ONNX file: {where!r}")
+        model = onnx.load(where)
+    return _GraphReader(model, where).modules()
+
+
+def _describe(node, index):
+    return f"node #{index} {node.name or '(unnamed)'!r} ({node.op_type})"
+
+
+class _GraphReader:
+    def __init__(self, model, where):
+        self.where = where
+        self.model = model
+        graph = model.graph
+        self.initializers = {tensor.name: tensor for tensor in graph.initializer}
+        self.graph_inputs = [value.name for value in graph.input if value.name not in self.initializers]
+        self.nodes = list(graph.node)
+        self.index = {id(node): i for i, node in enumerate(self.nodes)}
+        self.producers = {}
+        self.consumers = {}
+        for node in self.nodes:
+            for position, name in enumerate(node.output):
+                if name:
+                    self.producers[name] = (node, position)
+            for name in node.input:
+                if name:
+                    self.consumers.setdefault(name, []).append(node)
+
+    # helpers
+    def fail(self, message, node=None):
+        prefix = f"{self.where}: " if node is None else f"{self.where}: cannot map {self.describe(node)}: "
+        raise ONNXMappingError(prefix + message)
+
+    def describe(self, node):
+        return _describe(node, self.index[id(node)])
+
+    def constant(self, name):
+        """The value of tensor ``name`` when it is fixed in the file (initializer, Constant, Identity/Cast of one)."""
+        if name in self.initializers:
+            return numpy_helper.to_array(self.initializers[name])
+        producer = self.producers.get(name)
+        if producer is None:
+            return None
+        node = producer[0]
+        if node.op_type == "Constant":
+            attribute = node.attribute[0]
+            value = helper.get_attribute_value(attribute)
+            return numpy_helper.to_array(value) if attribute.name in ("value", "sparse_value") else np.asarray(value)
+        if node.op_type in ("Identity", "Cast"):
+            value = self.constant(node.input[0])
+            if value is not None and node.op_type == "Cast":
+                to = helper.get_attribute_value(next(a for a in node.attribute if a.name == "to"))
+                value = value.astype(helper.tensor_dtype_to_np_dtype(to))
+            return value
+        return None
+
+    def trace(self, name):
+        """Follow ``name`` back through data-moving nodes: (kind, what, transpose perms on the way).
+
+        kind is "input" (what: graph input name), "rnn" (what: (node, output position)), or "node"/"constant".
+        """
+        perms = []
+        while True:
+            if name in self.graph_inputs:
+                return "input", name, perms
+            producer = self.producers.get(name)
+            if producer is None:
+                return "constant", name, perms
+            node, position = producer
+            if node.op_type == "RNN":
+                return "rnn", (node, position), perms
+            if node.op_type not in _PASS_THROUGH_OPS or self.constant(name) is not None:
+                return "node", node, perms
+            if node.op_type == "Transpose":
+                perm = next((a for a in node.attribute if a.name == "perm"), None)
+                perms.append(tuple(helper.get_attribute_value(perm)) if perm is not None else None)
+            name = node.input[0]
+
+    def ancestors(self, name):
+        """Graph inputs and nodes ``name`` is computed from."""
+        inputs, nodes, stack, seen = set(), [], [name], set()
+        while stack:
+            current = stack.pop()
+            if current in seen or not current:
+                continue
+            seen.add(current)
+            if current in self.graph_inputs:
+                inputs.add(current)
+            producer = self.producers.get(current)
+            if producer is not None:
+                nodes.append(producer[0])
+                stack.extend(producer[0].input)
+        return inputs, nodes
+
+    # the mapping
+    def modules(self):
+        for node in self.nodes:
+            if node.domain not in ("", "ai.onnx"):
+                self.fail(f"operator domain {node.domain!r}: numbarnn.onnx.load reads standard ONNX operators", node)
+            if node.op_type not in _GLUE_OPS | _HEAD_OPS | {"RNN"}:
+                hint = (" (an unrolled recurrence, as torch.onnx.export's dynamo exporter writes; export with "
+                        "dynamo=False to get ONNX RNN nodes)" if node.op_type in ("Tanh", "Relu") else "")
+                self.fail(
+                    f"numbarnn.onnx.load maps ONNX RNN nodes, the glue around them ({', '.join(sorted(_GLUE_OPS))}) "
+                    f"and a MatMul + Add or Gemm head{hint}", node)
+        rnn_nodes = [node for node in self.nodes if node.op_type == "RNN"]
+        if not rnn_nodes:
+            self.fail("the graph has no ONNX RNN node; numbarnn.onnx.load reads graphs of RNN nodes")
+        layers = [self.read_layer(node, position) for position, node in enumerate(rnn_nodes)]
+        first = layers[0]
+        for layer in layers[1:]:
+            for key in ("nonlinearity", "directions", "hidden_size", "dtype"):
+                if layer[key] != first[key]:
+                    self.fail(f"its {key} is {layer[key]}, but the first RNN node's is {first[key]}; a numbarnn RNN "
+                              "has one value for all layers", layer["node"])
+        directions, hidden = first["directions"], first["hidden_size"]
+        main_input, batch_first = self.check_chain(rnn_nodes, directions)
+        for layer in layers:
+            expected = first["input_size"] if layer is first else directions * hidden
+            if layer["input_size"] != expected:
+                self.fail(f"its W has input size {layer['input_size']}, but the layer below gives {expected}",
+                          layer["node"])
+            self.check_initial_state(layer["node"], main_input)
+        description = self.metadata()
+        rnn_description = description.get("rnn", {})
+        any_bias = any(layer["B"] is not None and np.any(layer["B"]) for layer in layers)
+        bias = any(layer["B"] is not None for layer in layers)
+        if bias and not any_bias and rnn_description.get("bias") is False:
+            bias = False  # export writes zeros for a module without bias
+        dropout = rnn_description.get("dropout", 0.0) if isinstance(rnn_description.get("dropout"), float) else 0.0
+        rnn = RNN(first["input_size"], hidden, len(layers), nonlinearity=first["nonlinearity"], bias=bias,
+                  batch_first=batch_first, dropout=dropout if len(layers) > 1 else 0.0,
+                  bidirectional=directions == 2, dtype=first["dtype"])
+        params = rnn.params
+        for number, layer in enumerate(layers):
+            for direction, suffix in enumerate(["", "_reverse"][:directions]):
+                params[f"weight_ih_l{number}{suffix}"][...] = layer["W"][direction]
+                params[f"weight_hh_l{number}{suffix}"][...] = layer["R"][direction]
+                if bias:
+                    b = layer["B"] if layer["B"] is not None else np.zeros((directions, 2 * hidden))
+                    params[f"bias_ih_l{number}{suffix}"][...] = b[direction, :hidden]
+                    params[f"bias_hh_l{number}{suffix}"][...] = b[direction, hidden:]
+        result = {"rnn": rnn.eval()}
+        head = self.read_head(rnn_nodes[-1], directions * hidden, first["dtype"], directions,
+                              description.get("head", {}))
+        if head is not None:
+            result["head"] = head.eval()
+        return result
+
+    def metadata(self):
+        for prop in self.model.metadata_props:
+            if prop.key == METADATA_KEY:
+                try:
+                    description = json.loads(prop.value)
+                except ValueError:
+                    return {}
+                return description if isinstance(description, dict) else {}
+        return {}
+
+    def read_layer(self, node, position):
+        attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        for name in ("clip", "activation_alpha", "activation_beta"):
+            if name in attributes:
+                self.fail(f"attribute {name!r}: numbarnn's RNN has no clipping or activation parameters", node)
+        if attributes.get("layout", 0) != 0:
+            self.fail("layout=1 (batch-major RNN): numbarnn.onnx.load reads layout=0 RNN nodes, with any "
+                      "batch_first Transpose around them (what exporters write, as ONNX Runtime runs only layout 0)",
+                      node)
+        direction = attributes.get("direction", b"forward").decode()
+        if direction not in ("forward", "bidirectional"):
+            self.fail(f"direction={direction!r}: a numbarnn RNN runs forward or bidirectional layers", node)
+        directions = 2 if direction == "bidirectional" else 1
+        activations = [a.decode() for a in attributes.get("activations", [b"Tanh"] * directions)]
+        if len(set(activations)) != 1 or activations[0] not in _NONLINEARITIES:
+            self.fail(f"activations={activations}: numbarnn applies one nonlinearity, Tanh or Relu, to every "
+                      "direction", node)
+        inputs = list(node.input) + [""] * (6 - len(node.input))
+        values = {}
+        for key, name in zip("WRB", inputs[1:4]):
+            if not name:
+                values[key] = None
+                continue
+            values[key] = self.constant(name)
+            if values[key] is None:
+                self.fail(f"its {key} ({name!r}) is computed at run time; numbarnn.onnx.load needs constant weights "
+                          "(initializers or Constant nodes)", node)
+        weight, recurrent, bias = values["W"], values["R"], values["B"]
+        if weight is None or recurrent is None:
+            self.fail("it has no W or R input", node)
+        if weight.ndim != 3 or weight.shape[0] != directions:
+            self.fail(f"W has shape {weight.shape}, expected [{directions}, hidden_size, input_size]", node)
+        hidden = int(attributes.get("hidden_size", weight.shape[1]))
+        if weight.shape[1] != hidden or recurrent.shape != (directions, hidden, hidden):
+            self.fail(f"W {weight.shape} and R {recurrent.shape} do not fit hidden_size={hidden}", node)
+        if bias is not None and bias.shape != (directions, 2 * hidden):
+            self.fail(f"B has shape {bias.shape}, expected [{directions}, {2 * hidden}]", node)
+        dtype = weight.dtype
+        if dtype not in (np.float32, np.float64) or recurrent.dtype != dtype:
+            self.fail(f"weights of dtype {dtype}: numbarnn runs float32 and float64", node)
+        return {"node": node, "nonlinearity": _NONLINEARITIES[activations[0]], "directions": directions,
+                "hidden_size": hidden, "input_size": int(weight.shape[2]), "dtype": np.dtype(dtype),
+                "W": weight, "R": recurrent, "B": bias}
+
+    def check_chain(self, rnn_nodes, directions):
+        """Each RNN node reads the one before it (layout-converted as numbarnn does); the first reads the input."""
+        kind, what, perms = self.trace(rnn_nodes[0].input[0])
+        if kind != "input":
+            source = self.describe(what) if kind == "node" else repr(what)
+            self.fail(f"its input X comes from {source}, not from a graph input; numbarnn.onnx.load maps an RNN "
+                      "whose first layer reads the graph's input", rnn_nodes[0])
+        if perms not in ([], [(1, 0, 2)]):
+            self.fail(f"its input reaches it through Transpose perms {perms}; numbarnn maps none (time-major input) "
+                      "or [1, 0, 2] (batch_first)", rnn_nodes[0])
+        main_input, batch_first = what, perms == [(1, 0, 2)]
+        for below, node in zip(rnn_nodes, rnn_nodes[1:]):
+            kind, what, perms = self.trace(node.input[0])
+            if kind != "rnn" or what != (below, 0):
+                source = self.describe(what[0] if kind == "rnn" else what) if kind in ("rnn", "node") else repr(what)
+                self.fail(f"its input X comes from {source}, not from the Y output of the RNN node before it, "
+                          f"{self.describe(below)}", node)
+            self.check_output_perms(perms, directions, node, allowed=set())
+        return main_input, batch_first
+
+    def check_output_perms(self, perms, directions, node, allowed):
+        # Y is (L, D, N, H): the layers (and numbarnn's output) need (L, N, D * H), i.e. a [0, 2, 1, 3] Transpose
+        # before merging the last two axes when D = 2 (with D = 1 a Squeeze or Reshape suffices).
+        merged = [p for p in perms if p == (0, 2, 1, 3)]
+        other = [p for p in perms if p != (0, 2, 1, 3) and p not in allowed]
+        if other or len(merged) > 1 or (directions == 2 and not merged):
+            self.fail(f"the RNN's Y reaches it through Transpose perms {perms}; numbarnn's layout needs "
+                      "Y [L, D, N, H] -> Transpose [0, 2, 1, 3] -> Reshape to (L, N, D * H)", node)
+
+    def check_initial_state(self, node, main_input):
+        if len(node.input) < 6 or not node.input[5]:
+            return
+        inputs, ancestors = self.ancestors(node.input[5])
+        if inputs - {main_input}:
+            return  # fed at run time: the caller's h_0
+        for ancestor in ancestors:
+            values = []
+            if ancestor.op_type == "ConstantOfShape":
+                values = [numpy_helper.to_array(helper.get_attribute_value(a)) for a in ancestor.attribute]
+            elif ancestor.op_type in ("Constant", "Expand", "Identity", "Cast"):
+                value = self.constant(ancestor.output[0]) if ancestor.op_type == "Constant" else None
+                values = [] if value is None else [value]
+                values += [self.constant(name) for name in ancestor.input if name in self.initializers]
+            values = [v for v in values if v is not None and v.dtype.kind == "f"]
+            if any(np.any(value) for value in values):
+                self.fail(f"its initial_h is a non-zero constant (from {self.describe(ancestor)}); numbarnn's RNN "
+                          "starts from zeros or from the h_0 given at call time", node)
+
+    def read_head(self, last_rnn, width, dtype, directions, head_description):
+        products = [node for node in self.nodes if node.op_type in ("MatMul", "Gemm")]
+        adds = [node for node in self.nodes if node.op_type == "Add"]
+        if not products:
+            if adds:
+                self.fail("an Add without a MatMul before it; numbarnn.onnx.load maps Add only as a head's bias",
+                          adds[0])
+            return None
+        if len(products) > 1:
+            self.fail("a second MatMul/Gemm: numbarnn.onnx.load maps one Linear head on the RNN's output",
+                      products[1])
+        product = products[0]
+        attributes = {a.name: helper.get_attribute_value(a) for a in product.attribute}
+        data, weight_name = product.input[0], product.input[1]
+        weight = self.constant(weight_name)
+        if weight is None or weight.ndim != 2:
+            self.fail("its second input is not a constant matrix; numbarnn.onnx.load maps a Linear head with "
+                      "fixed weights", product)
+        bias = None
+        if product.op_type == "Gemm":
+            if attributes.get("transA", 0) or attributes.get("alpha", 1.0) != 1.0 or \
+                    attributes.get("beta", 1.0) != 1.0:
+                self.fail("Gemm with transA, alpha or beta: a Linear head is x @ weight.T + bias", product)
+            weight = weight if attributes.get("transB", 0) else weight.T
+            if len(product.input) > 2 and product.input[2]:
+                bias = self.constant(product.input[2])
+                if bias is None:
+                    self.fail("its C (the bias) is computed at run time", product)
+        else:
+            weight = weight.T  # MatMul's matrix is (in, out); Linear's weight is (out, in)
+        bias_adds = []
+        for add in adds:
+            if product.output[0] not in add.input:
+                self.fail("an Add that is not the head's bias (after its MatMul)", add)
+            other = [name for name in add.input if name != product.output[0]]
+            value = self.constant(other[0]) if len(other) == 1 else None
+            if value is None or bias is not None or value.size != weight.shape[0]:
+                self.fail(f"an Add of something other than a bias of {weight.shape[0]} values to the head's product",
+                          add)
+            bias = value.reshape(-1)
+            bias_adds.append(add)
+        kind, what, perms = self.trace(data)
+        if kind != "rnn" or what != (last_rnn, 0):
+            if kind == "rnn" and what[1] == 1:
+                where = "the final state Y_h (h_n)"
+            elif kind == "rnn":
+                where = f"the output of {self.describe(what[0])}, which is not the last layer"
+            else:
+                where = self.describe(what) if kind == "node" else repr(what)
+            self.fail(f"the head reads {where}; numbarnn.onnx.load maps a head applied to every step of the last "
+                      "RNN layer's output", product)
+        self.check_output_perms(perms, directions, product, allowed={(1, 0, 2)})
+        if weight.shape[1] != width:
+            self.fail(f"its weight takes {weight.shape[1]} features, but the RNN's output has {width}", product)
+        has_bias = bias is not None and (np.any(bias) or head_description.get("bias") is not False)
+        head = Linear(width, weight.shape[0], bias=has_bias, dtype=dtype)
+        head.params["weight"][...] = weight
+        if has_bias:
+            head.params["bias"][...] = bias
+        return head
