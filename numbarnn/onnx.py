@@ -324,20 +324,20 @@ class _GraphReader:
             name = node.input[0]
 
     def ancestors(self, name):
-        """Graph inputs and nodes ``name`` is computed from."""
-        inputs, nodes, stack, seen = set(), [], [name], set()
+        """The graph inputs, tensor names and nodes ``name`` is computed from (``name`` included)."""
+        inputs, tensors, nodes, stack = set(), set(), [], [name]
         while stack:
             current = stack.pop()
-            if current in seen or not current:
+            if current in tensors or not current:
                 continue
-            seen.add(current)
+            tensors.add(current)
             if current in self.graph_inputs:
                 inputs.add(current)
             producer = self.producers.get(current)
             if producer is not None:
                 nodes.append(producer[0])
                 stack.extend(producer[0].input)
-        return inputs, nodes
+        return inputs, tensors, nodes
 
     # the mapping
     def modules(self):
@@ -480,21 +480,20 @@ class _GraphReader:
     def check_initial_state(self, node, main_input):
         if len(node.input) < 6 or not node.input[5]:
             return
-        inputs, ancestors = self.ancestors(node.input[5])
+        inputs, tensors, ancestors = self.ancestors(node.input[5])
         if inputs - {main_input}:
             return  # fed at run time: the caller's h_0
-        for ancestor in ancestors:
-            values = []
-            if ancestor.op_type == "ConstantOfShape":
-                values = [numpy_helper.to_array(helper.get_attribute_value(a)) for a in ancestor.attribute]
-            elif ancestor.op_type in ("Constant", "Expand", "Identity", "Cast"):
-                value = self.constant(ancestor.output[0]) if ancestor.op_type == "Constant" else None
-                values = [] if value is None else [value]
-                values += [self.constant(name) for name in ancestor.input if name in self.initializers]
-            values = [v for v in values if v is not None and v.dtype.kind == "f"]
-            if any(np.any(value) for value in values):
-                self.fail(f"its initial_h is a non-zero constant (from {self.describe(ancestor)}); numbarnn's RNN "
-                          "starts from zeros or from the h_0 given at call time", node)
+        # Otherwise it is built from constants (and the input's shape): every float constant in it must be zero.
+        constants = [(name, self.constant(name)) for name in tensors if name in self.initializers]
+        constants += [(ancestor.output[0], self.constant(ancestor.output[0])) for ancestor in ancestors
+                      if ancestor.op_type == "Constant"]
+        constants += [(ancestor.output[0], numpy_helper.to_array(helper.get_attribute_value(attribute)))
+                      for ancestor in ancestors if ancestor.op_type == "ConstantOfShape"
+                      for attribute in ancestor.attribute if attribute.name == "value"]
+        for name, value in constants:
+            if value is not None and value.dtype.kind == "f" and np.any(value):
+                self.fail(f"its initial_h is a non-zero constant (from {name!r}); numbarnn's RNN starts from "
+                          "zeros or from the h_0 given at call time", node)
 
     def read_head(self, last_rnn, width, dtype, directions, head_description):
         products = [node for node in self.nodes if node.op_type in ("MatMul", "Gemm")]
