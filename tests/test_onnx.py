@@ -383,3 +383,15 @@ def test_numbarnn_and_its_command_line_do_not_import_onnx():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                             env=environment)
     assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.slow
+def test_speed_script_times_both_libraries_in_fresh_processes():
+    root = pathlib.Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, str(root / "benchmarks" / "onnx_vs_numbarnn.py"), "--configs", "stream",
+                             "--rounds", "2", "--repeats", "1"], capture_output=True, text=True, check=True)
+    row = result.stdout.strip().splitlines()[-1]
+    name, ort_ms, numbarnn_ms, ratio = (field.strip() for field in row.split("|"))
+    assert name.startswith("stream (1, 1,")
+    assert float(ort_ms) > 0 and float(numbarnn_ms) > 0
+    assert ratio.endswith("x") and float(ratio[:-1]) > 0
