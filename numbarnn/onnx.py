@@ -36,7 +36,6 @@ METADATA_KEY = "numbarnn"
 
 _ACTIVATIONS = {"tanh": "Tanh", "relu": "Relu"}
 _NONLINEARITIES = {value: key for key, value in _ACTIVATIONS.items()}
-_DTYPES = {TensorProto.FLOAT: np.float32, TensorProto.DOUBLE: np.float64}
 
 # Nodes load() accepts around the RNN nodes: they reshape, slice, build shapes or zeros, or copy.
 _GLUE_OPS = {"Transpose", "Squeeze", "Unsqueeze", "Reshape", "Concat", "Slice", "Gather", "Shape", "Constant",

@@ -250,6 +250,32 @@ def test_load_reads_torch_onnx_export_of_an_rnn(nonlinearity, num_layers, bidire
     assert_close(h_n, expected_h_n, np.float32, "h_n")
 
 
+def test_load_reads_constant_nodes_and_a_gemm_head(tmp_path):
+    # Other exporters store weights as Constant nodes and write a head on 2-D rows as Reshape + Gemm(transB=1).
+    rnn = numbarnn.RNN(INPUT_SIZE, HIDDEN, 2, bidirectional=True, seed=7)
+    head = numbarnn.Linear(2 * HIDDEN, OUTPUTS, seed=8)
+    model = numbarnn.onnx.export(tmp_path / "model.onnx", rnn, head)
+    graph = model.graph
+    kept = [node for node in graph.node if node.op_type not in ("MatMul", "Add")]
+    constants = [helper.make_node("Constant", [], [tensor.name], value=tensor) for tensor in graph.initializer
+                 if not tensor.name.startswith("head")]
+    rows_shape = onnx.numpy_helper.from_array(np.array([-1, 2 * HIDDEN], np.int64), "rows_shape")
+    gemm_head = [helper.make_node("Reshape", ["output", "rows_shape"], ["rows"], name="rows"),
+                 helper.make_node("Gemm", ["rows", "gemm_weight", "gemm_bias"], ["logits"], name="gemm", transB=1)]
+    initializers = [rows_shape, onnx.numpy_helper.from_array(head.weight, "gemm_weight"),
+                    onnx.numpy_helper.from_array(head.bias, "gemm_bias")]
+    del graph.node[:], graph.initializer[:], model.metadata_props[:]
+    graph.node.extend(constants + kept + gemm_head)
+    graph.initializer.extend(initializers)
+    graph.output[2].CopyFrom(helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["rows", OUTPUTS]))
+    onnx.checker.check_model(model, full_check=True)
+    loaded = numbarnn.onnx.load(model)
+    for name, value in rnn.params.items():
+        np.testing.assert_array_equal(loaded["rnn"].params[name], value, err_msg=name)
+    np.testing.assert_array_equal(loaded["head"].weight, head.weight)
+    np.testing.assert_array_equal(loaded["head"].bias, head.bias)
+
+
 # -- graphs load() cannot map --------------------------------------------------------------------------------------
 @pytest.fixture
 def exported(tmp_path):
