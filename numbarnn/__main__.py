@@ -9,6 +9,7 @@ COMMANDS = {
     "demo": ("numbarnn.cli.demo", "train a character-level language model on the bundled corpus (the main job)"),
     "check": ("numbarnn.cli.check", "compare outputs and gradients with torch.nn.RNN / RNNCell over a grid of settings"),
     "bench": ("numbarnn.cli.bench", "time numbarnn and torch.nn.RNN side by side (forward and training step)"),
+    "export": ("numbarnn.cli.export", "write a model saved with numbarnn.save (RNN + optional Linear head) as ONNX"),
 }
 
 

@@ -1,0 +1,154 @@
+"""Inference time of ONNX Runtime running a file written by ``numbarnn.onnx.export`` versus numbarnn on the same
+inputs, each library timed in its own fresh process.
+
+Run it as a script (it is not an asv benchmark: asv times one library per process without alternating)::
+
+    python benchmarks/onnx_vs_numbarnn.py [--threads 1] [--rounds 4] [--repeats 15] [--configs tiny small stream]
+
+For each configuration the parent process writes the model once (``numbarnn.save`` for numbarnn, the exported
+``.onnx`` for ONNX Runtime) and the input; then, for ``--rounds`` rounds, it starts one worker process per library
+(``python onnx_vs_numbarnn.py --worker ...``), alternating which library goes first. Each worker warms up, then takes
+``--repeats`` samples of back-to-back calls and prints their median time per call; the table shows the median of those
+medians. Both libraries get the same thread count: ONNX Runtime's ``intra_op_num_threads`` (inter-op 1), numba's
+``set_num_threads`` and the BLAS pool (threadpoolctl). Needs onnx, onnxruntime and threadpoolctl.
+
+Only the standard library is imported at module level, so that asv's discovery (which imports every module under
+``benchmarks/``) finds nothing to run here and needs none of those packages.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+# name -> (L, N, H_in, H_out, layers, bidirectional): tiny and small are `python -m numbarnn bench`'s configurations;
+# stream is one step of one sequence carried over from the last call's state (serving a live stream).
+CONFIGS = {
+    "tiny": (100, 1, 32, 64, 1, False),
+    "small": (100, 32, 64, 128, 2, False),
+    "stream": (1, 1, 64, 128, 2, False),
+}
+WARMUP_CALLS = 5
+# Each sample times enough back-to-back calls to last this long (a streaming step is a few microseconds).
+MIN_SAMPLE_SECONDS = 0.02
+SEED = 0
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
+    parser.add_argument("--threads", type=int, default=1, help="threads of both libraries (default 1)")
+    parser.add_argument("--rounds", type=int, default=4, help="worker processes per library (default 4)")
+    parser.add_argument("--repeats", type=int, default=15, help="samples per worker process (default 15)")
+    parser.add_argument("--worker", choices=("onnxruntime", "numbarnn"), help=argparse.SUPPRESS)
+    parser.add_argument("--directory", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        print(json.dumps(run_worker(args.worker, args.directory, args.threads, args.repeats)))
+        return 0
+    print(f"ONNX Runtime vs numbarnn, inference, float32, tanh; threads {args.threads}; {args.rounds} fresh processes "
+          f"per library (alternating), {args.repeats} samples each; median of the per-process medians")
+    print("config (L, N, H_in, H_out, layers, bidirectional) | onnxruntime ms | numbarnn ms | ort ÷ numbarnn")
+    for name in args.configs:
+        with tempfile.TemporaryDirectory(prefix=f"onnx-vs-numbarnn-{name}-") as directory:
+            write_problem(CONFIGS[name], directory)
+            medians = {"onnxruntime": [], "numbarnn": []}
+            for round_number in range(args.rounds):
+                order = ["onnxruntime", "numbarnn"] if round_number % 2 == 0 else ["numbarnn", "onnxruntime"]
+                for library in order:
+                    medians[library].append(spawn_worker(library, directory, args.threads, args.repeats))
+            ort, ours = (statistics.median(medians[key]) * 1e3 for key in ("onnxruntime", "numbarnn"))
+            print(f"{name} {CONFIGS[name]} | {ort:.4g} | {ours:.4g} | {ort / ours:.2f}x")
+    return 0
+
+
+def write_problem(config, directory):
+    """The model (numbarnn checkpoint and ONNX export, same weights) and the input, written once per config."""
+    import numpy as np
+
+    import numbarnn
+    import numbarnn.onnx
+
+    steps, batch, input_size, hidden, layers, bidirectional = config
+    rnn = numbarnn.RNN(input_size, hidden, layers, bidirectional=bidirectional, seed=SEED)
+    numbarnn.save(os.path.join(directory, "model.npz"), rnn=rnn)
+    numbarnn.onnx.export(os.path.join(directory, "model.onnx"), rnn, h_0=True)
+    rng = np.random.default_rng(SEED)
+    np.save(os.path.join(directory, "input.npy"), rng.standard_normal((steps, batch, input_size)).astype(np.float32))
+    state = rng.standard_normal((rnn.num_directions * layers, batch, hidden)).astype(np.float32)
+    np.save(os.path.join(directory, "h_0.npy"), state)
+
+
+def spawn_worker(library, directory, threads, repeats):
+    """Median seconds per call measured in a fresh process."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    environment = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(here),
+                                                                os.environ.get("PYTHONPATH", "")]))
+    result = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", library, "--directory", directory,
+                             "--threads", str(threads), "--repeats", str(repeats)],
+                            capture_output=True, text=True, env=environment, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"{library} worker failed:\n{result.stderr}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def run_worker(library, directory, threads, repeats):
+    import numpy as np
+
+    x = np.load(os.path.join(directory, "input.npy"))
+    h_0 = np.load(os.path.join(directory, "h_0.npy"))
+    if library == "onnxruntime":
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        session = onnxruntime.InferenceSession(os.path.join(directory, "model.onnx"), options,
+                                               providers=["CPUExecutionProvider"])
+        feeds = {"input": x, "h_0": h_0}
+
+        def call():
+            session.run(None, feeds)
+
+        return measure(call, repeats)
+    import numba
+    import scipy.linalg  # noqa: F401  (loads the BLAS numba's np.dot calls, so that threadpoolctl can limit it)
+    from threadpoolctl import threadpool_limits
+
+    import numbarnn
+
+    numba.set_num_threads(threads)
+    rnn = numbarnn.load(os.path.join(directory, "model.npz"))["rnn"].eval()
+
+    def call():
+        rnn(x, h_0)
+
+    with threadpool_limits(limits=threads, user_api="blas"):
+        return measure(call, repeats)
+
+
+def measure(call, repeats):
+    """Median seconds per call over ``repeats`` samples, after a warm-up (numba's JIT, ORT's first-run setup)."""
+    for _ in range(WARMUP_CALLS):
+        call()
+    start, calls = time.perf_counter(), 0
+    while time.perf_counter() - start < MIN_SAMPLE_SECONDS:
+        call()
+        calls += 1
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(calls):
+            call()
+        samples.append((time.perf_counter() - start) / calls)
+    return statistics.median(samples)
+
+
+if __name__ == "__main__":
+    # As a script, sys.path starts at benchmarks/: time this checkout's numbarnn (the workers get it via PYTHONPATH).
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    sys.exit(main())
