@@ -15,7 +15,7 @@ from ._activations import activation_slope
 from ._forward import layer_input, layer_output, weight_views
 from ._jit import jit
 from ._layout import B_HH, B_IH, NO_BIAS, W_HH, W_IH
-from ._loops import add_2d, add_into_flat, copy_3d, multiply_2d
+from ._loops import add_2d, add_into_flat, multiply_2d
 from ._matmul import matmul
 
 

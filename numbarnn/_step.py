@@ -17,7 +17,7 @@ def stacked_step(params, offsets, x, h, relu, zeros, out):
     h : (num_layers, N, H) the states before the step on entry, after it on exit.
     relu : bool, else tanh.
     zeros : (H,) zeros, read in place of the biases of a module without them.
-    out : (N, H) scratch for the new state of one layer.
+    out : (N, H) scratch for the new state of each layer in turn; holds the last layer's on exit.
     """
     hidden = h.shape[2]
     for l in range(offsets.shape[0]):

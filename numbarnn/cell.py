@@ -9,7 +9,6 @@ from ._engine import Record
 from ._layout import build_layout
 from ._module import Module
 from ._step import stacked_step
-from ._threads import limit_blas_once
 from ._validation import as_array, check_nonlinearity, check_size
 from ._workspace import Spec, equal_length_packing, forward_buffers
 from .rnn import _zeros
@@ -117,17 +116,15 @@ class RNNCell(Module):
                 raise ValueError(
                     f"hidden0 has inconsistent hidden_size: got {hx.shape[1]}, expected {self.hidden_size}"
                 )
-        state = np.zeros((1, batch, self.hidden_size), self.dtype)
-        if hx is not None:
-            state[0] = hx
-        x_rows = np.ascontiguousarray(x)
-        limit_blas_once()
+        hidden = self.hidden_size
+        state = np.zeros((1, batch, hidden), self.dtype) if hx is None else hx.reshape(1, batch, hidden).copy()
+        x_rows = x if x.flags.c_contiguous else np.ascontiguousarray(x)
+        output = np.empty((batch, hidden), self.dtype)  # the kernel leaves h' here
+        # The tape keeps its own copies: the caller may reuse or modify its arrays before backward().
+        h_start = state[0].copy() if self.training else None  # the kernel advances `state` in place
         stacked_step(self._param_flat, self._offsets, x_rows, state, self.nonlinearity == "relu",
-                     _zeros(self.hidden_size, self.dtype), np.empty((batch, self.hidden_size), self.dtype))
-        output = state[0]
+                     _zeros(hidden, self.dtype), output)
         if self.training:
-            # The tape keeps its own copies: the caller may reuse or modify its arrays before backward().
-            h_start = np.zeros_like(output) if hx is None else np.array(hx, order="C")
             self._record(x_rows.copy() if x_rows is x else x_rows, h_start, output.copy(), batched)
         return output if batched else output[0]
 

@@ -12,7 +12,6 @@ from . import _engine as engine
 from ._layout import build_layout
 from ._module import Module
 from ._step import stacked_step
-from ._threads import limit_blas_once
 from ._validation import as_array, check_nonlinearity, check_size
 from ._workspace import Spec
 
@@ -195,22 +194,19 @@ class RNN(Module):
                 f"input.size(-1) must be equal to input_size. Expected {self.input_size}, got {x.shape[-1]}"
             )
         batched = x.ndim == 2
-        rows = x if batched else x[None]
-        batch = rows.shape[0]
-        state = np.empty((self.num_layers, batch, self.hidden_size), self.dtype)
+        rows = x if batched else x.reshape(1, -1)
+        batch, hidden = rows.shape[0], self.hidden_size
         if h is None:
-            state.fill(0)
+            state = np.zeros((self.num_layers, batch, hidden), self.dtype)
         else:
             h = as_array(h, "h", self.dtype)
-            expected = (self.num_layers, batch, self.hidden_size) if batched else (self.num_layers, self.hidden_size)
+            expected = (self.num_layers, batch, hidden) if batched else (self.num_layers, hidden)
             if h.shape != expected:
                 raise ValueError(f"Expected hidden size {expected}, got {list(h.shape)}")
-            state[...] = h.reshape(state.shape)
-        limit_blas_once()
-        stacked_step(self._param_flat, self._offsets, np.ascontiguousarray(rows), state,
-                     self.nonlinearity == "relu", _zeros(self.hidden_size, self.dtype),
-                     np.empty((batch, self.hidden_size), self.dtype))
-        output = state[-1].copy()
+            state = h.reshape(self.num_layers, batch, hidden).copy()  # the caller's h is never written
+        output = np.empty((batch, hidden), self.dtype)  # the kernel leaves the last layer's new state here
+        stacked_step(self._param_flat, self._offsets, rows if rows.flags.c_contiguous else np.ascontiguousarray(rows),
+                     state, self.nonlinearity == "relu", _zeros(hidden, self.dtype), output)
         if not batched:
             return output[0], state[:, 0]
         return output, state

@@ -39,7 +39,7 @@ def test_tiny_run_reports_loss_baseline_speed_samples_and_writes_files(tmp_path,
     assert 2.5 < baseline < 4.0  # the entropy of English-like character frequencies, in nats
     assert number_after("held-out loss:", out) > 0
     assert number_after("speed:", out) > 0 and "characters/s" in out
-    assert "BLAS threads: " in out
+    assert "threads: " in out
 
     loaded = load(model_path)
     assert isinstance(loaded["rnn"], RNN) and isinstance(loaded["head"], Linear)
@@ -62,9 +62,9 @@ def test_custom_data_and_adagrad(tmp_path, capsys):
     assert number_after("held-out loss:", out) < number_after("unigram baseline:", out)
 
 
-def test_blas_threads_zero_keeps_the_default(capsys):
-    assert main(TINY[:2] + ["2"] + TINY[3:] + ["--samples", "0", "--blas-threads", "0"]) == 0
-    assert "BLAS threads: the BLAS default (--blas-threads 0)" in capsys.readouterr().out
+def test_threads_sets_numbas_thread_count_for_training(capsys):
+    assert main(TINY[:2] + ["2"] + TINY[3:] + ["--samples", "0", "--threads", "1"]) == 0
+    assert "threads: 1 (numba's" in capsys.readouterr().out
 
 
 def test_max_seconds_stops_early(capsys):

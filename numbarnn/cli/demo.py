@@ -7,13 +7,13 @@ The held-out tail of the text measures the result against the unigram baseline, 
 distribution: the loss of a model that knows character frequencies but no context.
 """
 
-import contextlib
 import math
 import os
 import sys
 import time
 from pathlib import Path
 
+import numba
 import numpy as np
 
 from ..clip import clip_grad_norm_
@@ -59,11 +59,9 @@ def add_arguments(parser):
     parser.add_argument("--prime", default="The ", help="text the samples start from (default 'The ')")
     parser.add_argument("--max-seconds", type=float, default=None,
                         help="stop training after this many seconds even if --steps are not done")
-    parser.add_argument("--blas-threads", type=int, default=1,
-                        help="threads of the BLAS matrix products while training (default 1: at the demo's sizes, "
-                             "N=32 and H=128, threading these small products costs more than it gains, and a busy "
-                             "machine makes idle-spinning BLAS threads expensive); 0 keeps the BLAS default; needs "
-                             "threadpoolctl")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="numba threads for training (numbarnn runs blocks of the batch on them; 0, the "
+                             "default, keeps numba's setting, every core unless NUMBA_NUM_THREADS says otherwise)")
     parser.add_argument("--progress", choices=("auto", "bar", "lines"), default="auto",
                         help="tqdm progress bar or plain lines; auto uses the bar when tqdm is installed and "
                              "stdout is a terminal (default auto)")
@@ -88,7 +86,7 @@ def _check_arguments(args):
     for name in ("hidden", "layers", "steps", "seq_len", "batch"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    for name in ("samples", "sample_length", "blas_threads"):
+    for name in ("samples", "sample_length", "threads"):
         if getattr(args, name) < 0:
             raise UsageError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(args, name)}")
     if args.lr is not None and not args.lr > 0:
@@ -202,10 +200,14 @@ def _train(args, text):
     print(f"unigram baseline (entropy of the character distribution): {corpus.unigram_entropy:.3f} nats/char")
     sys.stdout.flush()
 
-    limit, description = _blas_thread_limit(args.blas_threads)
-    print(f"BLAS threads: {description}")
-    with limit:
+    previous_threads = numba.get_num_threads()
+    if args.threads:
+        numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
+    print(f"threads: {numba.get_num_threads()} (numba's; the matrix products inside run on one thread each)")
+    try:
         history = _fit(args, corpus, rnn, head, optimizer, prime)
+    finally:
+        numba.set_num_threads(previous_threads)  # the caller's setting (main() may run inside a larger program)
     _summarise(args, corpus, rnn, head, history)
     if args.save is not None:
         os.makedirs(os.path.dirname(os.path.abspath(args.save)), exist_ok=True)
@@ -217,21 +219,6 @@ def _train(args, text):
         _plot(args.plot, history, corpus.unigram_entropy)
         print(f"wrote the loss curve to {args.plot}")
     return 0
-
-
-def _blas_thread_limit(threads):
-    """A context that runs the BLAS libraries (numpy's and scipy's, which numba's np.dot calls) with ``threads``
-    threads, and a description of the setting in force."""
-    if threads == 0:
-        return contextlib.nullcontext(), "the BLAS default (--blas-threads 0)"
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return contextlib.nullcontext(), (f"the BLAS default: threadpoolctl is not installed, so --blas-threads "
-                                           f"{threads} cannot apply (pip install threadpoolctl)")
-    import scipy.linalg  # noqa: F401  loads scipy's BLAS now: threadpoolctl limits only libraries already loaded
-
-    return threadpool_limits(limits=threads, user_api="blas"), str(threads)
 
 
 def _fit(args, corpus, rnn, head, optimizer, prime):
@@ -345,7 +332,9 @@ def _sample(rnn, head, corpus, prime, length, temperature, rng):
 
 
 def _plot(path, history, baseline):
-    from matplotlib.figure import Figure  # the object API: no GUI backend, no global pyplot state
+    from matplotlib.figure import (
+        Figure,  # the object API: no GUI backend, no global pyplot state
+    )
 
     figure = Figure(figsize=(8, 4.5), layout="constrained")
     axes = figure.subplots()
