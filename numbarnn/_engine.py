@@ -22,11 +22,11 @@ class Record:
     """What a training forward leaves for its backward: the packing, the forward buffers (inputs, every layer's
     output and the states entering each step, dropout masks) and the shape of the call."""
 
-    __slots__ = ("spec", "packing", "buffers", "steps", "batch", "lengths_given", "consumed", "batched")
+    __slots__ = ("spec", "packing", "buffers", "steps", "batch", "consumed", "batched")
 
-    def __init__(self, spec, packing, buffers, steps, batch, lengths_given):
+    def __init__(self, spec, packing, buffers, steps, batch):
         self.spec, self.packing, self.buffers = spec, packing, buffers
-        self.steps, self.batch, self.lengths_given = steps, batch, lengths_given
+        self.steps, self.batch = steps, batch
         self.consumed = False
         self.batched = True  # the caller's input had a batch axis (the caller sets it)
 
@@ -74,7 +74,7 @@ def forward(spec, params, offsets, x, h_0, lengths, *, training, batch_first, dr
     if batch == 0:  # nothing to compute; torch returns empty results too
         output = np.zeros((0, steps, width) if batch_first else (steps, 0, width), spec.dtype)
         h_n = np.zeros((layers_directions, 0, spec.hidden_size), spec.dtype)
-        return output, h_n, Record(spec, None, None, steps, 0, False) if training else None
+        return output, h_n, Record(spec, None, None, steps, 0) if training else None
     packing = make_packing(spec, steps, batch, lengths)
     in_place = is_single_block(packing, steps)
     dropped = spec.num_layers - 1 if draw_dropout is not None else 0
@@ -99,7 +99,7 @@ def forward(spec, params, offsets, x, h_0, lengths, *, training, batch_first, dr
                params, offsets, packing, buffers, spec.num_directions, spec.relu)
     output = from_rows(buffers.top_out, packing, steps, batch, batch_first, in_place and not training)
     h_n = unsort_states(buffers.h_n, packing, copy=training)
-    record = Record(spec, packing, buffers, steps, batch, lengths is not None) if training else None
+    record = Record(spec, packing, buffers, steps, batch) if training else None
     return output, h_n, record
 
 

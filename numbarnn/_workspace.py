@@ -65,9 +65,11 @@ def max_blocks():
     return max(1, numba.config.NUMBA_NUM_THREADS)
 
 
-def block_count(batch, steps, input_size, hidden_size, num_layers):
-    """How many independent blocks to split a batch of ``batch`` sequences into."""
-    work = steps * batch * hidden_size * (input_size + hidden_size * num_layers)
+def block_count(batch, steps, input_size, hidden_size, layer_directions):
+    """How many independent blocks to split a batch of ``batch`` sequences into, from the multiply-adds of a
+    forward pass through ``layer_directions`` (num_layers * D) recurrences (roughly: every layer's recurrent
+    product, plus the first layer's input projection)."""
+    work = steps * batch * hidden_size * (input_size + hidden_size * layer_directions)
     if batch < 2 or work < 2 * MIN_WORK_PER_BLOCK:
         return 1
     return int(min(max_blocks(), batch, work // MIN_WORK_PER_BLOCK))

@@ -169,7 +169,7 @@ class RNNCell(Module):
         forward = forward_buffers(spec, packing, training=True, dropped=0, x_rows=x_rows)
         forward.h_prev[0, 0] = h_prev
         forward.top_out[...] = top_out
-        record = Record(spec, packing, forward, 1, batch, False)
+        record = Record(spec, packing, forward, 1, batch)
         grad_x, grad_hx, _ = engine.backward(self._param_flat, self._offsets, record, grad.reshape(1, batch, hidden),
                                              None, self._grad_flat, need_input_grad=True, batch_first=False)
         if not batched:
