@@ -182,6 +182,18 @@ def test_bench_float64_relu_runs_the_same_weights_in_both_libraries():
 
 
 @pytest.mark.slow
+def test_the_step_alone_needs_no_gemm_ceiling(tmp_path):
+    path = tmp_path / "bench.json"
+    exit_code, out, err = run_bench(["--configs", "step", "--repeats", "1", "--rounds", "1", "--threads", "1",
+                                     "--json", str(path)])
+    assert exit_code == 0, err
+    assert [process["library"] for process in json.loads(path.read_text())["processes"]] == ["torch", "numbarnn"]
+    (step_table,) = markdown_tables(out)
+    assert tuple(step_table[0]) == bench.STEP_COLUMNS
+    assert "GEMM ceiling" not in out and "targets met: step latency " in out
+
+
+@pytest.mark.slow
 def test_a_failing_worker_is_reported_with_its_stderr(tmp_path):
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps({"threads": 1, "dtype": "float32", "nonlinearity": "tanh", "repeats": 1,

@@ -57,7 +57,7 @@ class Config:
                 f"{'yes' if self.bidirectional else 'no'})")
 
     def forward_flops(self):
-        """Multiply-adds ×2 of the forward's matrix products: Σ over layers and directions of 2·L·N·(H_in·H + H·H)."""
+        """The forward's matrix-product flops: sum over layers and directions of 2·L·N·(H_in·H + H·H)."""
         flops = 0
         for layer in range(self.num_layers):
             layer_input = self.input_size if layer == 0 else self.directions * self.hidden_size
@@ -140,7 +140,8 @@ def run(args):
     with tempfile.TemporaryDirectory(prefix="numbarnn-bench-") as data_dir:
         spec_path = write_inputs(Path(data_dir), configs, args, threads)
         try:
-            reports = run_rounds(spec_path, args.rounds, progress)
+            measure_ceiling = any(name != STEP_NAME for name in configs)
+            reports = run_rounds(spec_path, args.rounds, progress, measure_ceiling)
         except WorkerError as error:
             progress.done()
             print(f"numbarnn bench: {error}", file=sys.stderr)
@@ -198,12 +199,13 @@ class WorkerError(RuntimeError):
     """A worker process failed: the message holds its exit code and the end of its stderr."""
 
 
-def run_rounds(spec_path, rounds, progress):
-    """Run ``rounds`` rounds (GEMM, then both libraries alternating who goes first); return every worker's report."""
+def run_rounds(spec_path, rounds, progress, measure_ceiling=True):
+    """Run ``rounds`` rounds (the GEMM ceiling if asked, then both libraries alternating who goes first); return
+    every worker's report."""
     reports = []
     for round_index in range(rounds):
         order = LIBRARIES if round_index % 2 == 0 else LIBRARIES[::-1]
-        for library in ("gemm", *order):
+        for library in ("gemm", *order) if measure_ceiling else order:
             label = f"round {round_index + 1}/{rounds}, {library}"
             report = run_worker(library, spec_path, save_outputs=round_index == 0, progress=progress, label=label)
             report["round"] = round_index
@@ -253,10 +255,11 @@ def median_of_medians(reports, library, config_name, task):
 
 def summarize(reports, configs):
     """{config: {task: {library: seconds per call, "ratio": torch ÷ numbarnn}}} and the GEMM ceiling in GFLOP/s."""
-    summary = {"configs": {}}
+    summary = {"configs": {}, "gemm_gflops": None}
     gemm = [report for report in reports if report["library"] == "gemm"]
-    ceiling_seconds = median_of_medians(gemm, "gemm", "gemm", "seconds")
-    summary["gemm_gflops"] = gemm[0]["gemm_flops"] / ceiling_seconds / 1e9
+    if gemm:
+        ceiling_seconds = median_of_medians(gemm, "gemm", "gemm", "seconds")
+        summary["gemm_gflops"] = gemm[0]["gemm_flops"] / ceiling_seconds / 1e9
     for name, config in configs.items():
         tasks = ("step", "cell") if name == STEP_NAME else ("fwd", "train")
         entry = {}
@@ -318,8 +321,7 @@ def format_report(args, threads, configs, reports, summary, errors):
 
 def format_header(args, threads, configs, reports, summary):
     """The lines above the tables: when, where, which versions and threads, and how it was measured."""
-    first = {library: next(report for report in reports if report["library"] == library)
-             for library in ("gemm", *LIBRARIES)}
+    first = {library: next(report for report in reports if report["library"] == library) for library in LIBRARIES}
     numbarnn_report, torch_report = first["numbarnn"], first["torch"]
     numbarnn_threads = ", ".join(f"{key}={value}" for key, value in numbarnn_report["threads"].items())
     config_text = ", ".join(f"{name} {config.describe()}" for name, config in configs.items() if name != STEP_NAME)
@@ -350,11 +352,13 @@ def format_header(args, threads, configs, reports, summary):
         "fixed random grad_output; neither computes the input's gradient (the input is data: torch's "
         "requires_grad=False, numbarnn's backward(..., need_input_grad=False)). Same weights and data in both "
         "(seeded, load_state_dict).",
-        f"GEMM ceiling: numba np.dot (scipy's BLAS, as in numbarnn's kernels) of {args.gemm_size}x{args.gemm_size} "
-        f"{args.dtype} on {threads} thread{'s' * (threads != 1)}, one process per round: "
-        f"{summary['gemm_gflops']:.1f} GFLOP/s (median of medians); a configuration's forward GFLOP/s counts its "
-        "matrix products, sum over layers and directions of 2*L*N*(H_in_layer*H + H*H).",
     ]
+    if summary["gemm_gflops"] is not None:
+        lines.append(
+            f"GEMM ceiling: numba np.dot (scipy's BLAS, as in numbarnn's kernels) of "
+            f"{args.gemm_size}x{args.gemm_size} {args.dtype} on {threads} thread{'s' * (threads != 1)}, one process per round: "
+            f"{summary['gemm_gflops']:.1f} GFLOP/s (median of medians); a configuration's forward GFLOP/s counts its "
+            "matrix products, sum over layers and directions of 2*L*N*(H_in_layer*H + H*H).")
     if config_text:
         lines.append(f"configs (L, N, H_in, H_out, layers, bidirectional): {config_text}")
     return "\n".join(lines)

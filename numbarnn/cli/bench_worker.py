@@ -96,7 +96,7 @@ def _run_rnn(library, spec, save_outputs, report):
         build = _torch_tasks
     else:
         import numba
-        import scipy.linalg.cython_blas  # noqa: F401  numba's np.dot calls this BLAS; loaded, threadpoolctl can limit it
+        import scipy.linalg.cython_blas  # noqa: F401  numba's np.dot calls it; loaded, threadpoolctl limits it
 
         import numbarnn
 
