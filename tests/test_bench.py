@@ -120,6 +120,7 @@ def test_the_table_shows_medians_of_the_processes_medians_and_their_ratios():
                 per_process = [statistics.median(process["timings"][name][task])
                                for process in data["processes"] if process["library"] == library]
                 assert summary[name][task][library] == statistics.median(per_process)
+                assert summary[name][task][f"{library}_spread"] == max(per_process) / min(per_process)
                 assert number(row[f"{library} {task} ms"]) == pytest.approx(summary[name][task][library] * 1e3,
                                                                               rel=PRINTED)
             torch_ms, numbarnn_ms = number(row[f"torch {task} ms"]), number(row[f"numbarnn {task} ms"])
@@ -138,6 +139,7 @@ def test_the_table_shows_medians_of_the_processes_medians_and_their_ratios():
         assert tiny[f"{task} met"] == ("yes" if number(tiny[f"{task} ratio"]) >= target else "NO")
         assert custom[f"{task} target"] == custom[f"{task} met"] == "-"
     assert "targets met: forward " in out and "/1, training " in out
+    assert "spread between processes (slowest / fastest process median): at most " in out
 
 
 @pytest.mark.slow

@@ -246,11 +246,15 @@ def run_worker(library, spec_path, save_outputs, progress, label):
 
 
 # -- results ---------------------------------------------------------------------------------------------------------
+def process_medians(reports, library, config_name, task):
+    """Each of ``library``'s processes' median sample (seconds per call), in round order."""
+    return [statistics.median(report["timings"][config_name][task])
+            for report in reports if report["library"] == library]
+
+
 def median_of_medians(reports, library, config_name, task):
     """The median over ``library``'s processes of each process's median sample (seconds per call)."""
-    medians = [statistics.median(report["timings"][config_name][task])
-               for report in reports if report["library"] == library]
-    return statistics.median(medians)
+    return statistics.median(process_medians(reports, library, config_name, task))
 
 
 def summarize(reports, configs):
@@ -265,7 +269,10 @@ def summarize(reports, configs):
         entry = {}
         for task in tasks:
             times = {library: median_of_medians(reports, library, name, task) for library in LIBRARIES}
-            entry[task] = dict(times, ratio=times["torch"] / times["numbarnn"])
+            # slowest ÷ fastest process median: how much the processes disagreed (a busy machine shows here)
+            spread = {f"{library}_spread": max(medians) / min(medians) for library in LIBRARIES
+                      for medians in [process_medians(reports, library, name, task)]}
+            entry[task] = dict(times, ratio=times["torch"] / times["numbarnn"], **spread)
         if name != STEP_NAME:
             entry["fwd"]["numbarnn_gflops"] = config.forward_flops() / entry["fwd"]["numbarnn"] / 1e9
             entry["fwd"]["ceiling_fraction"] = entry["fwd"]["numbarnn_gflops"] / summary["gemm_gflops"]
@@ -311,6 +318,13 @@ def format_report(args, threads, configs, reports, summary, errors):
         lines += [format_table(summary, sequence_names, threads, args, errors, met), ""]
     if STEP_NAME in configs:
         lines += [format_step_table(summary, errors, met, step_call(reports)), ""]
+    spreads = [(value, f"{library.removesuffix('_spread')} {name} {task}")
+               for name, entry in summary["configs"].items() for task, values in entry.items()
+               for library, value in values.items() if library.endswith("_spread")]
+    if args.rounds > 1 and spreads:
+        value, where = max(spreads)
+        lines.append(f"spread between processes (slowest / fastest process median): at most {value:.2f}x "
+                     f"({where}); above ~1.2x the machine was probably busy")
     counts = [f"{label} {sum(met[key])}/{len(met[key])}" for key, label in
               (("fwd", "forward"), ("train", "training"), ("ceiling", "GEMM ceiling"), ("step", "step latency"))
               if met[key]]
