@@ -1,11 +1,22 @@
-"""The ``bench`` command (on tiny problems) and a smoke run of every asv benchmark, without asv."""
+"""The ``bench`` command (on tiny problems, each library in its own processes) and a smoke run of every asv benchmark.
+
+No timing is asserted (the machine is shared): the tests check how the figures are made — separate processes, the
+alternation, medians of medians, same threads, same weights — and that the printed table agrees with itself.
+"""
 
 import argparse
+import contextlib
+import functools
 import importlib
 import inspect
+import io
+import json
+import os
 import pkgutil
+import statistics
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -23,6 +34,11 @@ ASV_PREFIXES = ("time_", "timeraw_", "peakmem_", "mem_", "track_")
 # Forward over a few steps of a small RNN: rounding (float32 eps 1.2e-7, float64 2.2e-16) grows by a modest factor.
 FLOAT32_FORWARD_TOLERANCE = 1e-5
 FLOAT64_FORWARD_TOLERANCE = 1e-13
+# Times and ratios are printed to 4 significant digits: each printed number is within 5e-4 (relative) of the value
+# it rounds, so a ratio recomputed from two printed times differs from the printed ratio by at most ~1.5e-3.
+PRINTED = 5e-4
+RECOMPUTED = 3 * PRINTED
+CUSTOM = "6,3,5,4,2,yes"
 
 
 def parse(argv):
@@ -31,82 +47,209 @@ def parse(argv):
     return parser.parse_args(argv)
 
 
-def table_rows(text):
-    """The Markdown table in ``text`` as a list of cell lists (header first, separator dropped)."""
-    lines = [line for line in text.splitlines() if line.startswith("|")]
-    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
-    return [row for row in rows if not set("".join(row)) <= set("-:")]
+def run_bench(argv):
+    """(exit code, stdout, stderr) of ``bench.run`` on ``argv``."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        exit_code = bench.run(parse(argv))
+    return exit_code, out.getvalue(), err.getvalue()
 
 
-def test_bench_prints_a_table_with_one_row_per_configuration(capsys):
-    import torch
-    threads_before = torch.get_num_threads()
-    exit_code = bench.run(parse(["--configs", "tiny", "--custom-config", "6,3,5,4,2,yes", "--repeats", "2",
-                                 "--threads", "1"]))
-    captured = capsys.readouterr()
-    assert exit_code == 0
-    assert torch.get_num_threads() == threads_before  # the command restores the thread settings it changed
+@functools.lru_cache(maxsize=None)
+def two_rounds():
+    """(stdout, stderr, --json data) of one run of two rounds on 1 thread (tiny, the single step, a custom
+    configuration); run once, shared by the tests that read it."""
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "bench.json"
+        exit_code, out, err = run_bench(["--configs", "tiny", "step", "--custom-config", CUSTOM, "--repeats", "2",
+                                         "--rounds", "2", "--threads", "1", "--gemm-size", "128", "--json",
+                                         str(path)])
+        assert exit_code == 0, err
+        return out, err, json.loads(path.read_text())
 
-    header, *rows = table_rows(captured.out)
-    assert tuple(header) == bench.TABLE_COLUMNS
-    assert [row[0] for row in rows] == ["tiny", bench.CUSTOM_NAME]
-    column = {name: index for index, name in enumerate(header)}
+
+def markdown_tables(text):
+    """Every Markdown table in ``text``, each a list of cell lists (header first, separator dropped)."""
+    tables, current = [], []
+    for line in [*text.splitlines(), ""]:
+        if line.startswith("|"):
+            cells = [cell.strip() for cell in line.strip("|").split("|")]
+            if not set("".join(cells)) <= set("-:"):
+                current.append(cells)
+        elif current:
+            tables.append(current)
+            current = []
+    return tables
+
+
+def as_dicts(table):
+    header, *rows = table
+    return [dict(zip(header, row, strict=True)) for row in rows]
+
+
+def number(cell):
+    return float(cell.rstrip("x%"))
+
+
+@pytest.mark.slow
+def test_each_library_runs_in_its_own_processes_alternating_first():
+    _, err, data = two_rounds()
+    processes = data["processes"]
+    pids = [process["pid"] for process in processes]
+    assert len(set(pids)) == len(pids) == 2 * 3 and os.getpid() not in pids
+    by_round = [[process["library"] for process in processes if process["round"] == index] for index in range(2)]
+    assert by_round == [["gemm", "torch", "numbarnn"], ["gemm", "numbarnn", "torch"]]
+    for process in processes:  # the same thread count everywhere, as each process saw it
+        assert all(value == 1 for key, value in process["threads"].items() if key.endswith("num_threads()"))
+        assert process["blas"] and all(library["num_threads"] == 1 for library in process["blas"])
+    assert "(pid " in err and "round 2/2" in err  # progress goes to stderr, not into the report
+
+
+@pytest.mark.slow
+def test_the_table_shows_medians_of_the_processes_medians_and_their_ratios():
+    out, _, data = two_rounds()
+    summary = data["summary"]["configs"]
+    main_table, step_table = markdown_tables(out)
+    assert tuple(main_table[0]) == bench.TABLE_COLUMNS and tuple(step_table[0]) == bench.STEP_COLUMNS
+    rows = as_dicts(main_table)
+    assert [row["config"] for row in rows] == ["tiny", bench.CUSTOM_NAME]
     for row in rows:
+        name = row["config"]
         for task in ("fwd", "train"):
-            torch_ms = float(row[column[f"torch {task} ms"]])
-            numbarnn_ms = float(row[column[f"numbarnn {task} ms"]])
-            ratio = float(row[column[f"{task} ratio"]].rstrip("x"))
-            assert torch_ms > 0 and numbarnn_ms > 0
-            # the printed times are rounded to 3 significant digits or better
-            assert ratio == pytest.approx(torch_ms / numbarnn_ms, rel=2e-2)
-        assert float(row[column["fwd rel err"]]) < FLOAT32_FORWARD_TOLERANCE
+            for library in bench.LIBRARIES:
+                per_process = [statistics.median(process["timings"][name][task])
+                               for process in data["processes"] if process["library"] == library]
+                assert summary[name][task][library] == statistics.median(per_process)
+                assert summary[name][task][f"{library}_spread"] == max(per_process) / min(per_process)
+                assert number(row[f"{library} {task} ms"]) == pytest.approx(summary[name][task][library] * 1e3,
+                                                                              rel=PRINTED)
+            torch_ms, numbarnn_ms = number(row[f"torch {task} ms"]), number(row[f"numbarnn {task} ms"])
+            assert number(row[f"{task} ratio"]) == pytest.approx(torch_ms / numbarnn_ms, rel=RECOMPUTED)
+        config = bench.CONFIGS.get(name) or bench._custom_config(CUSTOM)
+        gflops = config.forward_flops() / (number(row["numbarnn fwd ms"]) * 1e-3) / 1e9
+        assert number(row["numbarnn fwd GFLOP/s"]) == pytest.approx(gflops, rel=RECOMPUTED)
+        ceiling_percent = 100 * summary[name]["fwd"]["numbarnn_gflops"] / data["summary"]["gemm_gflops"]
+        assert number(row["% of GEMM ceiling"]) == pytest.approx(ceiling_percent, abs=0.5)
+        assert float(row["fwd rel err"]) < FLOAT32_FORWARD_TOLERANCE  # both loaded the same weights and data
 
     tiny, custom = rows
-    assert tiny[column["fwd target"]] == ">= 15x" and tiny[column["train target"]] == ">= 50x"
+    assert tiny["fwd target"] == ">= 15x" and tiny["train target"] == ">= 50x"  # issue 9, one thread
     for task in ("fwd", "train"):
-        target = bench.TARGETS["tiny"][0 if task == "fwd" else 1]
-        met = float(tiny[column[f"{task} ratio"]].rstrip("x")) >= target
-        assert tiny[column[f"{task} met"]] == ("yes" if met else "NO")
-        assert custom[column[f"{task} target"]] == custom[column[f"{task} met"]] == "-"
-    assert "targets met: forward " in captured.out and "/1, training " in captured.out
-    assert "threads: 1;" in captured.out and "torch " + torch.__version__ in captured.out
-    assert "(6, 3, 5, 4, 2, yes)" in captured.out
-    assert "repeat 2/2" in captured.err  # progress goes to stderr, not into the report
+        target = bench.TARGETS_ONE_THREAD["tiny"][0 if task == "fwd" else 1]
+        assert tiny[f"{task} met"] == ("yes" if number(tiny[f"{task} ratio"]) >= target else "NO")
+        assert custom[f"{task} target"] == custom[f"{task} met"] == "-"
+    assert "targets met: forward " in out and "/1, training " in out
+    assert "spread between processes (slowest / fastest process median): at most " in out
 
 
-def test_bench_float64_relu_runs_the_same_weights_in_both_libraries(capsys):
-    exit_code = bench.run(parse(["--custom-config", "5,2,3,4,1,yes", "--repeats", "1", "--threads", "1",
-                                 "--dtype", "float64", "--nonlinearity", "relu"]))
-    captured = capsys.readouterr()
-    assert exit_code == 0
-    header, row = table_rows(captured.out)
-    assert float(row[header.index("fwd rel err")]) < FLOAT64_FORWARD_TOLERANCE
-    assert "float64, nonlinearity=relu" in captured.out
+@pytest.mark.slow
+def test_the_step_table_compares_single_steps_and_cells_in_microseconds():
+    out, _, data = two_rounds()
+    (row,) = as_dicts(markdown_tables(out)[1])
+    step = data["summary"]["configs"][bench.STEP_NAME]
+    for task, torch_column, numbarnn_column in (("step", "torch RNN (L=1) us", "numbarnn step us"),
+                                                ("cell", "torch RNNCell us", "numbarnn RNNCell us")):
+        assert number(row[torch_column]) == pytest.approx(step[task]["torch"] * 1e6, rel=PRINTED)
+        assert number(row[numbarnn_column]) == pytest.approx(step[task]["numbarnn"] * 1e6, rel=PRINTED)
+        assert number(row[f"{task} ratio"]) == pytest.approx(
+            number(row[torch_column]) / number(row[numbarnn_column]), rel=RECOMPUTED)
+    assert float(row["rel err"]) < FLOAT32_FORWARD_TOLERANCE
+    numbarnn_process = next(process for process in data["processes"] if process["library"] == "numbarnn")
+    assert numbarnn_process["notes"][bench.STEP_NAME]["step call"] in out
 
 
-def test_bench_without_torch_explains_how_to_install_it(monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "torch", None)  # makes `import torch` raise ImportError
-    exit_code = bench.run(parse(["--custom-config", "2,1,2,2,1,no", "--repeats", "1"]))
-    captured = capsys.readouterr()
+@pytest.mark.slow
+def test_the_report_names_the_machine_the_method_and_the_threads():
+    out, _, data = two_rounds()
+    import torch
+    assert "each library timed alone in its own fresh Python process; 2 rounds" in out
+    assert "alternating which goes first" in out and "median over the 2 processes of each process's median" in out
+    assert "threads: 1 for both libraries" in out and "torch.get_num_threads()=1" in out
+    assert "numba.get_num_threads()=1" in out
+    assert f"torch {torch.__version__}" in out and "machine: " in out and " UTC" in out
+    assert f"GEMM ceiling: numba np.dot (scipy's BLAS, as in numbarnn's kernels) of 128x128 float32" in out
+    assert f"{data['summary']['gemm_gflops']:.1f} GFLOP/s" in out
+    assert f"custom {bench._custom_config(CUSTOM).describe()}" in out
+
+
+@pytest.mark.slow
+def test_bench_float64_relu_runs_the_same_weights_in_both_libraries():
+    exit_code, out, err = run_bench(["--custom-config", "5,2,3,4,1,yes", "--repeats", "1", "--rounds", "1",
+                                     "--threads", "1", "--dtype", "float64", "--nonlinearity", "relu",
+                                     "--gemm-size", "64"])
+    assert exit_code == 0, err
+    (row,) = as_dicts(markdown_tables(out)[0])
+    assert float(row["fwd rel err"]) < FLOAT64_FORWARD_TOLERANCE
+    assert "float64, nonlinearity=relu" in out and "64x64 float64" in out
+
+
+@pytest.mark.slow
+def test_the_step_alone_needs_no_gemm_ceiling(tmp_path):
+    path = tmp_path / "bench.json"
+    exit_code, out, err = run_bench(["--configs", "step", "--repeats", "1", "--rounds", "1", "--threads", "1",
+                                     "--json", str(path)])
+    assert exit_code == 0, err
+    assert [process["library"] for process in json.loads(path.read_text())["processes"]] == ["torch", "numbarnn"]
+    (step_table,) = markdown_tables(out)
+    assert tuple(step_table[0]) == bench.STEP_COLUMNS
+    assert "GEMM ceiling" not in out and "targets met: step latency " in out
+
+
+@pytest.mark.slow
+def test_a_failing_worker_is_reported_with_its_stderr(tmp_path):
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"threads": 1, "dtype": "float32", "nonlinearity": "tanh", "repeats": 1,
+                                "gemm_size": 8, "data_dir": str(tmp_path), "configs": {"tiny": {}}}))
+    with pytest.raises(bench.WorkerError, match=r"(?s)the torch worker \(test\) failed with exit code 1.*tiny\.npz"):
+        bench.run_worker("torch", spec, save_outputs=False, progress=bench._Progress(io.StringIO()), label="test")
+
+
+def test_targets_follow_issue_9():
+    assert bench.targets("medium", 2, "float32", "tanh") == (1.4, 1.4)
+    assert bench.targets("small", 1, "float32", "tanh") == (1.1, 1.1)
+    assert bench.targets("tiny", 1, "float32", "tanh") == (15.0, 50.0)
+    assert bench.targets("large", 2, "float64", "tanh") == bench.targets("large", 2, "float32", "relu") == (1.0, 1.0)
+    assert bench.targets(bench.CUSTOM_NAME, 2, "float32", "tanh") == (None, None)
+
+
+def test_forward_flops_count_every_layer_and_direction():
+    # layer 0: 2 directions x 2*L*N*(H_in*H + H*H) = 2 * 2*2*3*(5*4 + 4*4); layer 1 reads both directions (8 wide)
+    expected = 2 * 2 * 2 * 3 * (5 * 4 + 4 * 4) + 2 * 2 * 2 * 3 * (8 * 4 + 4 * 4)
+    assert bench.Config(2, 3, 5, 4, 2, True).forward_flops() == expected
+
+
+def test_numbers_keep_four_significant_digits():
+    assert [bench._significant(value) for value in (0.060123, 1.23456, 12.3456, 1234.56, 123456.0)] == \
+        ["0.06012", "1.235", "12.35", "1235", "123456"]
+
+
+def test_bench_without_torch_explains_how_to_install_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)  # importlib.util.find_spec("torch") then returns None
+    exit_code, out, err = run_bench(["--custom-config", "2,1,2,2,1,no", "--repeats", "1"])
     assert exit_code == 2
-    assert captured.out == ""
-    assert "pip install torch==2.13.0" in captured.err and 'pip install -e ".[bench]"' in captured.err
+    assert out == ""
+    assert "pip install torch==2.13.0" in err and 'pip install -e ".[bench]"' in err
 
 
 def test_bench_arguments():
-    args = parse(["--configs", "tiny,small", "medium", "--configs", "large"])
-    assert args.configs == ["tiny", "small", "medium", "large"]
+    args = parse(["--configs", "tiny,small", "medium", "--configs", "large", "step"])
+    assert args.configs == ["tiny", "small", "medium", "large", "step"]
     assert args.dtype == "float32" and args.nonlinearity == "tanh" and args.threads is None
+    assert args.rounds == 3 and args.repeats == 10
+    assert list(bench._selected_configs(parse([]))) == [*bench.CONFIGS, bench.STEP_NAME]
     assert parse(["--custom-config", "7,2,3,4,1,no"]).custom_config == bench.Config(7, 2, 3, 4, 1, False)
-    for bad in (["--configs", "huge"], ["--threads", "0"], ["--repeats", "-1"], ["--custom-config", "1,2,3"]):
+    for bad in (["--configs", "huge"], ["--threads", "0"], ["--repeats", "-1"], ["--rounds", "0"],
+                ["--custom-config", "1,2,3"]):
         with pytest.raises(SystemExit):
             parse(bad)
 
 
 def test_help_does_not_import_torch():
-    # `python -m numbarnn --help` imports every subcommand module; bench must leave torch for run() to import.
-    code = "import sys, numbarnn.cli.bench; print('torch' in sys.modules, 'threadpoolctl' in sys.modules)"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    # `python -m numbarnn --help` imports every subcommand module; bench leaves torch to its worker processes.
+    code = ("import sys, numbarnn.cli.bench, numbarnn.cli.bench_worker; "
+            "print('torch' in sys.modules, 'threadpoolctl' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)))
     assert result.stdout.split() == ["False", "False"]
 
 
@@ -119,7 +262,7 @@ def _asv_benchmarks():
         for name, value in vars(module).items():
             if inspect.isfunction(value) and name.startswith(ASV_PREFIXES) and value.__module__ == module.__name__:
                 found.append(pytest.param(module, None, name, id=f"{info.name}.{name}"))
-            elif inspect.isclass(value) and value.__module__ == module.__name__:
+            elif inspect.isclass(value) and value.__module__ == module.__name__ and not name.startswith("_"):
                 for method in dir(value):
                     if method.startswith(ASV_PREFIXES):
                         found.append(pytest.param(module, value, method, id=f"{info.name}.{name}.{method}"))
@@ -139,6 +282,14 @@ def test_asv_suite_is_found():
     assert {"bench_rnn.Forward.time_forward", "bench_rnn.TrainingStep.time_training_step",
             "bench_rnn.TrainingMemory.peakmem_training_step", "bench_rnn.CellLoop.time_training_loop",
             "bench_rnn.Lengths.time_forward", "bench_startup.FirstForward.timeraw_import_and_first_forward"} <= names
+    # each library is its own benchmark (asv runs each in its own process), over the bench configurations
+    for torch_name, numbarnn_name, method in (("TorchForward", "NumbarnnForward", "time_forward"),
+                                              ("TorchTrainingStep", "NumbarnnTrainingStep", "time_training_step"),
+                                              ("TorchStep", "NumbarnnStep", "time_step"),
+                                              ("TorchCellStep", "NumbarnnCellStep", "time_cell_step")):
+        assert {f"bench_vs_torch.{torch_name}.{method}", f"bench_vs_torch.{numbarnn_name}.{method}"} <= names
+    from benchmarks import bench_vs_torch
+    assert bench_vs_torch.TorchForward.params == bench_vs_torch.NumbarnnForward.params == [list(bench.CONFIGS)]
 
 
 @pytest.mark.parametrize(("module", "cls", "method"), _asv_benchmarks())
@@ -163,4 +314,3 @@ def test_asv_benchmark_runs_on_its_smallest_parameters(module, cls, method, tmp_
         for source in sources:
             compile(textwrap.dedent(source), f"<{method}>", "exec")
         assert "NUMBA_CACHE_DIR" in "".join(sources) or "import numbarnn" in sources[0]
-

@@ -1,22 +1,40 @@
-"""``python -m numbarnn bench``: time numbarnn.RNN and torch.nn.RNN side by side, alternating, in one process.
+"""``python -m numbarnn bench``: time numbarnn.RNN against torch.nn.RNN fairly, each library in its own process.
 
-Both libraries get the same weights (``load_state_dict``), the same input and the same thread count. Each
-configuration is warmed up first (numba's JIT, torch's allocator), then the repeats interleave the two libraries,
-alternating which goes first, so that noise from a shared machine hits both alike; the table shows medians.
+Interleaving the two libraries in one process is unfair: torch's OpenMP threads and OpenBLAS's threads keep spinning
+after their calls and steal the cores from the other library (torch's small forward measured 12.4 ms alone and
+28.7 ms interleaved). So each library is timed alone, in a fresh interpreter (:mod:`numbarnn.cli.bench_worker`):
 
-torch and threadpoolctl are imported inside :func:`run` so that ``python -m numbarnn --help`` stays fast.
+* every round starts one process per library, alternating which goes first (torch, numbarnn; numbarnn, torch; ...),
+  with the same thread count for both (environment variables for every runtime, then each library's own call and
+  threadpoolctl);
+* each process warms every task up (numba compiles or loads its cache there), then takes ``--repeats`` samples;
+* the table shows, per library and task, the median over the rounds' processes of each process's median, and the
+  ratio torch ÷ numbarnn of those;
+* one more process per round measures the machine's large-GEMM throughput with the BLAS numbarnn's kernels call
+  (numba's ``np.dot``), the ceiling each configuration's forward GFLOP/s is compared with.
+
+Both libraries load the same weights and data, written once by this process (seeded), and their forward outputs are
+compared. The parent imports neither torch nor threadpoolctl: it only checks that they are installed.
 """
 
 import argparse
+import datetime
+import importlib.util
+import json
 import math
 import os
 import platform
 import statistics
+import subprocess
 import sys
-import time
+import tempfile
+from collections import deque
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+
+LIBRARIES = ("torch", "numbarnn")
 
 
 @dataclass(frozen=True)
@@ -30,9 +48,22 @@ class Config:
     num_layers: int
     bidirectional: bool
 
+    @property
+    def directions(self):
+        return 2 if self.bidirectional else 1
+
     def describe(self):
         return (f"({self.steps}, {self.batch}, {self.input_size}, {self.hidden_size}, {self.num_layers}, "
                 f"{'yes' if self.bidirectional else 'no'})")
+
+    def forward_flops(self):
+        """The forward's matrix-product flops: sum over layers and directions of 2·L·N·(H_in·H + H·H)."""
+        flops = 0
+        for layer in range(self.num_layers):
+            layer_input = self.input_size if layer == 0 else self.directions * self.hidden_size
+            flops += (self.directions * 2 * self.steps * self.batch
+                      * (layer_input * self.hidden_size + self.hidden_size * self.hidden_size))
+        return flops
 
 
 CONFIGS = {
@@ -42,268 +73,401 @@ CONFIGS = {
     "medium_bi": Config(200, 64, 256, 256, 2, True),
     "large": Config(100, 64, 512, 1024, 1, False),
 }
+# One time step of a streaming model (L = 1, N = 1, one layer), in eval mode: numbarnn's ``rnn.step`` (or the
+# sequence call on L = 1 where there is no ``step``) against torch.nn.RNN on L = 1, and RNNCell against RNNCell.
+STEP_NAME = "step"
+STEP_CONFIG = Config(1, 1, 32, 64, 1, False)
+CONFIG_NAMES = (*CONFIGS, STEP_NAME)
+CUSTOM_NAME = "custom"
 
-# The project's speed targets, as torch time / numbarnn time: (inference forward, training step).
-TARGETS = {
-    "tiny": (15.0, 50.0),
-    "small": (2.0, 3.0),
-    "medium": (1.3, 1.4),
-    "medium_bi": (1.5, 1.5),
-    "large": (1.1, 1.2),
-}
+# The speed targets of issue 9, torch time ÷ numbarnn time: (inference forward, training step).
+TARGETS_TWO_THREADS = {"tiny": (15.0, 50.0), "small": (2.5, 3.0), "medium": (1.4, 1.4), "medium_bi": (1.6, 1.6),
+                       "large": (1.1, 1.2)}
+TARGETS_ONE_THREAD = {"tiny": (15.0, 50.0), "small": (1.1, 1.1), "medium": (1.1, 1.1), "medium_bi": (1.1, 1.1),
+                      "large": (1.1, 1.1)}
+# relu or float64: no configuration slower than torch
+TARGET_OTHER_SETTINGS = (1.0, 1.0)
+# forward GFLOP/s as a fraction of the measured GEMM ceiling
+CEILING_TARGETS = {"medium": 0.8, "large": 0.8}
+# microseconds per call of numbarnn's single step and RNNCell call (issue 10)
+STEP_TARGET_MICROSECONDS = 5.0
 
 SEED = 0
-WARMUP_CALLS = 3
-# Each sample times enough back-to-back calls to last this long, so that timer resolution and per-sample overhead
-# do not matter for the tiny configuration; the reported figure is the time per call.
-MIN_SAMPLE_SECONDS = 0.02
-CUSTOM_NAME = "custom"
+GEMM_SIZE = 2048
 INSTALL_HINT = 'install it with `pip install {requirement}`, or install the benchmark extras: pip install -e ".[bench]"'
+# every runtime that could start a thread pool reads one of these when it starts
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
 
 
 def add_arguments(parser):
     """Add the ``bench`` options to ``parser``."""
     parser.add_argument("--configs", type=_config_names, nargs="+", action=_ExtendNames, metavar="NAME",
                         help=f"configurations to run, separated by spaces or commas (default: all of "
-                             f"{', '.join(CONFIGS)})")
+                             f"{', '.join(CONFIG_NAMES)})")
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32",
                         help="dtype of parameters and data (default: float32)")
-    parser.add_argument("--threads", type=_positive_int, default=None,
-                        help="threads for torch, BLAS and numba (default: every core this process may use, "
-                             f"{_available_cores()} here)")
-    parser.add_argument("--repeats", type=_positive_int, default=10,
-                        help="timed samples per library and configuration; the table shows medians (default: 10)")
     parser.add_argument("--nonlinearity", choices=("tanh", "relu"), default="tanh",
                         help="activation of both RNNs (default: tanh)")
-    # For tests and quick experiments: one extra configuration "L,N,H_in,H_out,layers,bidirectional" (no target).
+    parser.add_argument("--threads", type=_positive_int, default=None,
+                        help="threads for torch, BLAS and numba alike (default: every core this process may use, "
+                             f"{_available_cores()} here)")
+    parser.add_argument("--rounds", type=_positive_int, default=3,
+                        help="processes per library: each round runs one fresh process per library, alternating "
+                             "which goes first (default: 3)")
+    parser.add_argument("--repeats", type=_positive_int, default=10,
+                        help="timed samples per task in each process (default: 10)")
+    parser.add_argument("--json", type=Path, default=None, metavar="PATH",
+                        help="also write every process's samples and the summary to PATH as JSON")
+    # For tests and quick experiments: one extra configuration "L,N,H_in,H_out,layers,bidirectional" (no target), and
+    # a smaller GEMM for the ceiling.
     parser.add_argument("--custom-config", type=_custom_config, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--gemm-size", type=_positive_int, default=GEMM_SIZE, help=argparse.SUPPRESS)
 
 
 def run(args):
-    """Run the benchmark described by parsed ``args``; prints the report and returns the exit code (0 or 2)."""
-    try:
-        import torch
-    except ImportError:
-        print("numbarnn bench compares against PyTorch, which is not installed; "
-              + INSTALL_HINT.format(requirement="torch==2.13.0"), file=sys.stderr)
-        return 2
-    try:
-        from threadpoolctl import threadpool_info, threadpool_limits
-    except ImportError:
-        print("numbarnn bench sets the BLAS thread count with threadpoolctl, which is not installed; "
-              + INSTALL_HINT.format(requirement="threadpoolctl"), file=sys.stderr)
-        return 2
-    import numba
-    import scipy.linalg  # noqa: F401  loads scipy's BLAS (numba's np.dot uses it) so threadpoolctl can limit it
-
+    """Run the benchmark described by parsed ``args``; prints the report and returns the exit code (0, 1 or 2)."""
+    for module, requirement, role in (("torch", "torch==2.13.0", "compares against PyTorch"),
+                                      ("threadpoolctl", "threadpoolctl", "sets the BLAS thread count with "
+                                                                         "threadpoolctl")):
+        if importlib.util.find_spec(module) is None:
+            print(f"numbarnn bench {role}, which is not installed; " + INSTALL_HINT.format(requirement=requirement),
+                  file=sys.stderr)
+            return 2
     threads = args.threads or _available_cores()
-    if threads > numba.config.NUMBA_NUM_THREADS:
-        print(f"--threads {threads} is more than numba's thread pool holds (NUMBA_NUM_THREADS="
-              f"{numba.config.NUMBA_NUM_THREADS}); use --threads {numba.config.NUMBA_NUM_THREADS} or less, or set "
-              f"the environment variable NUMBA_NUM_THREADS={threads}", file=sys.stderr)
-        return 2
     configs = _selected_configs(args)
-    previous_torch_threads, previous_numba_threads = torch.get_num_threads(), numba.get_num_threads()
-    torch.set_num_threads(threads)
-    numba.set_num_threads(threads)
-    try:
-        with threadpool_limits(limits=threads, user_api="blas"):
-            blas = [library for library in threadpool_info() if library["user_api"] == "blas"]
-            progress = _Progress(sys.stderr)
-            results = {}
-            for index, (name, config) in enumerate(configs.items()):
-                progress.prefix = f"[{index + 1}/{len(configs)}] {name}"
-                results[name] = measure(config, args.dtype, args.nonlinearity, args.repeats, torch, progress)
+    progress = _Progress(sys.stderr)
+    load_before = _load_average()
+    with tempfile.TemporaryDirectory(prefix="numbarnn-bench-") as data_dir:
+        spec_path = write_inputs(Path(data_dir), configs, args, threads)
+        try:
+            measure_ceiling = any(name != STEP_NAME for name in configs)
+            reports = run_rounds(spec_path, args.rounds, progress, measure_ceiling)
+        except WorkerError as error:
             progress.done()
-        print(format_header(args, threads, torch, numba, blas, configs))
-        print(format_table(results))
-    finally:
-        torch.set_num_threads(previous_torch_threads)
-        numba.set_num_threads(previous_numba_threads)
+            print(f"numbarnn bench: {error}", file=sys.stderr)
+            return 1
+        progress.done()
+        errors = output_errors(Path(data_dir), configs)
+    summary = summarize(reports, configs)
+    summary["load_average"] = {"before": load_before, "after": _load_average()}
+    text = format_report(args, threads, configs, reports, summary, errors)
+    print(text)
+    if args.json is not None:
+        args.json.write_text(json.dumps({"settings": {"dtype": args.dtype, "nonlinearity": args.nonlinearity,
+                                                      "threads": threads, "rounds": args.rounds,
+                                                      "repeats": args.repeats},
+                                         "configs": {name: vars(config) for name, config in configs.items()},
+                                         "processes": reports, "summary": summary, "forward_relative_error": errors,
+                                         "report": text}, indent=1))
     return 0
 
 
-# -- measurement -------------------------------------------------------------------------------------------------
-@dataclass
-class Result:
-    """Median seconds per call of each library and task, and how closely the forward outputs agree."""
+# -- inputs ----------------------------------------------------------------------------------------------------------
+def write_inputs(data_dir, configs, args, threads):
+    """Write each configuration's weights and data (seeded) and the workers' settings; return the settings' path.
 
-    torch_forward: float
-    numbarnn_forward: float
-    torch_training: float
-    numbarnn_training: float
-    forward_relative_error: float
-
-
-def measure(config, dtype, nonlinearity, repeats, torch, progress):
-    """Time both libraries on ``config``: warm up, calibrate, then ``repeats`` interleaved samples of each task."""
+    The weights are a seeded ``numbarnn.RNN``'s (torch's initialisation, torch's names); both workers load them.
+    """
     import numbarnn
-
-    torch.manual_seed(SEED)
-    reference = torch.nn.RNN(config.input_size, config.hidden_size, config.num_layers, nonlinearity=nonlinearity,
-                             bidirectional=config.bidirectional, dtype=getattr(torch, dtype))
-    options = dict(nonlinearity=nonlinearity, bidirectional=config.bidirectional, dtype=dtype)
-    inference = numbarnn.RNN(config.input_size, config.hidden_size, config.num_layers, **options).eval()
-    training = numbarnn.RNN(config.input_size, config.hidden_size, config.num_layers, **options)
-    inference.load_state_dict(reference.state_dict())
-    training.load_state_dict(reference.state_dict())
 
     rng = np.random.default_rng(SEED)
-    directions = 2 if config.bidirectional else 1
-    x = rng.standard_normal((config.steps, config.batch, config.input_size)).astype(dtype)
-    grad_output = rng.standard_normal((config.steps, config.batch, directions * config.hidden_size)).astype(dtype)
-    x_torch, grad_output_torch = torch.from_numpy(x), torch.from_numpy(grad_output)
-
-    def torch_forward():
-        reference(x_torch)
-
-    def torch_training_step():
-        reference.zero_grad()
-        output, _ = reference(x_torch)
-        output.backward(grad_output_torch)
-
-    def numbarnn_forward():
-        inference(x)
-
-    def numbarnn_training_step():
-        training.zero_grad()
-        training(x)
-        # The input is data: like torch's input without requires_grad, it needs no gradient.
-        training.backward(grad_output, need_input_grad=False)
-
-    # (task, library) -> (function, whether it runs under torch.inference_mode)
-    tasks = {
-        ("forward", "torch"): (torch_forward, True),
-        ("forward", "numbarnn"): (numbarnn_forward, False),
-        ("training", "torch"): (torch_training_step, False),
-        ("training", "numbarnn"): (numbarnn_training_step, False),
-    }
-
-    def sample(key, number):
-        function, inference_mode = tasks[key]
-        with torch.inference_mode(inference_mode):
-            start = time.perf_counter()
-            for _ in range(number):
-                function()
-            return (time.perf_counter() - start) / number
-
-    progress.update("warming up (with a cold JIT cache numbarnn compiles its kernels first: up to a minute)")
-    calls_per_sample = {}
-    for key in tasks:
-        for _ in range(WARMUP_CALLS - 1):
-            sample(key, 1)
-        calls_per_sample[key] = max(1, math.ceil(MIN_SAMPLE_SECONDS / max(sample(key, 1), 1e-9)))
-
-    with torch.inference_mode():
-        expected = reference(x_torch)[0].numpy()
-    relative_error = float(np.max(np.abs(inference(x)[0] - expected)) / max(np.max(np.abs(expected)), 1e-30))
-
-    samples = {key: [] for key in tasks}
-    libraries = ("torch", "numbarnn")
-    for repeat in range(repeats):
-        progress.update(f"repeat {repeat + 1}/{repeats}")
-        order = libraries if repeat % 2 == 0 else libraries[::-1]
-        for task in ("forward", "training"):
-            for library in order:
-                samples[task, library].append(sample((task, library), calls_per_sample[task, library]))
-    median = {key: statistics.median(values) for key, values in samples.items()}
-    return Result(median["forward", "torch"], median["forward", "numbarnn"], median["training", "torch"],
-                  median["training", "numbarnn"], relative_error)
+    spec_configs = {}
+    for name, config in configs.items():
+        rnn = numbarnn.RNN(config.input_size, config.hidden_size, config.num_layers, nonlinearity=args.nonlinearity,
+                           bidirectional=config.bidirectional, dtype=args.dtype, seed=SEED)
+        arrays = {f"param.{key}": value for key, value in rnn.state_dict().items()}
+        if name == STEP_NAME:
+            # the cell gets the layer's weights: RNNCell's names are the layer's without the "_l0" suffix
+            arrays.update({f"cell.{key[:-len('_l0')]}": value for key, value in rnn.state_dict().items()})
+            arrays["x"] = rng.standard_normal((config.batch, config.input_size)).astype(args.dtype)
+            arrays["h_0"] = rng.standard_normal((1, config.batch, config.hidden_size)).astype(args.dtype)
+        else:
+            arrays["x"] = rng.standard_normal((config.steps, config.batch, config.input_size)).astype(args.dtype)
+            arrays["grad_output"] = rng.standard_normal(
+                (config.steps, config.batch, config.directions * config.hidden_size)).astype(args.dtype)
+        np.savez(data_dir / f"{name}.npz", **arrays)
+        spec_configs[name] = dict(vars(config), kind="step" if name == STEP_NAME else "sequence")
+    spec = {"threads": threads, "dtype": args.dtype, "nonlinearity": args.nonlinearity, "repeats": args.repeats,
+            "gemm_size": args.gemm_size, "data_dir": os.fspath(data_dir), "configs": spec_configs}
+    spec_path = data_dir / "spec.json"
+    spec_path.write_text(json.dumps(spec))
+    return spec_path
 
 
-# -- report ------------------------------------------------------------------------------------------------------
-TABLE_COLUMNS = ("config", "torch fwd ms", "numbarnn fwd ms", "fwd ratio", "fwd target", "fwd met",
-                 "torch train ms", "numbarnn train ms", "train ratio", "train target", "train met", "fwd rel err")
+# -- processes -------------------------------------------------------------------------------------------------------
+class WorkerError(RuntimeError):
+    """A worker process failed: the message holds its exit code and the end of its stderr."""
 
 
-def format_header(args, threads, torch, numba, blas, configs):
-    """The lines above the table: what was run, library versions and thread settings."""
-    import scipy
+def run_rounds(spec_path, rounds, progress, measure_ceiling=True):
+    """Run ``rounds`` rounds (the GEMM ceiling if asked, then both libraries alternating who goes first); return
+    every worker's report."""
+    reports = []
+    for round_index in range(rounds):
+        order = LIBRARIES if round_index % 2 == 0 else LIBRARIES[::-1]
+        for library in ("gemm", *order) if measure_ceiling else order:
+            label = f"round {round_index + 1}/{rounds}, {library}"
+            report = run_worker(library, spec_path, save_outputs=round_index == 0, progress=progress, label=label)
+            report["round"] = round_index
+            reports.append(report)
+    return reports
 
-    import numbarnn
 
+def run_worker(library, spec_path, save_outputs, progress, label):
+    """Run one worker process to completion; return its JSON report (raises WorkerError if it fails)."""
+    spec = json.loads(spec_path.read_text())
+    environment = dict(os.environ)
+    environment.update({variable: str(spec["threads"]) for variable in THREAD_VARIABLES})
+    # the worker must import this very numbarnn (a worktree or checkout), not another installed copy
+    package_root = os.fspath(Path(__file__).resolve().parents[2])
+    environment["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, environment.get("PYTHONPATH")]))
+    command = [sys.executable, "-m", "numbarnn.cli.bench_worker", library, os.fspath(spec_path)]
+    if save_outputs:
+        command.append("--save-outputs")
+    tail = deque(maxlen=40)  # the end of the worker's stderr, for the error message
+    progress.update(f"{label}: starting (with a cold JIT cache numbarnn first compiles its kernels: up to a minute)")
+    with tempfile.TemporaryFile(mode="w+") as stdout:
+        # stdout goes to a file: reading stderr line by line from a pipe while stdout also filled a pipe could block
+        with subprocess.Popen(command, stdout=stdout, stderr=subprocess.PIPE, text=True, env=environment) as process:
+            for line in process.stderr:
+                tail.append(line.rstrip("\n"))
+                progress.update(f"{label} (pid {process.pid}): {line.strip()}")
+            returncode = process.wait()
+        stdout.seek(0)
+        output = stdout.read()
+    if returncode != 0:
+        raise WorkerError(f"the {library} worker ({label}) failed with exit code {returncode}; command: "
+                          f"{' '.join(command)}; the end of its stderr:\n" + "\n".join(tail))
     try:
-        layer = numba.threading_layer()
-    except ValueError:  # no parallel numba function has run in this process
-        layer = "not started"
-    blas_text = ", ".join(f"{lib['internal_api']} {lib['version']} ({lib['prefix']}) {lib['num_threads']}"
-                          for lib in blas) or "none found"
+        return json.loads(output)
+    except json.JSONDecodeError:
+        raise WorkerError(f"the {library} worker ({label}) printed no JSON report; its stdout:\n{output[-2000:]}"
+                          ) from None
+
+
+# -- results ---------------------------------------------------------------------------------------------------------
+def process_medians(reports, library, config_name, task):
+    """Each of ``library``'s processes' median sample (seconds per call), in round order."""
+    return [statistics.median(report["timings"][config_name][task])
+            for report in reports if report["library"] == library]
+
+
+def median_of_medians(reports, library, config_name, task):
+    """The median over ``library``'s processes of each process's median sample (seconds per call)."""
+    return statistics.median(process_medians(reports, library, config_name, task))
+
+
+def summarize(reports, configs):
+    """{config: {task: {library: seconds per call, "ratio": torch ÷ numbarnn}}} and the GEMM ceiling in GFLOP/s."""
+    summary = {"configs": {}, "gemm_gflops": None}
+    gemm = [report for report in reports if report["library"] == "gemm"]
+    if gemm:
+        ceiling_seconds = median_of_medians(gemm, "gemm", "gemm", "seconds")
+        summary["gemm_gflops"] = gemm[0]["gemm_flops"] / ceiling_seconds / 1e9
+    for name, config in configs.items():
+        tasks = ("step", "cell") if name == STEP_NAME else ("fwd", "train")
+        entry = {}
+        for task in tasks:
+            times = {library: median_of_medians(reports, library, name, task) for library in LIBRARIES}
+            # slowest ÷ fastest process median: how much the processes disagreed (a busy machine shows here)
+            spread = {f"{library}_spread": max(medians) / min(medians) for library in LIBRARIES
+                      for medians in [process_medians(reports, library, name, task)]}
+            entry[task] = dict(times, ratio=times["torch"] / times["numbarnn"], **spread)
+        if name != STEP_NAME:
+            entry["fwd"]["numbarnn_gflops"] = config.forward_flops() / entry["fwd"]["numbarnn"] / 1e9
+            entry["fwd"]["ceiling_fraction"] = entry["fwd"]["numbarnn_gflops"] / summary["gemm_gflops"]
+        summary["configs"][name] = entry
+    return summary
+
+
+def output_errors(data_dir, configs):
+    """Max |numbarnn - torch| / max |torch| of each configuration's saved outputs (the same weights must agree)."""
+    errors = {}
+    for name in configs:
+        for key in ("step", "cell") if name == STEP_NAME else ("forward",):
+            expected = np.load(data_dir / f"output-torch-{name}-{key}.npy")
+            actual = np.load(data_dir / f"output-numbarnn-{name}-{key}.npy")
+            scale = max(float(np.max(np.abs(expected))), 1e-30)
+            errors[f"{name}.{key}"] = float(np.max(np.abs(actual - expected))) / scale
+    return errors
+
+
+def targets(name, threads, dtype, nonlinearity):
+    """(forward, training) targets of configuration ``name`` under these settings, or (None, None)."""
+    if name not in CONFIGS:
+        return None, None
+    if dtype != "float32" or nonlinearity != "tanh":
+        return TARGET_OTHER_SETTINGS
+    return (TARGETS_ONE_THREAD if threads == 1 else TARGETS_TWO_THREADS)[name]
+
+
+# -- report ----------------------------------------------------------------------------------------------------------
+TABLE_COLUMNS = ("config", "torch fwd ms", "numbarnn fwd ms", "fwd ratio", "fwd target", "fwd met",
+                 "torch train ms", "numbarnn train ms", "train ratio", "train target", "train met",
+                 "numbarnn fwd GFLOP/s", "% of GEMM ceiling", "ceiling target", "ceiling met", "fwd rel err")
+STEP_COLUMNS = ("config", "torch RNN (L=1) us", "numbarnn step us", "step ratio", "torch RNNCell us",
+                "numbarnn RNNCell us", "cell ratio", "target", "met", "rel err")
+
+
+def format_report(args, threads, configs, reports, summary, errors):
+    """The whole printed report: header, the configurations' table, the step table, targets met."""
+    lines = [format_header(args, threads, configs, reports, summary), ""]
+    sequence_names = [name for name in configs if name != STEP_NAME]
+    met = {"fwd": [], "train": [], "ceiling": [], "step": []}
+    if sequence_names:
+        lines += [format_table(summary, sequence_names, threads, args, errors, met), ""]
+    if STEP_NAME in configs:
+        lines += [format_step_table(summary, errors, met, step_call(reports)), ""]
+    spreads = [(value, f"{library.removesuffix('_spread')} {name} {task}")
+               for name, entry in summary["configs"].items() for task, values in entry.items()
+               for library, value in values.items() if library.endswith("_spread")]
+    if args.rounds > 1 and spreads:
+        value, where = max(spreads)
+        lines.append(f"spread between processes (slowest / fastest process median): at most {value:.2f}x "
+                     f"({where}); above ~1.2x the machine was probably busy")
+    counts = [f"{label} {sum(met[key])}/{len(met[key])}" for key, label in
+              (("fwd", "forward"), ("train", "training"), ("ceiling", "GEMM ceiling"), ("step", "step latency"))
+              if met[key]]
+    if counts:
+        lines.append("targets met: " + ", ".join(counts))
+    return "\n".join(lines).rstrip("\n")
+
+
+def format_header(args, threads, configs, reports, summary):
+    """The lines above the tables: when, where, which versions and threads, and how it was measured."""
+    first = {library: next(report for report in reports if report["library"] == library) for library in LIBRARIES}
+    numbarnn_report, torch_report = first["numbarnn"], first["torch"]
+    numbarnn_threads = ", ".join(f"{key}={value}" for key, value in numbarnn_report["threads"].items())
+    config_text = ", ".join(f"{name} {config.describe()}" for name, config in configs.items() if name != STEP_NAME)
+    rounds, repeats = args.rounds, args.repeats
     lines = [
         f"numbarnn bench: numbarnn.RNN vs torch.nn.RNN, {args.dtype}, nonlinearity={args.nonlinearity}, "
-        f"median of {args.repeats} interleaved samples per cell",
-        f"versions: numbarnn {numbarnn.__version__}, numba {numba.__version__}, numpy {np.__version__}, "
-        f"scipy {scipy.__version__}, torch {torch.__version__}, python {platform.python_version()}",
-        f"cpu: {_cpu_name()}, {_available_cores()} cores available",
-        f"threads: {threads}; torch.get_num_threads()={torch.get_num_threads()}, "
-        f"numba.get_num_threads()={numba.get_num_threads()} (threading layer: {layer}), BLAS via threadpoolctl: "
-        f"{blas_text}",
-        "configs (L, N, H_in, H_out, layers, bidirectional): "
-        + ", ".join(f"{name} {config.describe()}" for name, config in configs.items()),
-        "ratio = torch ms / numbarnn ms (above 1: numbarnn is faster). forward: torch under inference_mode, numbarnn "
-        "in eval mode. train: zero_grad + forward + backward of a fixed random grad_output; both compute the parameter "
-        "gradients (and h_0's), not the input's (the input is data, torch's requires_grad=False).",
-        "",
+        f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
+        f"machine: {_cpu_name()}, {_available_cores()} cores available to this process ({os.cpu_count()} in the "
+        f"machine), {platform.system()} {platform.machine()}",
+        f"versions: numbarnn {numbarnn_report['numbarnn']}, numba {numbarnn_report['numba']}, numpy "
+        f"{numbarnn_report['numpy']}, scipy {numbarnn_report['scipy']}, torch {torch_report['torch']}, python "
+        f"{numbarnn_report['python']}",
+        f"load average (1 min) before / after: {_format_load(summary['load_average']['before'])} / "
+        f"{_format_load(summary['load_average']['after'])} (other processes on these cores make the timings "
+        "noisy, torch's per-step thread barriers most)",
+        f"threads: {threads} for both libraries (environment {', '.join(THREAD_VARIABLES)}={threads}, then "
+        f"torch.set_num_threads, numba.set_num_threads and threadpoolctl); torch worker: "
+        f"torch.get_num_threads()={torch_report['threads']['torch.get_num_threads()']}; numbarnn worker: "
+        f"{numbarnn_threads}",
+        f"BLAS in the numbarnn worker (threadpoolctl): {_blas_text(numbarnn_report['blas'])}",
+        f"BLAS/OpenMP in the torch worker (threadpoolctl): {_blas_text(torch_report['blas'])}",
+        f"method: each library timed alone in its own fresh Python process; {rounds} round{'s' * (rounds != 1)}, "
+        f"each one torch process and one numbarnn process, alternating which goes first; each process warms every "
+        f"task up (numba compiles or loads its cache there), then takes {repeats} sample{'s' * (repeats != 1)} per "
+        f"task (a sample: back-to-back calls lasting >= 20 ms, time per call); each time below is the median over "
+        f"the {rounds} processes of each process's median; ratio = torch / numbarnn (above 1: numbarnn is faster).",
+        "tasks: fwd = torch under inference_mode, numbarnn in eval mode; train = zero_grad + forward + backward of a "
+        "fixed random grad_output; neither computes the input's gradient (the input is data: torch's "
+        "requires_grad=False, numbarnn's backward(..., need_input_grad=False)). Same weights and data in both "
+        "(seeded, load_state_dict).",
     ]
+    if summary["gemm_gflops"] is not None:
+        lines.append(
+            f"GEMM ceiling: numba np.dot (scipy's BLAS, as in numbarnn's kernels) of "
+            f"{args.gemm_size}x{args.gemm_size} {args.dtype} on {threads} thread{'s' * (threads != 1)}, one process per round: "
+            f"{summary['gemm_gflops']:.1f} GFLOP/s (median of medians); a configuration's forward GFLOP/s counts its "
+            "matrix products, sum over layers and directions of 2*L*N*(H_in_layer*H + H*H).")
+    if config_text:
+        lines.append(f"configs (L, N, H_in, H_out, layers, bidirectional): {config_text}")
     return "\n".join(lines)
 
 
-def format_table(results):
-    """A Markdown table, one row per configuration, then how many targets were met."""
+def format_table(summary, names, threads, args, errors, met):
+    """The configurations' table (Markdown), one row per configuration; appends target outcomes to ``met``."""
     rows = []
-    met = {"fwd": [], "train": []}
-    for name, result in results.items():
-        forward_target, training_target = TARGETS.get(name, (None, None))
+    for name in names:
+        entry = summary["configs"][name]
+        forward_target, training_target = targets(name, threads, args.dtype, args.nonlinearity)
         row = [name]
-        for task, torch_time, numbarnn_time, target in (
-                ("fwd", result.torch_forward, result.numbarnn_forward, forward_target),
-                ("train", result.torch_training, result.numbarnn_training, training_target)):
-            ratio = torch_time / numbarnn_time
-            row += [_format_ms(torch_time * 1e3), _format_ms(numbarnn_time * 1e3), f"{ratio:.2f}x"]
-            if target is None:
-                row += ["-", "-"]
-            else:
-                met[task].append(ratio >= target)
-                row += [f">= {target:g}x", "yes" if ratio >= target else "NO"]
-        row.append(f"{result.forward_relative_error:.1e}")
+        for task, target in (("fwd", forward_target), ("train", training_target)):
+            times = entry[task]
+            row += [_significant(times["torch"] * 1e3), _significant(times["numbarnn"] * 1e3),
+                    _significant(times["ratio"]) + "x"]
+            row += _target_cells(times["ratio"] >= target if target else None, f">= {target:g}x" if target else "",
+                                 met[task])
+        fraction, ceiling_target = entry["fwd"]["ceiling_fraction"], CEILING_TARGETS.get(name)
+        row += [_significant(entry["fwd"]["numbarnn_gflops"]), f"{100 * fraction:.0f}%"]
+        row += _target_cells(fraction >= ceiling_target if ceiling_target else None,
+                             f">= {100 * ceiling_target:.0f}%" if ceiling_target else "", met["ceiling"])
+        row.append(f"{errors[f'{name}.forward']:.1e}")
         rows.append(row)
-    widths = [max(len(column), *(len(row[i]) for row in rows)) for i, column in enumerate(TABLE_COLUMNS)]
+    return _markdown(TABLE_COLUMNS, rows)
+
+
+def format_step_table(summary, errors, met, call):
+    """The single-step table: microseconds per call of each library's step and RNNCell call."""
+    entry = summary["configs"][STEP_NAME]
+    step_ok = entry["step"]["numbarnn"] * 1e6 <= STEP_TARGET_MICROSECONDS
+    cell_ok = entry["cell"]["numbarnn"] * 1e6 <= STEP_TARGET_MICROSECONDS
+    met["step"] += [step_ok, cell_ok]
+    row = [f"{STEP_NAME} {STEP_CONFIG.describe()}"]
+    for task in ("step", "cell"):
+        row += [_significant(entry[task]["torch"] * 1e6), _significant(entry[task]["numbarnn"] * 1e6),
+                _significant(entry[task]["ratio"]) + "x"]
+    row += [f"<= {STEP_TARGET_MICROSECONDS:g} us", f"step {'yes' if step_ok else 'NO'}, cell "
+                                                   f"{'yes' if cell_ok else 'NO'}",
+            f"{max(errors[f'{STEP_NAME}.step'], errors[f'{STEP_NAME}.cell']):.1e}"]
+    note = (f"step: one time step in eval mode, each call continuing from the previous call's state; numbarnn "
+            f"{call}, torch.nn.RNN on an L=1 input; RNNCell: numbarnn.RNNCell vs torch.nn.RNNCell.")
+    return note + "\n\n" + _markdown(STEP_COLUMNS, [row])
+
+
+def step_call(reports):
+    notes = next(report for report in reports if report["library"] == "numbarnn")["notes"]
+    return notes.get(STEP_NAME, {}).get("step call", "rnn.step(x, h)")
+
+
+def _target_cells(outcome, target_text, record):
+    if outcome is None:
+        return ["-", "-"]
+    record.append(outcome)
+    return [target_text, "yes" if outcome else "NO"]
+
+
+def _markdown(columns, rows):
+    widths = [max(len(column), *(len(row[i]) for row in rows)) for i, column in enumerate(columns)]
 
     def line(cells):  # names left-aligned, numbers right-aligned
         return "| " + " | ".join(cell.ljust(width) if index == 0 else cell.rjust(width)
                                  for index, (cell, width) in enumerate(zip(cells, widths, strict=True))) + " |"
 
     separator = "|:" + "-" * (widths[0] + 1) + "|" + "|".join("-" * (width + 1) + ":" for width in widths[1:]) + "|"
-    lines = [line(TABLE_COLUMNS), separator]
-    lines += [line(row) for row in rows]
-    if met["fwd"] or met["train"]:
-        lines += ["", f"targets met: forward {sum(met['fwd'])}/{len(met['fwd'])}, "
-                      f"training {sum(met['train'])}/{len(met['train'])}"]
-    return "\n".join(lines)
+    return "\n".join([line(columns), separator, *(line(row) for row in rows)])
 
 
-# -- helpers -----------------------------------------------------------------------------------------------------
+def _blas_text(libraries):
+    return "; ".join(f"{lib['internal_api']} {lib['version']} ({os.path.basename(lib['filepath'] or '?')}), "
+                     f"{lib['num_threads']} threads" for lib in libraries) or "none found"
+
+
+# -- helpers ---------------------------------------------------------------------------------------------------------
 class _Progress:
     """One status line on ``stream``: rewritten in place on a terminal, one line per update otherwise."""
 
     def __init__(self, stream):
         self.stream = stream
         self.interactive = stream.isatty()
-        self.prefix = ""
         self.width = 0
 
     def update(self, message):
-        text = f"{self.prefix}: {message}"
         if self.interactive:
-            self.stream.write("\r" + text.ljust(self.width))
-            self.width = len(text)
+            self.stream.write("\r" + message.ljust(self.width))
+            self.width = len(message)
         else:
-            self.stream.write(text + "\n")
+            self.stream.write(message + "\n")
         self.stream.flush()
 
     def done(self):
-        if self.interactive:
+        if self.interactive and self.width:
             self.stream.write("\r" + " " * self.width + "\r")
             self.stream.flush()
+            self.width = 0
 
 
 class _ExtendNames(argparse.Action):
@@ -319,8 +483,8 @@ class _ExtendNames(argparse.Action):
 def _selected_configs(args):
     names = list(dict.fromkeys(args.configs)) if args.configs else []
     if not names and args.custom_config is None:
-        names = list(CONFIGS)
-    configs = {name: CONFIGS[name] for name in names}
+        names = list(CONFIG_NAMES)
+    configs = {name: STEP_CONFIG if name == STEP_NAME else CONFIGS[name] for name in names}
     if args.custom_config is not None:
         configs[CUSTOM_NAME] = args.custom_config
     return configs
@@ -328,10 +492,10 @@ def _selected_configs(args):
 
 def _config_names(text):
     names = [name.strip() for name in text.split(",") if name.strip()]
-    unknown = [name for name in names if name not in CONFIGS]
+    unknown = [name for name in names if name not in CONFIG_NAMES]
     if unknown or not names:
         raise argparse.ArgumentTypeError(f"unknown configuration {', '.join(unknown) or repr(text)}; choose from "
-                                         f"{', '.join(CONFIGS)}")
+                                         f"{', '.join(CONFIG_NAMES)}")
     return names
 
 
@@ -378,11 +542,20 @@ def _cpu_name():
     return platform.processor() or platform.machine()
 
 
-def _format_ms(milliseconds):
-    if milliseconds >= 100:
-        return f"{milliseconds:.0f}"
-    if milliseconds >= 10:
-        return f"{milliseconds:.1f}"
-    if milliseconds >= 1:
-        return f"{milliseconds:.2f}"
-    return f"{milliseconds:.3f}"
+def _load_average():
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):  # not on every platform
+        return None
+
+
+def _format_load(value):
+    return "unknown" if value is None else f"{value:.2f}"
+
+
+def _significant(value, digits=4):
+    """``value`` to ``digits`` significant digits, without exponent notation (0.06012, 12.35, 1235, 12346)."""
+    if value == 0 or not math.isfinite(value):
+        return f"{value:g}"
+    decimals = max(0, digits - 1 - math.floor(math.log10(abs(value))))
+    return f"{value:.{decimals}f}"
