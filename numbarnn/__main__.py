@@ -1,4 +1,4 @@
-"""Command line: ``python -m numbarnn {demo,check,bench}`` (also installed as the ``numbarnn`` command)."""
+"""Command line: ``python -m numbarnn {demo,check,bench,export}`` (also installed as the ``numbarnn`` command)."""
 
 import argparse
 import importlib
@@ -8,7 +8,8 @@ import sys
 COMMANDS = {
     "demo": ("numbarnn.cli.demo", "train a character-level language model on the bundled corpus (the main job)"),
     "check": ("numbarnn.cli.check", "compare outputs and gradients with torch.nn.RNN / RNNCell over a grid of settings"),
-    "bench": ("numbarnn.cli.bench", "time numbarnn and torch.nn.RNN side by side (forward and training step)"),
+    "bench": ("numbarnn.cli.bench",
+              "time numbarnn and torch.nn.RNN fairly, each in its own process (forward, training step, one step)"),
     "export": ("numbarnn.cli.export", "write a model saved with numbarnn.save (RNN + optional Linear head) as ONNX"),
 }
 
