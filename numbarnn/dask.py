@@ -116,7 +116,7 @@ def forward(rnn, input, h_0=None, lengths=None, *, numba_threads=1, blas_threads
     output_name, h_n_name = f"numbarnn-forward-output-{token}", f"numbarnn-forward-h_n-{token}"
 
     threads = (numba_threads, blas_threads)
-    layer = {module_key: module}
+    run_layer, output_layer, h_n_layer = {module_key: module}, {}, {}
     starts = np.concatenate([[0], np.cumsum(time_chunks)[:-1]]).tolist()
     for j in range(len(batch_chunks)):
         state = None if h_0 is None else (h_0.name, 0, j, 0)
@@ -124,14 +124,17 @@ def forward(rnn, input, h_0=None, lengths=None, *, numba_threads=1, blas_threads
         for k, start in enumerate(starts):
             x_key = (x.name, j, k, 0) if batch_first else (x.name, k, j, 0)
             run_key = (run_name, k, j)
-            layer[run_key] = (_run_block, module_key, x_key, state, block_lengths, start, steps, threads)
-            layer[(state_name, k, j)] = (operator.getitem, run_key, 1)
+            run_layer[run_key] = (_run_block, module_key, x_key, state, block_lengths, start, steps, threads)
+            run_layer[(state_name, k, j)] = (operator.getitem, run_key, 1)
             state = (state_name, k, j)
             output_index = (j, k, 0) if batch_first else (k, j, 0)
-            layer[(output_name, *output_index)] = (operator.getitem, run_key, 0)
-        layer[(h_n_name, 0, j, 0)] = state
+            output_layer[(output_name, *output_index)] = (operator.getitem, run_key, 0)
+        h_n_layer[(h_n_name, 0, j, 0)] = state  # an alias of the last time chunk's state
     dependencies = [a for a in (x, h_0, lengths) if a is not None]
-    graph = HighLevelGraph.from_collections(run_name, layer, dependencies=dependencies)
+    run_graph = HighLevelGraph.from_collections(run_name, run_layer, dependencies=dependencies)
+    # One layer per array named after it, as dask.array expects, both on the run layer.
+    layers = {**run_graph.layers, output_name: output_layer, h_n_name: h_n_layer}
+    graph = HighLevelGraph(layers, {**run_graph.dependencies, output_name: {run_name}, h_n_name: {run_name}})
 
     width = rnn.num_directions * rnn.hidden_size
     output_chunks = (batch_chunks, time_chunks, (width,)) if batch_first else (time_chunks, batch_chunks, (width,))
@@ -328,7 +331,9 @@ def _acquire_blas_limit(count):
                 from threadpoolctl import ThreadpoolController
 
                 _blas_controller = ThreadpoolController()
+            _release_openblas_control()
             _blas_restore = _blas_controller.limit(limits=count, user_api="blas")
+            _release_openblas_control()
         _blas_holders += 1
 
 
@@ -337,8 +342,21 @@ def _release_blas_limit():
     with _blas_lock:
         _blas_holders -= 1
         if _blas_holders == 0:
+            _release_openblas_control()
             _blas_restore.restore_original_limits()
+            _release_openblas_control()
             _blas_restore = None
+
+
+def _release_openblas_control():
+    """threadpoolctl (3.7 and later) lets only one "controlling" thread change OpenBLAS's process-wide pool and
+    silently ignores the others. The first and last holders of the shared limit are usually different worker
+    threads, so each change here (made under ``_blas_lock``) releases that control before and after."""
+    import threadpoolctl
+
+    controller = getattr(threadpoolctl, "OpenBLASController", None)
+    if hasattr(controller, "clear_controlling_thread"):
+        controller.clear_controlling_thread(force=True)
 
 
 # -- cold-cache compile lock -------------------------------------------------------------------------------------
