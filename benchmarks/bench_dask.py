@@ -53,21 +53,24 @@ class Scorer:
 
     def __init__(self, workers):
         import dask.array as da
+        import numbarnn.dask  # before starting the cluster: a missing extra fails here, with nothing to clean up
         from dask.distributed import Client, LocalCluster, wait
 
         self.cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
         self.client = Client(self.cluster)
-        self.rnn = numbarnn.RNN(INPUT_SIZE, HIDDEN_SIZE, seed=SEED).eval()
-        generator = da.random.default_rng(SEED)
-        x = generator.standard_normal((STEPS, SEQUENCES, INPUT_SIZE), dtype=np.float32,
-                                      chunks=(STEPS, BATCH_CHUNK, INPUT_SIZE))
-        self.x = x.persist()
-        wait(self.x)
-        self.score()  # every worker compiles or loads the kernels before the clock starts
+        try:
+            self.rnn = numbarnn.RNN(INPUT_SIZE, HIDDEN_SIZE, seed=SEED).eval()
+            generator = da.random.default_rng(SEED)
+            x = generator.standard_normal((STEPS, SEQUENCES, INPUT_SIZE), dtype=np.float32,
+                                          chunks=(STEPS, BATCH_CHUNK, INPUT_SIZE))
+            self.x = x.persist()
+            wait(self.x)
+            self.score()  # every worker compiles or loads the kernels before the clock starts
+        except BaseException:
+            self.close()
+            raise
 
     def score(self):
-        import numbarnn.dask
-
         _, h_n = numbarnn.dask.forward(self.rnn, self.x)
         return h_n.compute()
 
