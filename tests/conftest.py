@@ -20,10 +20,16 @@ def dask_client(tmp_path_factory):
     """A real dask.distributed cluster: 2 worker processes with 1 thread each, whose numba cache starts empty (a
     fresh NUMBA_CACHE_DIR), so their first tasks compile at the same time. Yields ``(client, numba_cache_dir)``."""
     distributed = pytest.importorskip("distributed")
+    import dask
+
     cache_dir = tmp_path_factory.mktemp("worker-numba-cache")
     root = str(pathlib.Path(__file__).resolve().parents[1])  # the workers import this checkout's numbarnn
     python_path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-                                  env={"NUMBA_CACHE_DIR": str(cache_dir), "PYTHONPATH": python_path}) as cluster, \
+    # "pre-spawn": numba reads NUMBA_CACHE_DIR when it is imported, which a spawned worker may do before the nanny's
+    # env= is applied.
+    environment = {"NUMBA_CACHE_DIR": str(cache_dir), "PYTHONPATH": python_path}
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": environment}), \
+            distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                     dashboard_address=None) as cluster, \
             distributed.Client(cluster) as client:
         yield client, cache_dir
