@@ -9,7 +9,7 @@ import pytest
 
 da = pytest.importorskip("dask.array")
 dask = pytest.importorskip("dask")
-pytest.importorskip("distributed")
+distributed = pytest.importorskip("distributed")
 threadpoolctl = pytest.importorskip("threadpoolctl")
 
 import numba  # noqa: E402
@@ -300,5 +300,10 @@ def test_cluster_bidirectional_merges_time_chunks(dask_client, rng):
     rnn, x, x_dask, h_0, lengths = make_case(rng, bidirectional=True, with_lengths=True)
     output, h_n = numbarnn.dask.forward(rnn, x_dask, h_0, lengths)
     assert output.chunks == ((STEPS,), BATCH_CHUNKS, (2 * HIDDEN_SIZE,))
-    errors = max_errors(rnn, x, h_0, lengths, *client.compute([output, h_n], sync=True))
+    with distributed.get_task_stream(client=client) as task_stream:
+        results = client.compute([output, h_n], sync=True)
+    errors = max_errors(rnn, x, h_0, lengths, *results)
     assert max(errors) <= tolerance(np.float64), errors
+    # The scheduler made the module once, for all the block tasks (workers fetch it from there).
+    keys = [record["key"] for record in task_stream.data]
+    assert sum(isinstance(key, str) and key.startswith("numbarnn-rnn-") for key in keys) == 1, keys
