@@ -125,11 +125,13 @@ def forward(rnn, input, h_0=None, lengths=None, *, numba_threads=1, blas_threads
             x_key = (x.name, j, k, 0) if batch_first else (x.name, k, j, 0)
             run_key = (run_name, k, j)
             run_layer[run_key] = (_run_block, module_key, x_key, state, block_lengths, start, steps, threads)
-            run_layer[(state_name, k, j)] = (operator.getitem, run_key, 1)
-            state = (state_name, k, j)
             output_index = (j, k, 0) if batch_first else (k, j, 0)
             output_layer[(output_name, *output_index)] = (operator.getitem, run_key, 0)
-        h_n_layer[(h_n_name, 0, j, 0)] = state  # an alias of the last time chunk's state
+            if k < len(starts) - 1:  # the state the next time chunk starts from
+                state = (state_name, k, j)
+                run_layer[state] = (operator.getitem, run_key, 1)
+            else:
+                h_n_layer[(h_n_name, 0, j, 0)] = (operator.getitem, run_key, 1)
     dependencies = [a for a in (x, h_0, lengths) if a is not None]
     run_graph = HighLevelGraph.from_collections(run_name, run_layer, dependencies=dependencies)
     # One layer per array named after it, as dask.array expects, both on the run layer.
