@@ -199,9 +199,13 @@ def test_forward_tasks_run_with_one_numba_and_one_blas_thread(rng):
 
     seen = []
     rnn = RecordingRNN(INPUT_SIZE, HIDDEN_SIZE, dtype=np.float64, seed=0).eval()
-    x = da.from_array(standard_normal(rng, (STEPS, BATCH, INPUT_SIZE), np.float64), chunks=(5, 3, INPUT_SIZE))
-    dask.compute(numbarnn.dask.forward(rnn, x)[0], scheduler="threads", num_workers=2)
+    x = standard_normal(rng, (STEPS, BATCH, INPUT_SIZE), np.float64)
+    # Two threads share the one copy of the module, as the threads of a Dask worker do.
+    output, h_n = dask.compute(*numbarnn.dask.forward(rnn, da.from_array(x, chunks=(5, 3, INPUT_SIZE))),
+                               scheduler="threads", num_workers=2)
     assert seen == [(1, {1})] * 4
+    errors = max_errors(rnn, x, None, None, output, h_n)
+    assert max(errors) <= tolerance(np.float64), errors
 
 
 # -- errors ---------------------------------------------------------------------------------------------------------
