@@ -271,9 +271,9 @@ def _check_lengths_values(lengths, steps):
 
 
 def _config(rnn):
-    return dict(input_size=rnn.input_size, hidden_size=rnn.hidden_size, num_layers=rnn.num_layers,
-                nonlinearity=rnn.nonlinearity, bias=rnn.bias, batch_first=rnn.batch_first,
-                bidirectional=rnn.bidirectional, dtype=str(rnn.dtype))
+    return {"input_size": rnn.input_size, "hidden_size": rnn.hidden_size, "num_layers": rnn.num_layers,
+            "nonlinearity": rnn.nonlinearity, "bias": rnn.bias, "batch_first": rnn.batch_first,
+            "bidirectional": rnn.bidirectional, "dtype": str(rnn.dtype)}
 
 
 # -- threads -----------------------------------------------------------------------------------------------------

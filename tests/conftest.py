@@ -19,8 +19,8 @@ def rng():
 def dask_client(tmp_path_factory):
     """A real dask.distributed cluster: 2 worker processes with 1 thread each, whose numba cache starts empty (a
     fresh NUMBA_CACHE_DIR), so their first tasks compile at the same time. Yields ``(client, numba_cache_dir)``."""
-    distributed = pytest.importorskip("distributed")
     import dask
+    import distributed
 
     cache_dir = tmp_path_factory.mktemp("worker-numba-cache")
     root = str(pathlib.Path(__file__).resolve().parents[1])  # the workers import this checkout's numbarnn
