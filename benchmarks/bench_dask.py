@@ -147,6 +147,9 @@ def main(argv=None):
         seconds = statistics.median(values)
         print(f"{workers} worker(s): {seconds * 1e3:7.1f} ms per scoring, {SEQUENCES / seconds:8.0f} sequences/s "
               f"(per-process medians: {', '.join(f'{v * 1e3:.1f}' for v in values)} ms)")
+    for index in range(args.rounds):  # adjacent in time, so one noisy phase shows as one noisy round
+        print(f"round {index + 1}: 2 workers / 1 worker {medians[1][index] / medians[2][index]:.2f}x, "
+              f"without Dask {ceilings[1][index] / ceilings[2][index]:.2f}x")
     speedup = statistics.median(medians[1]) / statistics.median(medians[2])
     ceiling = statistics.median(ceilings[1]) / statistics.median(ceilings[2])
     print(f"2 workers / 1 worker throughput: {speedup:.2f}x")
