@@ -2,6 +2,7 @@
 the errors; on Dask's synchronous scheduler (fast) and on a real two-process cluster (slow)."""
 
 import itertools
+import pathlib
 import threading
 
 import dask
@@ -263,7 +264,8 @@ def test_import_numbarnn_does_not_import_dask():
     import sys
 
     code = "import sys, numbarnn; print(sorted(m for m in sys.modules if m.split('.')[0] in ('dask', 'distributed')))"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    root = pathlib.Path(__file__).resolve().parents[1]  # the child imports this checkout's numbarnn
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root)
     assert result.stdout.strip() == "[]"
 
 
