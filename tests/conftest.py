@@ -1,5 +1,8 @@
 """pytest fixtures shared by the test modules (plain helper functions live in ``helpers.py``)."""
 
+import os
+import pathlib
+
 import numpy as np
 import pytest
 
@@ -10,3 +13,23 @@ import helpers  # noqa: F401  (sets torch's thread count for the whole session b
 def rng():
     """A fresh generator with a fixed seed: every test sees the same data on every run."""
     return np.random.default_rng(20240601)
+
+
+@pytest.fixture(scope="module")
+def dask_client(tmp_path_factory):
+    """A real dask.distributed cluster: 2 worker processes with 1 thread each, whose numba cache starts empty (a
+    fresh NUMBA_CACHE_DIR), so their first tasks compile at the same time. Yields ``(client, numba_cache_dir)``."""
+    import dask
+    import distributed
+
+    cache_dir = tmp_path_factory.mktemp("worker-numba-cache")
+    root = str(pathlib.Path(__file__).resolve().parents[1])  # the workers import this checkout's numbarnn
+    python_path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+    # "pre-spawn": numba reads NUMBA_CACHE_DIR when it is imported, which a spawned worker may do before the nanny's
+    # env= is applied.
+    environment = {"NUMBA_CACHE_DIR": str(cache_dir), "PYTHONPATH": python_path}
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": environment}), \
+            distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                     dashboard_address=None) as cluster, \
+            distributed.Client(cluster) as client:
+        yield client, cache_dir
