@@ -50,10 +50,17 @@ def limit_blas_once():
         if _blas_limited:
             return
         import scipy.linalg.cython_blas  # noqa: F401  (loaded now: threadpoolctl sees only libraries already loaded)
-        from threadpoolctl import ThreadpoolController
+        from threadpoolctl import OpenBLASController, ThreadpoolController
 
         for library in _scipy_blas_controllers(ThreadpoolController()):
             library.set_num_threads(1)
+            if library.get_num_threads() != 1:
+                # threadpoolctl lets one "controlling" thread at a time change OpenBLAS and silently ignores the
+                # others: another thread holds that role (the user's threadpool_limits, say). This one setting is
+                # numbarnn's to make, once, so it takes the role.
+                OpenBLASController.clear_controlling_thread(force=True)
+                library.set_num_threads(1)
+        OpenBLASController.clear_controlling_thread()  # give the role back: later threadpool_limits calls work
         _blas_limited = True
 
 

@@ -15,18 +15,17 @@ outputs, so the result equals one call over the whole input.
 
 Threads
 -------
-Dask runs tasks on several threads per worker process; numba's and BLAS's own thread pools would multiply that. Each
-task of :func:`forward` therefore runs under :func:`limit_threads`: one numba thread (numba's setting is per calling
-thread, so it applies to the task's own thread only) and one BLAS thread. The BLAS setting is process-wide
-(``threadpoolctl``): it is applied while at least one task that asked for it runs in the process and restored when
-the last one ends, so tasks on a multi-threaded worker neither undo each other's limit nor leave it set afterwards.
+Dask runs tasks on several threads per worker process; numba's own thread pool would multiply that. Each task of
+:func:`forward` therefore runs under :func:`limit_threads`: one numba thread, by default (numba's setting is per
+calling thread, so it applies to the task's own thread only). BLAS needs nothing here: numbarnn runs the BLAS its
+kernels call on one thread in every process (see the README's "Threads and serving").
 
 Cold JIT cache
 --------------
 numba's on-disk cache can race when several processes compile different signatures of one function at the same time
 (numba issues #4807, #10128). The first call of each kind (dtype, layout, lengths or not) in a process runs under an
-inter-process file lock next to the cache, so a cluster of workers starting on an empty cache compiles (or loads) one
-worker at a time and then runs freely. The lock needs ``fcntl`` (POSIX); elsewhere the first calls are not locked.
+inter-process file lock (``filelock``) next to the cache, so a cluster of workers starting on an empty cache compiles
+(or loads) one worker at a time and then runs freely.
 """
 
 import contextlib
@@ -43,13 +42,14 @@ import numba
 import numpy as np
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
+from filelock import FileLock
 
 from .rnn import RNN
 
 __all__ = ["forward", "limit_threads"]
 
 
-def forward(rnn, input, h_0=None, lengths=None, *, numba_threads=1, blas_threads=1):
+def forward(rnn, input, h_0=None, lengths=None, *, numba_threads=1):
     """Run ``rnn`` over a chunked ``dask.array`` input; lazy, equal to ``rnn(input.compute(), h_0, lengths)``.
 
     Parameters
@@ -72,9 +72,9 @@ def forward(rnn, input, h_0=None, lengths=None, *, numba_threads=1, blas_threads
     lengths : ndarray or dask.array.Array of int, optional
         (N,) each sequence's length, in 1...L, as for ``rnn``. NumPy lengths are checked now; the range of Dask
         lengths is checked when the tasks run (an out-of-range length then fails the computation).
-    numba_threads, blas_threads : int or None, keyword-only, default 1
-        Threads each task's numba kernels and BLAS calls may use (see :func:`limit_threads`); None leaves the
-        setting as it is. One of each per worker thread avoids oversubscribing the cores.
+    numba_threads : int or None, keyword-only, default 1
+        Threads each task's numba kernels may use (see :func:`limit_threads`); None leaves the setting as it is.
+        One per worker thread avoids oversubscribing the cores.
 
     Returns
     -------
@@ -111,11 +111,10 @@ def forward(rnn, input, h_0=None, lengths=None, *, numba_threads=1, blas_threads
     module = copy.deepcopy(rnn)
     module_token = tokenize(type(module).__name__, _config(module), module.state_dict())
     module_key = f"numbarnn-rnn-{module_token}"
-    token = tokenize(module_token, x, h_0, lengths, numba_threads, blas_threads)
+    token = tokenize(module_token, x, h_0, lengths, numba_threads)
     run_name, state_name = f"numbarnn-forward-run-{token}", f"numbarnn-forward-state-{token}"
     output_name, h_n_name = f"numbarnn-forward-output-{token}", f"numbarnn-forward-h_n-{token}"
 
-    threads = (numba_threads, blas_threads)
     run_layer, output_layer, h_n_layer = {module_key: module}, {}, {}
     starts = np.concatenate([[0], np.cumsum(time_chunks)[:-1]]).tolist()
     for j in range(len(batch_chunks)):
@@ -124,7 +123,7 @@ def forward(rnn, input, h_0=None, lengths=None, *, numba_threads=1, blas_threads
         for k, start in enumerate(starts):
             x_key = (x.name, j, k, 0) if batch_first else (x.name, k, j, 0)
             run_key = (run_name, k, j)
-            run_layer[run_key] = (_run_block, module_key, x_key, state, block_lengths, start, steps, threads)
+            run_layer[run_key] = (_run_block, module_key, x_key, state, block_lengths, start, steps, numba_threads)
             output_index = (j, k, 0) if batch_first else (k, j, 0)
             output_layer[(output_name, *output_index)] = (operator.getitem, run_key, 0)
             if k < len(starts) - 1:  # the state the next time chunk starts from
@@ -148,14 +147,13 @@ def forward(rnn, input, h_0=None, lengths=None, *, numba_threads=1, blas_threads
     return output, h_n
 
 
-def _run_block(rnn, x, state, lengths, start, total_steps, threads):
+def _run_block(rnn, x, state, lengths, start, total_steps, numba_threads):
     """One task: run ``rnn`` over the block ``x`` (time-major, or batch-first as the module says) from ``state``
     (None: zeros). Returns ``(output, h_n)`` for the block."""
-    numba_threads, blas_threads = threads
     batch_first = rnn.batch_first
     block_steps, block_batch = (x.shape[1], x.shape[0]) if batch_first else (x.shape[0], x.shape[1])
     x = np.ascontiguousarray(x)  # blocks cut out of a larger array may be views; the module reads C order fastest
-    with limit_threads(numba_threads, blas_threads):
+    with limit_threads(numba_threads):
         if lengths is None:
             with _first_call_lock((rnn.dtype.str, batch_first, False, state is None)):
                 return rnn(x, state)
@@ -277,88 +275,30 @@ def _config(rnn):
 
 
 # -- threads -----------------------------------------------------------------------------------------------------
-_blas_lock = threading.Lock()
-_blas_holders = 0  # contexts in this process that currently hold the BLAS limit
-_blas_restore = None  # restores the limits in force before the first holder entered
-_blas_controller = None
-
-
 @contextlib.contextmanager
-def limit_threads(numba_threads=1, blas_threads=1):
-    """Context manager: the calling thread runs numba kernels on ``numba_threads`` threads and BLAS on
-    ``blas_threads`` threads; both are restored on exit.
+def limit_threads(numba_threads=1):
+    """Context manager: the calling thread runs numbarnn's kernels on ``numba_threads`` threads, restored on exit.
 
     Use it in tasks that call numbarnn on a Dask worker (``forward`` does it for its own tasks), e.g. in a function
-    given to ``client.map`` for a parameter sweep, so that W worker threads use W cores and not W times each pool.
+    given to ``client.map`` for a parameter sweep, so that W worker threads use W cores and not W times numba's pool.
 
     Parameters
     ----------
     numba_threads : int or None, default 1
         Set with ``numba.set_num_threads``, which is per calling thread: other worker threads keep their own
         setting. Capped at numba's pool size (``NUMBA_NUM_THREADS``). None leaves it as it is.
-    blas_threads : int or None, default 1
-        Set with ``threadpoolctl`` on every BLAS the process has loaded (including the one numba's ``np.dot``
-        calls). BLAS thread counts are process-wide, so the limit is shared: the first context to enter sets it,
-        concurrent ones join it (a concurrent context that asks for a different count gets the one in force), and
-        the last to leave restores the previous counts. None leaves BLAS alone.
     """
-    previous_numba = None
-    if numba_threads is not None:
-        _check_thread_count(numba_threads, "numba_threads")
-        previous_numba = numba.get_num_threads()
-        numba.set_num_threads(min(numba_threads, numba.config.NUMBA_NUM_THREADS))
-    if blas_threads is not None:
-        _check_thread_count(blas_threads, "blas_threads")
-        _acquire_blas_limit(blas_threads)
+    if numba_threads is None:
+        yield
+        return
+    if not isinstance(numba_threads, numbers.Integral) or isinstance(numba_threads, bool) or numba_threads < 1:
+        raise ValueError(f"numba_threads must be a positive int or None, got {numba_threads!r}")
+    previous = numba.get_num_threads()
+    numba.set_num_threads(min(numba_threads, numba.config.NUMBA_NUM_THREADS))
     try:
         yield
     finally:
-        if blas_threads is not None:
-            _release_blas_limit()
-        if previous_numba is not None:
-            numba.set_num_threads(previous_numba)
-
-
-def _check_thread_count(value, name):
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive int or None, got {value!r}")
-
-
-def _acquire_blas_limit(count):
-    global _blas_holders, _blas_restore, _blas_controller
-    with _blas_lock:
-        if _blas_holders == 0:
-            if _blas_controller is None:
-                import scipy.linalg.cython_blas  # noqa: F401  (the BLAS numba's np.dot calls: load it to limit it)
-                from threadpoolctl import ThreadpoolController
-
-                _blas_controller = ThreadpoolController()
-            _release_openblas_control()
-            _blas_restore = _blas_controller.limit(limits=count, user_api="blas")
-            _release_openblas_control()
-        _blas_holders += 1
-
-
-def _release_blas_limit():
-    global _blas_holders, _blas_restore
-    with _blas_lock:
-        _blas_holders -= 1
-        if _blas_holders == 0:
-            _release_openblas_control()
-            _blas_restore.restore_original_limits()
-            _release_openblas_control()
-            _blas_restore = None
-
-
-def _release_openblas_control():
-    """threadpoolctl (3.7 and later) lets only one "controlling" thread change OpenBLAS's process-wide pool and
-    silently ignores the others. The first and last holders of the shared limit are usually different worker
-    threads, so each change here (made under ``_blas_lock``) releases that control before and after."""
-    import threadpoolctl
-
-    controller = getattr(threadpoolctl, "OpenBLASController", None)
-    if hasattr(controller, "clear_controlling_thread"):
-        controller.clear_controlling_thread(force=True)
+        numba.set_num_threads(previous)
 
 
 # -- cold-cache compile lock -------------------------------------------------------------------------------------
@@ -375,21 +315,10 @@ def _first_call_lock(kind):
     if not first:
         yield
         return
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no lock
-        fcntl = None
-    path = _lock_path()
-    with open(path, "a") as lock_file:
-        if fcntl is not None:
-            fcntl.flock(lock_file, fcntl.LOCK_EX)
-        try:
-            yield
-            with _seen_lock:
-                _seen_kinds.add(kind)
-        finally:
-            if fcntl is not None:
-                fcntl.flock(lock_file, fcntl.LOCK_UN)
+    with FileLock(_lock_path()):
+        yield
+        with _seen_lock:
+            _seen_kinds.add(kind)
 
 
 def _lock_path():
