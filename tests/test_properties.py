@@ -245,9 +245,10 @@ def _corruptions(rnn, x, h_0, batch, steps, draw):
     batched = x.ndim == 3
     corruptions = {
         "input_dtype": (lambda: rnn(x.astype(bad_dtype)),
-                        rf"input must have the type {dtype}, got type {bad_dtype.name}; convert it with "
-                        rf"input\.astype\(np\.{dtype}\)"),
-        "input_ndim": (lambda: rnn(x.reshape(-1) if draw(st.booleans()) else x.reshape((1,) * (4 - x.ndim) + x.shape)),
+                        (rf"input must have the type {dtype}, got type {bad_dtype.name}; convert it with "
+                        rf"input\.astype\(np\.{dtype}\)")),
+        "input_ndim": (lambda: rnn(x.reshape(-1) if draw(st.booleans())
+                                   else x.reshape((1,) * (4 - x.ndim) + x.shape)),
                        r"Expected input to be 2D or 3D, got [14]D tensor instead"),
         "input_size": (lambda: rnn(np.zeros((*x.shape[:-1], wrong_size), rnn.dtype)),
                        rf"input\.size\(-1\) must be equal to input_size\. Expected {rnn.input_size}, got {wrong_size}"),
@@ -264,7 +265,8 @@ def _corruptions(rnn, x, h_0, batch, steps, draw):
                                           else (0, batch, rnn.input_size), rnn.dtype)),
                      r"Expected sequence length to be larger than 0"),
         "backward_shape": (lambda: (rnn.train(), rnn(x), rnn.backward(np.zeros((1, 2, 3, 4), rnn.dtype))),
-                           r"grad_output must have shape \(.*\) \(the shape of the forward result\), got \(1, 2, 3, 4\)"),
+                           (r"grad_output must have shape \(.*\) \(the shape of the forward result\), "
+                           r"got \(1, 2, 3, 4\)")),
         "backward_in_eval": (lambda: (rnn.eval(), rnn(x), rnn.backward()),
                              r"the module is in eval mode.*call rnn\.train\(\)"),
     }
@@ -280,8 +282,8 @@ def _corruptions(rnn, x, h_0, batch, steps, draw):
         corruptions["lengths_shape"] = (lambda: rnn(x, lengths=np.ones(batch + 1, np.int64)),
                                         rf"lengths must have shape \({batch},\).*got shape \({batch + 1},\)")
         corruptions["lengths_dtype"] = (lambda: rnn(x, lengths=np.ones(batch)),
-                                        r"lengths must be an array of integers, got dtype float64.*"
-                                        r"lengths\.astype\(np\.int64\)")
+                                        (r"lengths must be an array of integers, got dtype float64.*"
+                                        r"lengths\.astype\(np\.int64\)"))
     if not batched:
         corruptions["lengths_unbatched"] = (lambda: rnn(x, lengths=[1]), r"lengths needs batched 3-D input")
     if rnn.bidirectional:
@@ -290,8 +292,8 @@ def _corruptions(rnn, x, h_0, batch, steps, draw):
     else:
         corruptions["step_h_shape"] = (lambda: rnn.step(np.zeros((2, rnn.input_size), rnn.dtype),
                                                         np.zeros((rnn.num_layers, 3, rnn.hidden_size), rnn.dtype)),
-                                       rf"Expected hidden size \({rnn.num_layers}, 2, {rnn.hidden_size}\), got "
-                                       rf"\[{rnn.num_layers}, 3, {rnn.hidden_size}\]")
+                                       (rf"Expected hidden size \({rnn.num_layers}, 2, {rnn.hidden_size}\), got "
+                                       rf"\[{rnn.num_layers}, 3, {rnn.hidden_size}\]"))
         corruptions["step_input_size"] = (lambda: rnn.step(np.zeros(wrong_size, rnn.dtype)),
                                           rf"Expected {rnn.input_size}, got {wrong_size}")
     return corruptions
