@@ -32,7 +32,7 @@ STEPS = 100  # the serving request's sequence length
 INPUTS = 64  # distinct requests, cycled
 SAMPLES = 9  # latency samples per process
 MIN_SAMPLE_SECONDS = 0.05  # each latency sample times enough back-to-back calls to last this long
-THROUGHPUT_REPEATS = 5
+THROUGHPUT_REPEATS = 7
 
 
 def per_call_seconds(call, state):
@@ -121,18 +121,22 @@ def numbarnn_throughput(requests):
 
     serve(0, 200)  # warm up
     control(0, 10)
-    results = {}
-    for name, work in (("numbarnn", serve), ("control (GIL-free multiply-adds)", control)):
-        for threads in (1, 2):
-            best = float("inf")
-            share = requests // threads
-            with ThreadPoolExecutor(threads) as pool:
-                for _ in range(THROUGHPUT_REPEATS):
-                    start = time.perf_counter()
-                    list(pool.map(work, [t * share for t in range(threads)], [share] * threads))
-                    best = min(best, time.perf_counter() - start)
-            results[f"{name} requests/s, {threads} thread{'s' if threads > 1 else ''}"] = share * threads / best
-    return results
+    # 1 and 2 threads alternate, numbarnn and the control too, so that a burst of load from other processes hits
+    # every measurement alike; the best repetition of each is the one least disturbed.
+    best = {}
+    pools = {threads: ThreadPoolExecutor(threads) for threads in (1, 2)}
+    for _ in range(THROUGHPUT_REPEATS):
+        for name, work in (("numbarnn", serve), ("control (GIL-free multiply-adds)", control)):
+            for threads, pool in pools.items():
+                share = requests // threads
+                start = time.perf_counter()
+                list(pool.map(work, [t * share for t in range(threads)], [share] * threads))
+                rate = share * threads / (time.perf_counter() - start)
+                key = f"{name} requests/s, {threads} thread{'s' if threads > 1 else ''}"
+                best[key] = max(best.get(key, 0.0), rate)
+    for pool in pools.values():
+        pool.shutdown()
+    return best
 
 
 def profile_step(requests):
