@@ -16,11 +16,13 @@ from numpy.testing import assert_allclose
 
 import numbarnn
 
-SETTINGS = settings(max_examples=150, deadline=None, derandomize=True, database=None)
+SETTINGS = settings(max_examples=200, deadline=None, derandomize=True, database=None)
 
 ARRAYS = ("x", "h_0", "grad_output", "grad_h_n")
 SPECIAL_NAMES = ("nan", "+inf", "-inf", "huge", "-huge", "subnormal", "-subnormal")
 HUGE = 1e30
+# N = 0...4, or None for unbatched input: each about as likely (st.one_of would make half the examples unbatched).
+BATCHES = st.sampled_from([None, 0, 1, 2, 3, 4])
 
 
 def special_value(name, dtype):
@@ -30,8 +32,9 @@ def special_value(name, dtype):
 
 
 # Special values written at random positions: (which array, a position taken modulo its size, which value).
-specials_strategy = st.lists(st.tuples(st.sampled_from(ARRAYS), st.integers(0, 10_000), st.sampled_from(SPECIAL_NAMES)),
-                             max_size=4)
+# NaN twice as likely as each other value: it is the one with the most ways to go wrong (masks, selects, NaN * 0).
+specials_strategy = st.lists(st.tuples(st.sampled_from(ARRAYS), st.integers(0, 10_000),
+                                       st.sampled_from(("nan", *SPECIAL_NAMES))), max_size=4)
 
 
 def inject(arrays, specials, dtype):
@@ -79,7 +82,7 @@ def rnn_cases(draw):
         input_size=draw(st.integers(1, 5)), hidden_size=draw(st.integers(1, 5)), dtype=dtype,
     )
     steps = draw(st.integers(1, 6))
-    batch = draw(st.one_of(st.none(), st.integers(0, 4)))  # None: unbatched (L, H_in) input
+    batch = draw(BATCHES)  # None: unbatched (L, H_in) input
     directions = 2 if options["bidirectional"] else 1
     rows, hidden = directions * options["num_layers"], options["hidden_size"]
     state_shape = (rows, hidden) if batch is None else (rows, batch, hidden)
@@ -138,7 +141,7 @@ def step_cases(draw):
     options = dict(num_layers=draw(st.integers(1, 3)), nonlinearity=draw(st.sampled_from(["tanh", "relu"])),
                    bias=draw(st.booleans()), input_size=draw(st.integers(1, 5)), hidden_size=draw(st.integers(1, 5)),
                    dtype=dtype)
-    batch = draw(st.one_of(st.none(), st.integers(0, 4)))
+    batch = draw(BATCHES)
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     rows = () if batch is None else (batch,)
     arrays = {"x": rng.standard_normal((*rows, options["input_size"])).astype(dtype),
@@ -169,7 +172,7 @@ def test_step_matches_torch_on_one_step(case):
 
 @SETTINGS
 @given(st.sampled_from(DTYPES), st.sampled_from(["tanh", "relu"]), st.booleans(), st.integers(1, 5),
-       st.integers(1, 5), st.one_of(st.none(), st.integers(0, 4)), st.booleans(), st.integers(0, 2**32 - 1),
+       st.integers(1, 5), BATCHES, st.booleans(), st.integers(0, 2**32 - 1),
        specials_strategy)
 def test_rnn_cell_forward_and_backward_match_torch(dtype, nonlinearity, bias, input_size, hidden_size, batch,
                                                    hx_given, seed, specials):
@@ -241,7 +244,7 @@ def _corruptions(rnn, x, h_0, batch, steps, draw):
     dtype = rnn.dtype.name
     bad_dtype = np.dtype(draw(st.sampled_from([*BAD_DTYPES, _other_float(rnn.dtype)])))
     rows = rnn.num_layers * rnn.num_directions
-    wrong_size = draw(st.integers(1, 7).filter(lambda size: size != rnn.input_size))
+    wrong_size = rnn.input_size + draw(st.sampled_from([-1, 1, 2])) if rnn.input_size > 1 else 2
     batched = x.ndim == 3
     corruptions = {
         "input_dtype": (lambda: rnn(x.astype(bad_dtype)),
