@@ -366,3 +366,44 @@ def test_workqueue_layer_runs_concurrent_parallel_calls_without_aborting(tmp_pat
         assert sorted(child.files) == sorted(here)
         for key, value in here.items():
             assert_bitwise_equal(child[key], value, key)  # same blocks per call, so the same bits in both layers
+
+
+@pytest.mark.xfail(strict=True, reason="RNNCell has no guard yet: a thread's backward() consumes another thread's "
+                                       "taped call and returns its gradient, without an error (reported to the lead)")
+def test_two_threads_training_one_cell_get_their_own_gradients_or_an_error(rng):
+    """Thread A calls the cell, thread B calls it, then A's backward: A must get the gradient of its own call (a
+    tape per thread) or a RuntimeError (one training thread per cell), never B's gradient silently."""
+    cell = numbarnn.RNNCell(3, 4, seed=0)
+    x_a, x_b = rng.standard_normal((2, 1, 3)).astype(np.float32)
+    grad = np.ones((1, 4), np.float32)
+    reference = copy.deepcopy(cell)
+    reference(x_a)
+    expected = reference.backward(grad)
+    a_called, b_called = threading.Event(), threading.Event()
+
+    def thread_a():
+        cell(x_a)
+        a_called.set()
+        assert b_called.wait(60)
+        try:
+            return cell.backward(grad)
+        except RuntimeError as error:
+            return error
+
+    def thread_b():
+        assert a_called.wait(60)
+        try:
+            cell(x_b)
+        finally:
+            b_called.set()
+
+    with ThreadPoolExecutor(2) as pool:
+        a, b = pool.submit(thread_a), pool.submit(thread_b)
+        result = a.result(timeout=120)
+        refused = b.exception(timeout=120)
+    for error in (refused, result):
+        if isinstance(error, BaseException):  # a refusal must be the documented kind of error
+            assert isinstance(error, RuntimeError) and "another thread" in str(error), error
+    if not isinstance(result, BaseException):
+        for value, reference_value in zip(result, expected, strict=True):
+            assert_bitwise_equal(value, reference_value, "thread A's gradient")
