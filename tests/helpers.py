@@ -6,6 +6,7 @@ Test modules import them with ``from helpers import ...`` (pytest puts ``tests/`
 """
 
 import functools
+import itertools
 
 import numpy as np
 import torch
@@ -133,3 +134,34 @@ def output_shape(rnn, steps, batch=None):
 
 def standard_normal(rng, shape, dtype):
     return rng.standard_normal(shape).astype(dtype)
+
+
+def assert_bitwise_equal(actual, expected, name=""):
+    """Same shape, dtype and bytes: stricter than ``==`` (tells -0.0 from 0.0, and NaN payloads apart)."""
+    actual, expected = np.ascontiguousarray(actual), np.ascontiguousarray(expected)
+    assert (actual.shape, actual.dtype) == (expected.shape, expected.dtype), (name, actual.shape, expected.shape,
+                                                                              actual.dtype, expected.dtype)
+    if actual.tobytes() != expected.tobytes():
+        bits = f"u{actual.itemsize}"
+        differ = np.flatnonzero(actual.reshape(-1).view(bits) != expected.reshape(-1).view(bits))
+        first = differ[0]
+        raise AssertionError(f"{name}: {differ.size} of {actual.size} values differ in their bits, the first at flat "
+                             f"index {first}: {actual.reshape(-1)[first]!r} != {expected.reshape(-1)[first]!r}")
+
+
+def pairwise_cases(options):
+    """A small list of dicts that holds every pair of values of any two of ``options`` (name -> list of values).
+
+    Greedy: add the full-product row that covers the most still-uncovered pairs until none is left. Deterministic.
+    """
+    def pairs(case):
+        return {((a, case[a]), (b, case[b])) for a, b in itertools.combinations(options, 2)}
+
+    product = [dict(zip(options, values)) for values in itertools.product(*options.values())]
+    uncovered = set().union(*(pairs(case) for case in product))
+    chosen = []
+    while uncovered:
+        best = max(product, key=lambda case: len(pairs(case) & uncovered))
+        chosen.append(best)
+        uncovered -= pairs(best)
+    return chosen
