@@ -109,9 +109,10 @@ def activate(v, relu):
 
 
 @jit(inline=True)
-def activation_slope(y, relu):
-    """Derivative of the activation, written in terms of its output ``y``."""
+def activation_backward(grad, y, relu):
+    """The gradient before the activation, from the gradient ``grad`` after it and its output ``y``."""
     if relu:
-        # torch masks where the output is <= 0, so a NaN output passes the gradient through
-        return _ZERO if y <= 0 else _ONE
-    return _ONE - y * y
+        # As torch's threshold_backward: a select, not a product with the slope, so a NaN or inf gradient reaching a
+        # unit clamped to 0 gives 0 (not NaN); a NaN output passes the gradient through.
+        return _ZERO if y <= 0 else grad
+    return grad * (_ONE - y * y)

@@ -11,7 +11,7 @@ input gradients are added once both are done.
 import numpy as np
 from numba import prange
 
-from ._activations import activation_slope
+from ._activations import activation_backward
 from ._forward import layer_input, layer_output, weight_views
 from ._jit import jit
 from ._layout import B_HH, B_IH, NO_BIAS, W_HH, W_IH
@@ -36,7 +36,7 @@ def direction_backward(grad_y, y, w_hh, step_offsets, reverse, relu, column, car
         for i in range(n):
             for j in range(hidden):
                 r = r0 + i
-                dz[r, j] = (grad_y[r, column + j] + carry[i, j]) * activation_slope(y[r, column + j], relu)
+                dz[r, j] = activation_backward(grad_y[r, column + j] + carry[i, j], y[r, column + j], relu)
         matmul(dz[r0 : r0 + n], w_hh, carry[:n])
 
 

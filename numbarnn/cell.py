@@ -1,5 +1,6 @@
 """``numbarnn.RNNCell``: one step of an Elman RNN with ``torch.nn.RNNCell``'s surface, and a tape for BPTT."""
 
+import threading
 import warnings
 
 import numpy as np
@@ -50,7 +51,7 @@ class RNNCell(Module):
         ``TAPE_WARNING_LENGTH`` unconsumed calls.
     """
 
-    _TRANSIENT = {"_tape": list, "_warned_tape": False}
+    _TRANSIENT = {"_tape": list, "_warned_tape": False, "_tape_owner": None, "_tape_lock": threading.Lock}
 
     def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh", *, dtype=np.float32, seed=None):
         self.input_size = check_size(input_size, "input_size")
@@ -62,6 +63,8 @@ class RNNCell(Module):
         self._init_parameters(entries, total, dtype, 1.0 / np.sqrt(self.hidden_size), np.random.default_rng(seed))
         self._tape = []
         self._warned_tape = False
+        self._tape_owner = None  # the thread whose calls the tape holds: one thread trains a cell at a time
+        self._tape_lock = threading.Lock()
 
     def extra_repr(self):
         extra = f"{self.input_size}, {self.hidden_size}"
@@ -143,6 +146,7 @@ class RNNCell(Module):
         grad_hx : ndarray
             Gradient with respect to that call's hx (also when hx was omitted), shaped like h'.
         """
+        self._check_tape_owner("backward")
         if not self._tape:
             if not self.training:
                 raise RuntimeError(
@@ -163,7 +167,10 @@ class RNNCell(Module):
                 f"grad_h must have shape {expected} (the shape of the output of the call being backpropagated), "
                 f"got {grad.shape}"
             )
-        self._tape.pop()
+        with self._tape_lock:
+            self._tape.pop()
+            if not self._tape:
+                self._tape_owner = None
         spec = Spec(self.input_size, hidden, 1, 1, self.dtype, self.nonlinearity == "relu")
         packing = equal_length_packing(1, batch, 1)
         forward = forward_buffers(spec, packing, training=True, dropped=0, x_rows=x_rows)
@@ -178,7 +185,21 @@ class RNNCell(Module):
 
     def clear_tape(self):
         """Drop every recorded call that no :meth:`backward` has consumed (a truncated BPTT window, say)."""
-        self._tape.clear()
+        with self._tape_lock:
+            self._tape.clear()
+            self._tape_owner = None
+
+    def _check_tape_owner(self, what):
+        """A training cell's tape belongs to the thread that made its calls; another thread's call would interleave
+        with them and a backward would consume the wrong one."""
+        owner = self._tape_owner
+        if owner is not None and owner != threading.get_ident() and self._tape:
+            raise RuntimeError(
+                f"{what}() in training mode from a thread other than the one whose calls the cell's tape holds: "
+                "another thread is training this cell, and interleaved calls would give wrong gradients; train it "
+                "from one thread (or give each thread its own copy.deepcopy(cell)), call cell.clear_tape() to drop "
+                "the other thread's calls, or cell.eval() for inference"
+            )
 
     def train(self, mode=True):
         """Switch to training mode (the default), or to eval mode, which records nothing and drops the tape."""
@@ -187,7 +208,10 @@ class RNNCell(Module):
         return super().train(mode)
 
     def _record(self, x_rows, h_prev, top_out, batched):
-        self._tape.append((x_rows, h_prev, top_out, batched))
+        with self._tape_lock:
+            self._check_tape_owner("forward")
+            self._tape_owner = threading.get_ident()
+            self._tape.append((x_rows, h_prev, top_out, batched))
         if len(self._tape) >= TAPE_WARNING_LENGTH and not self._warned_tape:
             self._warned_tape = True
             warnings.warn(

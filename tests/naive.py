@@ -24,11 +24,12 @@ def activate(pre_activation, nonlinearity):
     return np.where(pre_activation < 0, 0.0, pre_activation)  # keeps NaN, like torch.relu
 
 
-def activation_slope(output, nonlinearity):
-    """Derivative of the activation in terms of its output y: 1 - y^2 for tanh, [y > 0] for relu."""
+def activation_backward(grad, output, nonlinearity):
+    """The gradient before the activation from the one after it and its output y: grad * (1 - y^2) for tanh; for
+    relu grad where y > 0 and 0 elsewhere (a select, as torch's, so a NaN gradient at a clamped unit gives 0)."""
     if nonlinearity == "tanh":
-        return 1.0 - output * output
-    return (output > 0).astype(output.dtype)
+        return grad * (1.0 - output * output)
+    return np.where(output <= 0, 0.0, grad)
 
 
 def parameter_name(stem, layer, direction):
@@ -120,7 +121,7 @@ def rnn_backward(cache, params, num_layers, bidirectional, nonlinearity, grad_ou
                 # Undo the steps in the opposite order to the forward pass.
                 for t in _time_steps(lengths[n], reverse=direction != 1):
                     y = outputs[t, n, columns]
-                    grad_pre = (grad_outputs[t, n, columns] + grad_h) * activation_slope(y, nonlinearity)
+                    grad_pre = activation_backward(grad_outputs[t, n, columns] + grad_h, y, nonlinearity)
                     previous_step = t + 1 if direction == 1 else t - 1
                     previous_state = h_0[row, n] if previous_step in (-1, lengths[n]) else \
                         outputs[previous_step, n, columns]

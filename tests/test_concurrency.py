@@ -368,8 +368,6 @@ def test_workqueue_layer_runs_concurrent_parallel_calls_without_aborting(tmp_pat
             assert_bitwise_equal(child[key], value, key)  # same blocks per call, so the same bits in both layers
 
 
-@pytest.mark.xfail(strict=True, reason="RNNCell has no guard yet: a thread's backward() consumes another thread's "
-                                       "taped call and returns its gradient, without an error (reported to the lead)")
 def test_two_threads_training_one_cell_get_their_own_gradients_or_an_error(rng):
     """Thread A calls the cell, thread B calls it, then A's backward: A must get the gradient of its own call (a
     tape per thread) or a RuntimeError (one training thread per cell), never B's gradient silently."""

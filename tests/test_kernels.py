@@ -13,7 +13,7 @@ import pytest
 from helpers import DTYPES, assert_close
 from numpy.testing import assert_array_equal
 
-from numbarnn._activations import activate, activation_slope
+from numbarnn._activations import activate, activation_backward
 from numbarnn._backward import rnn_backward, rnn_backward_parallel
 from numbarnn._forward import rnn_forward, rnn_forward_parallel
 from numbarnn._layout import build_layout, named_views
@@ -228,9 +228,9 @@ def apply_activation(values, relu, out):
 
 
 @numba.njit(cache=True)
-def apply_activation_slope(outputs, relu, out):
+def apply_activation_backward(grads, outputs, relu, out):
     for i in range(outputs.size):
-        out[i] = activation_slope(outputs[i], relu)
+        out[i] = activation_backward(grads[i], outputs[i], relu)
 
 
 def activation(values, relu):
@@ -298,13 +298,15 @@ def test_relu(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_activation_slopes_from_outputs(dtype):
-    outputs = np.array([-1.0, -0.5, 0.0, 0.25, 1.0, 3.0], dtype)
-    slopes = np.empty_like(outputs)
-    apply_activation_slope(outputs, False, slopes)
-    assert_array_equal(slopes, (1 - outputs.astype(np.float64) ** 2).astype(dtype))
-    apply_activation_slope(outputs, True, slopes)
-    assert_array_equal(slopes, [0, 0, 0, 1, 1, 1])
+def test_activation_backward_from_outputs(dtype):
+    outputs = np.array([-1.0, -0.5, 0.0, 0.25, 1.0, 3.0, np.nan, 0.0], dtype)
+    grads = np.array([2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, np.nan], dtype)
+    result = np.empty_like(outputs)
+    apply_activation_backward(grads, outputs, False, result)
+    assert_array_equal(result, (grads * (1 - outputs.astype(np.float64) ** 2)).astype(dtype))
+    apply_activation_backward(grads, outputs, True, result)
+    # relu selects, as torch does: 0 where the output is <= 0 even for a NaN gradient, which a NaN output passes
+    assert_array_equal(result, [0, 0, 0, 2, 2, 2, 2, 0])
 
 
 # -- matmul --------------------------------------------------------------------------------------------------------
