@@ -154,7 +154,7 @@ def profile_step(requests):
 
     import numbarnn
     from numbarnn._step import stacked_step
-    from numbarnn._threads import limit_blas_once
+    from numbarnn._threads import configure_threads_once
     from numbarnn._validation import as_array
     from numbarnn.rnn import _zeros
 
@@ -177,7 +177,7 @@ def profile_step(requests):
     def checks(_):
         as_array(x, "input", rnn.dtype)
         as_array(h, "h", rnn.dtype)
-        limit_blas_once()
+        configure_threads_once()
 
     def allocation(_):
         s = np.empty((1, 1, HIDDEN), np.float32)
@@ -190,7 +190,7 @@ def profile_step(requests):
         "profile: whole rnn.step(x, h)": per_call_seconds(lambda s: rnn.step(x, s)[1], h),
         "profile: stacked_step kernel call alone (dispatch + arithmetic)": per_call_seconds(kernel, None),
         "profile: numba dispatch of an empty 7-argument kernel": per_call_seconds(dispatch_only, None),
-        "profile: argument checks (as_array x2, limit_blas_once)": per_call_seconds(checks, None),
+        "profile: argument checks (as_array x2, configure_threads_once)": per_call_seconds(checks, None),
         "profile: allocation and copies (2 np.empty, state copy-in, ascontiguousarray, output copy)":
             per_call_seconds(allocation, None),
     }

@@ -7,6 +7,11 @@ blocks that numba's threads run independently (see :mod:`numbarnn._workspace`), 
 ``np.dot`` calls — scipy's — on one thread. That limit is set once, the first time a kernel runs, through
 threadpoolctl, and never changed per call: nothing process-wide moves while threads are serving requests.
 
+numba's OpenMP workers are started with ``OMP_WAIT_POLICY=PASSIVE`` (unless the user set the variable): between
+parallel regions they sleep instead of spinning. Spinning workers took the cores the calling thread needed next:
+the small benchmark configuration's forward took 8-16 ms per call in most fresh processes with spinning workers and
+3.1 ms with sleeping ones (2 threads, this 2-core machine).
+
 How many threads a call uses is numba's own setting (``numba.set_num_threads``, per calling thread, or the
 ``NUMBA_NUM_THREADS`` environment variable). numba's ``workqueue`` threading layer (its fallback where neither TBB
 nor OpenMP is installed) aborts the process when two threads enter parallel kernels at once; under it a call that
@@ -21,7 +26,7 @@ import numba
 
 _CONCURRENT_LAYERS = ("omp", "tbb")
 _state_lock = threading.Lock()
-_blas_limited = False
+_configured = False
 _layer_allows_concurrency = None  # unknown until the first parallel call has chosen the threading layer
 _parallel_gate = threading.Lock()  # serialises parallel calls while that is unknown, and for ever under workqueue
 
@@ -41,14 +46,30 @@ def _scipy_blas_controllers(controller):
     return bundled or blas
 
 
-def limit_blas_once():
-    """Run scipy's BLAS on one thread from now on (idempotent, thread-safe, cheap after the first call)."""
-    global _blas_limited
-    if _blas_limited:
+def _start_numba_threads():
+    """Start numba's thread pool (its first get_num_threads does), its OpenMP runtime reading a passive wait policy
+    from the environment as it loads; the environment is then as it was."""
+    if "OMP_WAIT_POLICY" in os.environ:
+        numba.get_num_threads()
+        return
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    try:
+        numba.get_num_threads()
+    finally:
+        del os.environ["OMP_WAIT_POLICY"]
+
+
+def configure_threads_once():
+    """Start numba's threads (workers that sleep between regions) and run scipy's BLAS on one thread from now on.
+    Idempotent, thread-safe and cheap after the first call; every kernel call goes through it. Call it before your
+    own first ``numba.set_num_threads`` for the passive workers to apply."""
+    global _configured
+    if _configured:
         return
     with _state_lock:
-        if _blas_limited:
+        if _configured:
             return
+        _start_numba_threads()
         import scipy.linalg.cython_blas  # noqa: F401  (loaded now: threadpoolctl sees only libraries already loaded)
         from threadpoolctl import OpenBLASController, ThreadpoolController
 
@@ -61,14 +82,14 @@ def limit_blas_once():
                 OpenBLASController.clear_controlling_thread(force=True)
                 library.set_num_threads(1)
         OpenBLASController.clear_controlling_thread()  # give the role back: later threadpool_limits calls work
-        _blas_limited = True
+        _configured = True
 
 
 def run_kernel(serial_kernel, parallel_kernel, tasks, *arguments):
     """Call ``parallel_kernel(*arguments)`` when there are several independent tasks, the calling thread allows
     several numba threads and the threading layer allows the call; ``serial_kernel`` (same result) otherwise."""
     global _layer_allows_concurrency
-    limit_blas_once()
+    configure_threads_once()
     if tasks < 2 or numba.get_num_threads() < 2:
         serial_kernel(*arguments)
         return

@@ -94,18 +94,22 @@ def _run_rnn(library, spec, save_outputs, report):
         torch.set_num_threads(threads)
         report["torch"] = torch.__version__
         build = _torch_tasks
+        # torch's own pools follow torch.set_num_threads; threadpoolctl covers the BLAS libraries it may load
+        limits = threadpool_limits(limits=threads, user_api="blas")
     else:
         import numba
-        import scipy.linalg.cython_blas  # noqa: F401  numba's np.dot calls it; loaded, threadpoolctl limits it
+        import scipy
 
         import numbarnn
+        from numbarnn._threads import configure_threads_once
 
+        configure_threads_once()  # as numbarnn's first call would: its thread setup, then the thread count asked for
         numba.set_num_threads(threads)
         report.update(numbarnn=numbarnn.__version__, numba=numba.__version__, scipy=scipy.__version__)
         build = _numbarnn_tasks
+        limits = contextlib.nullcontext()  # numbarnn decides its own BLAS threads (one, inside numba's threads)
     data_dir = Path(spec["data_dir"])
-    with threadpool_limits(limits=threads, user_api="blas"):
-        report["blas"] = _blas_info(threadpool_info())
+    with limits:
         for name, config in spec["configs"].items():
             data = dict(np.load(data_dir / f"{name}.npz"))
             tasks, outputs, notes = build(config, data, spec)
@@ -118,6 +122,7 @@ def _run_rnn(library, spec, save_outputs, report):
                 samples, number = time_calls(function, spec["repeats"], context)
                 report["timings"].setdefault(name, {})[task] = samples
                 report["calls_per_sample"].setdefault(name, {})[task] = number
+        report["blas"] = _blas_info(threadpool_info())  # as the runs had them
         # read after the runs: the threading layer is chosen when the first parallel kernel runs
         if library == "torch":
             report["threads"] = {"torch.get_num_threads()": torch.get_num_threads()}
