@@ -133,3 +133,22 @@ def output_shape(rnn, steps, batch=None):
 
 def standard_normal(rng, shape, dtype):
     return rng.standard_normal(shape).astype(dtype)
+
+
+def pairwise_cases(options):
+    """A small list of dicts over ``options`` (name -> values) that holds every pair of values of any two options
+    (pairwise testing). Greedy: add the full-product row covering the most still-uncovered pairs until none is
+    left; deterministic."""
+    import itertools
+
+    def pairs(case):
+        return {((a, case[a]), (b, case[b])) for a, b in itertools.combinations(options, 2)}
+
+    product = [dict(zip(options, values, strict=True)) for values in itertools.product(*options.values())]
+    uncovered = set().union(*(pairs(case) for case in product))
+    chosen = []
+    while uncovered:
+        best = max(product, key=lambda case: len(pairs(case) & uncovered))
+        chosen.append(best)
+        uncovered -= pairs(best)
+    return chosen
