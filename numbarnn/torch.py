@@ -48,9 +48,23 @@ class _Plan:
         return [flat[start:stop].view(shape) for start, stop, shape in self.slices]
 
 
+_numba_threads_launched = False
+
+
 def _follow_torch_threads():
-    """numba's thread count for this calling thread = torch's intra-op thread count (capped by numba's pool)."""
-    wanted = min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)
+    """numba's thread count for this calling thread = torch's intra-op thread count (capped by numba's pool).
+
+    torch's count is OpenMP's (``omp_get_max_threads``), and numba's ``omp`` threading layer, on starting its pool
+    (once per process), sets OpenMP's count to numba's pool size: torch's setting is put back after that start.
+    """
+    global _numba_threads_launched
+    torch_threads = torch.get_num_threads()
+    if not _numba_threads_launched:
+        numba.get_num_threads()  # starts numba's pool now, so that its side effect can be undone here
+        if torch.get_num_threads() != torch_threads:
+            torch.set_num_threads(torch_threads)
+        _numba_threads_launched = True
+    wanted = min(torch_threads, numba.config.NUMBA_NUM_THREADS)
     if numba.get_num_threads() != wanted:
         numba.set_num_threads(wanted)
 
@@ -190,8 +204,9 @@ class RNN(torch.nn.RNN):
 def _rnn_forward(module, input, hx):
     """The numbarnn forward of :class:`RNN` (kept out of torch.compile's graphs: the kernels are not torch
     operations)."""
-    module._update_flat_weights()
-    weights = module._flat_weights
+    if type(module) is not RNN:  # e.g. torch.nn.utils.parametrize's subclass: the weights are computed on access
+        module._update_flat_weights()
+    weights = module._flat_weights  # kept current by RNNBase.__setattr__ and _apply (.to(), .double(), ...)
     dropout = module.dropout if module.training and module.num_layers > 1 else 0.0
     if isinstance(input, PackedSequence):
         return _packed_forward(module, input, hx, weights, dropout)

@@ -554,3 +554,27 @@ def test_distributed_data_parallel_gradients_equal_the_whole_batch(tmp_path):
         for name, parameter in model.named_parameters():
             # float32; the two sums differ in order only (shard means averaged vs one mean): a few unit roundoffs
             assert_allclose(grads[name].numpy(), parameter.grad.numpy(), rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_the_first_call_keeps_torchs_thread_count():
+    # numba's omp threading layer sets OpenMP's thread count (which is torch's) when its pool starts: undone.
+    code = ("import torch; torch.set_num_threads(1); import numbarnn.torch as nt; "
+            "nt.RNN(3, 4)(torch.randn(5, 2, 3)); print(torch.get_num_threads())")
+    environment = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(__file__)),
+                                                                os.environ.get("PYTHONPATH", "")]))
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=environment)
+    assert result.stdout.strip() == "1"
+
+
+def test_a_parametrized_weight_is_read_at_each_call():
+    class Doubled(torch.nn.Module):
+        def forward(self, weight):
+            return 2 * weight
+
+    torch.manual_seed(0)
+    reference, ours = torch.nn.RNN(3, 4, dtype=torch.float64), nt.RNN(3, 4, dtype=torch.float64)
+    ours.load_state_dict(reference.state_dict())
+    for module in (reference, ours):
+        torch.nn.utils.parametrize.register_parametrization(module, "weight_hh_l0", Doubled())
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    assert_close(ours(x)[0], reference(x)[0], torch.float64, "parametrized output")
