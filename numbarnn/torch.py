@@ -69,6 +69,17 @@ def _follow_torch_threads():
         numba.set_num_threads(wanted)
 
 
+def _plain_autograd(data, weight):
+    """Neither forward-mode AD nor a torch.func transform (vmap, grad, ...) is active on these tensors: those need
+    torch's own forward, whose operations they know how to transform."""
+    if torch.compiler.is_compiling():  # Dynamo (which sees no functorch wrappers here) cannot trace the check
+        return True
+    return _forward_ad._current_level < 0 and not (_is_functorch_wrapped(data) or _is_functorch_wrapped(weight))
+
+
+_is_functorch_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+
+
 def _flat_params(weights):
     """The (P,) NumPy array of the kernels: the weights concatenated in torch's order (a copy)."""
     return torch.cat([w.detach().reshape(-1) for w in weights]).numpy()
@@ -159,9 +170,9 @@ class RNN(torch.nn.RNN):
     gradients (to float rounding).
 
     numbarnn runs the forward (and, through autograd, the backward) when all of these hold: the input is a CPU
-    tensor (or a PackedSequence of one) of dtype float32 or float64, the Parameters and ``hx`` are CPU tensors of that
-    dtype, ``proj_size == 0``, and the input has no forward-mode (dual) tangents. Anything else — another device or
-    dtype, ``proj_size > 0`` — runs ``torch.nn.RNN``'s own forward, unchanged (its error messages included).
+    tensor (or a PackedSequence of one) of dtype float32 or float64 and the Parameters and ``hx`` are CPU tensors of
+    that dtype. Anything else — another device or dtype, forward-mode AD (dual tensors), a ``torch.func`` transform
+    such as ``vmap`` — runs ``torch.nn.RNN``'s own forward, unchanged. Errors are torch's (its own checks run).
 
     Threads: each call runs numba's kernels on ``torch.get_num_threads()`` threads (capped by numba's pool,
     ``NUMBA_NUM_THREADS``); the BLAS numba calls runs on one thread.
@@ -188,7 +199,7 @@ class RNN(torch.nn.RNN):
             return False
         if any(w.dtype != dtype or w.device.type != "cpu" for w in self._flat_weights):
             return False
-        return _forward_ad._current_level < 0  # inside a forward-mode AD level: torch's forward has the JVPs
+        return _plain_autograd(data, self._flat_weights[0])
 
     def _numbarnn_plan(self, dtype):
         plans = self.__dict__.setdefault("_numbarnn_plans", {})
@@ -258,7 +269,8 @@ class RNNCell(torch.nn.RNNCell):
     and gradients (to float rounding).
 
     numbarnn runs the step when the input and ``hx`` are CPU tensors of dtype float32 or float64 and the Parameters
-    are CPU tensors of that dtype; anything else runs ``torch.nn.RNNCell``'s own forward. A step that needs no
+    are CPU tensors of that dtype; anything else (as for :class:`RNN`) runs ``torch.nn.RNNCell``'s own forward, which
+    also raises torch's errors for inconsistent shapes. A step that needs no
     gradient runs numbarnn's one-step kernel (a few microseconds); one that does goes through the same autograd
     Function as :class:`RNN` (a one-step sequence), with the same guarantees.
     """
@@ -267,7 +279,8 @@ class RNNCell(torch.nn.RNNCell):
         dtype = input.dtype
         if (dtype not in _NUMPY_DTYPES or input.device.type != "cpu" or self.nonlinearity not in ("tanh", "relu")
                 or (hx is not None and (hx.dtype != dtype or hx.device.type != "cpu"))
-                or self.weight_ih.dtype != dtype or self.weight_ih.device.type != "cpu"):
+                or self.weight_ih.dtype != dtype or self.weight_ih.device.type != "cpu"
+                or not _plain_autograd(input, self.weight_ih)):
             return super().forward(input, hx)
         return _cell_forward(self, input, hx)
 
@@ -282,23 +295,14 @@ class RNNCell(torch.nn.RNNCell):
 
 @torch.compiler.disable
 def _cell_forward(cell, input, hx):
-    if input.dim() not in (1, 2):
-        raise ValueError(f"RNNCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
-    if hx is not None and hx.dim() not in (1, 2):
-        raise ValueError(f"RNNCell: Expected hidden to be 1D or 2D, got {hx.dim()}D instead")
     batched = input.dim() == 2
+    if not (input.dim() in (1, 2) and input.size(-1) == cell.input_size
+            and (hx is None or (hx.dim() == input.dim() and hx.size(-1) == cell.hidden_size
+                                and (not batched or hx.size(0) == input.size(0))))):
+        return torch.nn.RNNCell.forward(cell, input, hx)  # raises torch's own error for the shapes given
     x = input if batched else input.unsqueeze(0)
-    if hx is not None:
-        hx = hx if batched else hx.unsqueeze(0)
-        if hx.dim() != 2:
-            raise RuntimeError(f"RNNCell: input is {input.dim()}-D but hx is {hx.dim() - (0 if batched else 1)}-D")
-    if x.size(1) != cell.input_size:
-        raise RuntimeError(f"input has inconsistent input_size: got {x.size(1)} expected {cell.input_size}")
-    if hx is not None:
-        if hx.size(0) != x.size(0):
-            raise RuntimeError(f"Input batch size {x.size(0)} doesn't match hidden0 batch size {hx.size(0)}")
-        if hx.size(1) != cell.hidden_size:
-            raise RuntimeError(f"hidden0 has inconsistent hidden_size: got {hx.size(1)}, expected {cell.hidden_size}")
+    if hx is not None and not batched:
+        hx = hx.unsqueeze(0)
     weights = [getattr(cell, name) for name in (_CELL_NAMES if cell.bias else _CELL_NAMES[:2])]
     plan = cell._numbarnn_plan(x.dtype)
     if torch.is_grad_enabled() and (x.requires_grad or (hx is not None and hx.requires_grad)
@@ -306,7 +310,7 @@ def _cell_forward(cell, input, hx):
         output, _ = _run(plan, x.unsqueeze(0), None if hx is None else hx.unsqueeze(0), weights, None, False, 0.0)
         output = output[0]
     else:
-        output = _cell_step(plan, x, hx, weights)
+        output = _cell_step(plan, x, hx, weights)  # serial: no threads to set
     return output if batched else output.squeeze(0)
 
 

@@ -411,6 +411,27 @@ def test_cell_falls_back_for_other_dtypes(monkeypatch):
     assert cell(torch.randn(2, 3, dtype=torch.bfloat16)).dtype == torch.bfloat16
 
 
+@pytest.mark.parametrize("input_shape, hx_shape", [((2, 7), None), ((2, 3), (3, 4)), ((2, 3), (2, 5)), ((3,), (2, 4)),
+                                                   ((2, 3), (4,)), ((2, 2, 3), None)])
+def test_cell_errors_are_torchs(input_shape, hx_shape):
+    x = torch.randn(input_shape)
+    hx = None if hx_shape is None else torch.randn(hx_shape)
+    with pytest.raises((RuntimeError, ValueError)) as expected:
+        torch.nn.RNNCell(3, 4)(x, hx)
+    with pytest.raises(expected.type, match=re.escape(str(expected.value))):
+        nt.RNNCell(3, 4)(x, hx)
+
+
+def test_forward_mode_ad_runs_torchs_forward():
+    torch.manual_seed(0)
+    reference, ours = torch.nn.RNN(3, 4, dtype=torch.float64), nt.RNN(3, 4, dtype=torch.float64)
+    ours.load_state_dict(reference.state_dict())
+    x, tangent = torch.randn(5, 2, 3, dtype=torch.float64), torch.randn(5, 2, 3, dtype=torch.float64)
+    (_, expected), (_, actual) = (torch.func.jvp(lambda x: module(x)[0], (x,), (tangent,))
+                                  for module in (reference, ours))
+    assert_close(actual, expected, torch.float64, "jvp")
+
+
 def test_modules_are_torchs():
     rnn = nt.RNN(3, 4, num_layers=2, bidirectional=True)
     reference = torch.nn.RNN(3, 4, num_layers=2, bidirectional=True)
