@@ -44,8 +44,9 @@ class _Plan:
         self.slices = [(offset, offset + int(np.prod(shape)), shape) for _, offset, shape in entries]
 
     def split(self, flat):
-        """One view of the (P,) tensor ``flat`` per Parameter, shaped like it."""
-        return [flat[start:stop].view(shape) for start, stop, shape in self.slices]
+        """One tensor per Parameter, shaped like it, viewing the (P,) NumPy array ``flat`` (NumPy slices: cheaper
+        than torch's per-view dispatch)."""
+        return [torch.from_numpy(flat[start:stop].reshape(shape)) for start, stop, shape in self.slices]
 
 
 _numba_threads_launched = False
@@ -85,6 +86,34 @@ def _flat_params(weights):
     return torch.cat([w.detach().reshape(-1) for w in weights]).numpy()
 
 
+def _parameters_array(module, plan, weights):
+    """The (P,) NumPy array the kernels read, holding ``weights`` in the layout of ``plan``.
+
+    The first call moves the module's Parameters into one flat buffer in that layout (each Parameter object stays
+    the same; its ``.data`` becomes a view of the buffer, as cuDNN's ``flatten_parameters`` does), so that later
+    calls read them in place instead of concatenating them. Optimiser steps and ``load_state_dict`` write through the
+    views. Weights that are not the module's Parameters (``torch.func.functional_call``, parametrizations) are
+    concatenated into a copy at each call.
+    """
+    flat = module.__dict__.get("_numbarnn_flat")
+    if flat is not None and flat[1].dtype == plan.spec.dtype:
+        tensor, array, base, itemsize = flat
+        for weight, (start, _, shape) in zip(weights, plan.slices):
+            if weight.data_ptr() != base + start * itemsize or weight.shape != shape or not weight.is_contiguous():
+                break
+        else:
+            return array
+    if not all(type(weight) is torch.nn.Parameter for weight in weights):
+        return _flat_params(weights)
+    with torch.inference_mode(False), torch.no_grad():  # a normal tensor even when called under inference_mode
+        tensor = torch.cat([weight.detach().reshape(-1) for weight in weights])
+        for weight, (start, stop, shape) in zip(weights, plan.slices):
+            weight.data = tensor[start:stop].view(shape)  # the same values; no version bump, no new Parameter
+    array = tensor.numpy()
+    module.__dict__["_numbarnn_flat"] = (tensor, array, tensor.data_ptr(), tensor.element_size())
+    return array
+
+
 def _as_numpy(tensor):
     return None if tensor is None else tensor.detach().numpy()
 
@@ -106,12 +135,12 @@ def _dropout_drawer(p):
 
 class _NumbaRNNFunction(torch.autograd.Function):
     """Autograd node of one numbarnn forward; inputs ``(plan, options, x, h_0, *weights)``, outputs
-    ``(output, h_n)``. ``options`` = (lengths or None, batch_first, dropout p or 0)."""
+    ``(output, h_n)``. ``options`` = (params, lengths or None, batch_first, dropout p or 0), ``params`` the (P,)
+    NumPy array holding ``weights`` (:func:`_parameters_array`)."""
 
     @staticmethod
     def forward(ctx, plan, options, x, h_0, *weights):
-        lengths, batch_first, dropout = options
-        params = _flat_params(weights)
+        params, lengths, batch_first, dropout = options
         output, h_n, record = engine.forward(
             plan.spec, params, plan.offsets, _time_major(x.detach().numpy(), batch_first), _as_numpy(h_0), lengths,
             training=True, batch_first=batch_first, draw_dropout=_dropout_drawer(dropout) if dropout else None)
@@ -133,7 +162,7 @@ class _NumbaRNNFunction(torch.autograd.Function):
             ctx.params, plan.offsets, ctx.record, grad_output, _as_numpy(grad_h_n), grads,
             need_input_grad=ctx.needs_input_grad[2], batch_first=batch_first)
         needs = ctx.needs_input_grad
-        weight_grads = [g if need else None for g, need in zip(plan.split(torch.from_numpy(grads)), needs[4:])]
+        weight_grads = [g if need else None for g, need in zip(plan.split(grads), needs[4:])]
         del weights
         return (None, None, None if grad_input is None else torch.from_numpy(grad_input),
                 torch.from_numpy(grad_h_0) if needs[3] else None, *weight_grads)
@@ -143,15 +172,16 @@ def _time_major(array, batch_first):
     return array.transpose(1, 0, 2) if batch_first else array
 
 
-def _run(plan, x, h_0, weights, lengths, batch_first, dropout):
+def _run(module, plan, x, h_0, weights, lengths, batch_first, dropout):
     """One numbarnn forward over batched ``x`` ((L, N, H_in), or (N, L, H_in) with ``batch_first``): through the
     autograd Function when a gradient can flow, else straight through the engine keeping nothing."""
     _follow_torch_threads()
+    params = _parameters_array(module, plan, weights)
     if torch.is_grad_enabled() and (x.requires_grad or (h_0 is not None and h_0.requires_grad)
                                     or any(w.requires_grad for w in weights)):
-        return _NumbaRNNFunction.apply(plan, (lengths, batch_first, dropout), x, h_0, *weights)
+        return _NumbaRNNFunction.apply(plan, (params, lengths, batch_first, dropout), x, h_0, *weights)
     output, h_n, _ = engine.forward(
-        plan.spec, _flat_params(weights), plan.offsets, _time_major(x.detach().numpy(), batch_first),
+        plan.spec, params, plan.offsets, _time_major(x.detach().numpy(), batch_first),
         _as_numpy(h_0), lengths, training=False, batch_first=batch_first,
         draw_dropout=_dropout_drawer(dropout) if dropout else None)
     return torch.from_numpy(output), torch.from_numpy(h_n)
@@ -239,7 +269,7 @@ def _rnn_forward(module, input, hx):
         module.check_forward_args(input, hx, None)
     if input.size(1 if batch_first else 0) == 0:
         raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
-    output, h_n = _run(module._numbarnn_plan(input.dtype), input, hx, weights, None, batch_first, dropout)
+    output, h_n = _run(module, module._numbarnn_plan(input.dtype), input, hx, weights, None, batch_first, dropout)
     if not batched:
         return output.squeeze(0 if batch_first else 1), h_n.squeeze(1)
     return output, h_n
@@ -258,7 +288,7 @@ def _packed_forward(module, packed, hx, weights, dropout):
         module.check_input(data, batch_sizes)
     rows, lengths = _packed_rows(batch_sizes)
     padded = data.new_zeros(steps * batch, data.size(1)).index_copy(0, rows, data).view(steps, batch, data.size(1))
-    output, h_n = _run(module._numbarnn_plan(data.dtype), padded, hx, weights, lengths, False, dropout)
+    output, h_n = _run(module, module._numbarnn_plan(data.dtype), padded, hx, weights, lengths, False, dropout)
     output = output.reshape(steps * batch, -1).index_select(0, rows)
     return PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices), \
         module.permute_hidden(h_n, unsorted_indices)
@@ -307,14 +337,15 @@ def _cell_forward(cell, input, hx):
     plan = cell._numbarnn_plan(x.dtype)
     if torch.is_grad_enabled() and (x.requires_grad or (hx is not None and hx.requires_grad)
                                     or any(w.requires_grad for w in weights)):
-        output, _ = _run(plan, x.unsqueeze(0), None if hx is None else hx.unsqueeze(0), weights, None, False, 0.0)
+        output, _ = _run(cell, plan, x.unsqueeze(0), None if hx is None else hx.unsqueeze(0), weights, None, False,
+                         0.0)
         output = output[0]
     else:
-        output = _cell_step(plan, x, hx, weights)  # serial: no threads to set
+        output = _cell_step(plan, x, hx, _parameters_array(cell, plan, weights))  # serial: no threads to set
     return output if batched else output.squeeze(0)
 
 
-def _cell_step(plan, x, hx, weights):
+def _cell_step(plan, x, hx, params):
     """One step without autograd: numbarnn's one-step kernel, writing the new state in place of a copy of hx."""
     spec = plan.spec
     batch = x.size(0)
@@ -322,7 +353,7 @@ def _cell_step(plan, x, hx, weights):
     if hx is not None:
         state[0] = hx.detach().numpy()
     limit_blas_once()
-    stacked_step(_flat_params(weights), plan.offsets, np.ascontiguousarray(x.detach().numpy()), state, spec.relu,
+    stacked_step(params, plan.offsets, np.ascontiguousarray(x.detach().numpy()), state, spec.relu,
                  np.zeros(spec.hidden_size, spec.dtype), np.empty((batch, spec.hidden_size), spec.dtype))
     return torch.from_numpy(state[0])
 

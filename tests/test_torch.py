@@ -599,3 +599,38 @@ def test_a_parametrized_weight_is_read_at_each_call():
         torch.nn.utils.parametrize.register_parametrization(module, "weight_hh_l0", Doubled())
     x = torch.randn(5, 2, 3, dtype=torch.float64)
     assert_close(ours(x)[0], reference(x)[0], torch.float64, "parametrized output")
+
+
+def test_parameters_move_into_one_buffer_and_stay_torchs():
+    # The first call moves the Parameters (same objects) into one flat buffer that later calls read in place; every
+    # way of changing them afterwards must still be seen: load_state_dict, an in-place update, .double(), tying.
+    torch.manual_seed(0)
+    reference, ours = torch.nn.RNN(3, 4, num_layers=2), nt.RNN(3, 4, num_layers=2)
+    ours.load_state_dict(reference.state_dict())
+    parameters = list(ours.parameters())
+    x = torch.randn(5, 2, 3)
+    with torch.inference_mode():  # first call under inference_mode: the buffer must still serve autograd later
+        ours(x)
+    assert [p for p in ours.parameters()] == parameters
+    pointers = [p.data_ptr() for p in parameters]
+    assert pointers == sorted(pointers) and pointers[1] - pointers[0] == 4 * 3 * 4  # adjacent, in layout order
+    ours(x)[0].sum().backward()  # autograd through the moved Parameters
+    torch.manual_seed(1)
+    reference.load_state_dict(torch.nn.RNN(3, 4, num_layers=2).state_dict())
+    ours.load_state_dict(reference.state_dict())
+    assert_close(ours(x)[0], reference(x)[0], torch.float32, "after load_state_dict")
+    with torch.no_grad():
+        for p, q in zip(reference.parameters(), ours.parameters(), strict=True):
+            p.mul_(0.5)
+            q.mul_(0.5)
+    assert_close(ours(x)[0], reference(x)[0], torch.float32, "after an in-place update")
+    reference.double()
+    ours.double()
+    assert_close(ours(x.double())[0], reference(x.double())[0], torch.float64, "after .double()")
+    twin = nt.RNN(3, 4, num_layers=2, dtype=torch.float64)
+    twin.weight_hh_l0 = ours.weight_hh_l0  # tied: each module moves it into its own buffer in turn
+    twin_reference = torch.nn.RNN(3, 4, num_layers=2, dtype=torch.float64)
+    twin_reference.load_state_dict(twin.state_dict())
+    for _ in range(2):
+        assert_close(ours(x.double())[0], reference(x.double())[0], torch.float64, "tied, first module")
+        assert_close(twin(x.double())[0], twin_reference(x.double())[0], torch.float64, "tied, second module")
