@@ -4,11 +4,12 @@ kernels, with autograd, and :func:`accelerate` switches an existing model over i
 
 Importing this module imports torch; ``import numbarnn`` alone never does.
 
-How it plugs into autograd: one ``torch.autograd.Function`` per call. Its forward concatenates the module's
-Parameters into the flat array the kernels read (one ``torch.cat``), runs :func:`numbarnn._engine.forward` on zero-copy
-NumPy views of the tensors and keeps the engine's per-call ``Record`` (NumPy buffers only, no reference back to the
-graph) on the autograd context; the Parameters themselves are saved with ``ctx.save_for_backward``, so an in-place
-change of a weight between forward and backward raises torch's version-counter error. The backward is
+How it plugs into autograd: one ``torch.autograd.Function`` per call. The kernels read all parameters from one flat
+array; the module's Parameters are moved into such a buffer on the first call (see :func:`_parameters_array`), so a
+call reads them in place. The Function's forward runs :func:`numbarnn._engine.forward` on zero-copy NumPy views of the
+tensors and keeps the engine's per-call ``Record`` (NumPy buffers only, no reference back to the graph) on the
+autograd context; the Parameters themselves are saved with ``ctx.save_for_backward``, so an in-place change of a
+weight between forward and backward raises torch's version-counter error. The backward is
 ``@once_differentiable`` (it is not built from differentiable torch operations, so double backward raises). Without
 grad mode, or when nothing involved requires grad, no Function is created and nothing is kept.
 """
