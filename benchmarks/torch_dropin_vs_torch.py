@@ -59,15 +59,20 @@ def main(argv=None):
     for round_number in range(args.rounds):
         for library in (["torch", "numbarnn"] if round_number % 2 == 0 else ["numbarnn", "torch"]):
             medians[library].append(spawn_worker(library, args))
-    print("case | torch ms | numbarnn ms | torch ÷ numbarnn | target")
+    print("case | torch ms (process range) | numbarnn ms (process range) | torch ÷ numbarnn | target")
     for case in medians["torch"][0]:
-        reference = statistics.median(run[case] for run in medians["torch"]) * 1e3
-        ours = statistics.median(run[case] for run in medians["numbarnn"]) * 1e3
+        reference, ours = ([run[case] * 1e3 for run in medians[library]] for library in ("torch", "numbarnn"))
         name, mode = case.split("/")
         target = TARGETS[name][0 if mode == "inference" else 1]
         shape = CONFIGS.get(name, tuple(MODEL.values()))
-        print(f"{name} {shape} {mode} | {reference:.4g} | {ours:.4g} | {reference / ours:.2f}x | >= {target}x")
+        ratio = statistics.median(reference) / statistics.median(ours)
+        print(f"{name} {shape} {mode} | {describe(reference)} | {describe(ours)} | {ratio:.2f}x | >= {target}x")
     return 0
+
+
+def describe(times):
+    """Median of the per-process medians, and their range: how noisy the machine was."""
+    return f"{statistics.median(times):.4g} ({min(times):.3g}-{max(times):.3g})"
 
 
 def spawn_worker(library, args):
