@@ -32,5 +32,5 @@ class TorchDropIn:
             self.rnn(self.x)
 
     def time_training_step(self, config):
-        out, h = self.rnn(self.x)
+        out, _h = self.rnn(self.x)
         (out * self.g).sum().backward()

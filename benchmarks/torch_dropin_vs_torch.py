@@ -34,7 +34,7 @@ CONFIGS = {
     "small": (100, 32, 64, 128, 2),
     "medium": (200, 64, 256, 256, 2),
 }
-MODEL = dict(steps=64, batch=32, hidden=128, layers=1, vocabulary=53)
+MODEL = {"steps": 64, "batch": 32, "hidden": 128, "layers": 1, "vocabulary": 53}
 # The targets, torch ÷ numbarnn: (inference, training step); the model step has one.
 TARGETS = {"tiny": (8.0, 20.0), "small": (1.7, 2.5), "medium": (1.2, 1.3), "model": (None, 2.0)}
 WARMUP_CALLS = 3
@@ -108,12 +108,12 @@ def run_worker(library, configs, threads, repeats):
         x = torch.randn(steps, batch, input_size)
         g = torch.randn(steps, batch, hidden)
 
-        def inference():
+        def inference(rnn=rnn, x=x):  # bound now: the loop rebinds the names
             with torch.inference_mode():
                 rnn(x)
 
-        def training_step():
-            out, h = rnn(x)
+        def training_step(rnn=rnn, x=x, g=g):
+            out, _h = rnn(x)
             (out * g).sum().backward()
 
         results[f"{name}/inference"] = measure(inference, repeats)

@@ -37,7 +37,7 @@ class _Plan:
     """What a call needs of its module besides the tensors: the kernels' spec, the parameter layout, and how to
     split the flat gradient back into one view per Parameter. Built once per (module, dtype)."""
 
-    __slots__ = ("spec", "offsets", "total", "slices", "spare_records", "spare_backward")
+    __slots__ = ("offsets", "slices", "spare_backward", "spare_records", "spec", "total")
 
     def __init__(self, input_size, hidden_size, num_layers, num_directions, bias, dtype, relu):
         self.spec = Spec(input_size, hidden_size, num_layers, num_directions, dtype, relu)
@@ -150,7 +150,7 @@ class _RecordReturn:
     the plan for a later call. A loop's next forward runs while the previous output (and graph) is still alive,
     so up to two are kept."""
 
-    __slots__ = ("record", "plan")
+    __slots__ = ("plan", "record")
 
     def __init__(self, record, plan):
         self.record, self.plan = record, plan

@@ -68,8 +68,8 @@ def assert_close(actual, expected, dtype, name):
 
 def module_pair(case, dropout=0.0):
     """torch.nn.RNN and numbarnn.torch.RNN with the same constructor arguments and weights."""
-    arguments = dict(nonlinearity=case["nonlinearity"], bias=case["bias"], batch_first=case["batch_first"],
-                     bidirectional=case["bidirectional"], dropout=dropout, dtype=case["dtype"])
+    arguments = {"nonlinearity": case["nonlinearity"], "bias": case["bias"], "batch_first": case["batch_first"],
+                     "bidirectional": case["bidirectional"], "dropout": dropout, "dtype": case["dtype"]}
     torch.manual_seed(0)
     reference = torch.nn.RNN(INPUT_SIZE, HIDDEN_SIZE, case["num_layers"], **arguments)
     ours = nt.RNN(INPUT_SIZE, HIDDEN_SIZE, case["num_layers"], **arguments)
@@ -153,8 +153,8 @@ def test_results_and_gradients_match_torch(case):
 
 
 GRADCHECK_CASES = [
-    dict(num_layers=2, bidirectional=True, batch_first=True, nonlinearity="tanh", bias=True),
-    dict(num_layers=1, bidirectional=False, batch_first=False, nonlinearity="relu", bias=False),
+    {"num_layers": 2, "bidirectional": True, "batch_first": True, "nonlinearity": "tanh", "bias": True},
+    {"num_layers": 1, "bidirectional": False, "batch_first": False, "nonlinearity": "relu", "bias": False},
 ]
 
 
@@ -221,8 +221,8 @@ def test_dropout_follows_torch_manual_seed():
 
 def test_dropout_one_drops_everything_like_torch():
     # With p = 1 every mask is zero in both libraries, so their results must agree exactly.
-    case = dict(nonlinearity="tanh", bias=True, batch_first=False, bidirectional=True, dtype=torch.float64,
-                num_layers=2)
+    case = {"nonlinearity": "tanh", "bias": True, "batch_first": False, "bidirectional": True, "dtype": torch.float64,
+                "num_layers": 2}
     reference, ours = module_pair(case, dropout=1.0)
     x = torch.randn(STEPS, BATCH, INPUT_SIZE, dtype=torch.float64)
     expected, actual = reference(x), ours(x)
@@ -258,7 +258,7 @@ def test_no_grad_and_inference_mode_keep_nothing(context, monkeypatch):
     monkeypatch.setattr(_engine, "forward", spy)
     rnn = nt.RNN(3, 4)
     with context():
-        output, h_n = rnn(torch.randn(5, 2, 3, requires_grad=True))
+        output, _h_n = rnn(torch.randn(5, 2, 3, requires_grad=True))
     assert training_flags == [False]
     assert output.grad_fn is None and not output.requires_grad
 
@@ -274,8 +274,8 @@ def test_nothing_requiring_grad_keeps_nothing(monkeypatch):
 
 
 def test_two_forwards_then_one_backward_of_their_sum():
-    case = dict(nonlinearity="tanh", bias=True, batch_first=False, bidirectional=False, dtype=torch.float64,
-                num_layers=2)
+    case = {"nonlinearity": "tanh", "bias": True, "batch_first": False, "bidirectional": False, "dtype": torch.float64,
+                "num_layers": 2}
     reference, ours = module_pair(case)
     x1, x2 = torch.randn(STEPS, BATCH, INPUT_SIZE, dtype=torch.float64), torch.randn(6, 1, INPUT_SIZE,
                                                                                        dtype=torch.float64)
@@ -286,8 +286,8 @@ def test_two_forwards_then_one_backward_of_their_sum():
 
 
 def test_retain_graph_backward_twice_accumulates_twice():
-    case = dict(nonlinearity="relu", bias=True, batch_first=True, bidirectional=True, dtype=torch.float64,
-                num_layers=2)
+    case = {"nonlinearity": "relu", "bias": True, "batch_first": True, "bidirectional": True, "dtype": torch.float64,
+                "num_layers": 2}
     reference, ours = module_pair(case)
     x = torch.randn(BATCH, STEPS, INPUT_SIZE, dtype=torch.float64, requires_grad=True)
     grads = {}
@@ -363,8 +363,8 @@ def test_double_backward_raises():
 
 
 def test_empty_batch_like_torch():
-    case = dict(nonlinearity="tanh", bias=True, batch_first=False, bidirectional=True, dtype=torch.float32,
-                num_layers=2)
+    case = {"nonlinearity": "tanh", "bias": True, "batch_first": False, "bidirectional": True, "dtype": torch.float32,
+                "num_layers": 2}
     reference, ours = module_pair(case)
     x = torch.randn(STEPS, 0, INPUT_SIZE, requires_grad=True)
     for actual, expected in zip(ours(x), reference(x), strict=True):
@@ -376,7 +376,8 @@ def test_empty_batch_like_torch():
 @pytest.mark.parametrize("make_input, message", [
     (lambda: torch.randn(5, 2, 7), "input.size(-1) must be equal to input_size. Expected 3, got 7"),
     (lambda: torch.randn(5, 2, 3, 1), "Expected input to be 2D or 3D, got 4D tensor instead"),
-    (lambda: torch.randn(5, 2, 3, dtype=torch.float64), "RNN input dtype (torch.float64) does not match weight dtype (torch.float32)"),
+    (lambda: torch.randn(5, 2, 3, dtype=torch.float64),
+     "RNN input dtype (torch.float64) does not match weight dtype (torch.float32)"),
 ])
 def test_errors_are_torchs(make_input, message):
     x = make_input()
@@ -403,7 +404,7 @@ def test_other_dtypes_fall_back_to_torch(monkeypatch):
 
 def test_other_devices_fall_back_to_torch(monkeypatch):
     monkeypatch.setattr(_engine, "forward", lambda *a, **k: pytest.fail("numbarnn ran"))
-    output, h_n = nt.RNN(3, 4, device="meta")(torch.randn(5, 2, 3, device="meta"))
+    output, _h_n = nt.RNN(3, 4, device="meta")(torch.randn(5, 2, 3, device="meta"))
     assert output.device.type == "meta" and output.shape == (5, 2, 4)
 
 
@@ -454,8 +455,8 @@ def test_forward_mode_ad_runs_torchs_forward():
     reference, ours = torch.nn.RNN(3, 4, dtype=torch.float64), nt.RNN(3, 4, dtype=torch.float64)
     ours.load_state_dict(reference.state_dict())
     x, tangent = torch.randn(5, 2, 3, dtype=torch.float64), torch.randn(5, 2, 3, dtype=torch.float64)
-    (_, expected), (_, actual) = (torch.func.jvp(lambda x: module(x)[0], (x,), (tangent,))
-                                  for module in (reference, ours))
+    _, expected = torch.func.jvp(lambda x: reference(x)[0], (x,), (tangent,))
+    _, actual = torch.func.jvp(lambda x: ours(x)[0], (x,), (tangent,))
     assert_close(actual, expected, torch.float64, "jvp")
 
 
