@@ -14,6 +14,8 @@ weight between forward and backward raises torch's version-counter error. The ba
 grad mode, or when nothing involved requires grad, no Function is created and nothing is kept.
 """
 
+import threading
+
 import numba
 import numpy as np
 import torch
@@ -62,6 +64,7 @@ class _Plan:
 
 
 _numba_threads_launched = False
+_applied = threading.local()  # the torch thread count this thread last gave numba
 
 
 def _follow_torch_threads():
@@ -72,6 +75,8 @@ def _follow_torch_threads():
     """
     global _numba_threads_launched
     torch_threads = torch.get_num_threads()
+    if getattr(_applied, "threads", None) == torch_threads:
+        return  # numba's count is per thread, and this thread's is already set (about 1 us saved per call)
     if not _numba_threads_launched:
         numba.get_num_threads()  # starts numba's pool now, so that its side effect can be undone here
         if torch.get_num_threads() != torch_threads:
@@ -80,6 +85,7 @@ def _follow_torch_threads():
     wanted = min(torch_threads, numba.config.NUMBA_NUM_THREADS)
     if numba.get_num_threads() != wanted:
         numba.set_num_threads(wanted)
+    _applied.threads = torch_threads
 
 
 def _plain_autograd(data, weight):
@@ -238,7 +244,13 @@ class RNN(torch.nn.RNN):
     such as ``vmap`` — runs ``torch.nn.RNN``'s own forward, unchanged. Errors are torch's (its own checks run).
 
     Threads: each call runs numba's kernels on ``torch.get_num_threads()`` threads (capped by numba's pool,
-    ``NUMBA_NUM_THREADS``); the BLAS numba calls runs on one thread.
+    ``NUMBA_NUM_THREADS``); the BLAS numba calls runs on one thread. (numba's count is set per calling thread when
+    torch's changes; a ``numba.set_num_threads`` of your own in between is not undone.)
+
+    Memory: on the first call the module's Parameters (the same objects) move into one flat buffer in the kernels'
+    layout — their ``.data`` becomes a view of it, as cuDNN's ``flatten_parameters`` does — so that calls read them
+    in place; arrays aliasing the old ``.data`` no longer see updates. The buffers of the last two training calls
+    whose graphs are gone are kept for reuse by the next calls of the same shape.
 
     Autograd: gradients of the input, ``hx`` and every Parameter, as torch computes them. An input without
     ``requires_grad`` costs no input gradient; under ``no_grad`` / ``inference_mode`` nothing is kept. Each call keeps
