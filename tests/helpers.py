@@ -157,7 +157,7 @@ def pairwise_cases(options):
     def pairs(case):
         return {((a, case[a]), (b, case[b])) for a, b in itertools.combinations(options, 2)}
 
-    product = [dict(zip(options, values)) for values in itertools.product(*options.values())]
+    product = [dict(zip(options, values, strict=True)) for values in itertools.product(*options.values())]
     uncovered = set().union(*(pairs(case) for case in product))
     chosen = []
     while uncovered:

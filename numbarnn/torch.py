@@ -1,0 +1,428 @@
+"""PyTorch drop-ins: ``numbarnn.torch.RNN`` and ``numbarnn.torch.RNNCell`` are ``torch.nn.RNN`` /
+``torch.nn.RNNCell`` (subclasses: same constructor, Parameters, ``state_dict`` and repr) whose forward runs numbarnn's
+kernels, with autograd, and :func:`accelerate` switches an existing model over in place.
+
+Importing this module imports torch; ``import numbarnn`` alone never does.
+
+How it plugs into autograd: one ``torch.autograd.Function`` per call. The kernels read all parameters from one flat
+array; the module's Parameters are moved into such a buffer on the first call (see :func:`_parameters_array`), so a
+call reads them in place. The Function's forward runs :func:`numbarnn._engine.forward` on zero-copy NumPy views of the
+tensors and keeps the engine's per-call ``Record`` (NumPy buffers only, no reference back to the graph) on the
+autograd context; the Parameters themselves are saved with ``ctx.save_for_backward``, so an in-place change of a
+weight between forward and backward raises torch's version-counter error. The backward is
+``@once_differentiable`` (it is not built from differentiable torch operations, so double backward raises). Without
+grad mode, or when nothing involved requires grad, no Function is created and nothing is kept.
+"""
+
+import threading
+
+import numba
+import numpy as np
+import torch
+import torch.autograd.forward_ad as _forward_ad
+from torch.autograd.function import once_differentiable
+from torch.nn.utils.rnn import PackedSequence
+
+from . import _engine as engine
+from ._layout import build_layout
+from ._step import stacked_step
+from ._threads import limit_blas_once
+from ._workspace import Spec
+
+__all__ = ["RNN", "RNNCell", "accelerate"]
+
+_NUMPY_DTYPES = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
+_CELL_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+
+
+class _Plan:
+    """What a call needs of its module besides the tensors: the kernels' spec, the parameter layout, and how to
+    split the flat gradient back into one view per Parameter. Built once per (module, dtype)."""
+
+    __slots__ = ("offsets", "slices", "spare_backward", "spare_records", "spec", "total")
+
+    def __init__(self, input_size, hidden_size, num_layers, num_directions, bias, dtype, relu):
+        self.spec = Spec(input_size, hidden_size, num_layers, num_directions, dtype, relu)
+        # Buffers of finished calls, reused by the next calls of the same shape: fresh large buffers cost page faults
+        # on every call (measured: a 3-4 ms training step of the demo's model took 2-3 ms more without reuse).
+        # Lists, so that taking one (list.pop) is atomic when several threads call the module.
+        self.spare_records = []   # forward records whose graphs are gone (at most 2: a loop keeps one alive)
+        self.spare_backward = []  # backward scratch buffers (at most 1)
+        entries, self.offsets, self.total = build_layout(input_size, hidden_size, num_layers, num_directions, bias)
+        self.slices = [(offset, offset + int(np.prod(shape)), shape) for _, offset, shape in entries]
+
+    def take(self, spares):
+        try:
+            return spares.pop()
+        except IndexError:
+            return None
+
+    def split(self, flat):
+        """One tensor per Parameter, shaped like it, viewing the (P,) NumPy array ``flat`` (NumPy slices: cheaper
+        than torch's per-view dispatch)."""
+        return [torch.from_numpy(flat[start:stop].reshape(shape)) for start, stop, shape in self.slices]
+
+
+_numba_threads_launched = False
+_applied = threading.local()  # the torch thread count this thread last gave numba
+
+
+def _follow_torch_threads():
+    """numba's thread count for this calling thread = torch's intra-op thread count (capped by numba's pool).
+
+    torch's count is OpenMP's (``omp_get_max_threads``), and numba's ``omp`` threading layer, on starting its pool
+    (once per process), sets OpenMP's count to numba's pool size: torch's setting is put back after that start.
+    """
+    global _numba_threads_launched
+    torch_threads = torch.get_num_threads()
+    if getattr(_applied, "threads", None) == torch_threads:
+        return  # numba's count is per thread, and this thread's is already set (about 1 us saved per call)
+    if not _numba_threads_launched:
+        numba.get_num_threads()  # starts numba's pool now, so that its side effect can be undone here
+        if torch.get_num_threads() != torch_threads:
+            torch.set_num_threads(torch_threads)
+        _numba_threads_launched = True
+    wanted = min(torch_threads, numba.config.NUMBA_NUM_THREADS)
+    if numba.get_num_threads() != wanted:
+        numba.set_num_threads(wanted)
+    _applied.threads = torch_threads
+
+
+def _plain_autograd(data, weight):
+    """Neither forward-mode AD nor a torch.func transform (vmap, grad, ...) is active on these tensors: those need
+    torch's own forward, whose operations they know how to transform."""
+    if torch.compiler.is_compiling():  # Dynamo (which sees no functorch wrappers here) cannot trace the check
+        return True
+    return _forward_ad._current_level < 0 and not (_is_functorch_wrapped(data) or _is_functorch_wrapped(weight))
+
+
+_is_functorch_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+
+
+def _flat_params(weights):
+    """The (P,) NumPy array of the kernels: the weights concatenated in torch's order (a copy)."""
+    return torch.cat([w.detach().reshape(-1) for w in weights]).numpy()
+
+
+def _parameters_array(module, plan, weights):
+    """The (P,) NumPy array the kernels read, holding ``weights`` in the layout of ``plan``.
+
+    The first call moves the module's Parameters into one flat buffer in that layout (each Parameter object stays
+    the same; its ``.data`` becomes a view of the buffer, as cuDNN's ``flatten_parameters`` does), so that later
+    calls read them in place instead of concatenating them. Optimiser steps and ``load_state_dict`` write through the
+    views. Weights that are not the module's Parameters (``torch.func.functional_call``, parametrizations) are
+    concatenated into a copy at each call.
+    """
+    flat = module.__dict__.get("_numbarnn_flat")
+    if flat is not None and flat[1].dtype == plan.spec.dtype:
+        tensor, array, base, itemsize = flat
+        for weight, (start, _, shape) in zip(weights, plan.slices):
+            if weight.data_ptr() != base + start * itemsize or weight.shape != shape or not weight.is_contiguous():
+                break
+        else:
+            return array
+    if not all(type(weight) is torch.nn.Parameter for weight in weights):
+        return _flat_params(weights)
+    with torch.inference_mode(False), torch.no_grad():  # a normal tensor even when called under inference_mode
+        tensor = torch.cat([weight.detach().reshape(-1) for weight in weights])
+        for weight, (start, stop, shape) in zip(weights, plan.slices):
+            weight.data = tensor[start:stop].view(shape)  # the same values; no version bump, no new Parameter
+    array = tensor.numpy()
+    module.__dict__["_numbarnn_flat"] = (tensor, array, tensor.data_ptr(), tensor.element_size())
+    return array
+
+
+def _as_numpy(tensor):
+    return None if tensor is None else tensor.detach().numpy()
+
+
+def _dropout_drawer(p):
+    """A function filling the engine's dropout scale in place from torch's generator: 0 with probability ``p``,
+    else 1 / (1 - p); ``torch.manual_seed`` therefore reproduces it."""
+    keep = 1.0 - p
+
+    def draw(scale):
+        target = torch.from_numpy(scale)  # shares memory: drawn in place, no copy
+        if keep == 0:
+            target.zero_()
+        else:
+            target.bernoulli_(keep).div_(keep)
+
+    return draw
+
+
+class _RecordReturn:
+    """Held by an autograd context: when the graph (and so the context) is freed, its record's buffers go back to
+    the plan for a later call. A loop's next forward runs while the previous output (and graph) is still alive,
+    so up to two are kept."""
+
+    __slots__ = ("plan", "record")
+
+    def __init__(self, record, plan):
+        self.record, self.plan = record, plan
+
+    def __del__(self):
+        spares = self.plan.spare_records
+        if len(spares) < 2 and self.record.buffers is not None:
+            spares.append(self.record)
+
+
+class _NumbaRNNFunction(torch.autograd.Function):
+    """Autograd node of one numbarnn forward; inputs ``(plan, options, x, h_0, *weights)``, outputs
+    ``(output, h_n)``. ``options`` = (params, lengths or None, batch_first, dropout p or 0), ``params`` the (P,)
+    NumPy array holding ``weights`` (:func:`_parameters_array`)."""
+
+    @staticmethod
+    def forward(ctx, plan, options, x, h_0, *weights):
+        params, lengths, batch_first, dropout = options
+        output, h_n, record = engine.forward(
+            plan.spec, params, plan.offsets, _time_major(x.detach().numpy(), batch_first), _as_numpy(h_0), lengths,
+            training=True, batch_first=batch_first, draw_dropout=_dropout_drawer(dropout) if dropout else None,
+            spare=plan.take(plan.spare_records))
+        ctx.save_for_backward(*weights)
+        ctx.set_materialize_grads(False)  # an unused output's gradient stays None: the engine reads None as zeros
+        ctx.plan, ctx.params, ctx.record, ctx.batch_first = plan, params, record, batch_first
+        ctx.record_return = _RecordReturn(record, plan)
+        return torch.from_numpy(output), torch.from_numpy(h_n)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output, grad_h_n):
+        weights = ctx.saved_tensors  # raises if a weight was changed in place since the forward
+        plan, batch_first = ctx.plan, ctx.batch_first
+        _follow_torch_threads()
+        grads = np.zeros(plan.total, plan.spec.dtype)
+        if grad_output is not None:
+            grad_output = _time_major(grad_output.contiguous().numpy(), batch_first)
+        grad_input, grad_h_0, scratch = engine.backward(
+            ctx.params, plan.offsets, ctx.record, grad_output, _as_numpy(grad_h_n), grads,
+            need_input_grad=ctx.needs_input_grad[2], batch_first=batch_first,
+            spare=plan.take(plan.spare_backward))
+        if scratch is not None and not plan.spare_backward:
+            plan.spare_backward.append(scratch)  # returned arrays are copies: the scratch is free again
+        needs = ctx.needs_input_grad
+        weight_grads = [g if need else None for g, need in zip(plan.split(grads), needs[4:])]
+        del weights
+        return (None, None, None if grad_input is None else torch.from_numpy(grad_input),
+                torch.from_numpy(grad_h_0) if needs[3] else None, *weight_grads)
+
+
+def _time_major(array, batch_first):
+    return array.transpose(1, 0, 2) if batch_first else array
+
+
+def _run(module, plan, x, h_0, weights, lengths, batch_first, dropout):
+    """One numbarnn forward over batched ``x`` ((L, N, H_in), or (N, L, H_in) with ``batch_first``): through the
+    autograd Function when a gradient can flow, else straight through the engine keeping nothing."""
+    _follow_torch_threads()
+    params = _parameters_array(module, plan, weights)
+    if torch.is_grad_enabled() and (x.requires_grad or (h_0 is not None and h_0.requires_grad)
+                                    or any(w.requires_grad for w in weights)):
+        return _NumbaRNNFunction.apply(plan, (params, lengths, batch_first, dropout), x, h_0, *weights)
+    output, h_n, _ = engine.forward(
+        plan.spec, params, plan.offsets, _time_major(x.detach().numpy(), batch_first),
+        _as_numpy(h_0), lengths, training=False, batch_first=batch_first,
+        draw_dropout=_dropout_drawer(dropout) if dropout else None)
+    return torch.from_numpy(output), torch.from_numpy(h_n)
+
+
+def _packed_rows(batch_sizes):
+    """For a PackedSequence's ``batch_sizes`` (L,): the index of each packed row in the (L * N) rows of the
+    time-major padded batch (in sorted batch order), and each sorted sequence's length (int64, (N,))."""
+    batch = int(batch_sizes[0])
+    running = torch.arange(batch) < batch_sizes[:, None]  # (L, N): sequence j still running at step t
+    return running.reshape(-1).nonzero().squeeze(1), running.sum(0).numpy()
+
+
+class RNN(torch.nn.RNN):
+    r"""``torch.nn.RNN`` running numbarnn's kernels: same constructor, Parameters, ``state_dict``, repr, results and
+    gradients (to float rounding).
+
+    numbarnn runs the forward (and, through autograd, the backward) when all of these hold: the input is a CPU
+    tensor (or a PackedSequence of one) of dtype float32 or float64 and the Parameters and ``hx`` are CPU tensors of
+    that dtype. Anything else — another device or dtype, forward-mode AD (dual tensors), a ``torch.func`` transform
+    such as ``vmap`` — runs ``torch.nn.RNN``'s own forward, unchanged. Errors are torch's (its own checks run).
+
+    Threads: each call runs numba's kernels on ``torch.get_num_threads()`` threads (capped by numba's pool,
+    ``NUMBA_NUM_THREADS``); the BLAS numba calls runs on one thread. (numba's count is set per calling thread when
+    torch's changes; a ``numba.set_num_threads`` of your own in between is not undone.)
+
+    Memory: on the first call the module's Parameters (the same objects) move into one flat buffer in the kernels'
+    layout — their ``.data`` becomes a view of it, as cuDNN's ``flatten_parameters`` does — so that calls read them
+    in place; arrays aliasing the old ``.data`` no longer see updates. The buffers of the last two training calls
+    whose graphs are gone are kept for reuse by the next calls of the same shape.
+
+    Autograd: gradients of the input, ``hx`` and every Parameter, as torch computes them. An input without
+    ``requires_grad`` costs no input gradient; under ``no_grad`` / ``inference_mode`` nothing is kept. Each call keeps
+    its own saved state on its graph (two forwards then one backward of their sum, ``retain_graph=True``), freed with
+    the graph; changing a weight in place before backward raises torch's usual error; double backward raises.
+    Dropout (training mode, between layers) draws from torch's generator, so ``torch.manual_seed`` reproduces it
+    (the masks differ from torch.nn.RNN's own, which draws in another order).
+    """
+
+    def forward(self, input, hx=None):
+        if not self._numbarnn_handles(input, hx):
+            return super().forward(input, hx)
+        return _rnn_forward(self, input, hx)
+
+    def _numbarnn_handles(self, input, hx):
+        data = input.data if isinstance(input, PackedSequence) else input
+        dtype = data.dtype
+        if (dtype not in _NUMPY_DTYPES or data.device.type != "cpu" or self.proj_size != 0
+                or self.mode not in ("RNN_TANH", "RNN_RELU")
+                or (hx is not None and (hx.dtype != dtype or hx.device.type != "cpu"))):
+            return False
+        if any(w.dtype != dtype or w.device.type != "cpu" for w in self._flat_weights):
+            return False
+        return _plain_autograd(data, self._flat_weights[0])
+
+    def _numbarnn_plan(self, dtype):
+        plans = self.__dict__.setdefault("_numbarnn_plans", {})
+        plan = plans.get(dtype)
+        if plan is None:
+            plan = plans[dtype] = _Plan(self.input_size, self.hidden_size, self.num_layers,
+                                        2 if self.bidirectional else 1, self.bias, _NUMPY_DTYPES[dtype],
+                                        self.mode == "RNN_RELU")
+        return plan
+
+
+@torch.compiler.disable
+def _rnn_forward(module, input, hx):
+    """The numbarnn forward of :class:`RNN` (kept out of torch.compile's graphs: the kernels are not torch
+    operations)."""
+    if type(module) is not RNN:  # e.g. torch.nn.utils.parametrize's subclass: the weights are computed on access
+        module._update_flat_weights()
+    weights = module._flat_weights  # kept current by RNNBase.__setattr__ and _apply (.to(), .double(), ...)
+    dropout = module.dropout if module.training and module.num_layers > 1 else 0.0
+    if isinstance(input, PackedSequence):
+        return _packed_forward(module, input, hx, weights, dropout)
+    if input.dim() not in (2, 3):
+        raise ValueError(f"RNN: Expected input to be 2D or 3D, got {input.dim()}D tensor instead")
+    batched = input.dim() == 3
+    batch_first = module.batch_first
+    if not batched:  # as torch: a batch of one, on the batch axis of the module's layout
+        input = input.unsqueeze(0 if batch_first else 1)
+        if hx is not None:
+            if hx.dim() != 2:
+                raise RuntimeError(f"For unbatched 2-D input, hx should also be 2-D but got {hx.dim()}-D tensor")
+            hx = hx.unsqueeze(1)
+    elif hx is not None and hx.dim() != 3:
+        raise RuntimeError(f"For batched 3-D input, hx should also be 3-D but got {hx.dim()}-D tensor")
+    if hx is None:
+        module.check_input(input, None)
+    else:
+        module.check_forward_args(input, hx, None)
+    if input.size(1 if batch_first else 0) == 0:
+        raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
+    output, h_n = _run(module, module._numbarnn_plan(input.dtype), input, hx, weights, None, batch_first, dropout)
+    if not batched:
+        return output.squeeze(0 if batch_first else 1), h_n.squeeze(1)
+    return output, h_n
+
+
+def _packed_forward(module, packed, hx, weights, dropout):
+    """A PackedSequence through numbarnn: scattered to a time-major padded batch in the packed (sorted) order with
+    each sequence's length, run, gathered back into packed rows; ``hx`` and ``h_n`` in the caller's order, as torch
+    does (``sorted_indices`` / ``unsorted_indices``)."""
+    data, batch_sizes, sorted_indices, unsorted_indices = packed
+    steps, batch = batch_sizes.numel(), int(batch_sizes[0])
+    if hx is not None:
+        hx = module.permute_hidden(hx, sorted_indices)
+        module.check_forward_args(data, hx, batch_sizes)
+    else:
+        module.check_input(data, batch_sizes)
+    rows, lengths = _packed_rows(batch_sizes)
+    padded = data.new_zeros(steps * batch, data.size(1)).index_copy(0, rows, data).view(steps, batch, data.size(1))
+    output, h_n = _run(module, module._numbarnn_plan(data.dtype), padded, hx, weights, lengths, False, dropout)
+    output = output.reshape(steps * batch, -1).index_select(0, rows)
+    return PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices), \
+        module.permute_hidden(h_n, unsorted_indices)
+
+
+class RNNCell(torch.nn.RNNCell):
+    r"""``torch.nn.RNNCell`` running numbarnn's kernels: same constructor, Parameters, ``state_dict``, repr, results
+    and gradients (to float rounding).
+
+    numbarnn runs the step when the input and ``hx`` are CPU tensors of dtype float32 or float64 and the Parameters
+    are CPU tensors of that dtype; anything else (as for :class:`RNN`) runs ``torch.nn.RNNCell``'s own forward, which
+    also raises torch's errors for inconsistent shapes. A step that needs no
+    gradient runs numbarnn's one-step kernel (a few microseconds); one that does goes through the same autograd
+    Function as :class:`RNN` (a one-step sequence), with the same guarantees.
+    """
+
+    def forward(self, input, hx=None):
+        dtype = input.dtype
+        if (dtype not in _NUMPY_DTYPES or input.device.type != "cpu" or self.nonlinearity not in ("tanh", "relu")
+                or (hx is not None and (hx.dtype != dtype or hx.device.type != "cpu"))
+                or self.weight_ih.dtype != dtype or self.weight_ih.device.type != "cpu"
+                or not _plain_autograd(input, self.weight_ih)):
+            return super().forward(input, hx)
+        return _cell_forward(self, input, hx)
+
+    def _numbarnn_plan(self, dtype):
+        plans = self.__dict__.setdefault("_numbarnn_plans", {})
+        plan = plans.get(dtype)
+        if plan is None:
+            plan = plans[dtype] = _Plan(self.input_size, self.hidden_size, 1, 1, self.bias, _NUMPY_DTYPES[dtype],
+                                        self.nonlinearity == "relu")
+        return plan
+
+
+@torch.compiler.disable
+def _cell_forward(cell, input, hx):
+    batched = input.dim() == 2
+    if not (input.dim() in (1, 2) and input.size(-1) == cell.input_size
+            and (hx is None or (hx.dim() == input.dim() and hx.size(-1) == cell.hidden_size
+                                and (not batched or hx.size(0) == input.size(0))))):
+        return torch.nn.RNNCell.forward(cell, input, hx)  # raises torch's own error for the shapes given
+    x = input if batched else input.unsqueeze(0)
+    if hx is not None and not batched:
+        hx = hx.unsqueeze(0)
+    weights = [getattr(cell, name) for name in (_CELL_NAMES if cell.bias else _CELL_NAMES[:2])]
+    plan = cell._numbarnn_plan(x.dtype)
+    if torch.is_grad_enabled() and (x.requires_grad or (hx is not None and hx.requires_grad)
+                                    or any(w.requires_grad for w in weights)):
+        output, _ = _run(cell, plan, x.unsqueeze(0), None if hx is None else hx.unsqueeze(0), weights, None, False,
+                         0.0)
+        output = output[0]
+    else:
+        output = _cell_step(plan, x, hx, _parameters_array(cell, plan, weights))  # serial: no threads to set
+    return output if batched else output.squeeze(0)
+
+
+def _cell_step(plan, x, hx, params):
+    """One step without autograd: numbarnn's one-step kernel, writing the new state in place of a copy of hx."""
+    spec = plan.spec
+    batch = x.size(0)
+    state = np.zeros((1, batch, spec.hidden_size), spec.dtype)
+    if hx is not None:
+        state[0] = hx.detach().numpy()
+    limit_blas_once()
+    stacked_step(params, plan.offsets, np.ascontiguousarray(x.detach().numpy()), state, spec.relu,
+                 np.zeros(spec.hidden_size, spec.dtype), np.empty((batch, spec.hidden_size), spec.dtype))
+    return torch.from_numpy(state[0])
+
+
+def accelerate(model):
+    """Switch every ``torch.nn.RNN`` and ``torch.nn.RNNCell`` (exact class) inside ``model`` — ``model`` itself
+    included — to :class:`RNN` / :class:`RNNCell`, in place, and return ``model``.
+
+    The switch changes each module's class and nothing else: it stays the same object, with the same Parameter
+    objects (an optimiser built before keeps updating them), buffers, hooks and ``state_dict``. Subclasses of
+    torch's modules are left alone (their forward may differ); so are modules already switched.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+
+    Returns
+    -------
+    torch.nn.Module
+        ``model``, switched.
+    """
+    for module in model.modules():
+        if type(module) is torch.nn.RNN:
+            module.__class__ = RNN
+        elif type(module) is torch.nn.RNNCell:
+            module.__class__ = RNNCell
+    return model

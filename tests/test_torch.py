@@ -1,0 +1,672 @@
+"""``numbarnn.torch``: the torch.nn.RNN / RNNCell drop-ins against torch's own modules — results and every gradient
+over a pairwise-covering grid, gradcheck, the autograd idioms (packed sequences, no_grad, two forwards one backward,
+retain_graph, freed graphs, in-place weight changes, double backward, dropout), fallbacks, accelerate, threads,
+torch.compile and DistributedDataParallel."""
+
+import datetime
+import gc
+import itertools
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import weakref
+
+import numba
+import numpy as np
+import pytest
+import torch
+from helpers import ATOL, RTOL, pairwise_cases
+from numpy.testing import assert_allclose
+from torch.nn.utils.rnn import PackedSequence, pack_sequence
+
+import numbarnn.torch as nt
+from numbarnn import _engine
+
+INPUT_SIZE, HIDDEN_SIZE, STEPS, BATCH = 3, 5, 4, 3
+NP_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
+
+GRID_OPTIONS = {
+    "nonlinearity": ["tanh", "relu"],
+    "num_layers": [1, 2, 3],
+    "bidirectional": [False, True],
+    "bias": [True, False],
+    "batch_first": [False, True],
+    "form": ["batched", "unbatched", "packed_sorted", "packed_unsorted"],
+    "dtype": [torch.float32, torch.float64],
+    "hx": [False, True],
+    "input_grad": [False, True],
+    "gradient": ["output", "h_n", "both"],
+}
+GRID = pairwise_cases(GRID_OPTIONS)
+
+
+def case_id(case):
+    return "-".join([case["nonlinearity"], f"L{case['num_layers']}", "bi" if case["bidirectional"] else "uni",
+                     "bias" if case["bias"] else "nobias", "bf" if case["batch_first"] else "tm", case["form"],
+                     str(case["dtype"]).removeprefix("torch."), "hx" if case["hx"] else "nohx",
+                     "xgrad" if case["input_grad"] else "noxgrad", case["gradient"]])
+
+
+def test_grid_covers_every_pair_of_options():
+    every_pair = {((a, x), (b, y)) for a, b in itertools.combinations(GRID_OPTIONS, 2)
+                  for x in GRID_OPTIONS[a] for y in GRID_OPTIONS[b]}
+    covered = {((a, case[a]), (b, case[b])) for case in GRID for a, b in itertools.combinations(GRID_OPTIONS, 2)}
+    assert covered == every_pair
+    assert len(GRID) < 30  # the full product has 4608 rows
+
+
+def assert_close(actual, expected, dtype, name):
+    """helpers' tolerances (derived there from the float32 / float64 unit roundoff) on two tensors."""
+    assert actual.shape == expected.shape, (name, actual.shape, expected.shape)
+    np_dtype = np.dtype(NP_DTYPES[dtype])
+    assert_allclose(actual.detach().numpy(), expected.detach().numpy(), rtol=RTOL[np_dtype], atol=ATOL[np_dtype],
+                    err_msg=name)
+
+
+def module_pair(case, dropout=0.0):
+    """torch.nn.RNN and numbarnn.torch.RNN with the same constructor arguments and weights."""
+    arguments = {"nonlinearity": case["nonlinearity"], "bias": case["bias"], "batch_first": case["batch_first"],
+                     "bidirectional": case["bidirectional"], "dropout": dropout, "dtype": case["dtype"]}
+    torch.manual_seed(0)
+    reference = torch.nn.RNN(INPUT_SIZE, HIDDEN_SIZE, case["num_layers"], **arguments)
+    ours = nt.RNN(INPUT_SIZE, HIDDEN_SIZE, case["num_layers"], **arguments)
+    ours.load_state_dict(reference.state_dict())
+    return reference, ours
+
+
+def case_inputs(case, reference, generator):
+    """A function making the input (a tensor or a PackedSequence built from the leaf ``x``), hx and ``x``."""
+    dtype, rows = case["dtype"], reference.num_layers * (2 if reference.bidirectional else 1)
+    form = case["form"]
+    if form.startswith("packed"):
+        lengths = [STEPS, STEPS - 1, 1] if form == "packed_sorted" else [2, STEPS, 1, STEPS]
+        x = torch.randn(sum(lengths), INPUT_SIZE, dtype=dtype, generator=generator)
+        x.requires_grad_(case["input_grad"])
+
+        def make_input():  # a fresh graph from x for each module
+            return pack_sequence(list(torch.split(x, lengths)), enforce_sorted=form == "packed_sorted")
+        state_shape = (rows, len(lengths), HIDDEN_SIZE)
+    else:
+        shape = (STEPS, INPUT_SIZE) if form == "unbatched" else \
+            (BATCH, STEPS, INPUT_SIZE) if case["batch_first"] else (STEPS, BATCH, INPUT_SIZE)
+        x = torch.randn(shape, dtype=dtype, generator=generator).requires_grad_(case["input_grad"])
+
+        def make_input():
+            return x
+        state_shape = (rows, HIDDEN_SIZE) if form == "unbatched" else (rows, BATCH, HIDDEN_SIZE)
+    hx = torch.randn(state_shape, dtype=dtype, generator=generator).requires_grad_() if case["hx"] else None
+    return make_input, hx, x
+
+
+def loss_of(output, h_n, weights, gradient):
+    """sum(g_out * output) + sum(g_h * h_n) with fixed random weights: every output element gets its own gradient."""
+    data = output.data if isinstance(output, PackedSequence) else output
+    loss = 0
+    if gradient in ("output", "both"):
+        loss = loss + (data * weights[0][: data.numel()].view(data.shape)).sum()
+    if gradient in ("h_n", "both"):
+        loss = loss + (h_n * weights[1][: h_n.numel()].view(h_n.shape)).sum()
+    return loss
+
+
+@pytest.mark.parametrize("case", GRID, ids=case_id)
+def test_results_and_gradients_match_torch(case):
+    reference, ours = module_pair(case)
+    generator = torch.Generator().manual_seed(1)
+    make_input, hx, x = case_inputs(case, reference, generator)
+    loss_weights = [torch.randn(1000, dtype=case["dtype"], generator=generator) for _ in range(2)]
+    results = {}
+    for name, module in (("torch", reference), ("numbarnn", ours)):
+        for leaf in (x, hx, *module.parameters()):
+            if leaf is not None:
+                leaf.grad = None
+        output, h_n = module(make_input(), hx)
+        loss_of(output, h_n, loss_weights, case["gradient"]).backward()
+        results[name] = (output, h_n, x.grad, None if hx is None else hx.grad,
+                         [p.grad for p in module.parameters()])
+    (output, h_n, grad_x, grad_hx, grads), expected = results["numbarnn"], results["torch"]
+    dtype = case["dtype"]
+    if isinstance(expected[0], PackedSequence):
+        assert isinstance(output, PackedSequence)
+        for field in ("batch_sizes", "sorted_indices", "unsorted_indices"):
+            assert torch.equal(getattr(output, field), getattr(expected[0], field)) \
+                if getattr(expected[0], field) is not None else getattr(output, field) is None
+        output, expected = output.data, (expected[0].data, *expected[1:])
+    assert_close(output, expected[0], dtype, "output")
+    assert_close(h_n, expected[1], dtype, "h_n")
+    assert (grad_x is None) == (not case["input_grad"])
+    if grad_x is not None:
+        assert_close(grad_x, expected[2], dtype, "grad_x")
+    if grad_hx is not None:
+        assert_close(grad_hx, expected[3], dtype, "grad_hx")
+    for (name, _), grad, expected_grad in zip(reference.named_parameters(), grads, expected[4], strict=True):
+        assert_close(grad, expected_grad, dtype, name)
+    with torch.no_grad():  # the inference path (no autograd Function, nothing kept) gives the same results
+        output, h_n = ours(make_input(), None if hx is None else hx.detach())
+        assert not h_n.requires_grad
+    assert_close(output.data if isinstance(output, PackedSequence) else output,
+                 results["torch"][0].data if isinstance(output, PackedSequence) else results["torch"][0], dtype,
+                 "no_grad output")
+
+
+GRADCHECK_CASES = [
+    {"num_layers": 2, "bidirectional": True, "batch_first": True, "nonlinearity": "tanh", "bias": True},
+    {"num_layers": 1, "bidirectional": False, "batch_first": False, "nonlinearity": "relu", "bias": False},
+]
+
+
+@pytest.mark.parametrize("arguments", GRADCHECK_CASES, ids=["bi-2layers-bf", "relu-nobias"])
+def test_gradcheck(arguments):
+    torch.manual_seed(0)
+    rnn = nt.RNN(2, 3, dtype=torch.float64, **arguments)
+    batch_shape = (2, 3, 2) if arguments["batch_first"] else (3, 2, 2)
+    x = torch.randn(batch_shape, dtype=torch.float64, requires_grad=True)
+    hx = torch.randn(rnn.num_layers * (2 if rnn.bidirectional else 1), 2, 3, dtype=torch.float64, requires_grad=True)
+    if arguments["nonlinearity"] == "relu":
+        x = (x.detach() + 0.5).requires_grad_()  # away from relu's kink, where finite differences are meaningless
+    names = [name for name, _ in rnn.named_parameters()]
+
+    def function(x, hx, *params):
+        return torch.func.functional_call(rnn, dict(zip(names, params, strict=True)), (x, hx))
+
+    assert torch.autograd.gradcheck(function, (x, hx, *rnn.parameters()))
+
+
+def test_gradcheck_packed_sequence():
+    torch.manual_seed(0)
+    rnn = nt.RNN(2, 3, num_layers=2, dtype=torch.float64)
+    x = torch.randn(6, 2, dtype=torch.float64, requires_grad=True)
+
+    def function(x):
+        output, h_n = rnn(pack_sequence(list(torch.split(x, [1, 3, 2])), enforce_sorted=False))
+        return output.data, h_n
+
+    assert torch.autograd.gradcheck(function, (x,))
+
+
+def test_gradcheck_with_dropout_under_a_fixed_seed():
+    # Dropout's masks come from torch's generator: reseeding inside the function fixes them, so gradcheck's repeated
+    # forwards see the same masks and the backward through the dropped-out layer inputs is checked too.
+    torch.manual_seed(0)
+    rnn = nt.RNN(2, 3, num_layers=3, dropout=0.5, dtype=torch.float64)
+    x = torch.randn(3, 2, 2, dtype=torch.float64, requires_grad=True)
+
+    def function(x):
+        torch.manual_seed(123)
+        return rnn(x)
+
+    assert torch.autograd.gradcheck(function, (x,))
+
+
+def test_dropout_follows_torch_manual_seed():
+    torch.manual_seed(0)
+    rnn = nt.RNN(4, 6, num_layers=2, dropout=0.5)
+    x = torch.randn(5, 3, 4)
+    torch.manual_seed(7)
+    first = rnn(x)[0]
+    torch.manual_seed(7)
+    again = rnn(x)[0]
+    torch.manual_seed(8)
+    other = rnn(x)[0]
+    assert torch.equal(first, again)
+    assert not torch.equal(first, other)
+    torch.manual_seed(7)
+    with torch.no_grad():  # a training-mode module drops out without grad too (as torch's does)
+        assert torch.equal(rnn(x)[0], first)
+    assert not torch.equal(rnn.eval()(x)[0], first)
+
+
+def test_dropout_one_drops_everything_like_torch():
+    # With p = 1 every mask is zero in both libraries, so their results must agree exactly.
+    case = {"nonlinearity": "tanh", "bias": True, "batch_first": False, "bidirectional": True, "dtype": torch.float64,
+                "num_layers": 2}
+    reference, ours = module_pair(case, dropout=1.0)
+    x = torch.randn(STEPS, BATCH, INPUT_SIZE, dtype=torch.float64)
+    expected, actual = reference(x), ours(x)
+    for a, e, name in zip(actual, expected, ("output", "h_n"), strict=True):
+        assert_close(a, e, torch.float64, name)
+
+
+def test_an_input_without_requires_grad_costs_no_input_gradient(monkeypatch):
+    calls = []
+    original = _engine.backward
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs["need_input_grad"])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(_engine, "backward", spy)
+    rnn = nt.RNN(3, 4)
+    x = torch.randn(5, 2, 3)
+    rnn(x)[0].sum().backward()
+    assert calls == [False] and x.grad is None
+    assert all(p.grad is not None for p in rnn.parameters())
+
+
+@pytest.mark.parametrize("context", [torch.no_grad, torch.inference_mode])
+def test_no_grad_and_inference_mode_keep_nothing(context, monkeypatch):
+    training_flags = []
+    original = _engine.forward
+
+    def spy(*args, **kwargs):
+        training_flags.append(kwargs["training"])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(_engine, "forward", spy)
+    rnn = nt.RNN(3, 4)
+    with context():
+        output, _h_n = rnn(torch.randn(5, 2, 3, requires_grad=True))
+    assert training_flags == [False]
+    assert output.grad_fn is None and not output.requires_grad
+
+
+def test_nothing_requiring_grad_keeps_nothing(monkeypatch):
+    training_flags = []
+    original = _engine.forward
+    monkeypatch.setattr(_engine, "forward",
+                        lambda *a, **k: training_flags.append(k["training"]) or original(*a, **k))
+    rnn = nt.RNN(3, 4).requires_grad_(False)
+    output, _ = rnn(torch.randn(5, 2, 3))
+    assert training_flags == [False] and output.grad_fn is None
+
+
+def test_two_forwards_then_one_backward_of_their_sum():
+    case = {"nonlinearity": "tanh", "bias": True, "batch_first": False, "bidirectional": False, "dtype": torch.float64,
+                "num_layers": 2}
+    reference, ours = module_pair(case)
+    x1, x2 = torch.randn(STEPS, BATCH, INPUT_SIZE, dtype=torch.float64), torch.randn(6, 1, INPUT_SIZE,
+                                                                                       dtype=torch.float64)
+    for module in (reference, ours):
+        (module(x1)[0].sum() + module(x2)[1].pow(2).sum()).backward()
+    for (name, expected), actual in zip(reference.named_parameters(), ours.parameters(), strict=True):
+        assert_close(actual.grad, expected.grad, torch.float64, name)
+
+
+def test_retain_graph_backward_twice_accumulates_twice():
+    case = {"nonlinearity": "relu", "bias": True, "batch_first": True, "bidirectional": True, "dtype": torch.float64,
+                "num_layers": 2}
+    reference, ours = module_pair(case)
+    x = torch.randn(BATCH, STEPS, INPUT_SIZE, dtype=torch.float64, requires_grad=True)
+    grads = {}
+    for name, module in (("torch", reference), ("numbarnn", ours)):
+        x.grad = None
+        loss = module(x)[0].pow(2).sum()
+        loss.backward(retain_graph=True)
+        loss.backward()
+        grads[name] = [x.grad] + [p.grad for p in module.parameters()]
+    for actual, expected in zip(grads["numbarnn"], grads["torch"], strict=True):
+        assert_close(actual, expected, torch.float64, "gradient after two backwards")
+
+
+def test_dropped_graphs_free_their_saved_state(monkeypatch):
+    # A graph's saved state lives as long as the graph. Once it is gone its buffers may serve a later call of the
+    # same module: the module keeps at most two such sets, however many graphs are dropped, and none once it goes.
+    records = []
+    original = _engine.forward
+
+    def spy(*args, **kwargs):
+        result = original(*args, **kwargs)
+        records.append(weakref.ref(result[2].buffers.z))  # a NumPy buffer the record owns
+        return result
+
+    monkeypatch.setattr(_engine, "forward", spy)
+    rnn = nt.RNN(3, 4, num_layers=2)
+    graphs = [rnn(torch.randn(5, 2, 3)) for _ in range(5)]  # five graphs alive at once: five sets of buffers
+    gc.collect()
+    assert len({id(ref()) for ref in records if ref() is not None}) == 5
+    del graphs
+    gc.collect()
+    assert sum(ref() is not None for ref in records) <= 2
+    del rnn
+    gc.collect()
+    assert all(ref() is None for ref in records)
+
+
+def test_buffers_of_finished_calls_are_reused(monkeypatch):
+    allocated = []
+    original = _engine.forward_buffers
+
+    def spy(*args, **kwargs):
+        allocated.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(_engine, "forward_buffers", spy)
+    rnn = nt.RNN(3, 4)
+    x = torch.randn(5, 2, 3)
+    outputs = []
+    for _ in range(4):  # a training loop: each new forward runs while the previous output is still referenced
+        output, _ = rnn(x)
+        output.sum().backward()
+        outputs.append(output.detach().clone())
+    assert len(allocated) == 2
+    assert all(torch.equal(output, outputs[0]) for output in outputs)
+
+
+def test_an_in_place_weight_change_before_backward_raises():
+    rnn = nt.RNN(3, 4)
+    output, _ = rnn(torch.randn(5, 2, 3))
+    with torch.no_grad():
+        rnn.weight_hh_l0.mul_(2)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        output.sum().backward()
+
+
+def test_double_backward_raises():
+    rnn = nt.RNN(3, 4, dtype=torch.float64)
+    x = torch.randn(5, 2, 3, dtype=torch.float64, requires_grad=True)
+    (grad_x,) = torch.autograd.grad(rnn(x)[0].pow(2).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        grad_x.sum().backward()
+
+
+def test_empty_batch_like_torch():
+    case = {"nonlinearity": "tanh", "bias": True, "batch_first": False, "bidirectional": True, "dtype": torch.float32,
+                "num_layers": 2}
+    reference, ours = module_pair(case)
+    x = torch.randn(STEPS, 0, INPUT_SIZE, requires_grad=True)
+    for actual, expected in zip(ours(x), reference(x), strict=True):
+        assert actual.shape == expected.shape
+    ours(x)[0].sum().backward()
+    assert x.grad.shape == x.shape
+
+
+@pytest.mark.parametrize("make_input, message", [
+    (lambda: torch.randn(5, 2, 7), "input.size(-1) must be equal to input_size. Expected 3, got 7"),
+    (lambda: torch.randn(5, 2, 3, 1), "Expected input to be 2D or 3D, got 4D tensor instead"),
+    (lambda: torch.randn(5, 2, 3, dtype=torch.float64),
+     "RNN input dtype (torch.float64) does not match weight dtype (torch.float32)"),
+])
+def test_errors_are_torchs(make_input, message):
+    x = make_input()
+    with pytest.raises((RuntimeError, ValueError), match=re.escape(message)) as expected:
+        torch.nn.RNN(3, 4)(x)
+    with pytest.raises(expected.type, match=re.escape(message)):
+        nt.RNN(3, 4)(x)
+
+
+def test_a_wrong_hidden_shape_is_torchs_error():
+    with pytest.raises(RuntimeError, match=r"Expected hidden size \(1, 2, 4\), got \[1, 3, 4\]"):
+        nt.RNN(3, 4)(torch.randn(5, 2, 3), torch.zeros(1, 3, 4))
+
+
+def test_other_dtypes_fall_back_to_torch(monkeypatch):
+    monkeypatch.setattr(_engine, "forward", lambda *a, **k: pytest.fail("numbarnn ran"))
+    torch.manual_seed(0)
+    reference = torch.nn.RNN(3, 4, dtype=torch.bfloat16)
+    ours = nt.RNN(3, 4, dtype=torch.bfloat16)
+    ours.load_state_dict(reference.state_dict())
+    x = torch.randn(5, 2, 3, dtype=torch.bfloat16)
+    assert torch.equal(ours(x)[0], reference(x)[0])
+
+
+def test_other_devices_fall_back_to_torch(monkeypatch):
+    monkeypatch.setattr(_engine, "forward", lambda *a, **k: pytest.fail("numbarnn ran"))
+    output, _h_n = nt.RNN(3, 4, device="meta")(torch.randn(5, 2, 3, device="meta"))
+    assert output.device.type == "meta" and output.shape == (5, 2, 4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("batched", [True, False])
+def test_cell_matches_torch_through_a_loop(dtype, batched):
+    torch.manual_seed(0)
+    reference = torch.nn.RNNCell(3, 5, nonlinearity="relu" if batched else "tanh", dtype=dtype)
+    ours = nt.RNNCell(3, 5, nonlinearity=reference.nonlinearity, dtype=dtype)
+    ours.load_state_dict(reference.state_dict())
+    shape = (6, 2, 3) if batched else (6, 3)
+    xs = torch.randn(shape, dtype=dtype, requires_grad=True)
+    h0 = torch.randn(shape[1:-1] + (5,), dtype=dtype, requires_grad=True)
+    results = {}
+    for name, cell in (("torch", reference), ("numbarnn", ours)):
+        xs.grad = h0.grad = None
+        h, states = h0, []
+        for x_t in xs:
+            h = cell(x_t, h)
+            states.append(h)
+        torch.stack(states).pow(2).sum().backward()
+        with torch.no_grad():
+            step = cell(xs[0])  # hx omitted, no autograd: the one-step kernel
+        results[name] = [torch.stack(states), xs.grad, h0.grad, step] + [p.grad for p in cell.parameters()]
+    for actual, expected in zip(results["numbarnn"], results["torch"], strict=True):
+        assert_close(actual, expected, dtype, "cell")
+
+
+def test_cell_falls_back_for_other_dtypes(monkeypatch):
+    monkeypatch.setattr(_engine, "forward", lambda *a, **k: pytest.fail("numbarnn ran"))
+    cell = nt.RNNCell(3, 4, dtype=torch.bfloat16)
+    assert cell(torch.randn(2, 3, dtype=torch.bfloat16)).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("input_shape, hx_shape", [((2, 7), None), ((2, 3), (3, 4)), ((2, 3), (2, 5)), ((3,), (2, 4)),
+                                                   ((2, 3), (4,)), ((2, 2, 3), None)])
+def test_cell_errors_are_torchs(input_shape, hx_shape):
+    x = torch.randn(input_shape)
+    hx = None if hx_shape is None else torch.randn(hx_shape)
+    with pytest.raises((RuntimeError, ValueError)) as expected:
+        torch.nn.RNNCell(3, 4)(x, hx)
+    with pytest.raises(expected.type, match=re.escape(str(expected.value))):
+        nt.RNNCell(3, 4)(x, hx)
+
+
+def test_forward_mode_ad_runs_torchs_forward():
+    torch.manual_seed(0)
+    reference, ours = torch.nn.RNN(3, 4, dtype=torch.float64), nt.RNN(3, 4, dtype=torch.float64)
+    ours.load_state_dict(reference.state_dict())
+    x, tangent = torch.randn(5, 2, 3, dtype=torch.float64), torch.randn(5, 2, 3, dtype=torch.float64)
+    _, expected = torch.func.jvp(lambda x: reference(x)[0], (x,), (tangent,))
+    _, actual = torch.func.jvp(lambda x: ours(x)[0], (x,), (tangent,))
+    assert_close(actual, expected, torch.float64, "jvp")
+
+
+def test_modules_are_torchs():
+    rnn = nt.RNN(3, 4, num_layers=2, bidirectional=True)
+    reference = torch.nn.RNN(3, 4, num_layers=2, bidirectional=True)
+    assert isinstance(rnn, torch.nn.RNN) and isinstance(nt.RNNCell(3, 4), torch.nn.RNNCell)
+    assert repr(rnn) == repr(reference)
+    assert list(rnn.state_dict()) == list(reference.state_dict())
+    reference.load_state_dict(rnn.state_dict())
+
+
+class Tagger(torch.nn.Module):
+    """Embedding -> RNN -> Linear, plus an RNNCell, as a user's model would hold them."""
+
+    def __init__(self):
+        super().__init__()
+        self.embedding = torch.nn.Embedding(10, 4)
+        self.rnn = torch.nn.RNN(4, 6, num_layers=2, batch_first=True)
+        self.cell = torch.nn.RNNCell(6, 6)
+        self.head = torch.nn.Linear(6, 10)
+
+    def forward(self, tokens):
+        output, h_n = self.rnn(self.embedding(tokens))
+        return self.head(output + self.cell(output[:, -1], h_n[-1])[:, None])
+
+
+def test_accelerate_keeps_the_parameters_an_optimiser_holds():
+    torch.manual_seed(0)
+    model, reference = Tagger(), Tagger()
+    reference.load_state_dict(model.state_dict())
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
+    reference_optimizer = torch.optim.Adam(reference.parameters(), lr=0.1)
+    parameters = list(model.parameters())
+    assert nt.accelerate(model) is model
+    assert type(model.rnn) is nt.RNN and type(model.cell) is nt.RNNCell
+    assert all(a is b for a, b in zip(model.parameters(), parameters, strict=True))
+    tokens = torch.randint(0, 10, (3, 7))
+    for _ in range(2):
+        for module, opt in ((model, optimizer), (reference, reference_optimizer)):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(module(tokens).flatten(0, 1), tokens.flatten()).backward()
+            opt.step()
+    for (name, expected), actual in zip(reference.named_parameters(), model.parameters(), strict=True):
+        assert_allclose(actual.detach().numpy(), expected.detach().numpy(), rtol=1e-4, atol=1e-5, err_msg=name)
+    assert not torch.equal(model.rnn.weight_hh_l0, parameters[1].new_zeros(6, 6))
+
+
+def test_accelerate_switches_a_bare_module_and_leaves_subclasses():
+    class MyRNN(torch.nn.RNN):
+        pass
+
+    bare, custom = torch.nn.RNN(3, 4), MyRNN(3, 4)
+    assert type(nt.accelerate(bare)) is nt.RNN
+    assert type(nt.accelerate(custom)) is MyRNN
+
+
+def test_threads_follow_torch():
+    previous = torch.get_num_threads()
+    try:
+        for threads in (1, min(2, numba.config.NUMBA_NUM_THREADS)):
+            torch.set_num_threads(threads)
+            nt.RNN(3, 4)(torch.randn(5, 2, 3))
+            assert numba.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(previous)
+
+
+# Dynamo reads .grad of the non-leaf tensors a graph break hands to the next graph (the RNN's output) and torch warns;
+# torch's own code, not ours, and harmless.
+@pytest.mark.filterwarnings("ignore:The .grad attribute of a Tensor that is not a leaf Tensor:UserWarning")
+def test_torch_compile_matches_eager():
+    torch.manual_seed(0)
+    model = nt.accelerate(Tagger())
+    tokens = torch.randint(0, 10, (3, 7))
+    compiled = torch.compile(model)
+    expected = model(tokens)
+    expected.sum().backward()
+    expected_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    actual = compiled(tokens)
+    actual.sum().backward()
+    assert_allclose(actual.detach().numpy(), expected.detach().numpy(), rtol=1e-5, atol=1e-6)
+    for actual_grad, expected_grad in zip((p.grad for p in model.parameters()), expected_grads, strict=True):
+        assert_allclose(actual_grad.numpy(), expected_grad.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_import_numbarnn_does_not_import_torch():
+    code = "import sys, numbarnn; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
+
+
+# -- several processes -------------------------------------------------------------------------------------------
+
+DDP_BATCH = 6
+DDP_SECONDS = 240  # start-up of two torch processes and a cold numba cache included
+
+
+def _ddp_model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(nt.RNN(3, 5, num_layers=2, batch_first=True), _First(), torch.nn.Linear(5, 2))
+
+
+class _First(torch.nn.Module):
+    def forward(self, pair):
+        return pair[0]
+
+
+def _ddp_data():
+    generator = torch.Generator().manual_seed(3)
+    return torch.randn(DDP_BATCH, 4, 3, generator=generator), torch.randn(DDP_BATCH, 4, 2, generator=generator)
+
+
+def _ddp_worker(rank, world_size, port, directory):
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    # a bounded wait: a lost peer fails the test instead of hanging it
+    dist.init_process_group("gloo", rank=rank, world_size=world_size, timeout=datetime.timedelta(seconds=60))
+    torch.set_num_threads(1)
+    try:
+        model = DistributedDataParallel(_ddp_model())
+        x, target = _ddp_data()
+        shard = slice(rank * DDP_BATCH // world_size, (rank + 1) * DDP_BATCH // world_size)
+        # mean over this shard; DDP averages the shards' gradients: the gradient of the mean over the whole batch
+        torch.nn.functional.mse_loss(model(x[shard]), target[shard]).backward()
+        torch.save({name: p.grad for name, p in model.module.named_parameters()},
+                   os.path.join(directory, f"grads{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_distributed_data_parallel_gradients_equal_the_whole_batch(tmp_path):
+    with socket.socket() as probe:  # a free port for the rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    workers = torch.multiprocessing.spawn(_ddp_worker, args=(2, port, str(tmp_path)), nprocs=2, join=False)
+    deadline = time.monotonic() + DDP_SECONDS
+    while not workers.join(timeout=1):  # raises if a worker failed
+        if time.monotonic() > deadline:
+            for process in workers.processes:
+                process.terminate()
+            pytest.fail(f"the DDP workers did not finish within {DDP_SECONDS} s")
+    model = _ddp_model()
+    x, target = _ddp_data()
+    torch.nn.functional.mse_loss(model(x), target).backward()
+    for rank in range(2):
+        grads = torch.load(tmp_path / f"grads{rank}.pt")
+        for name, parameter in model.named_parameters():
+            # float32; the two sums differ in order only (shard means averaged vs one mean): a few unit roundoffs
+            assert_allclose(grads[name].numpy(), parameter.grad.numpy(), rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_the_first_call_keeps_torchs_thread_count():
+    # numba's omp threading layer sets OpenMP's thread count (which is torch's) when its pool starts: undone.
+    code = ("import torch; torch.set_num_threads(1); import numbarnn.torch as nt; "
+            "nt.RNN(3, 4)(torch.randn(5, 2, 3)); print(torch.get_num_threads())")
+    environment = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(__file__)),
+                                                                os.environ.get("PYTHONPATH", "")]))
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=environment)
+    assert result.stdout.strip() == "1"
+
+
+def test_a_parametrized_weight_is_read_at_each_call():
+    class Doubled(torch.nn.Module):
+        def forward(self, weight):
+            return 2 * weight
+
+    torch.manual_seed(0)
+    reference, ours = torch.nn.RNN(3, 4, dtype=torch.float64), nt.RNN(3, 4, dtype=torch.float64)
+    ours.load_state_dict(reference.state_dict())
+    for module in (reference, ours):
+        torch.nn.utils.parametrize.register_parametrization(module, "weight_hh_l0", Doubled())
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    assert_close(ours(x)[0], reference(x)[0], torch.float64, "parametrized output")
+
+
+def test_parameters_move_into_one_buffer_and_stay_torchs():
+    # The first call moves the Parameters (same objects) into one flat buffer that later calls read in place; every
+    # way of changing them afterwards must still be seen: load_state_dict, an in-place update, .double(), tying.
+    torch.manual_seed(0)
+    reference, ours = torch.nn.RNN(3, 4, num_layers=2), nt.RNN(3, 4, num_layers=2)
+    ours.load_state_dict(reference.state_dict())
+    parameters = list(ours.parameters())
+    x = torch.randn(5, 2, 3)
+    with torch.inference_mode():  # first call under inference_mode: the buffer must still serve autograd later
+        ours(x)
+    assert [p for p in ours.parameters()] == parameters
+    pointers = [p.data_ptr() for p in parameters]
+    assert pointers == sorted(pointers) and pointers[1] - pointers[0] == 4 * 3 * 4  # adjacent, in layout order
+    ours(x)[0].sum().backward()  # autograd through the moved Parameters
+    torch.manual_seed(1)
+    reference.load_state_dict(torch.nn.RNN(3, 4, num_layers=2).state_dict())
+    ours.load_state_dict(reference.state_dict())
+    assert_close(ours(x)[0], reference(x)[0], torch.float32, "after load_state_dict")
+    with torch.no_grad():
+        for p, q in zip(reference.parameters(), ours.parameters(), strict=True):
+            p.mul_(0.5)
+            q.mul_(0.5)
+    assert_close(ours(x)[0], reference(x)[0], torch.float32, "after an in-place update")
+    reference.double()
+    ours.double()
+    assert_close(ours(x.double())[0], reference(x.double())[0], torch.float64, "after .double()")
+    twin = nt.RNN(3, 4, num_layers=2, dtype=torch.float64)
+    twin.weight_hh_l0 = ours.weight_hh_l0  # tied: each module moves it into its own buffer in turn
+    twin_reference = torch.nn.RNN(3, 4, num_layers=2, dtype=torch.float64)
+    twin_reference.load_state_dict(twin.state_dict())
+    for _ in range(2):
+        assert_close(ours(x.double())[0], reference(x.double())[0], torch.float64, "tied, first module")
+        assert_close(twin(x.double())[0], twin_reference(x.double())[0], torch.float64, "tied, second module")
