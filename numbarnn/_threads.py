@@ -20,6 +20,7 @@ and so gives bitwise the same result.
 """
 
 import os
+import sys
 import threading
 
 import numba
@@ -48,15 +49,23 @@ def _scipy_blas_controllers(controller):
 
 def _start_numba_threads():
     """Start numba's thread pool (its first get_num_threads does), its OpenMP runtime reading a passive wait policy
-    from the environment as it loads; the environment is then as it was."""
-    if "OMP_WAIT_POLICY" in os.environ:
-        numba.get_num_threads()
-        return
-    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    from the environment as it loads; the environment is then as it was.
+
+    Starting numba's ``omp`` pool sets OpenMP's thread count to numba's pool size; when torch shares that OpenMP
+    runtime, that count is torch's ``get_num_threads()``, which is put back (torch is never imported here).
+    """
+    torch = sys.modules.get("torch")
+    torch_threads = torch.get_num_threads() if hasattr(torch, "get_num_threads") else None
+    set_here = "OMP_WAIT_POLICY" not in os.environ
+    if set_here:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     try:
         numba.get_num_threads()
     finally:
-        del os.environ["OMP_WAIT_POLICY"]
+        if set_here:
+            del os.environ["OMP_WAIT_POLICY"]
+    if torch_threads is not None and torch.get_num_threads() != torch_threads:
+        torch.set_num_threads(torch_threads)
 
 
 def configure_threads_once():

@@ -26,7 +26,7 @@ from torch.nn.utils.rnn import PackedSequence
 from . import _engine as engine
 from ._layout import build_layout
 from ._step import stacked_step
-from ._threads import limit_blas_once
+from ._threads import configure_threads_once
 from ._workspace import Spec
 
 __all__ = ["RNN", "RNNCell", "accelerate"]
@@ -63,25 +63,19 @@ class _Plan:
         return [torch.from_numpy(flat[start:stop].reshape(shape)) for start, stop, shape in self.slices]
 
 
-_numba_threads_launched = False
 _applied = threading.local()  # the torch thread count this thread last gave numba
 
 
 def _follow_torch_threads():
     """numba's thread count for this calling thread = torch's intra-op thread count (capped by numba's pool).
 
-    torch's count is OpenMP's (``omp_get_max_threads``), and numba's ``omp`` threading layer, on starting its pool
-    (once per process), sets OpenMP's count to numba's pool size: torch's setting is put back after that start.
+    numbarnn's thread setup (:func:`numbarnn._threads.configure_threads_once`) starts numba's pool first, keeping
+    torch's count, which the ``omp`` layer's start would otherwise reset.
     """
-    global _numba_threads_launched
     torch_threads = torch.get_num_threads()
     if getattr(_applied, "threads", None) == torch_threads:
         return  # numba's count is per thread, and this thread's is already set (about 1 us saved per call)
-    if not _numba_threads_launched:
-        numba.get_num_threads()  # starts numba's pool now, so that its side effect can be undone here
-        if torch.get_num_threads() != torch_threads:
-            torch.set_num_threads(torch_threads)
-        _numba_threads_launched = True
+    configure_threads_once()
     wanted = min(torch_threads, numba.config.NUMBA_NUM_THREADS)
     if numba.get_num_threads() != wanted:
         numba.set_num_threads(wanted)
@@ -397,10 +391,10 @@ def _cell_step(plan, x, hx, params):
     state = np.zeros((1, batch, spec.hidden_size), spec.dtype)
     if hx is not None:
         state[0] = hx.detach().numpy()
-    limit_blas_once()
+    output = np.empty((batch, spec.hidden_size), spec.dtype)  # the kernel leaves the new state here
     stacked_step(params, plan.offsets, np.ascontiguousarray(x.detach().numpy()), state, spec.relu,
-                 np.zeros(spec.hidden_size, spec.dtype), np.empty((batch, spec.hidden_size), spec.dtype))
-    return torch.from_numpy(state[0])
+                 np.zeros(spec.hidden_size, spec.dtype), output)
+    return torch.from_numpy(output)
 
 
 def accelerate(model):

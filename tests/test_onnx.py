@@ -13,7 +13,7 @@ import onnx
 import onnxruntime
 import pytest
 import torch
-from helpers import assert_close
+from helpers import assert_close, pairwise_cases
 from onnx import helper
 
 import numbarnn
@@ -41,22 +41,7 @@ def _pairs(case):
     return {((a, case[a]), (b, case[b])) for a, b in itertools.combinations(OPTIONS, 2)}
 
 
-def covering_cases():
-    """A small set of option combinations that holds every pair of values of any two options (pairwise testing).
-
-    Greedy: add the full-product row that covers the most still-uncovered pairs until none is left. Deterministic.
-    """
-    product = [dict(zip(OPTIONS, values)) for values in itertools.product(*OPTIONS.values())]
-    uncovered = set().union(*(_pairs(case) for case in product))
-    chosen = []
-    while uncovered:
-        best = max(product, key=lambda case: len(_pairs(case) & uncovered))
-        chosen.append(best)
-        uncovered -= _pairs(best)
-    return chosen
-
-
-CASES = covering_cases()
+CASES = pairwise_cases(OPTIONS)
 
 
 def _case_id(case):
