@@ -26,10 +26,16 @@ def dask_client(tmp_path_factory):
     root = str(pathlib.Path(__file__).resolve().parents[1])  # the workers import this checkout's numbarnn
     python_path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
     # "pre-spawn": numba reads NUMBA_CACHE_DIR when it is imported, which a spawned worker may do before the nanny's
-    # env= is applied.
+    # env= is applied. distributed lets a variable already in the environment win over that configuration (CI sets
+    # NUMBA_CACHE_DIR for the whole run), so the spawning process's own environment says it too while the workers
+    # start.
     environment = {"NUMBA_CACHE_DIR": str(cache_dir), "PYTHONPATH": python_path}
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": environment}), \
-            distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                     dashboard_address=None) as cluster, \
-            distributed.Client(cluster) as client:
-        yield client, cache_dir
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in environment.items():
+            patch.setenv(name, value)
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": environment}), \
+                distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                         dashboard_address=None) as cluster, \
+                distributed.Client(cluster) as client:
+            patch.undo()  # the workers have started: the rest of the session keeps its own environment
+            yield client, cache_dir
