@@ -107,7 +107,8 @@ def task_backward(l, task, params, offsets, packing, forward, buffers, num_direc
     scratch = buffers.weight_tmp[task]
     accumulate_weight_gradient(dz, forward.h_prev[l, d][r0:r1], target, offsets[row, W_HH],
                                scratch[: hidden * hidden].reshape((hidden, hidden)))
-    accumulate_weight_gradient(dz, inputs, target, offsets[row, W_IH], scratch[: hidden * width].reshape((hidden, width)))
+    accumulate_weight_gradient(dz, inputs, target, offsets[row, W_IH],
+                               scratch[: hidden * width].reshape((hidden, width)))
     accumulate_bias_gradient(dz, target, offsets, row, scratch[:hidden])
     if l > 0 or buffers.grad_x.shape[0] > 0:
         np.dot(dz, w_ih, input_gradient_target(l, d, num_directions, buffers, r0, r1, width))

@@ -40,3 +40,22 @@ def as_array(value, name, dtype):
         fix = f"{name}.astype(np.{dtype})" if isinstance(value, np.ndarray) else f"np.asarray({name}, dtype=np.{dtype})"
         raise ValueError(f"{name} must have the type {dtype}, got type {array.dtype}; convert it with {fix}")
     return array
+
+
+def check_lengths_type(lengths, batch):
+    """An integer array (NumPy, or anything with ``dtype`` and ``shape`` such as a dask array) of shape (N,)."""
+    if lengths.dtype.kind not in "iu":
+        raise TypeError(f"lengths must be an array of integers, got dtype {lengths.dtype}; "
+                        "convert it with lengths.astype(np.int64)")
+    if lengths.shape != (batch,):
+        raise ValueError(f"lengths must have shape ({batch},), one length per sequence of the batch, "
+                         f"got shape {lengths.shape}")
+
+
+def check_lengths_range(lengths, steps):
+    """Every length in 1...L, with torch's message for lengths <= 0."""
+    if (lengths <= 0).any():
+        raise ValueError("Length of all samples has to be greater than 0, but found an element in 'lengths' that is "
+                         f"<= 0: {lengths.min()}")
+    if (lengths > steps).any():
+        raise ValueError(f"lengths must be at most the sequence length L={steps}, got {lengths.max()}")

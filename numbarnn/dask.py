@@ -44,6 +44,7 @@ from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 from filelock import FileLock
 
+from ._validation import check_lengths_range, check_lengths_type
 from .rnn import RNN
 
 __all__ = ["forward", "limit_threads"]
@@ -157,7 +158,9 @@ def _run_block(rnn, x, state, lengths, start, total_steps, numba_threads):
         if lengths is None:
             with _first_call_lock((rnn.dtype.str, batch_first, False, state is None)):
                 return rnn(x, state)
-        _check_lengths_values(lengths, total_steps)
+        # Each task sees a slice of the lengths and of time, and could not tell an out-of-range length from a sequence
+        # that ends before or after its block: the whole range is checked here, with numbarnn.RNN's messages.
+        check_lengths_range(lengths, total_steps)
         run = np.clip(lengths - start, 0, block_steps)
         if (run == block_steps).all():
             with _first_call_lock((rnn.dtype.str, batch_first, False, state is None)):
@@ -247,25 +250,10 @@ def _check_lengths(lengths, steps, batch):
         return None
     if not isinstance(lengths, da.Array):
         lengths = np.asarray(lengths)
-    if lengths.dtype.kind not in "iu":
-        raise TypeError(f"lengths must be an array of integers, got dtype {lengths.dtype}; "
-                        "convert it with lengths.astype(np.int64)")
-    if lengths.shape != (batch,):
-        raise ValueError(f"lengths must have shape ({batch},), one length per sequence of the batch, "
-                         f"got shape {lengths.shape}")
+    check_lengths_type(lengths, batch)
     if isinstance(lengths, np.ndarray):
-        _check_lengths_values(lengths, steps)
+        check_lengths_range(lengths, steps)
     return da.asarray(lengths).astype(np.int64)
-
-
-def _check_lengths_values(lengths, steps):
-    # numbarnn.RNN's (and torch's) messages: each task sees a slice of the lengths and a slice of time, so it could
-    # not tell an out-of-range length from a sequence that ends before or after its block.
-    if (lengths <= 0).any():
-        raise ValueError("Length of all samples has to be greater than 0, but found an element in 'lengths' that is "
-                         f"<= 0: {lengths.min()}")
-    if (lengths > steps).any():
-        raise ValueError(f"lengths must be at most the sequence length L={steps}, got {lengths.max()}")
 
 
 def _config(rnn):

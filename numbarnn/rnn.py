@@ -12,7 +12,7 @@ from . import _engine as engine
 from ._layout import build_layout
 from ._module import Module
 from ._step import stacked_step
-from ._validation import as_array, check_nonlinearity, check_size
+from ._validation import as_array, check_lengths_range, check_lengths_type, check_nonlinearity, check_size
 from ._workspace import Spec
 
 
@@ -336,17 +336,8 @@ class RNN(Module):
                 "(input[:, None] or input[None]) or leave lengths out"
             )
         lengths = np.asarray(lengths)
-        if lengths.dtype.kind not in "iu":
-            raise TypeError(f"lengths must be an array of integers, got dtype {lengths.dtype}; "
-                            "convert it with lengths.astype(np.int64)")
-        if lengths.shape != (batch,):
-            raise ValueError(f"lengths must have shape ({batch},), one length per sequence of the batch, "
-                             f"got shape {lengths.shape}")
-        if (lengths <= 0).any():
-            raise ValueError("Length of all samples has to be greater than 0, but found an element in 'lengths' "
-                             f"that is <= 0: {lengths.min()}")
-        if (lengths > steps).any():
-            raise ValueError(f"lengths must be at most the sequence length L={steps}, got {lengths.max()}")
+        check_lengths_type(lengths, batch)
+        check_lengths_range(lengths, steps)
         return lengths.astype(np.int64)
 
     # -- training state ----------------------------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """Dropout between layers: off in eval, the expected rate in training, and exact gradients through the masks.
 
 The masks of a training forward are read from ``rnn._record.buffers.dropout_scale`` ((num_layers - 1, R, D * H)
-packed rows, laid out by ``rnn._record.packing``, 0 or 1 / (1 - p)); torch is then run layer by layer with the same masks, so the gradients can be
-compared exactly.
+packed rows, laid out by ``rnn._record.packing``, 0 or 1 / (1 - p)); torch is then run layer by layer with the same
+masks, so the gradients can be compared exactly.
 """
 
 import numpy as np
