@@ -10,7 +10,8 @@ For each configuration the parent process writes the model once (``numbarnn.save
 (``python onnx_vs_numbarnn.py --worker ...``), alternating which library goes first. Each worker warms up, then takes
 ``--repeats`` samples of back-to-back calls and prints their median time per call; the table shows the median of those
 medians. Both libraries get the same thread count: ONNX Runtime's ``intra_op_num_threads`` (inter-op 1), numba's
-``set_num_threads`` and the BLAS pool (threadpoolctl). Needs onnx, onnxruntime and threadpoolctl.
+``set_num_threads`` (numbarnn runs its BLAS on one thread itself). The one-step "stream" configuration calls
+``rnn.step``. Needs onnx and onnxruntime.
 
 Only the standard library is imported at module level, so that asv's discovery (which imports every module under
 ``benchmarks/``) finds nothing to run here and needs none of those packages.
@@ -116,19 +117,24 @@ def run_worker(library, directory, threads, repeats):
 
         return measure(call, repeats)
     import numba
-    import scipy.linalg  # noqa: F401  (loads the BLAS numba's np.dot calls, so that threadpoolctl can limit it)
-    from threadpoolctl import threadpool_limits
 
     import numbarnn
+    from numbarnn._threads import configure_threads_once
 
+    configure_threads_once()  # numbarnn's own thread setup (its BLAS on one thread), then the thread count asked for
     numba.set_num_threads(threads)
     rnn = numbarnn.load(os.path.join(directory, "model.npz"))["rnn"].eval()
 
-    def call():
-        rnn(x, h_0)
+    if x.shape[0] == 1 and not rnn.bidirectional:  # a streaming step: numbarnn's one-step entry point
+        x_t = x[0]
 
-    with threadpool_limits(limits=threads, user_api="blas"):
-        return measure(call, repeats)
+        def call():
+            rnn.step(x_t, h_0)
+    else:
+        def call():
+            rnn(x, h_0)
+
+    return measure(call, repeats)
 
 
 def measure(call, repeats):
