@@ -24,7 +24,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 # name -> (L, N, H_in, H_out, layers, bidirectional): tiny and small are `python -m numbarnn bench`'s configurations;
 # stream is one step of one sequence carried over from the last call's state (serving a live stream).
@@ -33,9 +32,6 @@ CONFIGS = {
     "small": (100, 32, 64, 128, 2, False),
     "stream": (1, 1, 64, 128, 2, False),
 }
-WARMUP_CALLS = 5
-# Each sample times enough back-to-back calls to last this long (a streaming step is a few microseconds).
-MIN_SAMPLE_SECONDS = 0.02
 SEED = 0
 
 
@@ -138,19 +134,11 @@ def run_worker(library, directory, threads, repeats):
 
 
 def measure(call, repeats):
-    """Median seconds per call over ``repeats`` samples, after a warm-up (numba's JIT, ORT's first-run setup)."""
-    for _ in range(WARMUP_CALLS):
-        call()
-    start, calls = time.perf_counter(), 0
-    while time.perf_counter() - start < MIN_SAMPLE_SECONDS:
-        call()
-        calls += 1
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(calls):
-            call()
-        samples.append((time.perf_counter() - start) / calls)
+    """Median seconds per call over ``repeats`` samples, after a warm-up (numba's JIT, ORT's first-run setup): as ``numbarnn bench``
+    samples."""
+    from numbarnn.cli.bench_worker import time_calls
+
+    samples, _ = time_calls(call, repeats)
     return statistics.median(samples)
 
 

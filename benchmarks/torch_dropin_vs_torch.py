@@ -26,7 +26,6 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 
 # name -> (L, N, H_in, H_out, layers): the bench's tiny, small and medium configurations (unidirectional).
 CONFIGS = {
@@ -37,8 +36,6 @@ CONFIGS = {
 MODEL = {"steps": 64, "batch": 32, "hidden": 128, "layers": 1, "vocabulary": 53}
 # The issue's targets, torch ÷ numbarnn: (inference, training step); the model step has one.
 TARGETS = {"tiny": (8.0, 20.0), "small": (1.7, 2.5), "medium": (1.2, 1.3), "model": (None, 2.0)}
-WARMUP_CALLS = 3
-MIN_SAMPLE_SECONDS = 0.02
 SEED = 0
 
 
@@ -150,19 +147,11 @@ def model_step(torch, accelerate):
 
 
 def measure(call, repeats):
-    """Median seconds per call over ``repeats`` samples, after a warm-up (numba's JIT cache, torch's allocator)."""
-    for _ in range(WARMUP_CALLS):
-        call()
-    start, calls = time.perf_counter(), 0
-    while time.perf_counter() - start < MIN_SAMPLE_SECONDS:
-        call()
-        calls += 1
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(calls):
-            call()
-        samples.append((time.perf_counter() - start) / calls)
+    """Median seconds per call over ``repeats`` samples, after a warm-up (numba's JIT cache, torch's allocator): as ``numbarnn bench``
+    samples."""
+    from numbarnn.cli.bench_worker import time_calls
+
+    samples, _ = time_calls(call, repeats)
     return statistics.median(samples)
 
 
