@@ -9,8 +9,8 @@ threadpoolctl, and never changed per call: nothing process-wide moves while thre
 
 numba's OpenMP workers are started with ``OMP_WAIT_POLICY=PASSIVE`` (unless the user set the variable): between
 parallel regions they sleep instead of spinning. Spinning workers took the cores the calling thread needed next:
-the small benchmark configuration's forward took 8-16 ms per call in most fresh processes with spinning workers and
-3.1 ms with sleeping ones (2 threads, this 2-core machine).
+the small benchmark configuration's forward took 8-16 ms per call in five fresh processes with spinning workers, and
+3.1-3.2 ms in three of four with sleeping ones (6.3 ms in the fourth; 2 threads, a 2-core virtual machine).
 
 How many threads a call uses is numba's own setting (``numba.set_num_threads``, per calling thread, or the
 ``NUMBA_NUM_THREADS`` environment variable). numba's ``workqueue`` threading layer (its fallback where neither TBB
