@@ -96,6 +96,8 @@ def spawn_worker(library, directory, threads, repeats):
 def run_worker(library, directory, threads, repeats):
     import numpy as np
 
+    from numbarnn.cli.bench_worker import median_seconds_per_call  # as `numbarnn bench` samples
+
     x = np.load(os.path.join(directory, "input.npy"))
     h_0 = np.load(os.path.join(directory, "h_0.npy"))
     if library == "onnxruntime":
@@ -111,7 +113,7 @@ def run_worker(library, directory, threads, repeats):
         def call():
             session.run(None, feeds)
 
-        return measure(call, repeats)
+        return median_seconds_per_call(call, repeats)
     import numba
 
     import numbarnn
@@ -130,16 +132,7 @@ def run_worker(library, directory, threads, repeats):
         def call():
             rnn(x, h_0)
 
-    return measure(call, repeats)
-
-
-def measure(call, repeats):
-    """Median seconds per call over ``repeats`` samples, after a warm-up (numba's JIT, ORT's first-run setup): as ``numbarnn bench``
-    samples."""
-    from numbarnn.cli.bench_worker import time_calls
-
-    samples, _ = time_calls(call, repeats)
-    return statistics.median(samples)
+    return median_seconds_per_call(call, repeats)
 
 
 if __name__ == "__main__":

@@ -88,6 +88,8 @@ def run_worker(library, configs, threads, repeats):
     """{case: median seconds per call} for this library, measured in this process."""
     import torch
 
+    from numbarnn.cli.bench_worker import median_seconds_per_call  # as `numbarnn bench` samples
+
     torch.set_num_threads(threads)
     accelerate = (lambda module: module)
     if library == "numbarnn":
@@ -97,7 +99,7 @@ def run_worker(library, configs, threads, repeats):
     results = {}
     for name in configs:
         if name == "model":
-            results["model/training step"] = measure(model_step(torch, accelerate), repeats)
+            results["model/training step"] = median_seconds_per_call(model_step(torch, accelerate), repeats)
             continue
         steps, batch, input_size, hidden, layers = CONFIGS[name]
         torch.manual_seed(SEED)
@@ -113,8 +115,8 @@ def run_worker(library, configs, threads, repeats):
             out, _h = rnn(x)
             (out * g).sum().backward()
 
-        results[f"{name}/inference"] = measure(inference, repeats)
-        results[f"{name}/training step"] = measure(training_step, repeats)
+        results[f"{name}/inference"] = median_seconds_per_call(inference, repeats)
+        results[f"{name}/training step"] = median_seconds_per_call(training_step, repeats)
     return results
 
 
@@ -144,15 +146,6 @@ def model_step(torch, accelerate):
         optimizer.step()
 
     return step
-
-
-def measure(call, repeats):
-    """Median seconds per call over ``repeats`` samples, after a warm-up (numba's JIT cache, torch's allocator): as ``numbarnn bench``
-    samples."""
-    from numbarnn.cli.bench_worker import time_calls
-
-    samples, _ = time_calls(call, repeats)
-    return statistics.median(samples)
 
 
 if __name__ == "__main__":

@@ -87,12 +87,7 @@ def forward(spec, params, offsets, x, h_0, lengths, *, training, batch_first, dr
                                   x.reshape(-1, spec.input_size) if reads_input else None)
     if not reads_input:
         to_rows(x, packing, buffers.x_rows, in_place)
-    if h_0 is None:
-        buffers.h_n.fill(0)
-    elif identity_order(packing):
-        buffers.h_n[...] = h_0
-    else:
-        np.take(h_0, packing.order, axis=1, out=buffers.h_n)
+    sort_states(h_0, packing, buffers.h_n)
     if dropped:
         draw_dropout(buffers.dropout_scale)
     run_kernel(rnn_forward, rnn_forward_parallel, block_total(packing) * spec.num_directions,
@@ -138,12 +133,7 @@ def backward(params, offsets, record, grad_output, grad_h_n, grads, *, need_inpu
         buffers.grad_output.fill(0)
     else:
         to_rows(grad_output, packing, buffers.grad_output, in_place)
-    if grad_h_n is None:
-        buffers.grad_h.fill(0)
-    elif identity_order(packing):
-        buffers.grad_h[...] = grad_h_n
-    else:
-        np.take(grad_h_n, packing.order, axis=1, out=buffers.grad_h)
+    sort_states(grad_h_n, packing, buffers.grad_h)
     run_kernel(rnn_backward, rnn_backward_parallel, block_total(packing) * spec.num_directions,
                params, offsets, packing, forward_buffers_, buffers, spec.num_directions, spec.relu, grads)
     grad_input = from_rows(buffers.grad_x, packing, steps, batch, batch_first, False) if need_input_grad else None
@@ -168,6 +158,17 @@ def from_rows(rows, packing, steps, batch, batch_first, own):
     result = np.empty((batch, steps, features) if batch_first else (steps, batch, features), rows.dtype)
     unpack(rows, packing, result.transpose(1, 0, 2) if batch_first else result)
     return result
+
+
+def sort_states(states, packing, out):
+    """(layers, N, H) ``states`` (None: zeros) into ``out`` in the packed batch order; :func:`unsort_states` undoes
+    it."""
+    if states is None:
+        out.fill(0)
+    elif identity_order(packing):
+        out[...] = states
+    else:
+        np.take(states, packing.order, axis=1, out=out)
 
 
 def unsort_states(states, packing, copy):

@@ -21,6 +21,7 @@ import json
 import math
 import os
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -81,6 +82,13 @@ def time_calls(function, repeats, context=contextlib.nullcontext):
                 function()
             samples.append((time.perf_counter() - start) / number)
     return samples, number
+
+
+def median_seconds_per_call(function, repeats):
+    """The median of :func:`time_calls`'s samples: one figure per process, for scripts that compare other engines
+    the same way (``benchmarks/onnx_vs_numbarnn.py``, ``benchmarks/torch_dropin_vs_torch.py``)."""
+    samples, _ = time_calls(function, repeats)
+    return statistics.median(samples)
 
 
 # -- the two libraries -----------------------------------------------------------------------------------------------
