@@ -47,7 +47,8 @@ def make_packing(spec, steps, batch, lengths):
     return length_packing(lengths, steps, blocks)
 
 
-def forward(spec, params, offsets, x, h_0, lengths, *, training, batch_first, draw_dropout=None, spare=None):
+def forward(spec, params, offsets, x, h_0, lengths, *, training, batch_first, draw_dropout=None, spare=None,
+            pool=None):
     """Run the stack over ``x``.
 
     Parameters
@@ -61,6 +62,7 @@ def forward(spec, params, offsets, x, h_0, lengths, *, training, batch_first, dr
     batch_first : lay the output out as (N, L, D * H_out).
     draw_dropout : None, or a function filling the (num_layers - 1, R, D * H_out) dropout scale (training only).
     spare : a consumed :class:`Record` whose buffers may be reused, or None.
+    pool : a :class:`numbarnn._workspace.ScratchPool` whose buffers an inference call takes and gives back, or None.
 
     Returns
     -------
@@ -80,11 +82,16 @@ def forward(spec, params, offsets, x, h_0, lengths, *, training, batch_first, dr
     dropped = spec.num_layers - 1 if draw_dropout is not None else 0
     # Inference reads a contiguous single-block input in place; training copies it (the record must own it).
     reads_input = in_place and not training and x.flags.c_contiguous
-    if spare is not None and spare.buffers is not None and spare.key() == buffer_key(packing, dropped):
+    x_rows = x.reshape(-1, spec.input_size) if reads_input else None
+    # an inference output that is the top layer's rows as they are must be a new array each call
+    output_is_rows = in_place and not training and not batch_first
+    key = buffer_key(packing, dropped)
+    if spare is not None and spare.buffers is not None and spare.key() == key:
         buffers = spare.buffers
+    elif pool is not None and not training:
+        buffers = take_scratch(pool, key, spec, packing, dropped, x_rows, output_is_rows)
     else:
-        buffers = forward_buffers(spec, packing, training, dropped,
-                                  x.reshape(-1, spec.input_size) if reads_input else None)
+        buffers = forward_buffers(spec, packing, training, dropped, x_rows)
     if not reads_input:
         to_rows(x, packing, buffers.x_rows, in_place)
     sort_states(h_0, packing, buffers.h_n)
@@ -95,7 +102,31 @@ def forward(spec, params, offsets, x, h_0, lengths, *, training, batch_first, dr
     output = from_rows(buffers.top_out, packing, steps, batch, batch_first, in_place and not training)
     h_n = unsort_states(buffers.h_n, packing, copy=training)
     record = Record(spec, packing, buffers, steps, batch) if training else None
+    if pool is not None and not training:
+        give_scratch(pool, key, buffers, reads_input, output_is_rows)
     return output, h_n, record
+
+
+def take_scratch(pool, key, spec, packing, dropped, x_rows, output_is_rows):
+    """Inference buffers from ``pool``'s scratch of shape ``key`` when it has some, else new; the arrays the call
+    returns (``h_n``, and ``top_out`` when it is the output) are always new, and ``x_rows`` is the caller's input
+    when given."""
+    scratch = pool.take(key)
+    if scratch is None:
+        return forward_buffers(spec, packing, False, dropped, x_rows)
+    if x_rows is None:
+        x_rows = scratch.x_rows if scratch.x_rows is not None else np.empty((key[0], spec.input_size), spec.dtype)
+    top_out = scratch.top_out
+    if output_is_rows or top_out is None:
+        top_out = np.empty((key[0], spec.num_directions * spec.hidden_size), spec.dtype)
+    h_n = np.empty((spec.num_layers * spec.num_directions, key[1], spec.hidden_size), spec.dtype)
+    return scratch._replace(x_rows=x_rows, top_out=top_out, h_n=h_n)
+
+
+def give_scratch(pool, key, buffers, reads_input, output_is_rows):
+    """Give an inference call's buffers back to ``pool``, without the arrays it returned or read from its caller."""
+    pool.give(key, buffers._replace(x_rows=None if reads_input else buffers.x_rows,
+                                    top_out=None if output_is_rows else buffers.top_out, h_n=None))
 
 
 def backward(params, offsets, record, grad_output, grad_h_n, grads, *, need_input_grad, batch_first, spare=None):

@@ -15,6 +15,7 @@ Packed rows
 """
 
 import functools
+import threading
 from collections import namedtuple
 
 import numba
@@ -171,3 +172,39 @@ def backward_buffers(spec, packing, parameter_count, need_input_grad):
         weight_tmp=empty((blocks * directions, hidden * max(input_size, width, hidden)), dtype),
         grad_partial=empty((partial_blocks(packing), parameter_count), dtype),
     )
+
+
+class ScratchPool:
+    """Forward buffers of finished inference calls, kept for the next calls of the same shape.
+
+    Fresh buffers of a few MiB cost a page fault per 4 KiB page whenever the C allocator has handed the previous
+    call's memory back to the system, which it does or not depending on the process's allocation history (measured on
+    the small benchmark configuration: 1768 faults and 2.5 ms of a 5.6 ms forward in such a process, none in
+    another). Each call takes buffers of its own (a call in another thread finds them gone and builds its own), so
+    one pool serves any number of threads. Buffers returned to the caller are never kept.
+    """
+
+    KEEP = 2  # buffer sets kept: a caller alternating two shapes (say, training-size and last batches) reuses both
+
+    def __init__(self):
+        self._free = []  # (key, buffers), most recently returned last
+        self._lock = threading.Lock()
+
+    def take(self, key):
+        """Buffers of shape ``key`` given back earlier, or None."""
+        with self._lock:
+            for index in range(len(self._free) - 1, -1, -1):
+                if self._free[index][0] == key:
+                    return self._free.pop(index)[1]
+        return None
+
+    def give(self, key, buffers):
+        """Keep ``buffers`` (without any array the call returned or read from its caller) for a later call."""
+        with self._lock:
+            self._free.append((key, buffers))
+            del self._free[:-self.KEEP]
+
+    def clear(self):
+        with self._lock:
+            self._free.clear()
+

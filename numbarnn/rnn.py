@@ -13,7 +13,7 @@ from ._layout import build_layout
 from ._module import Module
 from ._step import stacked_step
 from ._validation import as_array, check_lengths_range, check_lengths_type, check_nonlinearity, check_size
-from ._workspace import Spec
+from ._workspace import ScratchPool, Spec
 
 
 class RNN(Module):
@@ -53,10 +53,13 @@ class RNN(Module):
     training : bool
         Modules start in training mode, as torch's do. In training mode every forward keeps what :meth:`backward`
         needs (in buffers reused across calls of the same shape); call :meth:`eval` for inference, which keeps
-        nothing and may run from many threads at once.
+        nothing for a backward pass and may run from many threads at once. Inference keeps the scratch buffers of
+        its last two input shapes for the next calls (new buffers of a few MiB can cost more in page faults than the
+        arithmetic); :meth:`train` releases them.
     """
 
-    _TRANSIENT = {"_record": None, "_spare_backward": None, "_training_lock": threading.Lock}
+    _TRANSIENT = {"_record": None, "_spare_backward": None, "_training_lock": threading.Lock,
+                  "_scratch": ScratchPool}
 
     def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, *, dtype=np.float32, seed=None):
@@ -79,6 +82,7 @@ class RNN(Module):
         self._record = None  # what the last training forward left for backward (it owns its buffers)
         self._spare_backward = None  # the last backward's buffers, reused while the shape stays the same
         self._training_lock = threading.Lock()
+        self._scratch = ScratchPool()  # inference buffers of the last calls, for the next calls of the same shape
 
     @property
     def _spec(self):
@@ -98,6 +102,12 @@ class RNN(Module):
         if self.bidirectional:
             extra += ", bidirectional=True"
         return extra
+
+    def train(self, mode=True):
+        """Switch to training mode (releasing the inference scratch buffers), or to eval mode; returns the module."""
+        if mode:
+            self._scratch.clear()
+        return super().train(mode)
 
     # -- forward -----------------------------------------------------------------------------------------------
     def __call__(self, input, h_0=None, lengths=None, *, hx=None):
@@ -146,7 +156,7 @@ class RNN(Module):
             if self._record is not None:
                 self._record = None  # the most recent forward keeps nothing: a backward now would be a mistake
             output, h_n, _ = engine.forward(self._spec, self._param_flat, self._offsets, x, h_0, lengths,
-                                            training=False, batch_first=batch_first)
+                                            training=False, batch_first=batch_first, pool=self._scratch)
         else:
             with self._exclusive_training("forward"):
                 dropout = self._draw_dropout_masks if self.dropout > 0 and self.num_layers > 1 else None

@@ -27,7 +27,7 @@ from . import _engine as engine
 from ._layout import build_layout
 from ._step import stacked_step
 from ._threads import configure_threads_once
-from ._workspace import Spec
+from ._workspace import ScratchPool, Spec
 
 __all__ = ["RNN", "RNNCell", "accelerate"]
 
@@ -39,7 +39,7 @@ class _Plan:
     """What a call needs of its module besides the tensors: the kernels' spec, the parameter layout, and how to
     split the flat gradient back into one view per Parameter. Built once per (module, dtype)."""
 
-    __slots__ = ("offsets", "slices", "spare_backward", "spare_records", "spec", "total")
+    __slots__ = ("offsets", "scratch", "slices", "spare_backward", "spare_records", "spec", "total")
 
     def __init__(self, input_size, hidden_size, num_layers, num_directions, bias, dtype, relu):
         self.spec = Spec(input_size, hidden_size, num_layers, num_directions, dtype, relu)
@@ -48,6 +48,7 @@ class _Plan:
         # Lists, so that taking one (list.pop) is atomic when several threads call the module.
         self.spare_records = []   # forward records whose graphs are gone (at most 2: a loop keeps one alive)
         self.spare_backward = []  # backward scratch buffers (at most 1)
+        self.scratch = ScratchPool()  # calls that keep nothing for a backward (no_grad, inference_mode) take theirs here
         entries, self.offsets, self.total = build_layout(input_size, hidden_size, num_layers, num_directions, bias)
         self.slices = [(offset, offset + int(np.prod(shape)), shape) for _, offset, shape in entries]
 
@@ -216,7 +217,7 @@ def _run(module, plan, x, h_0, weights, lengths, batch_first, dropout):
     output, h_n, _ = engine.forward(
         plan.spec, params, plan.offsets, _time_major(x.detach().numpy(), batch_first),
         _as_numpy(h_0), lengths, training=False, batch_first=batch_first,
-        draw_dropout=_dropout_drawer(dropout) if dropout else None)
+        draw_dropout=_dropout_drawer(dropout) if dropout else None, pool=plan.scratch)
     return torch.from_numpy(output), torch.from_numpy(h_n)
 
 

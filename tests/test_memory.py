@@ -1,14 +1,17 @@
-"""Steady-state training allocates only the arrays it returns; eval mode keeps nothing.
+"""Steady-state training and inference allocate only the arrays they return; eval mode keeps nothing for a backward
+pass, and its reused scratch holds neither the caller's arrays nor what it returned.
 
 numpy reports its data buffers to tracemalloc, so the traced peak of one call bounds every array it allocated.
 """
 
 import tracemalloc
+import weakref
 
 import numpy as np
 import pytest
 
 import numbarnn
+from numbarnn._workspace import block_count, length_packing
 
 STEPS, BATCH, INPUT_SIZE, HIDDEN = 20, 8, 16, 32
 # Python objects (tuples, the record, small index arrays) allocated per call; far below any buffer of these sizes.
@@ -63,6 +66,54 @@ def test_eval_forward_keeps_nothing():
     _, held = traced(lambda: rnn(x))
     assert held < SMALL_OBJECTS
     assert rnn._record is None
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+@pytest.mark.parametrize("with_lengths", [False, True])
+def test_eval_forward_allocates_only_its_results(batch_first, with_lengths):
+    # large enough for two blocks where numba has two threads, so the packed, unpacked and in-place paths all run
+    rnn = numbarnn.RNN(INPUT_SIZE, HIDDEN, num_layers=3, batch_first=batch_first, seed=0).eval()
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((BATCH, STEPS, INPUT_SIZE) if batch_first else (STEPS, BATCH, INPUT_SIZE))
+    x = x.astype(np.float32)
+    lengths = rng.integers(1, STEPS + 1, BATCH) if with_lengths else None
+    for _ in range(300):  # numba's dispatcher caches, as above
+        rnn(x, lengths=lengths)
+    output_bytes = STEPS * BATCH * HIDDEN * 4
+    states = 3 * BATCH * HIDDEN * 4
+    # with lengths each call also sorts them into a packing of its own: small index arrays, measured here
+    packing = 0
+    if with_lengths:
+        blocks = block_count(BATCH, STEPS, INPUT_SIZE, HIDDEN, 3)
+        packing, _ = traced(lambda: length_packing(lengths, STEPS, blocks))
+    # a new scratch buffer (z alone is L*N*H floats = 20 KiB) on top of the output and h_n breaks the bound
+    peak, held = traced(lambda: rnn(x, lengths=lengths))
+    assert held < SMALL_OBJECTS
+    assert peak < output_bytes + states + packing + SMALL_OBJECTS, (peak, output_bytes + states, packing)
+
+
+def test_eval_results_are_new_arrays_and_the_input_is_not_kept():
+    rnn = numbarnn.RNN(INPUT_SIZE, HIDDEN, num_layers=2, seed=0).eval()
+    rng = np.random.default_rng(1)
+    x1, x2 = (rng.standard_normal((STEPS, BATCH, INPUT_SIZE)).astype(np.float32) for _ in range(2))
+    output1, h_n1 = rnn(x1)
+    expected = output1.copy(), h_n1.copy()
+    output2, h_n2 = rnn(x2)  # same shape: runs on the first call's scratch
+    np.testing.assert_array_equal(output1, expected[0])
+    np.testing.assert_array_equal(h_n1, expected[1])
+    assert not np.shares_memory(output1, output2) and not np.shares_memory(h_n1, h_n2)
+    alive = weakref.ref(x1)
+    del x1
+    assert alive() is None, "the scratch pool keeps the caller's input alive"
+
+
+def test_train_releases_the_inference_scratch():
+    rnn = numbarnn.RNN(INPUT_SIZE, HIDDEN, seed=0).eval()
+    x = np.zeros((STEPS, BATCH, INPUT_SIZE), np.float32)
+    rnn(x)
+    assert rnn._scratch._free, "an eval call left no scratch for the next call"
+    rnn.train()
+    assert not rnn._scratch._free
 
 
 def test_eval_cell_records_nothing():

@@ -345,6 +345,22 @@ def test_buffers_of_finished_calls_are_reused(monkeypatch):
     assert all(torch.equal(output, outputs[0]) for output in outputs)
 
 
+@pytest.mark.parametrize("context", [torch.no_grad, torch.inference_mode])
+def test_inference_reuses_its_scratch_and_returns_new_tensors(context, monkeypatch):
+    allocated = []
+    original = _engine.forward_buffers
+    monkeypatch.setattr(_engine, "forward_buffers", lambda *a, **k: allocated.append(1) or original(*a, **k))
+    rnn = nt.RNN(3, 4, num_layers=2)
+    x1, x2 = torch.randn(5, 2, 3), torch.randn(5, 2, 3)
+    with context():
+        output1, h_n1 = rnn(x1)
+        expected = output1.clone(), h_n1.clone()
+        output2, h_n2 = rnn(x2)  # runs on the first call's scratch
+    assert len(allocated) == 1
+    assert torch.equal(output1, expected[0]) and torch.equal(h_n1, expected[1])
+    assert output1.data_ptr() != output2.data_ptr() and h_n1.data_ptr() != h_n2.data_ptr()
+
+
 def test_an_in_place_weight_change_before_backward_raises():
     rnn = nt.RNN(3, 4)
     output, _ = rnn(torch.randn(5, 2, 3))
