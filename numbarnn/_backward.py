@@ -16,18 +16,18 @@ from ._forward import layer_input, layer_output, weight_views
 from ._jit import jit
 from ._layout import B_HH, B_IH, NO_BIAS, W_HH, W_IH
 from ._loops import add_2d, add_into_flat, multiply_2d
-from ._matmul import matmul
+from ._panels import pack_panels, panel_matmul
 
 
 @jit(inline=True)
-def direction_backward(grad_y, y, w_hh, step_offsets, reverse, relu, column, carry, dz):
+def direction_backward(grad_y, y, w_hh_panels, step_offsets, reverse, relu, column, carry, dz):
     """Reverse-time loop of one direction over one block's rows.
 
     ``grad_y``/``y`` (R_b, D * H) are the gradient and value of the layer output (this direction's columns start at
     ``column``); ``carry`` (N_b, H) holds the gradient of h_n on entry and of h_0 on exit; ``dz`` (R_b, H) receives
-    the gradient of the pre-activations.
+    the gradient of the pre-activations; ``w_hh_panels`` holds W_hh packed by :func:`numbarnn._panels.pack_panels`.
     """
-    hidden = w_hh.shape[0]
+    hidden = carry.shape[1]
     steps = step_offsets.size - 1
     for s in range(steps):
         t = s if reverse else steps - 1 - s
@@ -37,7 +37,7 @@ def direction_backward(grad_y, y, w_hh, step_offsets, reverse, relu, column, car
             for j in range(hidden):
                 r = r0 + i
                 dz[r, j] = activation_backward(grad_y[r, column + j] + carry[i, j], y[r, column + j], relu)
-        matmul(dz[r0 : r0 + n], w_hh, carry[:n])
+        panel_matmul(dz[r0 : r0 + n], w_hh_panels, carry[:n])
 
 
 @jit(inline=True)
@@ -101,7 +101,9 @@ def task_backward(l, task, params, offsets, packing, forward, buffers, num_direc
     w_ih, w_hh = weight_views(params, offsets, row, width, hidden)
     grad_y = buffers.grad_output if l == num_layers - 1 else buffers.grad_layer
     dz = buffers.dz[d][r0:r1]
-    direction_backward(grad_y[r0:r1], layer_output(l, num_layers, forward)[r0:r1], w_hh, packing.step_offsets[b],
+    w_hh_panels = buffers.w_hh_panels[task]
+    pack_panels(w_hh, w_hh_panels)
+    direction_backward(grad_y[r0:r1], layer_output(l, num_layers, forward)[r0:r1], w_hh_panels, packing.step_offsets[b],
                        d == 1, relu, d * hidden, buffers.grad_h[row][n0:n1], dz)
     target = block_gradients(b, grads, buffers)
     scratch = buffers.weight_tmp[task]

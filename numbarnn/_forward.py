@@ -2,8 +2,8 @@
 :mod:`numbarnn._workspace`.
 
 The batch is split into blocks of sequences, and each (block, direction) is an independent *task* within a layer:
-its rows' input projection (one GEMM), then every time step (``h_{t-1} W_hh^T`` and a fused bias + activation
-epilogue). :func:`rnn_forward` runs the tasks one after the other; :func:`rnn_forward_parallel` runs each layer's
+its rows' input projection (one GEMM), then every time step (``h_{t-1} W_hh^T`` against W_hh^T packed once per call,
+:mod:`numbarnn._panels`, and a fused bias + activation epilogue). :func:`rnn_forward` runs the tasks one after the other; :func:`rnn_forward_parallel` runs each layer's
 tasks on numba's threads, with single-threaded products inside, so threads meet once per layer, never per step.
 """
 
@@ -13,8 +13,8 @@ from numba import prange
 from ._activations import activate
 from ._jit import jit
 from ._layout import B_HH, B_IH, NO_BIAS, W_HH, W_IH
-from ._loops import copy_2d, copy_transposed, multiply_2d
-from ._matmul import matmul
+from ._loops import copy_2d, multiply_2d
+from ._panels import pack_panels, panel_matmul
 
 
 @jit(inline=True)
@@ -61,16 +61,17 @@ def apply_dropout(l, buffers, r0, r1):
 
 
 @jit(inline=True)
-def direction_forward(inputs, w_ih, w_hh_transposed, b_ih, b_hh, step_offsets, reverse, relu, z, step_tmp, h,
+def direction_forward(inputs, w_ih, w_hh_panels, b_ih, b_hh, step_offsets, reverse, relu, z, step_tmp, h,
                       h_prev, out, column):
     """Run one direction of one layer over one block's rows.
 
-    ``z`` receives the input projection; ``w_hh_transposed`` is a C-contiguous copy of W_hh.T; ``h`` (N_b, H)
+    ``z`` receives the input projection; ``w_hh_panels`` holds W_hh.T packed by
+    :func:`numbarnn._panels.pack_panels`; ``h`` (N_b, H)
     holds h_0 on entry and h_n on exit; ``h_prev``, when it has rows, receives the state each step starts from
     (for the weight gradient); the outputs go to ``out[:, column:column + H]``.
     """
     np.dot(inputs, w_ih.T, z)
-    hidden = w_hh_transposed.shape[0]
+    hidden = h.shape[1]
     keep_h_prev = h_prev.shape[0] > 0
     steps = step_offsets.size - 1
     for s in range(steps):
@@ -79,7 +80,7 @@ def direction_forward(inputs, w_ih, w_hh_transposed, b_ih, b_hh, step_offsets, r
         n = step_offsets[t + 1] - r0
         if keep_h_prev:
             copy_2d(h[:n], h_prev[r0 : r0 + n])
-        matmul(h[:n], w_hh_transposed, step_tmp[:n])
+        panel_matmul(h[:n], w_hh_panels, step_tmp[:n])
         for i in range(n):
             for j in range(hidden):
                 v = activate((z[r0 + i, j] + b_ih[j]) + (step_tmp[i, j] + b_hh[j]), relu)
@@ -98,11 +99,11 @@ def task_forward(l, task, params, offsets, packing, buffers, num_directions, rel
     inputs = layer_input(l, buffers)
     w_ih, w_hh = weight_views(params, offsets, row, inputs.shape[1], hidden)
     b_ih, b_hh = bias_views(params, offsets, row, hidden, buffers.bias_zeros)
-    w_hh_transposed = buffers.w_hh_t[task]
-    copy_transposed(w_hh, w_hh_transposed)
+    w_hh_panels = buffers.w_hh_panels[task]
+    pack_panels(w_hh.T, w_hh_panels)
     out = layer_output(l, offsets.shape[0] // num_directions, buffers)
     # h_prev has no rows in inference, and slicing keeps it empty
-    direction_forward(inputs[r0:r1], w_ih, w_hh_transposed, b_ih, b_hh, packing.step_offsets[b], d == 1, relu,
+    direction_forward(inputs[r0:r1], w_ih, w_hh_panels, b_ih, b_hh, packing.step_offsets[b], d == 1, relu,
                       buffers.z[d][r0:r1], buffers.step_tmp[d][n0:n1], buffers.h_n[row][n0:n1],
                       buffers.h_prev[l, d][r0:r1], out[r0:r1], d * hidden)
 

@@ -21,6 +21,8 @@ from collections import namedtuple
 import numba
 import numpy as np
 
+from ._panels import panel_shape
+
 Packing = namedtuple("Packing", ["order", "block_batch", "block_rows", "step_offsets"])
 
 # What the kernels need to know of a module: sizes, dtype and activation.
@@ -34,7 +36,7 @@ ForwardBuffers = namedtuple("ForwardBuffers", [
     "h_prev",         # (num_layers, D, R, H) state each step starts from (training), or (num_layers, D, 0, H)
     "z",              # (D, R, H) input projections
     "step_tmp",       # (D, N, H) the per-step product h_{t-1} W_hh^T
-    "w_hh_t",         # (B * D, H, H) each task's C-contiguous copy of W_hh^T
+    "w_hh_panels",    # (B * D, *panel_shape(H, H)) each task's W_hh^T packed into panels (numbarnn._panels)
     "bias_zeros",     # (H,) zeros, read in place of the biases of a module without them
     "top_out",        # (R, D * H) the last layer's output rows
     "h_n",            # (num_layers * D, N, H) h_0 on entry, h_n on exit, batch in packed order
@@ -48,6 +50,7 @@ BackwardBuffers = namedtuple("BackwardBuffers", [
     "dz",              # (D, R, H) gradient of the pre-activations
     "grad_input_tmp",  # (D, R * max(H_in, D * H)) each direction's partial input gradient (bidirectional), or (D, 0)
     "weight_tmp",      # (B * D, H * max(H_in, D * H, H)) each task's weight-gradient product
+    "w_hh_panels",     # (B * D, *panel_shape(H, H)) each task's W_hh packed into panels (numbarnn._panels)
     "grad_partial",    # (B, P) each block's parameter gradients, summed into the module's after the pass
 ])
 
@@ -148,7 +151,7 @@ def forward_buffers(spec, packing, training, dropped, x_rows=None):
         h_prev=empty((layers, directions, rows if training else 0, hidden), dtype),
         z=empty((directions, rows, hidden), dtype),
         step_tmp=empty((directions, batch, hidden), dtype),
-        w_hh_t=empty((blocks * directions, hidden, hidden), dtype),
+        w_hh_panels=empty((blocks * directions, *panel_shape(hidden, hidden, dtype)), dtype),
         bias_zeros=np.zeros(hidden, dtype),
         top_out=empty((rows, width), dtype),
         h_n=empty((layers * directions, batch, hidden), dtype),
@@ -170,6 +173,7 @@ def backward_buffers(spec, packing, parameter_count, need_input_grad):
         dz=empty((directions, rows, hidden), dtype),
         grad_input_tmp=empty((directions, rows * max(input_size, width) if directions == 2 else 0), dtype),
         weight_tmp=empty((blocks * directions, hidden * max(input_size, width, hidden)), dtype),
+        w_hh_panels=empty((blocks * directions, *panel_shape(hidden, hidden, dtype)), dtype),
         grad_partial=empty((partial_blocks(packing), parameter_count), dtype),
     )
 

@@ -17,7 +17,7 @@ from numbarnn._activations import activate, activation_backward
 from numbarnn._backward import rnn_backward, rnn_backward_parallel
 from numbarnn._forward import rnn_forward, rnn_forward_parallel
 from numbarnn._layout import build_layout, named_views
-from numbarnn._matmul import SMALL_PRODUCT, matmul
+from numbarnn._panels import MAX_ROWS, pack_panels, panel_matmul, panel_shape, panel_width
 from numbarnn._packing import pack, unpack
 from numbarnn._workspace import (Spec, backward_buffers, equal_length_packing, forward_buffers, length_packing,
                                  packing_rows)
@@ -309,19 +309,20 @@ def test_activation_backward_from_outputs(dtype):
     assert_array_equal(result, [0, 0, 0, 2, 2, 2, 2, 0])
 
 
-# -- matmul --------------------------------------------------------------------------------------------------------
+# -- the per-step product against packed panels -------------------------------------------------------------------
 
-# (M, K, N) on both sides of SMALL_PRODUCT = M * N * K, where the axpy-form loop hands over to BLAS. The small
-# shapes exercise every remainder of the 2-row x 4-column blocking: M odd and even, N % 4 in {0, 1, 2, 3}.
-SMALL_SHAPES = [(1, 1, 1), (2, 3, 4), (3, 5, 5), (4, 2, 6), (5, 7, 7), (7, 64, 64),
-                (32, 64, 64)]  # 32 * 64 * 64 == SMALL_PRODUCT: still the loop
-LARGE_SHAPES = [(33, 64, 64), (64, 96, 47)]
+# (M, K, N): M covers every remainder of the 6-row tiling (M % 6 in 0..5, M below and above 6); N covers full panels
+# only, a partial last panel, and fewer columns than one panel, for both panel widths (16 float32, 8 float64).
+PANEL_SHAPES = [(1, 1, 1), (2, 3, 5), (3, 7, 8), (4, 16, 16), (5, 9, 17), (6, 33, 24), (7, 64, 64), (8, 5, 40),
+                (11, 12, 3), (13, 128, 130), (32, 256, 256), (0, 4, 4)]
 
 
-def test_shapes_straddle_the_blas_threshold():
-    assert all(m * k * n <= SMALL_PRODUCT for m, k, n in SMALL_SHAPES)
-    assert all(m * k * n > SMALL_PRODUCT for m, k, n in LARGE_SHAPES)
-    assert {n % 4 for _, _, n in SMALL_SHAPES} == {0, 1, 2, 3} and {m % 2 for m, _, _ in SMALL_SHAPES} == {0, 1}
+def test_panel_shapes_cover_every_tile_and_panel_remainder():
+    assert {m % MAX_ROWS for m, _, _ in PANEL_SHAPES} == set(range(MAX_ROWS))
+    for dtype in DTYPES:
+        width = panel_width(dtype)
+        remainders = {n % width for _, _, n in PANEL_SHAPES}
+        assert 0 in remainders and len(remainders) > 3 and any(n < width for _, _, n in PANEL_SHAPES)
 
 
 def assert_product_close(result, a, b):
@@ -332,12 +333,21 @@ def assert_product_close(result, a, b):
     assert (error <= bound).all(), f"max error {error.max()}, bound there {bound.flat[error.argmax()]}"
 
 
-@pytest.mark.parametrize("shape", SMALL_SHAPES + LARGE_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("shape", PANEL_SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_matmul(shape, dtype, rng):
+@pytest.mark.parametrize("transposed", [False, True], ids=["b", "w.T"])
+def test_panel_matmul(shape, dtype, transposed, rng):
     m, k, n = shape
     a = rng.standard_normal((m, k)).astype(dtype)
-    b = rng.standard_normal((k, n)).astype(dtype)
-    out = np.full((m, n), np.nan, dtype)  # every element must be overwritten, not accumulated into
-    matmul(a, b, out)
+    # the forward packs W_hh.T (a transposed view), the backward W_hh itself
+    b = rng.standard_normal((n, k)).astype(dtype).T if transposed else rng.standard_normal((k, n)).astype(dtype)
+    panels = np.full(panel_shape(k, n, dtype), np.nan, dtype)  # packing must write every element, padding too
+    pack_panels(b, panels)
+    assert not np.isnan(panels).any()
+    # every element must be overwritten, not accumulated into; a sentinel past the end must stay as it is (a stray
+    # store past a row's last column lands in the next row, which the product check catches, or in the sentinel)
+    memory = np.full(m * n + panel_width(dtype), np.nan, dtype)
+    out = memory[: m * n].reshape(m, n)
+    panel_matmul(a, panels, out)
     assert_product_close(out, a, b)
+    assert np.isnan(memory[m * n :]).all()
