@@ -41,7 +41,7 @@ def buffer_key(packing, dropped):
 
 def make_packing(spec, steps, batch, lengths):
     """The packing of a (L, N) batch; ``lengths`` is None or already checked (each in 1...L)."""
-    blocks = block_count(batch, steps, spec.input_size, spec.hidden_size, spec.num_layers * spec.num_directions)
+    blocks = block_count(batch, steps, spec.input_size, spec.hidden_size, spec.num_layers, spec.num_directions)
     if lengths is None or (lengths == steps).all():
         return equal_length_packing(steps, batch, blocks)
     return length_packing(lengths, steps, blocks)

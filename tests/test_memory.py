@@ -84,7 +84,7 @@ def test_eval_forward_allocates_only_its_results(batch_first, with_lengths):
     # with lengths each call also sorts them into a packing of its own: small index arrays, measured here
     packing = 0
     if with_lengths:
-        blocks = block_count(BATCH, STEPS, INPUT_SIZE, HIDDEN, 3)
+        blocks = block_count(BATCH, STEPS, INPUT_SIZE, HIDDEN, 3, 1)
         packing, _ = traced(lambda: length_packing(lengths, STEPS, blocks))
     # a new scratch buffer (z alone is L*N*H floats = 20 KiB) on top of the output and h_n breaks the bound
     peak, held = traced(lambda: rnn(x, lengths=lengths))
