@@ -4,8 +4,9 @@ Each time step multiplies a few rows (a block's states, 1-64 of them) by the sam
 that matrix again at every step and reaches ~82 GFLOP/s on one core at 32 x 256 x 256 (OpenBLAS 0.3.30, Zen 3), 65 %
 of its large-GEMM rate. Here the matrix is packed once per call into panels of ``W`` columns (two SIMD vectors: 16
 float32 or 8 float64, the panel's rows contiguous), and a register-tiled micro-kernel multiplies up to 6 rows by a
-panel, its 12 accumulators held in vector registers over the whole inner dimension: 113-136 GFLOP/s at the same
-sizes, and 64 against BLAS's 45 for one row at H = 64 (measured on the project machine, one thread).
+panel, its 12 accumulators held in vector registers over the whole inner dimension: 125-133 GFLOP/s for 16-64 rows
+at H = 128-1024 (126 at 32 x 256 x 256), and 62 against BLAS's 45 for one row at H = 64 (measured on the project
+machine, one thread, float32; float64 61-66 against BLAS's 42-56).
 
 numba cannot express a vector register, so the micro-kernel is an ``@intrinsic`` emitting LLVM vector IR
 (``llvm.fma`` on <lanes x float>); LLVM lowers it to whatever SIMD the machine has.
