@@ -103,8 +103,8 @@ def task_backward(l, task, params, offsets, packing, forward, buffers, num_direc
     dz = buffers.dz[d][r0:r1]
     w_hh_panels = buffers.w_hh_panels[task]
     pack_panels(w_hh, w_hh_panels)
-    direction_backward(grad_y[r0:r1], layer_output(l, num_layers, forward)[r0:r1], w_hh_panels, packing.step_offsets[b],
-                       d == 1, relu, d * hidden, buffers.grad_h[row][n0:n1], dz)
+    direction_backward(grad_y[r0:r1], layer_output(l, num_layers, forward)[r0:r1], w_hh_panels,
+                       packing.step_offsets[b], d == 1, relu, d * hidden, buffers.grad_h[row][n0:n1], dz)
     target = block_gradients(b, grads, buffers)
     scratch = buffers.weight_tmp[task]
     accumulate_weight_gradient(dz, forward.h_prev[l, d][r0:r1], target, offsets[row, W_HH],

@@ -2,9 +2,10 @@
 :mod:`numbarnn._workspace`.
 
 The batch is split into blocks of sequences, and each (block, direction) is an independent *task* within a layer:
-its rows' input projection (one GEMM), then every time step (``h_{t-1} W_hh^T`` against W_hh^T packed once per call,
-:mod:`numbarnn._panels`, and a fused bias + activation epilogue). :func:`rnn_forward` runs the tasks one after the other; :func:`rnn_forward_parallel` runs each layer's
-tasks on numba's threads, with single-threaded products inside, so threads meet once per layer, never per step.
+its rows' input projection (one GEMM), then every time step (``h_{t-1} W_hh^T`` against W_hh^T packed once per
+call, :mod:`numbarnn._panels`, and a fused bias + activation epilogue). :func:`rnn_forward` runs the tasks one after
+the other; :func:`rnn_forward_parallel` runs each layer's tasks on numba's threads, with single-threaded products
+inside, so threads meet once per layer, never per step.
 """
 
 import numpy as np
@@ -65,10 +66,9 @@ def direction_forward(inputs, w_ih, w_hh_panels, b_ih, b_hh, step_offsets, rever
                       h_prev, out, column):
     """Run one direction of one layer over one block's rows.
 
-    ``z`` receives the input projection; ``w_hh_panels`` holds W_hh.T packed by
-    :func:`numbarnn._panels.pack_panels`; ``h`` (N_b, H)
-    holds h_0 on entry and h_n on exit; ``h_prev``, when it has rows, receives the state each step starts from
-    (for the weight gradient); the outputs go to ``out[:, column:column + H]``.
+    ``z`` receives the input projection; ``w_hh_panels`` holds W_hh.T packed by :func:`numbarnn._panels.pack_panels`;
+    ``h`` (N_b, H) holds h_0 on entry and h_n on exit; ``h_prev``, when it has rows, receives the state each step
+    starts from (for the weight gradient); the outputs go to ``out[:, column:column + H]``.
     """
     np.dot(inputs, w_ih.T, z)
     hidden = h.shape[1]

@@ -17,20 +17,6 @@ def copy_2d(source, target):
 
 
 @jit(inline=True)
-def copy_3d(source, target):
-    for i in range(source.shape[0]):
-        copy_2d(source[i], target[i])
-
-
-@jit(inline=True)
-def copy_transposed(source, target):
-    """``target[:] = source.T`` for a 2-D ``source``."""
-    for i in range(source.shape[0]):
-        for j in range(source.shape[1]):
-            target[j, i] = source[i, j]
-
-
-@jit(inline=True)
 def add_2d(a, b, out):
     """``out[:] = a + b``."""
     for i in range(a.shape[0]):

@@ -77,9 +77,10 @@ def _make_tile(rows):
             with cgutils.for_range(builder, k_value) as loop:
                 p = loop.index
                 panel_row = builder.gep(panel_pointer, [builder.mul(p, constant(VECTORS_PER_PANEL * lanes))])
-                panel_vectors = [builder.load(builder.bitcast(builder.gep(panel_row, [constant(v * lanes)]),
-                                                              vector.as_pointer()), align=context.get_abi_sizeof(element))
-                                 for v in range(VECTORS_PER_PANEL)]
+                panel_vectors = []
+                for v in range(VECTORS_PER_PANEL):
+                    address = builder.bitcast(builder.gep(panel_row, [constant(v * lanes)]), vector.as_pointer())
+                    panel_vectors.append(builder.load(address, align=context.get_abi_sizeof(element)))
                 for r in range(rows):
                     x = builder.load(builder.gep(row_starts[r], [p]))
                     x = builder.insert_element(ir.Constant(vector, ir.Undefined), x, ir.Constant(ir.IntType(32), 0))

@@ -213,6 +213,6 @@ class ScratchPool:
             del self._free[:-self.KEEP]
 
     def clear(self):
+        """Drop every kept buffer."""
         with self._lock:
             self._free.clear()
-

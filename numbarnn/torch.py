@@ -48,7 +48,7 @@ class _Plan:
         # Lists, so that taking one (list.pop) is atomic when several threads call the module.
         self.spare_records = []   # forward records whose graphs are gone (at most 2: a loop keeps one alive)
         self.spare_backward = []  # backward scratch buffers (at most 1)
-        self.scratch = ScratchPool()  # calls that keep nothing for a backward (no_grad, inference_mode) take theirs here
+        self.scratch = ScratchPool()  # for calls that keep nothing for a backward (no_grad, inference_mode)
         entries, self.offsets, self.total = build_layout(input_size, hidden_size, num_layers, num_directions, bias)
         self.slices = [(offset, offset + int(np.prod(shape)), shape) for _, offset, shape in entries]
 
