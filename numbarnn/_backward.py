@@ -113,7 +113,11 @@ def task_backward(l, task, params, offsets, packing, forward, buffers, num_direc
                                scratch[: hidden * width].reshape((hidden, width)))
     accumulate_bias_gradient(dz, target, offsets, row, scratch[:hidden])
     if l > 0 or buffers.grad_x.shape[0] > 0:
-        np.dot(dz, w_ih, input_gradient_target(l, d, num_directions, buffers, r0, r1, width))
+        count = -(-width // w_hh_panels.shape[2])
+        w_ih_panels = buffers.w_ih_panels[task][: count * hidden * w_hh_panels.shape[2]].reshape(
+            (count, hidden, w_hh_panels.shape[2]))
+        pack_panels(w_ih, w_ih_panels)
+        panel_matmul(dz, w_ih_panels, input_gradient_target(l, d, num_directions, buffers, r0, r1, width))
 
 
 @jit(inline=True)

@@ -2,8 +2,8 @@
 :mod:`numbarnn._workspace`.
 
 The batch is split into blocks of sequences, and each (block, direction) is an independent *task* within a layer:
-its rows' input projection (one GEMM), then every time step (``h_{t-1} W_hh^T`` against W_hh^T packed once per
-call, :mod:`numbarnn._panels`, and a fused bias + activation epilogue). :func:`rnn_forward` runs the tasks one after
+its rows' input projection (one product over all its steps), then every time step (``h_{t-1} W_hh^T`` and a fused
+bias + activation epilogue); both products run against weights packed once per call (:mod:`numbarnn._panels`). :func:`rnn_forward` runs the tasks one after
 the other; :func:`rnn_forward_parallel` runs each layer's tasks on numba's threads, with single-threaded products
 inside, so threads meet once per layer, never per step.
 """
@@ -62,15 +62,15 @@ def apply_dropout(l, buffers, r0, r1):
 
 
 @jit(inline=True)
-def direction_forward(inputs, w_ih, w_hh_panels, b_ih, b_hh, step_offsets, reverse, relu, z, step_tmp, h,
+def direction_forward(inputs, w_ih_panels, w_hh_panels, b_ih, b_hh, step_offsets, reverse, relu, z, step_tmp, h,
                       h_prev, out, column):
     """Run one direction of one layer over one block's rows.
 
-    ``z`` receives the input projection; ``w_hh_panels`` holds W_hh.T packed by :func:`numbarnn._panels.pack_panels`;
-    ``h`` (N_b, H) holds h_0 on entry and h_n on exit; ``h_prev``, when it has rows, receives the state each step
+    ``z`` receives the input projection; ``w_ih_panels`` and ``w_hh_panels`` hold W_ih.T and W_hh.T packed by
+    :func:`numbarnn._panels.pack_panels`; ``h`` (N_b, H) holds h_0 on entry and h_n on exit; ``h_prev``, when it has rows, receives the state each step
     starts from (for the weight gradient); the outputs go to ``out[:, column:column + H]``.
     """
-    np.dot(inputs, w_ih.T, z)
+    panel_matmul(inputs, w_ih_panels, z)
     hidden = h.shape[1]
     keep_h_prev = h_prev.shape[0] > 0
     steps = step_offsets.size - 1
@@ -101,9 +101,12 @@ def task_forward(l, task, params, offsets, packing, buffers, num_directions, rel
     b_ih, b_hh = bias_views(params, offsets, row, hidden, buffers.bias_zeros)
     w_hh_panels = buffers.w_hh_panels[task]
     pack_panels(w_hh.T, w_hh_panels)
+    count, width = w_hh_panels.shape[0], w_hh_panels.shape[2]
+    w_ih_panels = buffers.w_ih_panels[task][: count * inputs.shape[1] * width].reshape((count, inputs.shape[1], width))
+    pack_panels(w_ih.T, w_ih_panels)
     out = layer_output(l, offsets.shape[0] // num_directions, buffers)
     # h_prev has no rows in inference, and slicing keeps it empty
-    direction_forward(inputs[r0:r1], w_ih, w_hh_panels, b_ih, b_hh, packing.step_offsets[b], d == 1, relu,
+    direction_forward(inputs[r0:r1], w_ih_panels, w_hh_panels, b_ih, b_hh, packing.step_offsets[b], d == 1, relu,
                       buffers.z[d][r0:r1], buffers.step_tmp[d][n0:n1], buffers.h_n[row][n0:n1],
                       buffers.h_prev[l, d][r0:r1], out[r0:r1], d * hidden)
 

@@ -37,6 +37,7 @@ ForwardBuffers = namedtuple("ForwardBuffers", [
     "z",              # (D, R, H) input projections
     "step_tmp",       # (D, N, H) the per-step product h_{t-1} W_hh^T
     "w_hh_panels",    # (B * D, *panel_shape(H, H)) each task's W_hh^T packed into panels (numbarnn._panels)
+    "w_ih_panels",    # (B * D, size of panel_shape(max(H_in, D * H), H)) each task's W_ih^T in panels, flat
     "bias_zeros",     # (H,) zeros, read in place of the biases of a module without them
     "top_out",        # (R, D * H) the last layer's output rows
     "h_n",            # (num_layers * D, N, H) h_0 on entry, h_n on exit, batch in packed order
@@ -51,6 +52,7 @@ BackwardBuffers = namedtuple("BackwardBuffers", [
     "grad_input_tmp",  # (D, R * max(H_in, D * H)) each direction's partial input gradient (bidirectional), or (D, 0)
     "weight_tmp",      # (B * D, H * max(H_in, D * H, H)) each task's weight-gradient product
     "w_hh_panels",     # (B * D, *panel_shape(H, H)) each task's W_hh packed into panels (numbarnn._panels)
+    "w_ih_panels",     # (B * D, size of panel_shape(H, max(H_in, D * H))) each task's W_ih in panels, flat
     "grad_partial",    # (B, P) each block's parameter gradients, summed into the module's after the pass
 ])
 
@@ -156,6 +158,8 @@ def forward_buffers(spec, packing, training, dropped, x_rows=None):
         z=empty((directions, rows, hidden), dtype),
         step_tmp=empty((directions, batch, hidden), dtype),
         w_hh_panels=empty((blocks * directions, *panel_shape(hidden, hidden, dtype)), dtype),
+        w_ih_panels=empty((blocks * directions, int(np.prod(panel_shape(max(input_size, width), hidden, dtype)))),
+                          dtype),
         bias_zeros=np.zeros(hidden, dtype),
         top_out=empty((rows, width), dtype),
         h_n=empty((layers * directions, batch, hidden), dtype),
@@ -178,6 +182,8 @@ def backward_buffers(spec, packing, parameter_count, need_input_grad):
         grad_input_tmp=empty((directions, rows * max(input_size, width) if directions == 2 else 0), dtype),
         weight_tmp=empty((blocks * directions, hidden * max(input_size, width, hidden)), dtype),
         w_hh_panels=empty((blocks * directions, *panel_shape(hidden, hidden, dtype)), dtype),
+        w_ih_panels=empty((blocks * directions, int(np.prod(panel_shape(hidden, max(input_size, width), dtype)))),
+                          dtype),
         grad_partial=empty((partial_blocks(packing), parameter_count), dtype),
     )
 
