@@ -1,4 +1,5 @@
-"""The recurrence's per-step product against a matrix packed once per call into column panels.
+"""Products against a weight matrix packed once per call into column panels: the recurrence's per-step product, and
+the input projection and input gradient over a block's rows.
 
 Each time step multiplies a few rows (a block's states, 1-64 of them) by the same (H, H) matrix. A BLAS call packs
 that matrix again at every step and reaches ~82 GFLOP/s on one core at 32 x 256 x 256 (OpenBLAS 0.3.30, Zen 3), 65 %
@@ -6,7 +7,8 @@ of its large-GEMM rate. Here the matrix is packed once per call into panels of `
 float32 or 8 float64, the panel's rows contiguous), and a register-tiled micro-kernel multiplies up to 6 rows by a
 panel, its 12 accumulators held in vector registers over the whole inner dimension: 125-133 GFLOP/s for 16-64 rows
 at H = 128-1024 (126 at 32 x 256 x 256), and 62 against BLAS's 45 for one row at H = 64 (measured on the project
-machine, one thread, float32; float64 61-66 against BLAS's 42-56).
+machine, one thread, float32; float64 61-66 against BLAS's 42-56). Over a block's rows (the projections, 100-12800
+rows) it also beats one thread of BLAS: 129-133 against 109-125 GFLOP/s.
 
 numba cannot express a vector register, so the micro-kernel is an ``@intrinsic`` emitting LLVM vector IR
 (``llvm.fma`` on <lanes x float>); LLVM lowers it to whatever SIMD the machine has.
