@@ -16,7 +16,7 @@ from ._forward import layer_input, layer_output, weight_views
 from ._jit import jit
 from ._layout import B_HH, B_IH, NO_BIAS, W_HH, W_IH
 from ._loops import add_2d, add_into_flat, multiply_2d
-from ._panels import pack_panels, panel_matmul
+from ._panels import pack_panels, panel_matmul, panels_in
 
 
 @jit(inline=True)
@@ -113,9 +113,7 @@ def task_backward(l, task, params, offsets, packing, forward, buffers, num_direc
                                scratch[: hidden * width].reshape((hidden, width)))
     accumulate_bias_gradient(dz, target, offsets, row, scratch[:hidden])
     if l > 0 or buffers.grad_x.shape[0] > 0:
-        count = -(-width // w_hh_panels.shape[2])
-        w_ih_panels = buffers.w_ih_panels[task][: count * hidden * w_hh_panels.shape[2]].reshape(
-            (count, hidden, w_hh_panels.shape[2]))
+        w_ih_panels = panels_in(buffers.w_ih_panels[task], hidden, width, w_hh_panels.shape[2])
         pack_panels(w_ih, w_ih_panels)
         panel_matmul(dz, w_ih_panels, input_gradient_target(l, d, num_directions, buffers, r0, r1, width))
 

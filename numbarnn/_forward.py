@@ -3,19 +3,18 @@
 
 The batch is split into blocks of sequences, and each (block, direction) is an independent *task* within a layer:
 its rows' input projection (one product over all its steps), then every time step (``h_{t-1} W_hh^T`` and a fused
-bias + activation epilogue); both products run against weights packed once per call (:mod:`numbarnn._panels`). :func:`rnn_forward` runs the tasks one after
-the other; :func:`rnn_forward_parallel` runs each layer's tasks on numba's threads, with single-threaded products
-inside, so threads meet once per layer, never per step.
+bias + activation epilogue); both products run against weights packed once per call (:mod:`numbarnn._panels`).
+:func:`rnn_forward` runs the tasks one after the other; :func:`rnn_forward_parallel` runs each layer's tasks on
+numba's threads, with single-threaded products inside, so threads meet once per layer, never per step.
 """
 
-import numpy as np
 from numba import prange
 
 from ._activations import activate
 from ._jit import jit
 from ._layout import B_HH, B_IH, NO_BIAS, W_HH, W_IH
 from ._loops import copy_2d, multiply_2d
-from ._panels import pack_panels, panel_matmul
+from ._panels import pack_panels, panel_matmul, panels_in
 
 
 @jit(inline=True)
@@ -67,8 +66,9 @@ def direction_forward(inputs, w_ih_panels, w_hh_panels, b_ih, b_hh, step_offsets
     """Run one direction of one layer over one block's rows.
 
     ``z`` receives the input projection; ``w_ih_panels`` and ``w_hh_panels`` hold W_ih.T and W_hh.T packed by
-    :func:`numbarnn._panels.pack_panels`; ``h`` (N_b, H) holds h_0 on entry and h_n on exit; ``h_prev``, when it has rows, receives the state each step
-    starts from (for the weight gradient); the outputs go to ``out[:, column:column + H]``.
+    :func:`numbarnn._panels.pack_panels`; ``h`` (N_b, H) holds h_0 on entry and h_n on exit; ``h_prev``, when it
+    has rows, receives the state each step starts from (for the weight gradient); the outputs go to
+    ``out[:, column:column + H]``.
     """
     panel_matmul(inputs, w_ih_panels, z)
     hidden = h.shape[1]
@@ -101,8 +101,7 @@ def task_forward(l, task, params, offsets, packing, buffers, num_directions, rel
     b_ih, b_hh = bias_views(params, offsets, row, hidden, buffers.bias_zeros)
     w_hh_panels = buffers.w_hh_panels[task]
     pack_panels(w_hh.T, w_hh_panels)
-    count, width = w_hh_panels.shape[0], w_hh_panels.shape[2]
-    w_ih_panels = buffers.w_ih_panels[task][: count * inputs.shape[1] * width].reshape((count, inputs.shape[1], width))
+    w_ih_panels = panels_in(buffers.w_ih_panels[task], inputs.shape[1], hidden, w_hh_panels.shape[2])
     pack_panels(w_ih.T, w_ih_panels)
     out = layer_output(l, offsets.shape[0] // num_directions, buffers)
     # h_prev has no rows in inference, and slicing keeps it empty

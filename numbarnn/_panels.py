@@ -121,6 +121,14 @@ _tile1, _tile2, _tile3, _tile4, _tile5, _tile6 = (_make_tile(rows) for rows in r
 
 
 @jit(inline=True)
+def panels_in(flat, rows, columns, width):
+    """The panels of a (rows, columns) matrix, (ceil(columns / width), rows, width), at the start of the 1-D buffer
+    ``flat`` (sized for the largest matrix it serves)."""
+    count = -(-columns // width)
+    return flat[: count * rows * width].reshape((count, rows, width))
+
+
+@jit(inline=True)
 def pack_panels(source, panels):
     """Pack ``source`` (K, N), any memory layout (``w.T`` of a C-contiguous ``w`` included), into ``panels``
     (ceil(N / W), K, W); the columns past N are zero."""
