@@ -165,3 +165,18 @@ def pairwise_cases(options):
         chosen.append(best)
         uncovered -= pairs(best)
     return chosen
+
+
+def spy_on(monkeypatch, owner, name, record):
+    """Wrap ``owner.name`` (for the test's duration) so that every call still runs and appends
+    ``record(args, kwargs, result)`` to the list returned."""
+    calls = []
+    original = getattr(owner, name)
+
+    def spy(*args, **kwargs):
+        result = original(*args, **kwargs)
+        calls.append(record(args, kwargs, result))
+        return result
+
+    monkeypatch.setattr(owner, name, spy)
+    return calls

@@ -18,7 +18,7 @@ import numba
 import numpy as np
 import pytest
 import torch
-from helpers import ATOL, RTOL, pairwise_cases
+from helpers import ATOL, RTOL, pairwise_cases, spy_on
 from numpy.testing import assert_allclose
 from torch.nn.utils.rnn import PackedSequence, pack_sequence
 
@@ -231,14 +231,7 @@ def test_dropout_one_drops_everything_like_torch():
 
 
 def test_an_input_without_requires_grad_costs_no_input_gradient(monkeypatch):
-    calls = []
-    original = _engine.backward
-
-    def spy(*args, **kwargs):
-        calls.append(kwargs["need_input_grad"])
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(_engine, "backward", spy)
+    calls = spy_on(monkeypatch, _engine, "backward", lambda args, kwargs, result: kwargs["need_input_grad"])
     rnn = nt.RNN(3, 4)
     x = torch.randn(5, 2, 3)
     rnn(x)[0].sum().backward()
@@ -248,14 +241,7 @@ def test_an_input_without_requires_grad_costs_no_input_gradient(monkeypatch):
 
 @pytest.mark.parametrize("context", [torch.no_grad, torch.inference_mode])
 def test_no_grad_and_inference_mode_keep_nothing(context, monkeypatch):
-    training_flags = []
-    original = _engine.forward
-
-    def spy(*args, **kwargs):
-        training_flags.append(kwargs["training"])
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(_engine, "forward", spy)
+    training_flags = spy_on(monkeypatch, _engine, "forward", lambda args, kwargs, result: kwargs["training"])
     rnn = nt.RNN(3, 4)
     with context():
         output, _h_n = rnn(torch.randn(5, 2, 3, requires_grad=True))
@@ -264,10 +250,7 @@ def test_no_grad_and_inference_mode_keep_nothing(context, monkeypatch):
 
 
 def test_nothing_requiring_grad_keeps_nothing(monkeypatch):
-    training_flags = []
-    original = _engine.forward
-    monkeypatch.setattr(_engine, "forward",
-                        lambda *a, **k: training_flags.append(k["training"]) or original(*a, **k))
+    training_flags = spy_on(monkeypatch, _engine, "forward", lambda args, kwargs, result: kwargs["training"])
     rnn = nt.RNN(3, 4).requires_grad_(False)
     output, _ = rnn(torch.randn(5, 2, 3))
     assert training_flags == [False] and output.grad_fn is None
@@ -304,15 +287,8 @@ def test_retain_graph_backward_twice_accumulates_twice():
 def test_dropped_graphs_free_their_saved_state(monkeypatch):
     # A graph's saved state lives as long as the graph. Once it is gone its buffers may serve a later call of the
     # same module: the module keeps at most two such sets, however many graphs are dropped, and none once it goes.
-    records = []
-    original = _engine.forward
-
-    def spy(*args, **kwargs):
-        result = original(*args, **kwargs)
-        records.append(weakref.ref(result[2].buffers.z))  # a NumPy buffer the record owns
-        return result
-
-    monkeypatch.setattr(_engine, "forward", spy)
+    # a NumPy buffer each call's record owns
+    records = spy_on(monkeypatch, _engine, "forward", lambda args, kwargs, result: weakref.ref(result[2].buffers.z))
     rnn = nt.RNN(3, 4, num_layers=2)
     graphs = [rnn(torch.randn(5, 2, 3)) for _ in range(5)]  # five graphs alive at once: five sets of buffers
     gc.collect()
@@ -326,14 +302,7 @@ def test_dropped_graphs_free_their_saved_state(monkeypatch):
 
 
 def test_buffers_of_finished_calls_are_reused(monkeypatch):
-    allocated = []
-    original = _engine.forward_buffers
-
-    def spy(*args, **kwargs):
-        allocated.append(1)
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(_engine, "forward_buffers", spy)
+    allocated = spy_on(monkeypatch, _engine, "forward_buffers", lambda args, kwargs, result: None)  # counted
     rnn = nt.RNN(3, 4)
     x = torch.randn(5, 2, 3)
     outputs = []
@@ -347,9 +316,7 @@ def test_buffers_of_finished_calls_are_reused(monkeypatch):
 
 @pytest.mark.parametrize("context", [torch.no_grad, torch.inference_mode])
 def test_inference_reuses_its_scratch_and_returns_new_tensors(context, monkeypatch):
-    allocated = []
-    original = _engine.forward_buffers
-    monkeypatch.setattr(_engine, "forward_buffers", lambda *a, **k: allocated.append(1) or original(*a, **k))
+    allocated = spy_on(monkeypatch, _engine, "forward_buffers", lambda args, kwargs, result: None)  # counted
     rnn = nt.RNN(3, 4, num_layers=2)
     x1, x2 = torch.randn(5, 2, 3), torch.randn(5, 2, 3)
     with context():
