@@ -172,7 +172,9 @@ def test_gradcheck(arguments):
     def function(x, hx, *params):
         return torch.func.functional_call(rnn, dict(zip(names, params, strict=True)), (x, hx))
 
-    assert torch.autograd.gradcheck(function, (x, hx, *rnn.parameters()))
+    inputs = (x, hx, *rnn.parameters())
+    assert torch.autograd.gradcheck(function, inputs, check_batched_grad=True)
+    assert torch.autograd.gradgradcheck(function, inputs, check_batched_grad=True, fast_mode=True)
 
 
 def test_gradcheck_packed_sequence():
@@ -180,11 +182,13 @@ def test_gradcheck_packed_sequence():
     rnn = nt.RNN(2, 3, num_layers=2, dtype=torch.float64)
     x = torch.randn(6, 2, dtype=torch.float64, requires_grad=True)
 
-    def function(x):
+    def function(x, *params):
         output, h_n = rnn(pack_sequence(list(torch.split(x, [1, 3, 2])), enforce_sorted=False))
         return output.data, h_n
 
-    assert torch.autograd.gradcheck(function, (x,))
+    inputs = (x, *rnn.parameters())  # through the module's own Parameters this time
+    assert torch.autograd.gradcheck(function, inputs, check_batched_grad=True)
+    assert torch.autograd.gradgradcheck(function, inputs, check_batched_grad=True)
 
 
 def test_gradcheck_with_dropout_under_a_fixed_seed():
@@ -194,11 +198,14 @@ def test_gradcheck_with_dropout_under_a_fixed_seed():
     rnn = nt.RNN(2, 3, num_layers=3, dropout=0.5, dtype=torch.float64)
     x = torch.randn(3, 2, 2, dtype=torch.float64, requires_grad=True)
 
-    def function(x):
+    def function(x, *params):
         torch.manual_seed(123)
         return rnn(x)
 
-    assert torch.autograd.gradcheck(function, (x,))
+    inputs = (x, *rnn.parameters())
+    assert torch.autograd.gradcheck(function, inputs, check_batched_grad=True)
+    # the double backward recomputes the forward with torch operations, and the same masks
+    assert torch.autograd.gradgradcheck(function, inputs, check_batched_grad=True, fast_mode=True)
 
 
 def test_dropout_follows_torch_manual_seed():
@@ -337,12 +344,88 @@ def test_an_in_place_weight_change_before_backward_raises():
         output.sum().backward()
 
 
-def test_double_backward_raises():
-    rnn = nt.RNN(3, 4, dtype=torch.float64)
-    x = torch.randn(5, 2, 3, dtype=torch.float64, requires_grad=True)
-    (grad_x,) = torch.autograd.grad(rnn(x)[0].pow(2).sum(), x, create_graph=True)
-    with pytest.raises(RuntimeError, match="once_differentiable"):
-        grad_x.sum().backward()
+# float64: second-order gradients sum many more terms (values here up to ~100) than helpers' tolerances are derived
+# for; in float64 those tolerances still hold by orders of magnitude, and the recomputation is the same for both dtypes.
+DOUBLE_BACKWARD_CASES = [
+    {"nonlinearity": "tanh", "num_layers": 2, "bidirectional": True, "bias": True, "batch_first": True,
+     "form": "batched", "dtype": torch.float64, "hx": True, "input_grad": True, "gradient": "both"},
+    {"nonlinearity": "relu", "num_layers": 1, "bidirectional": False, "bias": False, "batch_first": False,
+     "form": "packed_unsorted", "dtype": torch.float64, "hx": False, "input_grad": True, "gradient": "output"},
+    {"nonlinearity": "tanh", "num_layers": 3, "bidirectional": True, "bias": True, "batch_first": False,
+     "form": "packed_sorted", "dtype": torch.float64, "hx": True, "input_grad": True, "gradient": "h_n"},
+    {"nonlinearity": "tanh", "num_layers": 1, "bidirectional": False, "bias": True, "batch_first": True,
+     "form": "unbatched", "dtype": torch.float64, "hx": True, "input_grad": True, "gradient": "both"},
+]
+
+
+@pytest.mark.parametrize("case", DOUBLE_BACKWARD_CASES, ids=case_id)
+def test_a_gradient_penalty_matches_torch(case):
+    # create_graph=True: the first-order gradients are themselves differentiable (they require grad), and a penalty
+    # on them reaches the Parameters as it does in torch
+    reference, ours = module_pair(case)
+    generator = torch.Generator().manual_seed(1)
+    make_input, hx, x = case_inputs(case, reference, generator)
+    loss_weights = [torch.randn(1000, dtype=case["dtype"], generator=generator) for _ in range(2)]
+    results = {}
+    for name, module in (("torch", reference), ("numbarnn", ours)):
+        output, h_n = module(make_input(), hx)
+        loss = loss_of(output, h_n, loss_weights, case["gradient"])
+        leaves = [leaf for leaf in (x, hx, *module.parameters()) if leaf is not None]
+        grads = torch.autograd.grad(loss, leaves, create_graph=True)
+        assert all(g.requires_grad for g in grads)
+        penalty = sum(g.pow(2).sum() for g in grads)
+        second = torch.autograd.grad(penalty, leaves)
+        results[name] = grads + second
+    for actual, expected in zip(results["numbarnn"], results["torch"], strict=True):
+        assert_close(actual, expected, case["dtype"], "gradient and penalty gradient")
+
+
+def test_create_graph_gives_the_kernels_first_order_gradients():
+    case = {"nonlinearity": "tanh", "bias": True, "batch_first": False, "bidirectional": True, "dtype": torch.float64,
+            "num_layers": 2}
+    _, ours = module_pair(case)
+    x = torch.randn(STEPS, BATCH, INPUT_SIZE, dtype=torch.float64, requires_grad=True)
+    plain = torch.autograd.grad(ours(x)[0].pow(2).sum(), (x, *ours.parameters()))
+    graphed = torch.autograd.grad(ours(x)[0].pow(2).sum(), (x, *ours.parameters()), create_graph=True)
+    for a, b in zip(graphed, plain, strict=True):
+        assert_close(a, b, torch.float64, "create_graph=True against the kernels' backward")
+
+
+def test_the_cell_supports_double_backward():
+    torch.manual_seed(0)
+    cell = nt.RNNCell(3, 4, dtype=torch.float64)
+    x = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    h = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(lambda x, h, *p: cell(x, h), (x, h, *cell.parameters()),
+                                        check_batched_grad=True)
+
+
+def test_batched_gradients_match_torch():
+    # vmap over the backward: jacobian(vectorize=True) feeds the backward batched gradients
+    torch.manual_seed(0)
+    reference = torch.nn.RNN(3, 4, num_layers=2, bidirectional=True, dtype=torch.float64)
+    ours = nt.RNN(3, 4, num_layers=2, bidirectional=True, dtype=torch.float64)
+    ours.load_state_dict(reference.state_dict())
+    x = torch.randn(4, 2, 3, dtype=torch.float64)
+    for vectorize in (True, False):
+        expected = torch.autograd.functional.jacobian(lambda x: reference(x)[0], x, vectorize=vectorize)
+        actual = torch.autograd.functional.jacobian(lambda x: ours(x)[0], x, vectorize=vectorize)
+        assert_close(actual, expected, torch.float64, f"jacobian, vectorize={vectorize}")
+
+
+def test_torch_func_transforms_match_torch():
+    torch.manual_seed(0)
+    reference, ours = torch.nn.RNN(3, 4, dtype=torch.float64), nt.RNN(3, 4, dtype=torch.float64)
+    ours.load_state_dict(reference.state_dict())
+    xs, hx = torch.randn(5, 6, 2, 3, dtype=torch.float64), torch.randn(1, 2, 4, dtype=torch.float64)
+    # under a transform the drop-in runs torch's forward: results, and errors, are torch's
+    for name, transform in (("grad of hx", lambda m: torch.func.grad(lambda h: m(xs[0], h)[0].sum())(hx)),
+                            ("jacrev", lambda m: torch.func.jacrev(lambda x: m(x)[1])(xs[0]))):
+        assert_close(transform(ours), transform(reference), torch.float64, name)
+    with pytest.raises(RuntimeError, match="Batching rule not implemented for aten::rnn_tanh") as expected:
+        torch.func.vmap(lambda x: reference(x)[0])(xs)
+    with pytest.raises(RuntimeError, match=re.escape(str(expected.value))):
+        torch.func.vmap(lambda x: ours(x)[0])(xs)
 
 
 def test_empty_batch_like_torch():
