@@ -369,7 +369,8 @@ class RNN(_DropIn, _TORCH_RNN):
     numbarnn runs the forward (and, through autograd, the backward) when all of these hold: the input is a CPU
     tensor (or a PackedSequence of one) of dtype float32 or float64 and the Parameters and ``hx`` are CPU tensors of
     that dtype. Anything else — another device or dtype, forward-mode AD (dual tensors), a ``torch.func`` transform
-    such as ``vmap`` — runs ``torch.nn.RNN``'s own forward, unchanged. Errors are torch's (its own checks run).
+    such as ``vmap``, ``torch.jit.trace`` — runs ``torch.nn.RNN``'s own forward, unchanged; ``torch.jit.script``
+    scripts ``torch.nn.RNN`` itself (see :class:`_DropIn`). Errors are torch's (its own checks run).
 
     Threads: each call runs numba's kernels on ``torch.get_num_threads()`` threads (capped by numba's pool,
     ``NUMBA_NUM_THREADS``); the BLAS numba calls runs on one thread. (numba's count is set per calling thread when
@@ -378,14 +379,17 @@ class RNN(_DropIn, _TORCH_RNN):
     Memory: on the first call the module's Parameters (the same objects) move into one flat buffer in the kernels'
     layout — their ``.data`` becomes a view of it, as cuDNN's ``flatten_parameters`` does — so that calls read them
     in place; arrays aliasing the old ``.data`` no longer see updates. The buffers of the last two training calls
-    whose graphs are gone are kept for reuse by the next calls of the same shape.
+    whose graphs are gone are kept for reuse by the next calls of the same shape. Copies (``copy.deepcopy``, pickle,
+    ``torch.save``) leave these buffers out and build their own on their first call.
 
     Autograd: gradients of the input, ``hx`` and every Parameter, as torch computes them. An input without
     ``requires_grad`` costs no input gradient; under ``no_grad`` / ``inference_mode`` nothing is kept. Each call keeps
     its own saved state on its graph (two forwards then one backward of their sum, ``retain_graph=True``), freed with
-    the graph; changing a weight in place before backward raises torch's usual error; double backward raises.
-    Dropout (training mode, between layers) draws from torch's generator, so ``torch.manual_seed`` reproduces it
-    (the masks differ from torch.nn.RNN's own, which draws in another order).
+    the graph; changing the input, ``hx`` or a weight in place before backward raises torch's usual error. A
+    backward that builds a graph (``create_graph=True``: double backward) or runs under vmap (batched gradients)
+    differentiates a recomputation of the forward by torch operations: exact, slower. Dropout (training mode,
+    between layers) draws from torch's generator, so ``torch.manual_seed`` reproduces it (the masks differ from
+    torch.nn.RNN's own, which draws in another order).
     """
 
     _TORCH_CLASS = _TORCH_RNN
@@ -470,9 +474,9 @@ class RNNCell(_DropIn, _TORCH_RNN_CELL):
 
     numbarnn runs the step when the input and ``hx`` are CPU tensors of dtype float32 or float64 and the Parameters
     are CPU tensors of that dtype; anything else (as for :class:`RNN`) runs ``torch.nn.RNNCell``'s own forward, which
-    also raises torch's errors for inconsistent shapes. A step that needs no
-    gradient runs numbarnn's one-step kernel (a few microseconds); one that does goes through the same autograd
-    Function as :class:`RNN` (a one-step sequence), with the same guarantees.
+    also raises torch's errors for inconsistent shapes. A step that needs no gradient runs numbarnn's one-step kernel
+    (a few microseconds); one that does goes through the same autograd Function as :class:`RNN` (a one-step
+    sequence), with the same guarantees; copies and scripting as for :class:`RNN`.
     """
 
     _TORCH_CLASS = _TORCH_RNN_CELL
