@@ -6,6 +6,7 @@ Test modules import them with ``from helpers import ...`` (pytest puts ``tests/`
 """
 
 import functools
+import io
 import itertools
 
 import numpy as np
@@ -180,3 +181,12 @@ def spy_on(monkeypatch, owner, name, record):
 
     monkeypatch.setattr(owner, name, spy)
     return calls
+
+
+def saved_and_loaded(obj):
+    """``obj`` through ``torch.save`` and ``torch.load`` in memory (a whole module is not weights: weights_only=False,
+    as torch's own module tests load them)."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=False)

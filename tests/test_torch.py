@@ -21,7 +21,7 @@ import numba
 import numpy as np
 import pytest
 import torch
-from helpers import ATOL, RTOL, pairwise_cases, spy_on
+from helpers import ATOL, RTOL, pairwise_cases, saved_and_loaded, spy_on
 from numpy.testing import assert_allclose
 from torch.nn.utils.rnn import PackedSequence, pack_sequence
 
@@ -794,13 +794,6 @@ def test_copies_taken_before_during_and_after_training_compute_like_the_original
             assert_close(duplicate(tokens), reference(tokens), torch.float32, "a copy against torch")
     with torch.no_grad():
         assert_close(copies[-1](tokens), expected, torch.float32, "the last copy against the original")
-
-
-def saved_and_loaded(module):
-    buffer = io.BytesIO()
-    torch.save(module, buffer)
-    buffer.seek(0)
-    return torch.load(buffer, weights_only=False)
 
 
 def test_an_ema_copy_sees_its_in_place_updates():

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-from helpers import pairwise_cases
+from helpers import pairwise_cases, saved_and_loaded
 from torch.testing import assert_close, make_tensor
 
 import numbarnn.torch as nt
@@ -130,13 +130,6 @@ def test_repr(implementation, kind):
     for sample in module_inputs(kind, torch.float32):
         module = IMPLEMENTATIONS[implementation][kind](**sample.constructor)
         assert repr(module) == repr(TORCH_CLASSES[kind](**sample.constructor)) == str(module)
-
-
-def saved_and_loaded(module):
-    buffer = io.BytesIO()
-    torch.save(module, buffer)
-    buffer.seek(0)
-    return torch.load(buffer, weights_only=False)  # a whole module is not weights: weights_only=False, as torch's
 
 
 @KINDS
