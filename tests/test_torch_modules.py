@@ -134,14 +134,14 @@ def test_repr(implementation, kind):
 
 @KINDS
 @EVERY_DTYPE
-@TRAINING
 @pytest.mark.parametrize("how", ["torch.save", "pickle", "deepcopy"])
-def test_copies_after_a_forward_compute_the_same(implementation, kind, dtype, training, how):
-    # torch's test_pickle / test_save_load (torch.save of the module after a forward) and test_nn's deepcopy tests
+def test_copies_after_a_forward_compute_the_same(implementation, kind, dtype, how):
+    # torch's test_pickle / test_save_load (torch.save of the module after a forward) and test_nn's deepcopy tests,
+    # in training mode (see test_grad)
     cls = IMPLEMENTATIONS[implementation][kind]
     torch.manual_seed(0)
     for sample in module_inputs(kind, dtype):
-        module = build(cls, sample, dtype, training)
+        module = build(cls, sample, dtype, True)
         output = module(*sample.forward)
         duplicate = {"torch.save": saved_and_loaded, "pickle": lambda m: pickle.loads(pickle.dumps(m)),
                      "deepcopy": copy.deepcopy}[how](module)
@@ -235,15 +235,15 @@ def gradient_checks(cls, kind, check, training, samples=None):
             parameter.requires_grad_(False)
 
 
+# The gradient checks and the copies run in training mode only (torch runs both): the samples have no dropout, the one
+# thing the mode changes, so eval mode runs the same computation (test_forward and others run both modes).
 @KINDS
-@TRAINING
-def test_grad(implementation, kind, training):
-    gradient_checks(IMPLEMENTATIONS[implementation][kind], kind, torch.autograd.gradcheck, training)
+def test_grad(implementation, kind):
+    gradient_checks(IMPLEMENTATIONS[implementation][kind], kind, torch.autograd.gradcheck, True)
 
 
 @KINDS
 def test_gradgrad(implementation, kind):
-    # training mode only: without dropout (these samples have none) eval runs the same computation
     gradient_checks(IMPLEMENTATIONS[implementation][kind], kind, torch.autograd.gradgradcheck, True,
                     GRADGRAD_SAMPLES)
 
