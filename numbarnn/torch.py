@@ -229,26 +229,26 @@ def _differentiable_backward(ctx, grad_output, grad_h_n):
     """The gradients of ``(x, h_0, *weights)`` by torch operations: the forward recomputed from the saved tensors
     (with the call's own dropout masks) by :func:`_torch_forward`, and differentiated by autograd.
 
-    For a backward that must build a graph (``create_graph=True``: double backward, gradient penalties) the
-    recomputation starts from the saved tensors themselves, so the gradients returned depend on them as they should;
-    under vmap it starts from detached copies. Slower than the kernels, and exact.
+    The recomputation starts from the saved tensors themselves (the gradients are taken with respect to them, which
+    stops autograd there), so that for a backward that must build a graph (``create_graph=True``: double backward,
+    gradient penalties) the gradients returned depend on them as they should. Under vmap the gradients are batched
+    and torch's operations batch them (no ``requires_grad_`` on copies: torch.func transforms forbid it). Slower
+    than the kernels, and exact.
     """
     saved = ctx.saved_tensors
     needs = ctx.needs_input_grad[2:]
-    create_graph = torch.is_grad_enabled()
     record, batch_first = ctx.record, ctx.batch_first
+    create_graph = torch.is_grad_enabled()  # torch runs a backward in grad mode exactly when create_graph=True
     with torch.enable_grad():
-        leaves = [tensor if tensor is None or (create_graph and tensor.requires_grad)
-                  else tensor.detach().requires_grad_(need) for tensor, need in zip(saved, needs)]
-        x, h_0, *weights = leaves
+        x, h_0, *weights = saved
         output, h_n = _torch_forward(record.spec, x.transpose(0, 1) if batch_first else x, h_0, weights, ctx.lengths,
                                      _dropout_scales(record))
         if batch_first:
             output = output.transpose(0, 1)
         pairs = [(result, grad) for result, grad in ((output, grad_output), (h_n, grad_h_n)) if grad is not None]
-        wanted = [leaf for leaf, need in zip(leaves, needs) if need]
+        wanted = [tensor for tensor, need in zip(saved, needs) if need]
         if not pairs or not wanted:
-            return [None] * len(leaves)
+            return [None] * len(saved)
         grads = iter(torch.autograd.grad([result for result, _ in pairs], wanted, [grad for _, grad in pairs],
                                          create_graph=create_graph, allow_unused=True))
     return [next(grads) if need else None for need in needs]

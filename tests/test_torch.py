@@ -414,6 +414,18 @@ def test_batched_gradients_match_torch():
         expected = torch.autograd.functional.jacobian(lambda x: reference(x)[0], x, vectorize=vectorize)
         actual = torch.autograd.functional.jacobian(lambda x: ours(x)[0], x, vectorize=vectorize)
         assert_close(actual, expected, torch.float64, f"jacobian, vectorize={vectorize}")
+    # torch.func.vmap over a backward through a graph built outside it
+    x.requires_grad_()
+    cotangents = torch.randn(5, 4, 2, 8, dtype=torch.float64)
+    results = []
+    for module in (reference, ours):
+        output = module(x)[0]
+        leaves = (x, *module.parameters())
+        results.append(torch.func.vmap(
+            lambda v, output=output, leaves=leaves: torch.autograd.grad(output, leaves, v, retain_graph=True))(
+            cotangents))
+    for actual, expected in zip(results[1], results[0], strict=True):
+        assert_close(actual, expected, torch.float64, "vmap over autograd.grad")
 
 
 def test_torch_func_transforms_match_torch():
