@@ -948,3 +948,20 @@ def test_hidden_sizes_of_the_panel_kernels_match_torch(hidden_size, dtype):
                                     lambda x=x, hx=hx: (x.clone().requires_grad_(), hx.clone().requires_grad_()))
         for a, e in zip(actual, expected, strict=True):
             assert_close(a, e, dtype, f"{type(ours).__name__}, hidden size {hidden_size}")
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+def test_changing_dropout_and_pickling_behave_as_torchs(train):
+    # torch's test_nn RNN dropout tests (test_RNN_change_dropout, test_RNN_dropout_state), on both classes
+    for cls in (torch.nn.modules.rnn.RNN, nt.RNN):
+        torch.manual_seed(0)
+        rnn = cls(10, 10, 2, dropout=0, nonlinearity="relu").train(train)
+        x = torch.rand(3, 2, 10)
+        for p in (0, 0.5, 0, 0.7, 0.2, 1, 0.2, 0):
+            rnn.dropout = p
+            output1, h1 = rnn(x)
+            output2, h2 = rnn(x)
+            output3, h3 = pickle.loads(pickle.dumps(rnn))(x)
+            deterministic = p in (0, 1) or not train
+            for a, b in ((output1, output2), (h1, h2), (output1, output3), (h1, h3)):
+                assert torch.equal(a, b) == deterministic, (cls.__module__, p)
