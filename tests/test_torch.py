@@ -965,3 +965,21 @@ def test_changing_dropout_and_pickling_behave_as_torchs(train):
             deterministic = p in (0, 1) or not train
             for a, b in ((output1, output2), (h1, h2), (output1, output3), (h1, h3)):
                 assert torch.equal(a, b) == deterministic, (cls.__module__, p)
+
+
+@pytest.mark.filterwarnings("ignore:You are using the legacy TorchScript-based ONNX export:DeprecationWarning")
+@pytest.mark.filterwarnings("ignore:Exporting a model to ONNX with a batch_size other than 1:UserWarning")
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")  # torch's own shape checks, traced
+def test_a_tracing_onnx_export_of_a_drop_in_records_torchs_rnn():
+    onnxruntime = pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    model = nt.RNN(3, 4, num_layers=2, bidirectional=True).eval()
+    buffer = io.BytesIO()
+    torch.onnx.export(model, (torch.randn(5, 2, 3),), buffer, dynamo=False, input_names=["x"],
+                      dynamic_axes={"x": {0: "steps", 1: "batch"}})
+    session = onnxruntime.InferenceSession(buffer.getvalue())
+    x = torch.randn(7, 3, 3)  # another shape: nothing of the traced call is baked in
+    with torch.no_grad():
+        expected = model(x)
+    for actual, wanted in zip(session.run(None, {"x": x.numpy()}), expected, strict=True):
+        assert_close(torch.from_numpy(actual), wanted, torch.float32, "ONNX Runtime against the module")
