@@ -3,10 +3,12 @@
 The checks are those of torch's ``test/test_modules.py`` (``TestModule``) for the two classes, on the inputs its
 ``torch/testing/_internal/common_modules.py`` gives them (``module_inputs_torch_nn_RNN_GRU`` with ``is_rnn=True``,
 ``module_inputs_torch_nn_RNN_GRU_Cell`` and the two ``module_error_inputs_*``), rewritten here: that module is
-private and needs torch's own test dependencies. Every check runs on both implementations in both dtypes and both
-training modes, so whatever torch's class passes, the drop-in must pass on the same inputs. The CUDA-only checks
-(device transfer, CPU/GPU parity) and ``inplace`` (neither class has it) do not apply. numbarnn's results are also
-compared with torch's on every sample.
+private and needs torch's own test dependencies. Every check runs on both implementations, so whatever torch's class
+passes, the drop-in must pass on the same inputs: in both dtypes and both training modes, except the gradient checks
+(float64, as torch runs them) and the copies (training mode; see test_grad), with smaller subsets of samples where
+noted (PARTIAL_SAMPLES, GRADGRAD_SAMPLES) to keep the test time modest. The CUDA-only checks (device transfer,
+CPU/GPU parity) and ``inplace`` (neither class has it) do not apply. numbarnn's results are also compared with
+torch's on every sample.
 """
 
 import contextlib
