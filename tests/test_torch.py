@@ -347,6 +347,23 @@ def test_an_in_place_weight_change_before_backward_raises():
         output.sum().backward()
 
 
+@pytest.mark.parametrize("changed", ["x", "hx"])
+def test_an_in_place_change_of_the_input_before_backward_raises_like_torch(changed):
+    # the input and hx are saved for the backward (a backward that builds a graph recomputes from them), as torch's
+    # RNN saves them: changing one in place in between is torch's version-counter error in both
+    for cls in (torch.nn.modules.rnn.RNN, nt.RNN):
+        rnn = cls(3, 4, dtype=torch.float64)
+        x = torch.randn(5, 2, 3, dtype=torch.float64, requires_grad=True)
+        hx = torch.randn(1, 2, 4, dtype=torch.float64, requires_grad=True)
+        inputs = {"x": x * 1, "hx": hx * 1}  # non-leaf tensors, which may be changed in place
+        output, _ = rnn(inputs["x"], inputs["hx"])
+        with torch.no_grad():
+            inputs[changed].mul_(2)
+        # (torch's own words for hx, which its RNN unbinds into views, differ a little)
+        with pytest.raises(RuntimeError, match="modified (by an )?inplace"):
+            output.sum().backward()
+
+
 # float64: second-order gradients sum many more terms (values here up to ~100) than helpers' tolerances are derived
 # for; in float64 those tolerances still hold by orders of magnitude, and the recomputation is the same for both dtypes.
 DOUBLE_BACKWARD_CASES = [
