@@ -354,7 +354,16 @@ class _DropIn:
     def __prepare_scriptable__(self):
         """``torch.jit.script`` compiles ``forward``, which runs Python kernels: it scripts torch's own module
         instead, sharing this one's Parameters (TorchScript runs torch's kernels). Called by ``torch.jit.script``,
-        which also puts the returned module in place of this one in its parent module."""
+        which also puts the returned module in place of this one in its parent module.
+
+        A subclass of a drop-in may have a forward of its own, which torch's module would silently drop: it raises.
+        """
+        if type(self) not in _DROP_INS.values():
+            raise TypeError(
+                f"torch.jit.script cannot compile {type(self).__name__}, a subclass of numbarnn.torch."
+                f"{_DROP_INS[self._TORCH_CLASS].__name__}: its forward runs numbarnn's Python kernels, and numbarnn "
+                f"scripts only its own classes (as torch's {self._TORCH_CLASS.__name__}). Derive it from "
+                f"torch.nn.{self._TORCH_CLASS.__name__} to script it.")
         state = {name: copy.copy(value) if isinstance(value, dict) else value
                  for name, value in self.__getstate__().items()}
         twin = self._TORCH_CLASS.__new__(self._TORCH_CLASS)

@@ -876,6 +876,16 @@ def test_torch_jit_script_scripts_torchs_modules_sharing_the_parameters():
     assert_close(torch.jit.script(cell)(x[0]), cell(x[0]), torch.float32, "scripted cell")
 
 
+def test_scripting_a_subclass_of_a_drop_in_names_the_cause_and_the_way_out():
+    class Scaled(nt.RNNCell):  # scripting torch's class in its place would drop this forward
+        def forward(self, input, hx=None):
+            return 2 * super().forward(input, hx)
+
+    with pytest.raises(TypeError, match=r"subclass of numbarnn\.torch\.RNNCell: its forward runs numbarnn's Python "
+                                        r"kernels.*Derive it from torch\.nn\.RNNCell to script it"):
+        torch.jit.script(Scaled(3, 4))
+
+
 # torch's own RNN forward warns, under the tracer, that its shape checks turn tensors into Python booleans
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
 def test_torch_jit_trace_records_torchs_forward():
