@@ -438,6 +438,7 @@ TARGET_BUILDS = {
 }
 
 
+@pytest.mark.slow  # five processes of ~10 s of compiling each, side by side
 @pytest.mark.skipif(_isa.target().triple.split("-")[0] != "x86_64", reason="builds x86-64 code in subprocesses")
 def test_panel_kernels_for_every_target(tmp_path):
     """Each target gets its tile, and its assembly has vector multiply-adds and no call to libm's fma/fmaf (which
