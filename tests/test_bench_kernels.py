@@ -7,6 +7,7 @@ library's own process and reported with the CPU, the instruction set and the til
 import argparse
 import contextlib
 import io
+import json
 import re
 
 import pytest
@@ -21,13 +22,16 @@ def parse(argv):
     return parser.parse_args(argv)
 
 
-def test_bench_kernels_reports_every_product_and_the_tile():
+def test_bench_kernels_reports_every_product_and_the_tile(tmp_path):
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = bench.run(parse(["--kernels", "--kernel-rows", "1,7", "--kernel-shapes", "5x9,16x3",
-                                "--repeats", "1", "--dtype", "float64"]))
+                                "--repeats", "1", "--dtype", "float64", "--json", str(tmp_path / "kernels.json")]))
     text = out.getvalue()
     assert code == 0, err.getvalue()
+    saved = json.loads((tmp_path / "kernels.json").read_text())
+    assert saved["report"] + "\n" == text and saved["tile"]["rows"] == _isa.tile().rows
+    assert set(saved["seconds"]["numbarnn"]) == {"1x5x9", "7x5x9", "1x16x3", "7x16x3"}
     assert _isa.tile().describe() in text and f"numba compiles for {_isa.target().cpu_name}" in text
     assert "float64" in text.splitlines()[0]
     rows = [line for line in text.splitlines() if re.match(r"\| \d", line)]

@@ -36,7 +36,8 @@ FLAT_FRACTION = 0.85
 
 
 def add_arguments(parser):
-    """The ``--kernels`` run's own options, on ``bench``'s parser (it shares ``--dtype`` and ``--repeats``)."""
+    """The ``--kernels`` run's own options, on ``bench``'s parser (it shares ``--dtype``, ``--repeats`` and
+    ``--json``)."""
     parser.add_argument("--kernel-rows", type=_positive_ints, default=ROWS, metavar="M,M,...",
                         help=f"with --kernels: row counts M (default: {','.join(map(str, ROWS))})")
     parser.add_argument("--kernel-shapes", type=_shapes, default=SHAPES, metavar="KxN,KxN,...",
@@ -66,7 +67,12 @@ def run(args):
                 return 1
     tile, caches = _isa.tile(), _isa.caches()
     target = _isa.target()
-    print(format_report(spec, results, _cpu_name(), target, tile, caches))
+    text = format_report(spec, results, _cpu_name(), target, tile, caches)
+    print(text)
+    if args.json is not None:
+        args.json.write_text(json.dumps({"settings": spec, "cpu": _cpu_name(), "target": vars(target),
+                                         "tile": vars(tile), "l2_bytes": caches.l2, "seconds": results,
+                                         "report": text}, indent=1))
     return 0
 
 
