@@ -1,5 +1,9 @@
 """numbarnn: vanilla RNNs on the CPU with PyTorch's semantics, compiled with Numba."""
 
+# The one place the version is written: pyproject.toml reads it from here (tool.setuptools.dynamic), so that the
+# installed metadata and numbarnn.__version__ cannot disagree. Keep it a plain string literal.
+__version__ = "0.1.0"
+
 from . import optim
 from .cell import RNNCell
 from .clip import clip_grad_norm_
@@ -25,4 +29,3 @@ __all__ = [
     "load_metadata",
     "CheckpointError",
 ]
-__version__ = "0.1.0"

@@ -1,13 +1,17 @@
-"""Command line: ``python -m numbarnn {demo,check,bench,export}`` (also installed as the ``numbarnn`` command)."""
+"""Command line: ``python -m numbarnn {demo,check,bench,export}`` and ``python -m numbarnn --version`` (also installed
+as the ``numbarnn`` command)."""
 
 import argparse
 import importlib
 import sys
 
+from . import __version__
+
 # subcommand -> (module that implements it, one-line help); each module has add_arguments(parser) and run(args).
 COMMANDS = {
     "demo": ("numbarnn.cli.demo", "train a character-level language model on the bundled corpus (the main job)"),
-    "check": ("numbarnn.cli.check", "compare outputs and gradients with torch.nn.RNN / RNNCell over a grid of settings"),
+    "check": ("numbarnn.cli.check",
+              "compare outputs and gradients with torch.nn.RNN / RNNCell over a grid of settings"),
     "bench": ("numbarnn.cli.bench",
               "time numbarnn and torch.nn.RNN fairly, each in its own process (forward, training step, one step)"),
     "export": ("numbarnn.cli.export", "write a model saved with numbarnn.save (RNN + optional Linear head) as ONNX"),
@@ -18,6 +22,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="numbarnn", description="numbarnn: vanilla RNNs on the CPU with PyTorch's semantics, compiled with Numba."
     )
+    parser.add_argument("--version", action="version", version=f"numbarnn {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="{" + ",".join(COMMANDS) + "}")
     modules = {}
     for name, (module_name, help_text) in COMMANDS.items():

@@ -22,6 +22,7 @@ from ..losses import softmax_cross_entropy
 from ..optim import Adagrad, Adam
 from ..rnn import RNN
 from ..serialization import save
+from ._progress import Progress
 
 DEFAULT_CORPUS = Path(__file__).parent.parent / "data" / "corpus.txt"  # numbarnn/data, shipped as package data
 # Fraction of the text (its end) held out to measure the final loss.
@@ -63,7 +64,7 @@ def add_arguments(parser):
                         help="numba threads for training (numbarnn runs blocks of the batch on them; 0, the "
                              "default, keeps numba's setting, every core unless NUMBA_NUM_THREADS says otherwise)")
     parser.add_argument("--progress", choices=("auto", "bar", "lines"), default="auto",
-                        help="tqdm progress bar or plain lines; auto uses the bar when tqdm is installed and "
+                        help="a progress bar or a plain line every tenth of the run; auto draws the bar when "
                              "stdout is a terminal (default auto)")
     parser.add_argument("--save", type=Path, default=None, metavar="PATH",
                         help="save the trained model to this .npz file (numbarnn.save, vocabulary as metadata)")
@@ -226,7 +227,7 @@ def _fit(args, corpus, rnn, head, optimizer, prime):
     steps, seq_len, batch = args.steps, args.seq_len, args.batch
     sample_at = {round(steps * (i + 1) / args.samples) for i in range(args.samples)} if args.samples else set()
     sample_rng = np.random.default_rng([args.seed, 1])
-    progress = _Progress(steps, args.progress)
+    progress = Progress(steps, "update", mode=args.progress, every=steps // 10)
     inputs = np.empty((seq_len, batch, corpus.size), np.float32)
     history = History()
     hidden_state, position, smoothed = None, 0, None
@@ -252,7 +253,7 @@ def _fit(args, corpus, rnn, head, optimizer, prime):
 
         history.losses.append(float(loss))
         smoothed = float(loss) if smoothed is None else LOSS_SMOOTHING * smoothed + (1 - LOSS_SMOOTHING) * float(loss)
-        progress.update(step, smoothed, history.characters_per_second(seq_len * batch))
+        progress.update(step, f"loss {smoothed:.3f}  {history.characters_per_second(seq_len * batch):,.0f} chars/s")
         out_of_time = args.max_seconds is not None and time.perf_counter() - started > args.max_seconds
         if step in sample_at or (out_of_time and args.samples):
             held_out = _evaluate(rnn, head, corpus)
@@ -355,41 +356,3 @@ def _plot(path, history, baseline):
     axes.legend()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     figure.savefig(path, dpi=100)
-
-
-class _Progress:
-    """A tqdm bar on a terminal, or a plain line every tenth of the run (readable in logs and pipes)."""
-
-    def __init__(self, total, mode):
-        self.total = total
-        self.bar = None
-        if mode == "bar" or (mode == "auto" and sys.stdout.isatty()):
-            try:
-                from tqdm import tqdm
-            except ImportError:
-                tqdm = None
-            if tqdm is not None:
-                self.bar = tqdm(total=total, unit="update", file=sys.stdout, dynamic_ncols=True)
-        self.every = max(1, total // 10)
-        self.last_refresh = 0.0
-
-    def update(self, step, loss, characters_per_second):
-        if self.bar is not None:
-            self.bar.update(1)
-            now = time.perf_counter()
-            if now - self.last_refresh > 0.25 or step == self.total:
-                self.last_refresh = now
-                self.bar.set_postfix_str(f"loss {loss:.3f}, {characters_per_second:,.0f} chars/s")
-        elif step % self.every == 0 or step == self.total or step == 1:
-            print(f"update {step:>{len(str(self.total))}}/{self.total}  loss {loss:.3f}  "
-                  f"{characters_per_second:,.0f} chars/s", flush=True)
-
-    def write(self, text):
-        if self.bar is not None:
-            self.bar.write(text, file=sys.stdout)
-        else:
-            print(text, flush=True)
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()
