@@ -2,7 +2,8 @@
 
 ``python panel_target.py [--aarch64] [--run SHAPES_JSON]``: the target is the one numba's environment names
 (``NUMBA_CPU_NAME`` / ``NUMBA_CPU_FEATURES``), or with ``--aarch64`` an AArch64 triple: the kernels' LLVM IR, built
-with the tile :mod:`numbarnn._isa` chooses for that triple, is then compiled through llvmlite for it (never run); numba builds that IR unoptimised (the caller sets ``NUMBA_OPT=0``), LLVM optimises it for AArch64.
+with the tile :mod:`numbarnn._isa` chooses for that triple, is then compiled through llvmlite for it (never run);
+numba builds that IR unoptimised (the caller sets ``NUMBA_OPT=0``) and LLVM optimises it for AArch64.
 The caller sets ``NUMBA_CACHE_DIR`` to a fresh directory, so code built for another target never reaches the
 project's cache. ``--run`` also runs the product on the (M, K, N) shapes given and reports, per shape and dtype,
 the largest error divided by the classical bound K * eps * (|A| @ |B|) (at most 1 when correct).

@@ -102,8 +102,9 @@ def format_report(spec, results, cpu, target, tile, caches):
         for m in spec["rows"]:
             key = f"{m}x{k}x{n}"
             rates = {library: 2.0 * m * k * n / results[library][key] / 1e9 for library in results}
-            rows.append([str(m), str(k), str(n), *(_significant(rates[library], 3) for library in ("numbarnn", *others)),
-                         *(f"{rates['numbarnn'] / rates[library]:.2f}" for library in others)])
+            speeds = [_significant(rates[library], 3) for library in ("numbarnn", *others)]
+            ratios = [f"{rates['numbarnn'] / rates[library]:.2f}" for library in others]
+            rows.append([str(m), str(k), str(n), *speeds, *ratios])
     lines.append(_markdown(header, rows))
     lines.append("")
     for k, n in spec["shapes"]:
@@ -144,7 +145,7 @@ def _has_torch():
     return importlib.util.find_spec("torch") is not None
 
 
-# -- the worker ---------------------------------------------------------------------------------------------------------
+# -- the worker --------------------------------------------------------------------------------------------------------
 def _product(library, b):
     """A function ``product(a, out)`` computing ``out[:] = a @ b`` with ``library``, and its one-time setup done."""
     if library == "numbarnn":
