@@ -1,17 +1,21 @@
-"""numbarnn: vanilla RNNs on the CPU with PyTorch's semantics, compiled with Numba."""
+"""numbarnn: recurrent networks (RNN, LSTM, GRU) on the CPU with PyTorch's semantics, compiled with Numba."""
 
 from . import optim
-from .cell import RNNCell
+from .cell import GRUCell, LSTMCell, RNNCell
 from .clip import clip_grad_norm_
 from .linear import Linear
 from .losses import mse_loss, softmax_cross_entropy
 from .optim import SGD, Adagrad, Adam
-from .rnn import RNN
+from .rnn import GRU, LSTM, RNN
 from .serialization import CheckpointError, load, load_metadata, save
 
 __all__ = [
     "RNN",
+    "LSTM",
+    "GRU",
     "RNNCell",
+    "LSTMCell",
+    "GRUCell",
     "Linear",
     "softmax_cross_entropy",
     "mse_loss",
