@@ -12,6 +12,7 @@ waiting for their backwards at once; a consumed record can hand its buffers to t
 import numpy as np
 
 from ._backward import recurrent_backward, recurrent_backward_parallel
+from ._cells import GATES
 from ._forward import recurrent_forward, recurrent_forward_parallel
 from ._packing import pack, unpack
 from ._threads import run_kernel
@@ -45,7 +46,8 @@ def buffer_key(packing, dropped):
 
 def make_packing(spec, steps, batch, lengths):
     """The packing of a (L, N) batch; ``lengths`` is None or already checked (each in 1...L)."""
-    blocks = block_count(batch, steps, spec.input_size, spec.hidden_size, spec.num_layers, spec.num_directions)
+    blocks = block_count(batch, steps, spec.input_size, spec.hidden_size, spec.num_layers, spec.num_directions,
+                         GATES[spec.cell])
     if lengths is None or (lengths == steps).all():
         return equal_length_packing(steps, batch, blocks)
     return length_packing(lengths, steps, blocks)
