@@ -301,3 +301,45 @@ def test_cell_errors_and_tape():
     with pytest.raises(RuntimeError, match="no recorded call"):
         cell.backward((np.ones(6), None))
     assert repr(cell) == repr(torch.nn.LSTMCell(4, 6))
+
+
+def test_every_gradient_matches_central_differences():
+    """No torch: every scalar of every parameter (weight_hr included), of x, h_0 and c_0 perturbed by +-1e-6 in
+    float64; the tolerance is test_gradcheck.py's (truncation ~1e-12 plus rounding ~1e-8 for these O(1) losses)."""
+    rng = np.random.default_rng(7)
+    lstm = numbarnn.LSTM(2, 3, num_layers=2, bidirectional=True, proj_size=2, dtype=np.float64, seed=3)
+    for value in lstm.params.values():  # larger than the default init, so that every term matters
+        value[...] = rng.uniform(-1, 1, value.shape)
+    lengths = np.array([3, 1])
+    x = rng.standard_normal((3, 2, 2))
+    state = (rng.standard_normal((4, 2, 2)), rng.standard_normal((4, 2, 3)))
+    grad_output, grad_state = rng.standard_normal((3, 2, 4)), tuple(rng.standard_normal(p.shape) for p in state)
+    lstm.train()
+    lstm(x, state, lengths=lengths)
+    analytic_x, analytic_state = lstm.backward(grad_output, grad_state)
+    analytic = {name: grad.copy() for name, grad in lstm.grads.items()}
+    lstm.eval()
+
+    def loss():
+        output, (h_n, c_n) = lstm(x, state, lengths=lengths)
+        return float(np.sum(grad_output * output) + np.sum(grad_state[0] * h_n) + np.sum(grad_state[1] * c_n))
+
+    def central_difference(array):
+        gradient = np.zeros_like(array)
+        for index in np.ndindex(array.shape):
+            original = array[index]
+            array[index] = original + 1e-6
+            upper = loss()
+            array[index] = original - 1e-6
+            gradient[index] = (upper - loss()) / 2e-6
+            array[index] = original
+        return gradient
+
+    for name in lstm.params:
+        np.testing.assert_allclose(analytic[name], central_difference(lstm.params[name]), rtol=0, atol=2e-7,
+                                   err_msg=name)
+        assert np.abs(analytic[name]).max() > 1e-3, name
+    np.testing.assert_allclose(analytic_x, central_difference(x), rtol=0, atol=2e-7, err_msg="input")
+    for index in range(2):
+        np.testing.assert_allclose(analytic_state[index], central_difference(state[index]), rtol=0, atol=2e-7,
+                                   err_msg=f"state[{index}]")
