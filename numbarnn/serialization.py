@@ -12,6 +12,7 @@ import zlib
 
 import numpy as np
 
+from ._validation import SUPPORTED_DTYPES
 from .cell import GRUCell, LSTMCell, RNNCell
 from .linear import Linear
 from .rnn import GRU, LSTM, RNN
@@ -190,7 +191,7 @@ def _rebuild(path, name, entry, arrays):
         raise CheckpointError(
             f"{where}: unknown class {class_name!r}; this numbarnn can load {', '.join(_CONSTRUCTORS)}"
         )
-    if dtype not in ("float32", "float64"):
+    if dtype not in [supported.name for supported in SUPPORTED_DTYPES]:
         raise CheckpointError(f"{where}: unsupported dtype {dtype!r}; expected 'float32' or 'float64'")
     try:
         module = _CONSTRUCTORS[class_name][0](**arguments, dtype=np.dtype(dtype))

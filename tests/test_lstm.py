@@ -14,7 +14,7 @@ import numba
 import numpy as np
 import pytest
 import torch
-from gated import compare, make_pair, parts_of, random_problem, torch_reference
+from gated import compare, make_pair, random_problem, torch_reference
 from helpers import assert_close, pairwise_cases, torch_dtype
 
 import numbarnn
