@@ -13,8 +13,8 @@ input gradients are added once both are done.
 import numpy as np
 from numba import prange
 
-from ._cells import RnnCell, backward_epilogue
-from ._forward import layer_input, layer_output, projection_view, weight_views
+from ._cells import RnnCell, backward_epilogue, input_side, pack_projection, projection_gradient
+from ._forward import layer_input, layer_output, weight_views
 from ._jit import jit
 from ._layout import B_HH, B_IH, NO_BIAS, W_HH, W_HR, W_IH
 from ._loops import add_2d, add_into_flat, multiply_2d
@@ -109,19 +109,16 @@ def task_backward(l, task, params, offsets, packing, forward, buffers, num_direc
     num_layers = offsets.shape[0] // num_directions
     row = l * num_directions + d
     hidden, state, gates = buffers.grad_c.shape[2], buffers.grad_h.shape[2], buffers.dz.shape[2]
-    projected = offsets[row, W_HR] != NO_BIAS
     inputs = layer_input(l, forward)[r0:r1]
     width = inputs.shape[1]
     w_ih, w_hh = weight_views(params, offsets, row, gates, width, state)
     grad_y = buffers.grad_output if l == num_layers - 1 else buffers.grad_layer
     dz = buffers.dz[d][r0:r1]
-    separate = buffers.dz_in.shape[1] > 0  # the GRU: the input side's gradient differs in the n gate
-    dz_input = buffers.dz_in[d][r0:r1] if separate else dz
+    dz_input = input_side(cell, dz, buffers.dz_in[d][r0:r1])  # the GRU's differs in the n gate
     w_hh_panels = buffers.w_hh_panels[task]
     pack_panels(w_hh, w_hh_panels)
     w_hr_panels = buffers.w_hr_panels[task]
-    if projected:
-        pack_panels(projection_view(params, offsets, row, state, hidden), w_hr_panels)
+    pack_projection(cell, params, offsets, row, state, hidden, w_hr_panels, False)
     dh_proj = buffers.dh_proj[d][r0:r1]
     h_prev = forward.h_prev[l, d][r0:r1]
     direction_backward(cell, grad_y[r0:r1], layer_output(l, num_layers, forward)[r0:r1],
@@ -133,10 +130,9 @@ def task_backward(l, task, params, offsets, packing, forward, buffers, num_direc
     accumulate_weight_gradient(dz, h_prev, target, offsets[row, W_HH], scratch[: gates * state].reshape((gates, state)))
     accumulate_weight_gradient(dz_input, inputs, target, offsets[row, W_IH],
                                scratch[: gates * width].reshape((gates, width)))
-    if projected:
-        accumulate_weight_gradient(dh_proj, forward.h_full[l, d][r0:r1], target, offsets[row, W_HR],
-                                   scratch[: state * hidden].reshape((state, hidden)))
-    accumulate_bias_gradient(dz_input, dz, separate, target, offsets, row, scratch[:gates])
+    projection_gradient(cell, dh_proj, forward.h_full[min(l, forward.h_full.shape[0] - 1), d][r0:r1], target,
+                        offsets[row, W_HR], scratch[: state * hidden].reshape((state, hidden)))
+    accumulate_bias_gradient(dz_input, dz, buffers.dz_in.shape[1] > 0, target, offsets, row, scratch[:gates])
     if l > 0 or buffers.grad_x.shape[0] > 0:
         w_ih_panels = panels_in(buffers.w_ih_panels[task], gates, width, w_hh_panels.shape[2])
         pack_panels(w_ih, w_ih_panels)

@@ -19,7 +19,9 @@ from numba.extending import overload
 
 from ._activations import activate, activation_backward, tanh
 from ._jit import JIT_OPTIONS
-from ._panels import panel_matmul
+from ._layout import NO_BIAS, W_HR
+from ._loops import add_into_flat, copy_2d
+from ._panels import pack_panels, panel_matmul
 
 RnnCell = namedtuple("RnnCell", ["relu"])
 GruCell = namedtuple("GruCell", ["gates"])
@@ -56,11 +58,12 @@ def _sigmoid_overload(x):
     return impl
 
 
-def forward_epilogue(cell, z, tmp, b_ih, b_hh, h, c, saved, h_full, w_hr_panels, out, column):
+def forward_epilogue(cell, z, tmp, b_ih, b_hh, h, c, saved, h_full, first, w_hr_panels, out, column):
     """One step's gates, from the step rows' input projection ``z`` (n, G * H) and recurrent product ``tmp``
     (n, G * H) and the biases (G * H,): advances the state ``h`` (n, P) (and an LSTM's ``c`` (n, H)) in place, writes
-    the new h to ``out[:, column:column + P]`` and what the backward needs to ``saved`` (n, S * H). An LSTM with a
-    projection computes o * tanh(c) into ``h_full`` (n, H) and h = h_full W_hr^T against ``w_hr_panels``."""
+    the new h to ``out[:, column:column + P]`` and what the backward needs to rows ``first:first + n`` of ``saved``
+    (S * H columns). An LSTM with a projection computes o * tanh(c) into rows ``first:first + n`` of ``h_full``
+    (H columns; it has no rows without a projection) and h = h_full W_hr^T against ``w_hr_panels``."""
 
 
 def backward_epilogue(cell, grad_y, y, column, carry, carry_c, saved, h_prev, c_prev, dz, dz_in, tmp, dh_proj,
@@ -72,9 +75,9 @@ def backward_epilogue(cell, grad_y, y, column, carry, carry_c, saved, h_prev, c_
 
 
 @overload(forward_epilogue, jit_options=JIT_OPTIONS, inline="always")
-def _forward_epilogue(cell, z, tmp, b_ih, b_hh, h, c, saved, h_full, w_hr_panels, out, column):
+def _forward_epilogue(cell, z, tmp, b_ih, b_hh, h, c, saved, h_full, first, w_hr_panels, out, column):
     if _is(cell, RnnCell):
-        def rnn(cell, z, tmp, b_ih, b_hh, h, c, saved, h_full, w_hr_panels, out, column):
+        def rnn(cell, z, tmp, b_ih, b_hh, h, c, saved, h_full, first, w_hr_panels, out, column):
             relu = cell.relu
             for i in range(z.shape[0]):
                 for j in range(h.shape[1]):
@@ -84,8 +87,9 @@ def _forward_epilogue(cell, z, tmp, b_ih, b_hh, h, c, saved, h_full, w_hr_panels
         return rnn
 
     if _is(cell, GruCell):
-        def gru(cell, z, tmp, b_ih, b_hh, h, c, saved, h_full, w_hr_panels, out, column):
+        def gru(cell, z, tmp, b_ih, b_hh, h, c, saved, h_full, first, w_hr_panels, out, column):
             hidden = h.shape[1]
+            step_saved = saved[first : first + z.shape[0]]
             for i in range(z.shape[0]):
                 for j in range(hidden):
                     # torch's order of operations (aten's GRUCell): n + z * (h - n)
@@ -96,19 +100,21 @@ def _forward_epilogue(cell, z, tmp, b_ih, b_hh, h, c, saved, h_full, w_hr_panels
                     recurrent_n = tmp[i, k] + b_hh[k]
                     n = tanh((z[i, k] + b_ih[k]) + r * recurrent_n)
                     v = n + u * (h[i, j] - n)
-                    saved[i, j] = r
-                    saved[i, hidden + j] = u
-                    saved[i, 2 * hidden + j] = n
-                    saved[i, 3 * hidden + j] = recurrent_n
+                    step_saved[i, j] = r
+                    step_saved[i, hidden + j] = u
+                    step_saved[i, 2 * hidden + j] = n
+                    step_saved[i, 3 * hidden + j] = recurrent_n
                     h[i, j] = v
                     out[i, column + j] = v
         return gru
 
     if _is(cell, LstmCell):
-        def lstm(cell, z, tmp, b_ih, b_hh, h, c, saved, h_full, w_hr_panels, out, column):
+        def lstm(cell, z, tmp, b_ih, b_hh, h, c, saved, h_full, first, w_hr_panels, out, column):
             hidden = c.shape[1]
+            step_saved = saved[first : first + z.shape[0]]
+            step_full = h_full[first : first + z.shape[0]]
             projected = h_full.shape[0] > 0
-            target = h_full if projected else h
+            target = step_full if projected else h
             for i in range(z.shape[0]):
                 for j in range(hidden):
                     gi = sigmoid((z[i, j] + b_ih[j]) + (tmp[i, j] + b_hh[j]))
@@ -121,14 +127,14 @@ def _forward_epilogue(cell, z, tmp, b_ih, b_hh, h, c, saved, h_full, w_hr_panels
                     cv = gf * c[i, j] + gi * gg
                     tc = tanh(cv)
                     c[i, j] = cv
-                    saved[i, j] = gi
-                    saved[i, hidden + j] = gf
-                    saved[i, 2 * hidden + j] = gg
-                    saved[i, 3 * hidden + j] = go
-                    saved[i, 4 * hidden + j] = tc
+                    step_saved[i, j] = gi
+                    step_saved[i, hidden + j] = gf
+                    step_saved[i, 2 * hidden + j] = gg
+                    step_saved[i, 3 * hidden + j] = go
+                    step_saved[i, 4 * hidden + j] = tc
                     target[i, j] = go * tc
             if projected:
-                panel_matmul(h_full, w_hr_panels, h)
+                panel_matmul(step_full, w_hr_panels, h)
             for i in range(z.shape[0]):
                 for j in range(h.shape[1]):
                     out[i, column + j] = h[i, j]
@@ -202,3 +208,67 @@ def _backward_epilogue(cell, grad_y, y, column, carry, carry_c, saved, h_prev, c
             panel_matmul(dz, w_hh_panels, carry)
         return lstm
     return None
+
+
+# -- what only some cells do, as hooks that are empty for the others: the RNN's kernels compile none of it ----------
+def save_state(cell, h, c, h_prev, c_prev):
+    """Copy the state a step starts from (training): h, and an LSTM's c."""
+
+
+@overload(save_state, jit_options=JIT_OPTIONS, inline="always")
+def _save_state(cell, h, c, h_prev, c_prev):
+    if _is(cell, LstmCell):
+        def lstm(cell, h, c, h_prev, c_prev):
+            copy_2d(h, h_prev)
+            copy_2d(c, c_prev)
+        return lstm
+
+    def others(cell, h, c, h_prev, c_prev):
+        copy_2d(h, h_prev)
+    return others
+
+
+def pack_projection(cell, params, offsets, row, state_width, hidden_size, panels, transposed):
+    """Pack an LSTM projection's W_hr (P, H) of offset-table row ``row`` (W_hr^T if ``transposed``) into
+    ``panels``; nothing for a module without one."""
+
+
+@overload(pack_projection, jit_options=JIT_OPTIONS, inline="always")
+def _pack_projection(cell, params, offsets, row, state_width, hidden_size, panels, transposed):
+    if _is(cell, LstmCell):
+        def lstm(cell, params, offsets, row, state_width, hidden_size, panels, transposed):
+            o_hr = offsets[row, W_HR]
+            if o_hr != NO_BIAS:
+                w_hr = params[o_hr : o_hr + state_width * hidden_size].reshape((state_width, hidden_size))
+                if transposed:
+                    pack_panels(w_hr.T, panels)
+                else:
+                    pack_panels(w_hr, panels)
+        return lstm
+    return lambda cell, params, offsets, row, state_width, hidden_size, panels, transposed: None
+
+
+def projection_gradient(cell, dh_proj, h_full, grads, offset, product):
+    """``grads[offset:...] += dh_proj.T @ h_full``: an LSTM projection's weight gradient (when it has rows)."""
+
+
+@overload(projection_gradient, jit_options=JIT_OPTIONS, inline="always")
+def _projection_gradient(cell, dh_proj, h_full, grads, offset, product):
+    if _is(cell, LstmCell):
+        def lstm(cell, dh_proj, h_full, grads, offset, product):
+            if dh_proj.shape[0] > 0:
+                np.dot(dh_proj.T, h_full, product)
+                add_into_flat(grads, offset, product)
+        return lstm
+    return lambda cell, dh_proj, h_full, grads, offset, product: None
+
+
+def input_side(cell, dz, dz_in):
+    """The input side's pre-activation gradient: the GRU's own ``dz_in`` (its n gate differs), else ``dz``."""
+
+
+@overload(input_side, jit_options=JIT_OPTIONS, inline="always")
+def _input_side(cell, dz, dz_in):
+    if _is(cell, GruCell):
+        return lambda cell, dz, dz_in: dz_in
+    return lambda cell, dz, dz_in: dz

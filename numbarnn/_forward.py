@@ -12,10 +12,10 @@ is its own compiled (and cached) specialisation.
 
 from numba import prange
 
-from ._cells import RnnCell, forward_epilogue
+from ._cells import RnnCell, forward_epilogue, pack_projection, save_state
 from ._jit import jit
-from ._layout import B_HH, B_IH, NO_BIAS, W_HH, W_HR, W_IH
-from ._loops import copy_2d, multiply_2d
+from ._layout import B_HH, B_IH, NO_BIAS, W_HH, W_IH
+from ._loops import multiply_2d
 from ._panels import pack_panels, panel_matmul, panels_in
 
 
@@ -25,13 +25,6 @@ def weight_views(params, offsets, row, gate_rows, input_width, state_width):
     o_ih, o_hh = offsets[row, W_IH], offsets[row, W_HH]
     return (params[o_ih : o_ih + gate_rows * input_width].reshape((gate_rows, input_width)),
             params[o_hh : o_hh + gate_rows * state_width].reshape((gate_rows, state_width)))
-
-
-@jit(inline=True)
-def projection_view(params, offsets, row, state_width, hidden_size):
-    """An LSTM projection's ``w_hr`` (P, H) of one (layer, direction) row (only where it has one)."""
-    o_hr = offsets[row, W_HR]
-    return params[o_hr : o_hr + state_width * hidden_size].reshape((state_width, hidden_size))
 
 
 @jit(inline=True)
@@ -98,14 +91,11 @@ def direction_forward(cell, inputs, w_ih_panels, w_hh_panels, w_hr_panels, b_ih,
         r0 = step_offsets[t]
         n = step_offsets[t + 1] - r0
         if training:
-            copy_2d(h[:n], h_prev[r0 : r0 + n])
-            copy_2d(c[:n], c_prev[r0 : r0 + n])
-            step_saved, step_full = saved[r0 : r0 + n], h_full[r0 : r0 + n]
-        else:
-            step_saved, step_full = saved[:n], h_full[:n]
+            save_state(cell, h[:n], c[:n], h_prev[r0 : r0 + n], c_prev[r0 : r0 + n])
         panel_matmul(h[:n], w_hh_panels, step_tmp[:n])
-        forward_epilogue(cell, z[r0 : r0 + n], step_tmp[:n], b_ih, b_hh, h[:n], c[:n], step_saved, step_full,
-                         w_hr_panels, out[r0 : r0 + n], column)
+        # in training the saved gates are kept at the step's rows, in inference the scratch's first rows serve
+        forward_epilogue(cell, z[r0 : r0 + n], step_tmp[:n], b_ih, b_hh, h[:n], c[:n], saved, h_full,
+                         r0 if training else 0, w_hr_panels, out[r0 : r0 + n], column)
 
 
 @jit(inline=True)
@@ -125,8 +115,7 @@ def task_forward(l, task, params, offsets, packing, buffers, num_directions, cel
     w_ih_panels = panels_in(buffers.w_ih_panels[task], inputs.shape[1], gates, w_hh_panels.shape[2])
     pack_panels(w_ih.T, w_ih_panels)
     w_hr_panels = buffers.w_hr_panels[task]
-    if offsets[row, W_HR] != NO_BIAS:
-        pack_panels(projection_view(params, offsets, row, state, hidden).T, w_hr_panels)
+    pack_projection(cell, params, offsets, row, state, hidden, w_hr_panels, True)
     out = layer_output(l, offsets.shape[0] // num_directions, buffers)
     # h_prev and c_prev have no rows in inference, and slicing keeps them empty
     direction_forward(cell, inputs[r0:r1], w_ih_panels, w_hh_panels, w_hr_panels, b_ih, b_hh,

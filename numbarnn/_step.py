@@ -5,11 +5,10 @@ the sequence kernels run."""
 
 import numpy as np
 
-from ._cells import RnnCell, forward_epilogue
-from ._forward import bias_views, projection_view, weight_views
+from ._cells import RnnCell, forward_epilogue, pack_projection
+from ._forward import bias_views, weight_views
 from ._jit import jit
-from ._layout import NO_BIAS, W_HR
-from ._panels import pack_panels, panel_shape
+from ._panels import panel_shape
 from ._workspace import StepBuffers
 
 
@@ -42,10 +41,9 @@ def cell_step(params, offsets, cell, buffers):
                     recurrent += h_i[k] * w_h[k]
                 z[i, j] = projected
                 tmp[i, j] = recurrent
-        if offsets[l, W_HR] != NO_BIAS:
-            pack_panels(projection_view(params, offsets, l, state, hidden).T, buffers.w_hr_panels)
-        forward_epilogue(cell, z, tmp, b_ih, b_hh, h[l], c[l], buffers.saved, buffers.h_full, buffers.w_hr_panels,
-                         buffers.out, 0)
+        pack_projection(cell, params, offsets, l, state, hidden, buffers.w_hr_panels, True)
+        forward_epilogue(cell, z, tmp, b_ih, b_hh, h[l], c[l], buffers.saved, buffers.h_full, 0,
+                         buffers.w_hr_panels, buffers.out, 0)
 
 
 def stacked_step(params, offsets, x, h, relu, zeros, out):
