@@ -262,7 +262,8 @@ def step_buffers(spec, x, h, c, keep):
         c = np.empty((layers, 0, hidden), dtype)
     empty = np.empty
     return StepBuffers(
-        x=np.array(x, order="C") if keep else np.ascontiguousarray(x), h=h, c=c, z=empty((batch, gates), dtype), tmp=empty((batch, gates), dtype),
+        x=np.array(x, order="C") if keep else np.ascontiguousarray(x), h=h, c=c,
+        z=empty((batch, gates), dtype), tmp=empty((batch, gates), dtype),
         saved=empty((batch, SAVED[spec.cell] * hidden), dtype),
         h_full=empty((batch if projected else 0, hidden), dtype),
         w_hr_panels=empty(panel_shape(hidden, spec.proj_size, dtype), dtype),

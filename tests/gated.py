@@ -121,4 +121,4 @@ def compare(module, reference, x, state, grad_output, grad_state, dtype, lengths
     assert list(module.grads) == list(grads_e)
     for name, expected in grads_e.items():
         assert_close(module.grads[name], expected, dtype, name)
-        assert not nonzero or np.abs(expected).max() > 0, f"{name}: an all-zero gradient would make the comparison empty"
+        assert not nonzero or np.abs(expected).max() > 0, f"{name}: an all-zero gradient makes the comparison empty"
