@@ -14,7 +14,7 @@ from helpers import assert_close, torch_dtype
 import numbarnn
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _torch_module(kind, args, seed):
     torch.manual_seed(seed)
     return getattr(torch.nn, kind)(*args[:-1], dtype=torch_dtype(args[-1]))
