@@ -6,13 +6,23 @@ import pathlib
 import numpy as np
 import pytest
 
-import helpers  # noqa: F401  (sets torch's thread count for the whole session before any test runs)
+import helpers  # (also sets torch's thread count for the whole session before any test runs)
+import numbarnn._workspace
 
 
 @pytest.fixture
 def rng():
     """A fresh generator with a fixed seed: every test sees the same data on every run."""
     return np.random.default_rng(20240601)
+
+
+@pytest.fixture
+def block_pool(monkeypatch):
+    """Split batches into blocks as a pool of ``helpers.BLOCK_POOL`` numba threads would, whatever this machine's
+    pool (numbarnn._workspace.max_blocks reads it once per process): a 1- or 2-core machine runs the block paths too,
+    one block after the other, or in parallel where numba has 2 threads. Returns BLOCK_POOL."""
+    monkeypatch.setattr(numbarnn._workspace, "max_blocks", lambda: helpers.BLOCK_POOL)
+    return helpers.BLOCK_POOL
 
 
 @pytest.fixture(scope="module")

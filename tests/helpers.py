@@ -5,14 +5,21 @@ Test modules import them with ``from helpers import ...`` (pytest puts ``tests/`
 ``conftest.py``.
 """
 
+import contextlib
 import functools
 import itertools
+import math
+from collections import namedtuple
 
+import numba
 import numpy as np
 import torch
 from numpy.testing import assert_allclose
 
 import numbarnn
+import numbarnn._panels
+import numbarnn._threads
+import numbarnn._workspace
 
 # Tiny problems: torch's intra-op threads only add start-up cost and compete with numba/BLAS for the 2 cores.
 torch.set_num_threads(1)
@@ -29,15 +36,48 @@ TORCH_DTYPES = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch
 # case and a few 1e-6 in practice for float32 (measured up to 1.9e-6), ~1e-14 for float64 (measured up to 3e-15).
 RTOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-10}
 ATOL = {np.dtype(np.float32): 5e-6, np.dtype(np.float64): 1e-12}
+_ATOL_BUDGET = math.sqrt(28) * 40  # sqrt(K) * (sum of the magnitudes) that ATOL is set for, from the model above
 
 
-def assert_close(actual, expected, dtype, name=""):
-    """Compare with the tolerances of ``dtype`` (NaN matches NaN, inf matches inf of the same sign)."""
+Atols = namedtuple("Atols", ["values", "parameter_gradients"])
+
+
+def scaled_atols(dtype, steps, batch, input_size, hidden_size, num_directions=1):
+    """ATOL for larger problems than the one it was set for (the fast-path grids: H up to 64, L * N up to ~150):
+    ``values`` for outputs, states and the input and state gradients, ``parameter_gradients`` for the rest.
+
+    The model is the one above: a sum of K products whose magnitudes add up to S is off by ~sqrt(K) * eps * S
+    (rounding errors of random sign; the worst case is K * eps * S), and ATOL covers sqrt(K) * S <= sqrt(28) * 40.
+    Each is ATOL scaled by how far its values go past that (never below ATOL):
+
+    - a parameter gradient sums K = L * N rows (one per step and sequence) of products dz * h or dz * x of factors
+      of O(1), as in the small grids (28 rows add up to <= 40, ~1.4 each): S = 1.4 K, so the error grows as K^1.5;
+    - an output or h_n sums K = H_in + H products per step (x W_ih^T + h W_hh^T), and grad_x / grad_h_0 sum
+      K = D * H + H (dz W_ih over the directions, dz W_hh), each a weight |w| <= 1/sqrt(H) times an O(1) factor:
+      S <= K / sqrt(H). A step's error reaches later steps through the activation (Lipschitz 1) and W_hh (spectral
+      norm ~2/sqrt(3) for uniform weights, below 1 once multiplied by tanh' or relu's zeros), so over L steps it
+      adds up at most L times: S <= L * K / sqrt(H), with K = H_in + D * H + H covering both passes.
+
+    Measured against torch over the float32 panel grid (L * N up to 144): parameter gradients off by 1.9e-5 at
+    most (3.8 x ATOL; this gives 11.7 x at L * N = 144), every other value by 4.8e-7 (0.1 x ATOL; this gives
+    ATOL up to 5.6 x at H = 64, bidirectional). float64 stays within 0.03 x ATOL.
+    """
+    dtype = np.dtype(dtype)
+    rows = steps * batch
+    gradient = math.sqrt(rows) * rows * 40 / 28
+    terms = input_size + (num_directions + 1) * hidden_size
+    values = math.sqrt(terms) * steps * terms / math.sqrt(hidden_size)
+    return Atols(ATOL[dtype] * max(1.0, values / _ATOL_BUDGET), ATOL[dtype] * max(1.0, gradient / _ATOL_BUDGET))
+
+
+def assert_close(actual, expected, dtype, name="", atol=None):
+    """Compare with the tolerances of ``dtype`` (NaN matches NaN, inf matches inf of the same sign); ``atol``
+    replaces ATOL for larger problems (:func:`scaled_atols`)."""
     dtype = np.dtype(dtype)
     if isinstance(expected, torch.Tensor):
         expected = expected.detach().numpy()
     assert np.asarray(actual).shape == np.asarray(expected).shape, (name, np.shape(actual), np.shape(expected))
-    assert_allclose(actual, expected, rtol=RTOL[dtype], atol=ATOL[dtype], err_msg=name)
+    assert_allclose(actual, expected, rtol=RTOL[dtype], atol=ATOL[dtype] if atol is None else atol, err_msg=name)
 
 
 def torch_dtype(dtype):
@@ -180,3 +220,47 @@ def spy_on(monkeypatch, owner, name, record):
 
     monkeypatch.setattr(owner, name, spy)
     return calls
+
+
+# -- the fast paths: panels and blocks -------------------------------------------------------------------------------
+
+# Hidden sizes that reach the panel kernels (numbarnn._panels, panels of panel_width(dtype) columns: 16 float32 and
+# 8 float64 on AVX2): 16 and 64 fill whole panels, 17 and 40 end in a partial one. The grids that use them assert
+# this with the panel width in use, so a change of width cannot silently shrink what they reach.
+PANEL_HIDDEN_SIZES = (16, 17, 40, 64)
+
+# The fast-path grids split batches into blocks as a pool of this many numba threads would (see the block_pool
+# fixture): a bidirectional stack gets up to 2 blocks, each with two tasks.
+BLOCK_POOL = 4
+
+
+def panels_of(hidden_size, dtype):
+    """``(full, partial)`` panels over ``hidden_size`` columns in ``dtype`` with the panel width in use."""
+    width = numbarnn._panels.panel_width(dtype)
+    return hidden_size // width, int(hidden_size % width > 0)
+
+
+def blocks_of(batch, steps, input_size, hidden_size, num_layers, num_directions):
+    """How many blocks numbarnn splits such a batch into (with the block_pool fixture: as with BLOCK_POOL threads)."""
+    return numbarnn._workspace.block_count(batch, steps, input_size, hidden_size, num_layers, num_directions)
+
+
+def thread_counts(blocks, num_directions):
+    """numba thread counts to run a case with: 1 (the serial kernel, over the same blocks) and, when the case has
+    several tasks and the pool several threads, 2 (the parallel kernel)."""
+    if blocks * num_directions < 2:
+        return [None]
+    return sorted({1, min(2, numba.config.NUMBA_NUM_THREADS)})
+
+
+@contextlib.contextmanager
+def numba_threads(count):
+    """Run the body with ``numba.set_num_threads(count)`` (this thread only), or as it is for None."""
+    numbarnn._threads.configure_threads_once()  # numbarnn starts numba's pool (sleeping workers) before it is resized
+    previous = numba.get_num_threads()
+    if count is not None:
+        numba.set_num_threads(count)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(previous)

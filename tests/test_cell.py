@@ -6,7 +6,15 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from helpers import DTYPES, assert_close, standard_normal, torch_dtype
+from helpers import (
+    DTYPES,
+    PANEL_HIDDEN_SIZES,
+    assert_close,
+    panels_of,
+    scaled_atols,
+    standard_normal,
+    torch_dtype,
+)
 
 import numbarnn
 import numbarnn.cell
@@ -65,13 +73,28 @@ def test_one_step_matches_torch(batched, nonlinearity, bias, dtype, hx_given, rn
         assert_close(cell.grads[name], value, dtype, name)
 
 
+# (input size, hidden size, batch): the small sizes, and hidden sizes past one panel (numbarnn._panels: the backward's
+# products run against W_hh and W_ih packed into panels) with a batch of 8, more rows than one register tile. A cell's
+# backward is one step of one block: the RNN grids cover several blocks.
+CELL_SIZES = [(INPUT_SIZE, HIDDEN_SIZE, BATCH)] + [(24, hidden, 8) for hidden in PANEL_HIDDEN_SIZES]
+
+
+def test_cell_sizes_reach_partial_panels():
+    for dtype in DTYPES:
+        panels = [panels_of(hidden, dtype) for _, hidden, _ in CELL_SIZES]
+        assert any(full >= 1 and partial == 0 for full, partial in panels), (dtype, panels)
+        assert any(full >= 1 and partial == 1 for full, partial in panels), (dtype, panels)
+
+
+@pytest.mark.parametrize("input_size,hidden_size,batch", CELL_SIZES, ids=[f"I{i}-H{h}-N{n}" for i, h, n in CELL_SIZES])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
-def test_one_cell_over_time_trained_through_the_tape(nonlinearity, dtype, rng):
-    cell, reference = make_cell_pair(nonlinearity=nonlinearity, dtype=dtype)
-    xs = standard_normal(rng, (STEPS, BATCH, INPUT_SIZE), dtype)
-    h_0 = standard_normal(rng, (BATCH, HIDDEN_SIZE), dtype)
-    grad_hs = standard_normal(rng, (STEPS, BATCH, HIDDEN_SIZE), dtype)  # a loss term on every step's state
+def test_one_cell_over_time_trained_through_the_tape(nonlinearity, dtype, input_size, hidden_size, batch, rng):
+    cell, reference = make_cell_pair(input_size, hidden_size, nonlinearity=nonlinearity, dtype=dtype)
+    values_atol, gradients_atol = scaled_atols(dtype, STEPS, batch, input_size, hidden_size)
+    xs = standard_normal(rng, (STEPS, batch, input_size), dtype)
+    h_0 = standard_normal(rng, (batch, hidden_size), dtype)
+    grad_hs = standard_normal(rng, (STEPS, batch, hidden_size), dtype)  # a loss term on every step's state
 
     xs_t = as_tensor(xs, dtype, requires_grad=True)
     h_0_t = as_tensor(h_0, dtype, requires_grad=True)
@@ -85,16 +108,16 @@ def test_one_cell_over_time_trained_through_the_tape(nonlinearity, dtype, rng):
     for step in range(STEPS):
         h = cell(xs[step], h)
         states.append(h)
-    assert_close(np.stack(states), torch.stack(states_t), dtype, "states")
+    assert_close(np.stack(states), torch.stack(states_t), dtype, "states", values_atol)
 
     grad_xs = np.empty_like(xs)
-    carry = np.zeros((BATCH, HIDDEN_SIZE), dtype)  # gradient reaching h_t from the later steps
+    carry = np.zeros((batch, hidden_size), dtype)  # gradient reaching h_t from the later steps
     for step in reversed(range(STEPS)):
         grad_xs[step], carry = cell.backward(grad_hs[step] + carry)
-    assert_close(grad_xs, xs_t.grad, dtype, "grad_xs")
-    assert_close(carry, h_0_t.grad, dtype, "grad_h_0")
+    assert_close(grad_xs, xs_t.grad, dtype, "grad_xs", values_atol)
+    assert_close(carry, h_0_t.grad, dtype, "grad_h_0", values_atol)
     for name, value in parameter_grads(reference).items():
-        assert_close(cell.grads[name], value, dtype, name)
+        assert_close(cell.grads[name], value, dtype, name, gradients_atol)
     with pytest.raises(RuntimeError, match="no recorded call"):
         cell.backward(grad_hs[0])  # every call has been consumed
 

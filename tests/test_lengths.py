@@ -7,7 +7,21 @@ import itertools
 import numpy as np
 import pytest
 import torch
-from helpers import DTYPES, assert_close, input_shape, make_rnn_pair, output_shape, standard_normal, torch_run
+from helpers import (
+    DTYPES,
+    PANEL_HIDDEN_SIZES,
+    assert_close,
+    blocks_of,
+    input_shape,
+    make_rnn_pair,
+    numba_threads,
+    output_shape,
+    panels_of,
+    scaled_atols,
+    standard_normal,
+    thread_counts,
+    torch_run,
+)
 
 STEPS, BATCH, INPUT_SIZE, HIDDEN_SIZE = 6, 4, 3, 4
 
@@ -38,22 +52,25 @@ def test_grid_pairs_every_pattern_with_every_value():
             assert {case[5] for case in CASES if case[axis] == value} == set(LENGTH_PATTERNS), (axis, value)
 
 
-def run_and_compare(rnn, reference, x, h_0, lengths, grad_output, grad_h_n, dtype):
+def run_and_compare(rnn, reference, x, h_0, lengths, grad_output, grad_h_n, dtype, atols=(None, None)):
+    """Eval and training forward, and the backward, against torch; ``atols``: helpers.scaled_atols for a larger
+    problem."""
     expected_output, expected_h_n, expected_grad_x, expected_grad_h_0, expected_grads = torch_run(
         reference, x, h_0, grad_output, grad_h_n, lengths)
+    values_atol, gradients_atol = atols
     rnn.eval()
     output, h_n = rnn(x, h_0, lengths=lengths)
-    assert_close(output, expected_output, dtype, "output (eval)")
-    assert_close(h_n, expected_h_n, dtype, "h_n (eval)")
+    assert_close(output, expected_output, dtype, "output (eval)", values_atol)
+    assert_close(h_n, expected_h_n, dtype, "h_n (eval)", values_atol)
     rnn.train()
     output, h_n = rnn(x, h_0, lengths=lengths)
-    assert_close(output, expected_output, dtype, "output")
-    assert_close(h_n, expected_h_n, dtype, "h_n")
+    assert_close(output, expected_output, dtype, "output", values_atol)
+    assert_close(h_n, expected_h_n, dtype, "h_n", values_atol)
     grad_x, grad_h_0 = rnn.backward(grad_output, grad_h_n)
-    assert_close(grad_x, expected_grad_x, dtype, "grad_x")
-    assert_close(grad_h_0, expected_grad_h_0, dtype, "grad_h_0")
+    assert_close(grad_x, expected_grad_x, dtype, "grad_x", values_atol)
+    assert_close(grad_h_0, expected_grad_h_0, dtype, "grad_h_0", values_atol)
     for name, expected in expected_grads.items():
-        assert_close(rnn.grads[name], expected, dtype, name)
+        assert_close(rnn.grads[name], expected, dtype, name, gradients_atol)
     return output, grad_x
 
 
@@ -68,6 +85,54 @@ def test_lengths_match_torch_packed_sequences(case, rng):
     grad_output = standard_normal(rng, output_shape(rnn, STEPS, BATCH), dtype)
     grad_h_n = standard_normal(rng, h_0.shape, dtype)
     run_and_compare(rnn, reference, x, h_0, lengths, grad_output, grad_h_n, dtype)
+
+
+# The fast paths with lengths: hidden sizes past one panel, and a batch of 48 split into blocks (with the block_pool
+# fixture, as 4 threads would split it), each block's sequences of decreasing length. The other arguments vary with
+# the hidden size; test_panel_cases_reach_partial_panels_and_blocks checks what the cases reach.
+PANEL_STEPS, PANEL_BATCH, PANEL_INPUT_SIZE = 4, 48, 24
+PANEL_STACKS = {16: (1, True, "tanh"), 17: (1, False, "relu"), 40: (2, False, "tanh"), 64: (2, True, "relu")}
+PANEL_CASES = [(hidden, dtype) for hidden in PANEL_HIDDEN_SIZES for dtype in DTYPES]
+# Unsorted, every length from 1 to L, and two sequences of full length: with 3 blocks, one block has none (the
+# sorted batch is dealt to the blocks in turn), so its last step has no rows.
+PANEL_LENGTHS = np.random.default_rng(17).integers(1, PANEL_STEPS, PANEL_BATCH)
+PANEL_LENGTHS[[5, 30]] = PANEL_STEPS
+
+
+def panel_case_blocks(hidden):
+    num_layers, bidirectional, _ = PANEL_STACKS[hidden]
+    return blocks_of(PANEL_BATCH, PANEL_STEPS, PANEL_INPUT_SIZE, hidden, num_layers, 2 if bidirectional else 1)
+
+
+def test_panel_cases_reach_partial_panels_and_blocks(block_pool):
+    assert set(PANEL_LENGTHS) == set(range(1, PANEL_STEPS + 1)) and (PANEL_LENGTHS == PANEL_STEPS).sum() == 2
+    assert (np.diff(PANEL_LENGTHS) > 0).any(), "the lengths must be unsorted"
+    for dtype in DTYPES:
+        hiddens = [hidden for hidden, case_dtype in PANEL_CASES if case_dtype == dtype]
+        panels = [panels_of(hidden, dtype) for hidden in hiddens]
+        assert any(full >= 1 and partial == 1 for full, partial in panels), (dtype, panels)
+        blocked = [hidden for hidden in hiddens if panel_case_blocks(hidden) >= 2]
+        assert any(PANEL_STACKS[hidden][1] and PANEL_STACKS[hidden][0] > 1 for hidden in blocked), dtype
+        assert any(not PANEL_STACKS[hidden][1] for hidden in blocked), dtype
+        full_length = (PANEL_LENGTHS == PANEL_STEPS).sum()
+        assert any(panel_case_blocks(hidden) > full_length for hidden in blocked), dtype  # a block ends early
+
+
+@pytest.mark.parametrize("hidden,dtype", PANEL_CASES, ids=[f"H{h}-{np.dtype(d).name}" for h, d in PANEL_CASES])
+def test_lengths_match_torch_at_panel_and_block_sizes(hidden, dtype, block_pool, rng):
+    num_layers, bidirectional, nonlinearity = PANEL_STACKS[hidden]
+    directions = 2 if bidirectional else 1
+    rnn, reference = make_rnn_pair(PANEL_INPUT_SIZE, hidden, num_layers, nonlinearity, bidirectional=bidirectional,
+                                   dtype=dtype)
+    x = standard_normal(rng, input_shape(rnn, PANEL_STEPS, PANEL_BATCH), dtype)
+    h_0 = standard_normal(rng, (num_layers * directions, PANEL_BATCH, hidden), dtype)
+    grad_output = standard_normal(rng, output_shape(rnn, PANEL_STEPS, PANEL_BATCH), dtype)
+    grad_h_n = standard_normal(rng, h_0.shape, dtype)
+    atols = scaled_atols(dtype, PANEL_STEPS, PANEL_BATCH, PANEL_INPUT_SIZE, hidden, directions)
+    for threads in thread_counts(panel_case_blocks(hidden), directions):
+        with numba_threads(threads):
+            rnn.zero_grad()
+            run_and_compare(rnn, reference, x, h_0, PANEL_LENGTHS, grad_output, grad_h_n, dtype, atols)
 
 
 @pytest.mark.parametrize("pattern", LENGTH_PATTERNS)

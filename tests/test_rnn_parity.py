@@ -6,12 +6,19 @@ import numpy as np
 import pytest
 from helpers import (
     DTYPES,
+    PANEL_HIDDEN_SIZES,
     assert_close,
+    blocks_of,
     input_shape,
     make_rnn_pair,
+    numba_threads,
     output_shape,
+    pairwise_cases,
+    panels_of,
+    scaled_atols,
     standard_normal,
     state_shape,
+    thread_counts,
     torch_run,
 )
 
@@ -52,18 +59,20 @@ def build_case(case, rng, steps=STEPS, batch=BATCH):
     return rnn, reference, x, h_0, batch
 
 
-def check_against_torch(rnn, reference, x, h_0, grad_output, grad_h_n, dtype):
+def check_against_torch(rnn, reference, x, h_0, grad_output, grad_h_n, dtype, atols=(None, None)):
+    """Forward and backward against torch; ``atols``: helpers.scaled_atols for a larger problem."""
     output, h_n = rnn(x, h_0)
     expected_output, expected_h_n, expected_grad_x, expected_grad_h_0, expected_grads = torch_run(
         reference, x, h_0, grad_output, grad_h_n)
-    assert_close(output, expected_output, dtype, "output")
-    assert_close(h_n, expected_h_n, dtype, "h_n")
+    values_atol, gradients_atol = atols
+    assert_close(output, expected_output, dtype, "output", values_atol)
+    assert_close(h_n, expected_h_n, dtype, "h_n", values_atol)
     grad_x, grad_h_0 = rnn.backward(grad_output, grad_h_n)
-    assert_close(grad_x, expected_grad_x, dtype, "grad_x")
-    assert_close(grad_h_0, expected_grad_h_0, dtype, "grad_h_0")
+    assert_close(grad_x, expected_grad_x, dtype, "grad_x", values_atol)
+    assert_close(grad_h_0, expected_grad_h_0, dtype, "grad_h_0", values_atol)
     assert list(rnn.grads) == list(expected_grads)
     for name, expected in expected_grads.items():
-        assert_close(rnn.grads[name], expected, dtype, name)
+        assert_close(rnn.grads[name], expected, dtype, name, gradients_atol)
 
 
 @pytest.mark.parametrize("case", FULL_GRID, ids=grid_id)
@@ -122,6 +131,73 @@ def test_edge_sizes_match_torch(edge, nonlinearity, num_layers, bidirectional, d
     grad_output = standard_normal(rng, output_shape(rnn, edge["steps"], batch), dtype)
     grad_h_n = standard_normal(rng, state_shape(rnn, batch), dtype)
     check_against_torch(rnn, reference, x, h_0, grad_output, grad_h_n, dtype)
+
+
+# -- the fast paths: whole and partial panels, several blocks ---------------------------------------------------------
+
+# Hidden sizes past one panel, and batches split into blocks (with the block_pool fixture, as 4 threads would split
+# them): the grids above all use H = 5, less than a panel, and too little work for a second block. Every pair of
+# values meets in some case, and each dtype adds a unidirectional and a bidirectional stack of several blocks;
+# h_0 and grad_h_n are always given. An input size of 24 ends W_ih's panels in the backward (over H_in columns) in
+# a partial float32 panel. L is kept small: the blocks come from the batch.
+PANEL_STEPS, PANEL_INPUT_SIZE = 3, 24
+PANEL_GRID = pairwise_cases(dict(
+    hidden_size=list(PANEL_HIDDEN_SIZES),
+    dtype=DTYPES,
+    num_layers=[1, 2],
+    bidirectional=[False, True],
+    nonlinearity=["tanh", "relu"],
+    batch=[3, 48],
+)) + [dict(hidden_size=hidden, dtype=dtype, num_layers=2, bidirectional=bidirectional, nonlinearity=nonlinearity,
+           batch=48)
+      for dtype in DTYPES for hidden, bidirectional, nonlinearity in [(64, False, "tanh"), (40, True, "relu")]]
+
+
+def panel_id(case):
+    return "-".join([f"H{case['hidden_size']}", np.dtype(case["dtype"]).name, f"L{case['num_layers']}",
+                     "bi" if case["bidirectional"] else "uni", case["nonlinearity"], f"N{case['batch']}"])
+
+
+def panel_case_blocks(case):
+    return blocks_of(case["batch"], PANEL_STEPS, PANEL_INPUT_SIZE, case["hidden_size"], case["num_layers"],
+                     2 if case["bidirectional"] else 1)
+
+
+def test_panel_grid_reaches_partial_panels_and_blocks(block_pool):
+    """In each dtype, with the panel width and block sizes in use: whole panels only, whole panels and a partial
+    one, and batches of several blocks, unidirectional and bidirectional multi-layer."""
+    for dtype in DTYPES:
+        cases = [case for case in PANEL_GRID if case["dtype"] == dtype]
+        assert {case["hidden_size"] for case in cases} == set(PANEL_HIDDEN_SIZES)
+        panels = [panels_of(case["hidden_size"], dtype) for case in cases]
+        assert any(full >= 1 and partial == 0 for full, partial in panels), (dtype, panels)
+        assert any(full >= 1 and partial == 1 for full, partial in panels), (dtype, panels)
+        blocked = [case for case in cases if panel_case_blocks(case) >= 2]
+        assert any(not case["bidirectional"] for case in blocked), dtype
+        assert any(case["bidirectional"] and case["num_layers"] > 1 for case in blocked), dtype
+
+
+@pytest.mark.parametrize("case", PANEL_GRID, ids=panel_id)
+def test_panel_and_block_sizes_match_torch(case, block_pool, rng):
+    dtype, hidden, batch = case["dtype"], case["hidden_size"], case["batch"]
+    directions = 2 if case["bidirectional"] else 1
+    rnn, reference = make_rnn_pair(PANEL_INPUT_SIZE, hidden, case["num_layers"], case["nonlinearity"],
+                                   bidirectional=case["bidirectional"], dtype=dtype)
+    x = standard_normal(rng, input_shape(rnn, PANEL_STEPS, batch), dtype)
+    h_0 = standard_normal(rng, state_shape(rnn, batch), dtype)
+    grad_output = standard_normal(rng, output_shape(rnn, PANEL_STEPS, batch), dtype)
+    grad_h_n = standard_normal(rng, state_shape(rnn, batch), dtype)
+    atols = scaled_atols(dtype, PANEL_STEPS, batch, PANEL_INPUT_SIZE, hidden, directions)
+    expected_output, expected_h_n, *_ = torch_run(reference, x, h_0)
+    for threads in thread_counts(panel_case_blocks(case), directions):
+        with numba_threads(threads):
+            rnn.eval()  # inference takes its own buffer paths (scratch pool, output in place)
+            output, h_n = rnn(x, h_0)
+            assert_close(output, expected_output, dtype, f"output (eval, numba threads: {threads})", atols.values)
+            assert_close(h_n, expected_h_n, dtype, f"h_n (eval, numba threads: {threads})", atols.values)
+            rnn.train()
+            rnn.zero_grad()
+            check_against_torch(rnn, reference, x, h_0, grad_output, grad_h_n, dtype, atols)
 
 
 def test_default_gradients_are_zero_when_none_given(rng):
