@@ -8,19 +8,25 @@ How it plugs into autograd: one ``torch.autograd.Function`` per call. The kernel
 array; the module's Parameters are moved into such a buffer on the first call (see :func:`_parameters_array`), so a
 call reads them in place. The Function's forward runs :func:`numbarnn._engine.forward` on zero-copy NumPy views of the
 tensors and keeps the engine's per-call ``Record`` (NumPy buffers only, no reference back to the graph) on the
-autograd context; the Parameters themselves are saved with ``ctx.save_for_backward``, so an in-place change of a
-weight between forward and backward raises torch's version-counter error. The backward is
-``@once_differentiable`` (it is not built from differentiable torch operations, so double backward raises). Without
+autograd context; the input, ``hx`` and the Parameters themselves are saved with ``ctx.save_for_backward``, so an
+in-place change of one of them between forward and backward raises torch's version-counter error. The backward runs
+the kernels, except when it must itself be differentiable (``create_graph=True``) or runs under vmap (batched
+gradients: ``gradcheck``'s ``check_batched_grad``, ``jacobian(vectorize=True)``, ``torch.func``): then it recomputes
+the forward from the saved tensors with torch operations (:func:`_torch_forward`) and differentiates that. Without
 grad mode, or when nothing involved requires grad, no Function is created and nothing is kept.
+
+The modules keep per-process state in their ``__dict__`` (the per-dtype plans with their scratch buffers and lock, and
+the flat parameter buffer with its address): :class:`_DropIn` leaves it out of copies, pickles and ``torch.save``, so
+a copy builds its own on its first call.
 """
 
+import copy
 import threading
 
 import numba
 import numpy as np
 import torch
 import torch.autograd.forward_ad as _forward_ad
-from torch.autograd.function import once_differentiable
 from torch.nn.utils.rnn import PackedSequence
 
 from . import _engine as engine
@@ -33,6 +39,12 @@ __all__ = ["RNN", "RNNCell", "accelerate"]
 
 _NUMPY_DTYPES = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
 _CELL_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+# torch's own classes, captured at import: a user (or a test suite) may rebind torch.nn.RNN / torch.nn.RNNCell to the
+# drop-ins, and a fallback reaching torch's forward through those names would then call itself.
+_TORCH_RNN = torch.nn.modules.rnn.RNN
+_TORCH_RNN_CELL = torch.nn.modules.rnn.RNNCell
+# What a module keeps in its __dict__ for this process only (see _DropIn).
+_PROCESS_STATE = ("_numbarnn_plans", "_numbarnn_flat")
 
 
 class _Plan:
@@ -83,15 +95,18 @@ def _follow_torch_threads():
     _applied.threads = torch_threads
 
 
-def _plain_autograd(data, weight):
-    """Neither forward-mode AD nor a torch.func transform (vmap, grad, ...) is active on these tensors: those need
-    torch's own forward, whose operations they know how to transform."""
+def _plain_autograd():
+    """Neither forward-mode AD, nor a torch.func transform (vmap, grad, ...), nor torch.jit.trace is active: those
+    need torch's own forward, whose operations they know how to transform or record."""
     if torch.compiler.is_compiling():  # Dynamo (which sees no functorch wrappers here) cannot trace the check
         return True
-    return _forward_ad._current_level < 0 and not (_is_functorch_wrapped(data) or _is_functorch_wrapped(weight))
+    return _forward_ad._current_level < 0 and _peek_transform() is None and _tracing_state() is None
 
 
+_peek_transform = torch._C._functorch.peek_interpreter_stack  # None unless inside a torch.func transform
+_tracing_state = torch._C._get_tracing_state  # None unless inside torch.jit.trace (or a tracing ONNX export)
 _is_functorch_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+_is_legacy_batched = torch._C._functorch.is_legacy_batchedtensor  # autograd's is_grads_batched vmap
 
 
 def _flat_params(weights):
@@ -174,16 +189,18 @@ class _NumbaRNNFunction(torch.autograd.Function):
             plan.spec, params, plan.offsets, _time_major(x.detach().numpy(), batch_first), _as_numpy(h_0), lengths,
             training=True, batch_first=batch_first, draw_dropout=_dropout_drawer(dropout) if dropout else None,
             spare=plan.take(plan.spare_records))
-        ctx.save_for_backward(*weights)
+        ctx.save_for_backward(x, h_0, *weights)
         ctx.set_materialize_grads(False)  # an unused output's gradient stays None: the engine reads None as zeros
-        ctx.plan, ctx.params, ctx.record, ctx.batch_first = plan, params, record, batch_first
+        ctx.plan, ctx.params, ctx.record, ctx.batch_first, ctx.lengths = plan, params, record, batch_first, lengths
         ctx.record_return = _RecordReturn(record, plan)
         return torch.from_numpy(output), torch.from_numpy(h_n)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_output, grad_h_n):
-        weights = ctx.saved_tensors  # raises if a weight was changed in place since the forward
+        # torch runs a backward in grad mode exactly when it is asked to build a graph (create_graph=True)
+        if torch.is_grad_enabled() or _batched(grad_output) or _batched(grad_h_n):
+            return (None, None, *_differentiable_backward(ctx, grad_output, grad_h_n))
+        _, _, *weights = ctx.saved_tensors  # raises if a saved tensor was changed in place since the forward
         plan, batch_first = ctx.plan, ctx.batch_first
         _follow_torch_threads()
         grads = np.zeros(plan.total, plan.spec.dtype)
@@ -200,6 +217,86 @@ class _NumbaRNNFunction(torch.autograd.Function):
         del weights
         return (None, None, None if grad_input is None else torch.from_numpy(grad_input),
                 torch.from_numpy(grad_h_0) if needs[3] else None, *weight_grads)
+
+
+def _batched(grad):
+    """``grad`` is batched by vmap (autograd's ``is_grads_batched`` or a torch.func transform): ``.numpy()`` cannot
+    read it."""
+    return grad is not None and (_is_legacy_batched(grad) or _is_functorch_wrapped(grad))
+
+
+def _differentiable_backward(ctx, grad_output, grad_h_n):
+    """The gradients of ``(x, h_0, *weights)`` by torch operations: the forward recomputed from the saved tensors
+    (with the call's own dropout masks) by :func:`_torch_forward`, and differentiated by autograd.
+
+    For a backward that must build a graph (``create_graph=True``: double backward, gradient penalties) the
+    recomputation starts from the saved tensors themselves, so the gradients returned depend on them as they should;
+    under vmap it starts from detached copies. Slower than the kernels, and exact.
+    """
+    saved = ctx.saved_tensors
+    needs = ctx.needs_input_grad[2:]
+    create_graph = torch.is_grad_enabled()
+    record, batch_first = ctx.record, ctx.batch_first
+    with torch.enable_grad():
+        leaves = [tensor if tensor is None or (create_graph and tensor.requires_grad)
+                  else tensor.detach().requires_grad_(need) for tensor, need in zip(saved, needs)]
+        x, h_0, *weights = leaves
+        output, h_n = _torch_forward(record.spec, x.transpose(0, 1) if batch_first else x, h_0, weights, ctx.lengths,
+                                     _dropout_scales(record))
+        if batch_first:
+            output = output.transpose(0, 1)
+        pairs = [(result, grad) for result, grad in ((output, grad_output), (h_n, grad_h_n)) if grad is not None]
+        wanted = [leaf for leaf, need in zip(leaves, needs) if need]
+        if not pairs or not wanted:
+            return [None] * len(leaves)
+        grads = iter(torch.autograd.grad([result for result, _ in pairs], wanted, [grad for _, grad in pairs],
+                                         create_graph=create_graph, allow_unused=True))
+    return [next(grads) if need else None for need in needs]
+
+
+def _dropout_scales(record):
+    """The (num_layers - 1) dropout scales of ``record``'s forward as (L, N, D * H) tensors in the caller's batch
+    order, or None without dropout."""
+    buffers = record.buffers
+    if buffers is None or buffers.dropout_scale.shape[0] == 0:
+        return None
+    return [torch.from_numpy(engine.from_rows(scale, record.packing, record.steps, record.batch, False, False))
+            for scale in buffers.dropout_scale]
+
+
+def _torch_forward(spec, x, h_0, weights, lengths, scales):
+    """What the kernels compute, written with differentiable torch operations: the stack over time-major ``x``
+    (L, N, H_in) from ``h_0`` ((num_layers * D, N, H) or None for zeros) with ``weights`` in torch's order; each
+    sequence stops at its length (``lengths``: (N,) or None), the output is zero past it; ``scales`` multiply the
+    inputs of layers 1... (dropout). Returns ``(output, h_n)``."""
+    steps, batch = x.shape[0], x.shape[1]
+    directions, hidden = spec.num_directions, spec.hidden_size
+    per_direction = len(weights) // (spec.num_layers * directions)  # 4 with biases, 2 without
+    activation = torch.relu if spec.relu else torch.tanh
+    running = None if lengths is None else \
+        (torch.arange(steps)[:, None] < torch.as_tensor(lengths)[None, :])[:, :, None]  # (L, N, 1)
+    layer_input, finals = x, []
+    for layer in range(spec.num_layers):
+        if layer and scales is not None:
+            layer_input = layer_input * scales[layer - 1]
+        outputs = []
+        for direction in range(directions):
+            row = layer * directions + direction
+            w_ih, w_hh, *biases = weights[row * per_direction:(row + 1) * per_direction]
+            projected = torch.nn.functional.linear(layer_input, w_ih, biases[0] if biases else None)
+            h = x.new_zeros(batch, hidden) if h_0 is None else h_0[row]
+            step_outputs = [None] * steps
+            for t in (range(steps) if direction == 0 else range(steps - 1, -1, -1)):
+                new = activation(projected[t] + torch.nn.functional.linear(h, w_hh, biases[1] if biases else None))
+                if running is None:
+                    h = step_outputs[t] = new
+                else:  # a finished (forward) or not yet started (reverse) sequence keeps its state
+                    h = torch.where(running[t], new, h)
+                    step_outputs[t] = torch.where(running[t], new, 0.0)
+            outputs.append(torch.stack(step_outputs))
+            finals.append(h)
+        layer_input = torch.cat(outputs, 2) if directions == 2 else outputs[0]
+    return layer_input, torch.stack(finals)
 
 
 def _time_major(array, batch_first):
@@ -229,14 +326,51 @@ def _packed_rows(batch_sizes):
     return running.reshape(-1).nonzero().squeeze(1), running.sum(0).numpy()
 
 
-class RNN(torch.nn.RNN):
+class _DropIn:
+    """What the drop-ins share on top of torch's class (``_TORCH_CLASS``, which each names): the plans, one per
+    dtype, built on first use; per-process state left out of copies; scripting as torch's own module.
+
+    A subclass says what its kernels need to know of it in ``_numbarnn_sizes()``: (input_size, hidden_size,
+    num_layers, num_directions, bias, relu).
+    """
+
+    _TORCH_CLASS = None
+
+    def _numbarnn_plan(self, dtype):
+        plans = self.__dict__.setdefault("_numbarnn_plans", {})
+        plan = plans.get(dtype)
+        if plan is None:
+            input_size, hidden_size, num_layers, num_directions, bias, relu = self._numbarnn_sizes()
+            plan = plans[dtype] = _Plan(input_size, hidden_size, num_layers, num_directions, bias,
+                                        _NUMPY_DTYPES[dtype], relu)
+        return plan
+
+    def __getstate__(self):
+        """torch's state without this process's: the plans (scratch buffers, a lock) and the flat parameter buffer
+        (its address means nothing in a copy), which the copy builds again on its first call. Used by
+        ``copy.copy``, ``copy.deepcopy``, ``pickle`` and ``torch.save``."""
+        return {name: value for name, value in super().__getstate__().items() if name not in _PROCESS_STATE}
+
+    def __prepare_scriptable__(self):
+        """``torch.jit.script`` compiles ``forward``, which runs Python kernels: it scripts torch's own module
+        instead, sharing this one's Parameters (TorchScript runs torch's kernels). Called by ``torch.jit.script``,
+        which also puts the returned module in place of this one in its parent module."""
+        state = {name: copy.copy(value) if isinstance(value, dict) else value
+                 for name, value in self.__getstate__().items()}
+        twin = self._TORCH_CLASS.__new__(self._TORCH_CLASS)
+        twin.__setstate__(state)
+        return twin
+
+
+class RNN(_DropIn, _TORCH_RNN):
     r"""``torch.nn.RNN`` running numbarnn's kernels: same constructor, Parameters, ``state_dict``, repr, results and
     gradients (to float rounding).
 
     numbarnn runs the forward (and, through autograd, the backward) when all of these hold: the input is a CPU
     tensor (or a PackedSequence of one) of dtype float32 or float64 and the Parameters and ``hx`` are CPU tensors of
     that dtype. Anything else — another device or dtype, forward-mode AD (dual tensors), a ``torch.func`` transform
-    such as ``vmap`` — runs ``torch.nn.RNN``'s own forward, unchanged. Errors are torch's (its own checks run).
+    such as ``vmap``, ``torch.jit.trace`` — runs ``torch.nn.RNN``'s own forward, unchanged; ``torch.jit.script``
+    scripts ``torch.nn.RNN`` itself (see :class:`_DropIn`). Errors are torch's (its own checks run).
 
     Threads: each call runs numba's kernels on ``torch.get_num_threads()`` threads (capped by numba's pool,
     ``NUMBA_NUM_THREADS``); the BLAS numba calls runs on one thread. (numba's count is set per calling thread when
@@ -245,15 +379,20 @@ class RNN(torch.nn.RNN):
     Memory: on the first call the module's Parameters (the same objects) move into one flat buffer in the kernels'
     layout — their ``.data`` becomes a view of it, as cuDNN's ``flatten_parameters`` does — so that calls read them
     in place; arrays aliasing the old ``.data`` no longer see updates. The buffers of the last two training calls
-    whose graphs are gone are kept for reuse by the next calls of the same shape.
+    whose graphs are gone are kept for reuse by the next calls of the same shape. Copies (``copy.deepcopy``, pickle,
+    ``torch.save``) leave these buffers out and build their own on their first call.
 
     Autograd: gradients of the input, ``hx`` and every Parameter, as torch computes them. An input without
     ``requires_grad`` costs no input gradient; under ``no_grad`` / ``inference_mode`` nothing is kept. Each call keeps
     its own saved state on its graph (two forwards then one backward of their sum, ``retain_graph=True``), freed with
-    the graph; changing a weight in place before backward raises torch's usual error; double backward raises.
-    Dropout (training mode, between layers) draws from torch's generator, so ``torch.manual_seed`` reproduces it
-    (the masks differ from torch.nn.RNN's own, which draws in another order).
+    the graph; changing the input, ``hx`` or a weight in place before backward raises torch's usual error. A
+    backward that builds a graph (``create_graph=True``: double backward) or runs under vmap (batched gradients)
+    differentiates a recomputation of the forward by torch operations: exact, slower. Dropout (training mode,
+    between layers) draws from torch's generator, so ``torch.manual_seed`` reproduces it (the masks differ from
+    torch.nn.RNN's own, which draws in another order).
     """
+
+    _TORCH_CLASS = _TORCH_RNN
 
     def forward(self, input, hx=None):
         if not self._numbarnn_handles(input, hx):
@@ -269,16 +408,11 @@ class RNN(torch.nn.RNN):
             return False
         if any(w.dtype != dtype or w.device.type != "cpu" for w in self._flat_weights):
             return False
-        return _plain_autograd(data, self._flat_weights[0])
+        return _plain_autograd()
 
-    def _numbarnn_plan(self, dtype):
-        plans = self.__dict__.setdefault("_numbarnn_plans", {})
-        plan = plans.get(dtype)
-        if plan is None:
-            plan = plans[dtype] = _Plan(self.input_size, self.hidden_size, self.num_layers,
-                                        2 if self.bidirectional else 1, self.bias, _NUMPY_DTYPES[dtype],
-                                        self.mode == "RNN_RELU")
-        return plan
+    def _numbarnn_sizes(self):
+        return (self.input_size, self.hidden_size, self.num_layers, 2 if self.bidirectional else 1, self.bias,
+                self.mode == "RNN_RELU")
 
 
 @torch.compiler.disable
@@ -334,33 +468,30 @@ def _packed_forward(module, packed, hx, weights, dropout):
         module.permute_hidden(h_n, unsorted_indices)
 
 
-class RNNCell(torch.nn.RNNCell):
+class RNNCell(_DropIn, _TORCH_RNN_CELL):
     r"""``torch.nn.RNNCell`` running numbarnn's kernels: same constructor, Parameters, ``state_dict``, repr, results
     and gradients (to float rounding).
 
     numbarnn runs the step when the input and ``hx`` are CPU tensors of dtype float32 or float64 and the Parameters
     are CPU tensors of that dtype; anything else (as for :class:`RNN`) runs ``torch.nn.RNNCell``'s own forward, which
-    also raises torch's errors for inconsistent shapes. A step that needs no
-    gradient runs numbarnn's one-step kernel (a few microseconds); one that does goes through the same autograd
-    Function as :class:`RNN` (a one-step sequence), with the same guarantees.
+    also raises torch's errors for inconsistent shapes. A step that needs no gradient runs numbarnn's one-step kernel
+    (a few microseconds); one that does goes through the same autograd Function as :class:`RNN` (a one-step
+    sequence), with the same guarantees; copies and scripting as for :class:`RNN`.
     """
+
+    _TORCH_CLASS = _TORCH_RNN_CELL
 
     def forward(self, input, hx=None):
         dtype = input.dtype
         if (dtype not in _NUMPY_DTYPES or input.device.type != "cpu" or self.nonlinearity not in ("tanh", "relu")
                 or (hx is not None and (hx.dtype != dtype or hx.device.type != "cpu"))
                 or self.weight_ih.dtype != dtype or self.weight_ih.device.type != "cpu"
-                or not _plain_autograd(input, self.weight_ih)):
+                or not _plain_autograd()):
             return super().forward(input, hx)
         return _cell_forward(self, input, hx)
 
-    def _numbarnn_plan(self, dtype):
-        plans = self.__dict__.setdefault("_numbarnn_plans", {})
-        plan = plans.get(dtype)
-        if plan is None:
-            plan = plans[dtype] = _Plan(self.input_size, self.hidden_size, 1, 1, self.bias, _NUMPY_DTYPES[dtype],
-                                        self.nonlinearity == "relu")
-        return plan
+    def _numbarnn_sizes(self):
+        return self.input_size, self.hidden_size, 1, 1, self.bias, self.nonlinearity == "relu"
 
 
 @torch.compiler.disable
@@ -369,7 +500,7 @@ def _cell_forward(cell, input, hx):
     if not (input.dim() in (1, 2) and input.size(-1) == cell.input_size
             and (hx is None or (hx.dim() == input.dim() and hx.size(-1) == cell.hidden_size
                                 and (not batched or hx.size(0) == input.size(0))))):
-        return torch.nn.RNNCell.forward(cell, input, hx)  # raises torch's own error for the shapes given
+        return _TORCH_RNN_CELL.forward(cell, input, hx)  # raises torch's own error for the shapes given
     x = input if batched else input.unsqueeze(0)
     if hx is not None and not batched:
         hx = hx.unsqueeze(0)
@@ -416,8 +547,10 @@ def accelerate(model):
         ``model``, switched.
     """
     for module in model.modules():
-        if type(module) is torch.nn.RNN:
-            module.__class__ = RNN
-        elif type(module) is torch.nn.RNNCell:
-            module.__class__ = RNNCell
+        drop_in = _DROP_INS.get(type(module))
+        if drop_in is not None:
+            module.__class__ = drop_in
     return model
+
+
+_DROP_INS = {_TORCH_RNN: RNN, _TORCH_RNN_CELL: RNNCell}  # torch's class -> its drop-in

@@ -7,6 +7,7 @@ Test modules import them with ``from helpers import ...`` (pytest puts ``tests/`
 
 import contextlib
 import functools
+import io
 import itertools
 import math
 from collections import namedtuple
@@ -264,3 +265,12 @@ def numba_threads(count):
         yield
     finally:
         numba.set_num_threads(previous)
+
+
+def saved_and_loaded(obj):
+    """``obj`` through ``torch.save`` and ``torch.load`` in memory (a whole module is not weights: weights_only=False,
+    as torch's own module tests load them)."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=False)
