@@ -3,15 +3,27 @@ the input projection and input gradient over a block's rows.
 
 Each time step multiplies a few rows (a block's states, 1-64 of them) by the same (H, H) matrix. A BLAS call packs
 that matrix again at every step and reaches ~82 GFLOP/s on one core at 32 x 256 x 256 (OpenBLAS 0.3.30, Zen 3), 65 %
-of its large-GEMM rate. Here the matrix is packed once per call into panels of ``W`` columns (two SIMD vectors: 16
-float32 or 8 float64, the panel's rows contiguous), and a register-tiled micro-kernel multiplies up to 6 rows by a
-panel, its 12 accumulators held in vector registers over the whole inner dimension: 125-133 GFLOP/s for 16-64 rows
-at H = 128-1024 (126 at 32 x 256 x 256), and 62 against BLAS's 45 for one row at H = 64 (measured on the project
-machine, one thread, float32; float64 61-66 against BLAS's 42-56). Over a block's rows (the projections, 100-12800
-rows) it also beats one thread of BLAS: 129-133 against 109-125 GFLOP/s.
+of its large-GEMM rate. Here the matrix is packed once per call into panels of ``W`` columns (two SIMD vectors, the
+panel's rows contiguous), and a register-tiled micro-kernel multiplies a tile of rows by a panel, its accumulators
+held in vector registers over the whole inner dimension: on AVX2 (6 rows x 2 vectors, W = 16 float32 or 8 float64)
+125-133 GFLOP/s for 16-64 rows at H = 128-1024 (126 at 32 x 256 x 256), and 62 against BLAS's 45 for one row at
+H = 64 (measured on the project machine, one thread, float32; float64 61-66 against BLAS's 42-56).
+
+The tile follows the instruction set numba compiles for (:func:`numbarnn._isa.tile`: 512-bit vectors and 12 rows with
+AVX-512, 256-bit and 6 rows with AVX2/AVX, 128-bit with SSE2 and NEON), so the panel width ``W`` does too: buffers
+are sized with :func:`panel_shape`, and the kernels read ``W`` from the panels' shape.
+
+Over many rows (the input projection and input gradient, 100-100,000 rows) the rows are taken in blocks, as BLIS and
+GotoBLAS block theirs: each block's slice of A stays in the L2 cache while every panel passes over it. Unblocked,
+every panel streamed all of A again, and once A outgrew the L2 the product ran at the L3's bandwidth (on Zen 4,
+K = N = 256: 113 GFLOP/s at M = 256, 49 at M = 12,800). The block size comes from the host's L2 size
+(:func:`numbarnn._isa.caches`) and changes only the speed, never the results (every output element is the same
+K-long sum whatever the blocks), so code cached on a host with another L2 is still correct.
 
 numba cannot express a vector register, so the micro-kernel is an ``@intrinsic`` emitting LLVM vector IR
-(``llvm.fma`` on <lanes x float>); LLVM lowers it to whatever SIMD the machine has.
+(``llvm.fmuladd`` on <lanes x float>): a fused multiply-add where the target has one, else a vector multiply and add.
+(``llvm.fma`` must be fused, and on a target without FMA LLVM lowers it to one libm ``fmaf`` call per lane: 50x
+slower.)
 """
 
 import numpy as np
@@ -20,16 +32,25 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from . import _isa
 from ._jit import jit
 
-VECTOR_BYTES = 32  # one AVX register; narrower machines get two (or four) registers per vector from LLVM
-VECTORS_PER_PANEL = 2
-MAX_ROWS = 6  # 6 rows x 2 vectors = 12 accumulators, plus 2 panel vectors and a broadcast: 15 of 16 AVX registers
+# Decided once per process, by the owner of the choice (numbarnn._isa): a pure function of numba's target, so code
+# numba loads from its cache was compiled for this very tile (see numbarnn._isa).
+_TILE = _isa.tile()
+TILE_ROWS = _TILE.rows
+_PANEL_BYTES = _TILE.vectors * _TILE.vector_bits // 8  # one panel row: W elements of any dtype
+# Rows of A per block: the block's rows take an eighth of the L2, which leaves the rest to B (256 KiB at
+# K = N = 256 float32) while every panel passes over the block, and to the output rows and prefetched lines. Measured
+# on the project machine (Zen 3, 512 KiB L2, one thread, float32, M = 64-100,000): an eighth kept K = N = 256 at
+# 88-99 GFLOP/s and 512 x 1024 at 90-97; a quarter gave 74-87 at K = N = 256, a half 77-83 at 512 x 1024, a
+# sixteenth 66-73. Slicing K as well, so that a panel's slice stays in half the L1, was 5-15 % slower at every size.
+_A_BLOCK_BYTES = _isa.caches().l2 // 8
 
 
 def panel_width(dtype):
-    """Columns per panel for ``dtype``: 16 float32 or 8 float64."""
-    return VECTORS_PER_PANEL * VECTOR_BYTES // np.dtype(dtype).itemsize
+    """Columns per panel for ``dtype`` on this process's instruction set (AVX2: 16 float32 or 8 float64)."""
+    return _TILE.panel_width(dtype)
 
 
 def panel_shape(rows, columns, dtype):
@@ -38,86 +59,97 @@ def panel_shape(rows, columns, dtype):
     return (-(-columns // width), rows, width)
 
 
-def _make_tile(rows):
-    """An intrinsic ``tile(a, a_offset, lda, panels, panel_offset, out, out_offset, ldo, k, columns)``:
-    ``out[r, :columns] = a[r, :k] @ panel[:k, :columns]`` for ``rows`` rows, all offsets and strides in elements of
-    the arrays' data; ``columns`` <= W, the panel's further columns (zero padding) are not stored."""
+def _emit_tile(context, builder, signature, args, rows):
+    """The micro-kernel for ``rows`` rows: ``out[r, :columns] = a[r, :k] @ panel[:k, :columns]``."""
+    a_value, a_offset_value, lda_value, panels_value, panel_offset_value, out_value, out_offset_value, \
+        ldo_value, k_value, columns_value = args[1:]
+    dtype = signature.args[1].dtype
+    element = context.get_value_type(dtype)
+    lanes = _TILE.lanes(np.float64 if dtype == types.float64 else np.float32)
+    vectors = _TILE.vectors
+    vector = ir.VectorType(element, lanes)
+    align = context.get_abi_sizeof(element)
+    index = k_value.type
 
-    @intrinsic
-    def tile(typingctx, a, a_offset, lda, panels, panel_offset, out, out_offset, ldo, k, columns):
-        dtype = a.dtype
-        if dtype not in (types.float32, types.float64) or panels.dtype != dtype or out.dtype != dtype:
-            return None
+    def constant(value):
+        return ir.Constant(index, value)
 
-        def codegen(context, builder, signature, args):
-            a_value, a_offset_value, lda_value, panels_value, panel_offset_value, out_value, out_offset_value, \
-                ldo_value, k_value, columns_value = args
-            element = context.get_value_type(dtype)
-            lanes = VECTOR_BYTES // context.get_abi_sizeof(element)
-            vector = ir.VectorType(element, lanes)
-            index = k_value.type
+    def data(position, value, offset):
+        array = context.make_array(signature.args[position])(context, builder, value)
+        return builder.gep(array.data, [offset])
 
-            def constant(value):
-                return ir.Constant(index, value)
+    a_pointer = data(1, a_value, a_offset_value)
+    panel_pointer = data(4, panels_value, panel_offset_value)
+    out_pointer = data(6, out_value, out_offset_value)
+    suffix = f"v{lanes}f{64 if dtype == types.float64 else 32}"
+    fmuladd = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vector, [vector] * 3),
+                                             f"llvm.fmuladd.{suffix}")
+    zero = ir.Constant(vector, [ir.Constant(element, 0.0)] * lanes)
+    broadcast_mask = ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes)
+    full = builder.icmp_signed("==", columns_value, constant(vectors * lanes))
+    out_rows = [builder.gep(out_pointer, [builder.mul(constant(r), ldo_value)]) for r in range(rows)]
 
-            def data(position, value, offset):
-                array = context.make_array(signature.args[position])(context, builder, value)
-                return builder.gep(array.data, [offset])
+    def lane_index(lane):
+        return ir.Constant(ir.IntType(32), lane)
 
-            a_pointer = data(0, a_value, a_offset_value)
-            panel_pointer = data(3, panels_value, panel_offset_value)
-            out_pointer = data(5, out_value, out_offset_value)
-            suffix = f"v{lanes}f{64 if dtype == types.float64 else 32}"
-            fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vector, [vector] * 3),
-                                                 f"llvm.fma.{suffix}")
-            zero = ir.Constant(vector, [ir.Constant(element, 0.0)] * lanes)
-            broadcast_mask = ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes)
-            # allocas in the entry block: LLVM's mem2reg keeps them in registers
-            accumulators = [[cgutils.alloca_once_value(builder, zero) for _ in range(VECTORS_PER_PANEL)]
-                            for _ in range(rows)]
-            row_starts = [builder.gep(a_pointer, [builder.mul(constant(r), lda_value)]) for r in range(rows)]
-            with cgutils.for_range(builder, k_value) as loop:
-                p = loop.index
-                panel_row = builder.gep(panel_pointer, [builder.mul(p, constant(VECTORS_PER_PANEL * lanes))])
-                panel_vectors = []
-                for v in range(VECTORS_PER_PANEL):
-                    address = builder.bitcast(builder.gep(panel_row, [constant(v * lanes)]), vector.as_pointer())
-                    panel_vectors.append(builder.load(address, align=context.get_abi_sizeof(element)))
-                for r in range(rows):
-                    x = builder.load(builder.gep(row_starts[r], [p]))
-                    x = builder.insert_element(ir.Constant(vector, ir.Undefined), x, ir.Constant(ir.IntType(32), 0))
-                    x = builder.shuffle_vector(x, ir.Constant(vector, ir.Undefined), broadcast_mask)
-                    for v in range(VECTORS_PER_PANEL):
-                        accumulator = accumulators[r][v]
-                        builder.store(builder.call(fma, [x, panel_vectors[v], builder.load(accumulator)]),
-                                      accumulator)
-            full = builder.icmp_signed("==", columns_value, constant(VECTORS_PER_PANEL * lanes))
-            with builder.if_else(full, likely=True) as (whole_panel, partial_panel):
-                with whole_panel:
-                    for r in range(rows):
-                        row = builder.gep(out_pointer, [builder.mul(constant(r), ldo_value)])
-                        for v in range(VECTORS_PER_PANEL):
-                            target = builder.bitcast(builder.gep(row, [constant(v * lanes)]), vector.as_pointer())
-                            builder.store(builder.load(accumulators[r][v]), target,
-                                          align=context.get_abi_sizeof(element))
-                with partial_panel:  # the last panel of a matrix whose width is not a multiple of W
-                    for r in range(rows):
-                        row = builder.gep(out_pointer, [builder.mul(constant(r), ldo_value)])
-                        for v in range(VECTORS_PER_PANEL):
-                            values = builder.load(accumulators[r][v])
-                            for lane in range(lanes):
-                                column = v * lanes + lane
-                                with builder.if_then(builder.icmp_signed("<", constant(column), columns_value)):
-                                    builder.store(builder.extract_element(values, ir.Constant(ir.IntType(32), lane)),
-                                                  builder.gep(row, [constant(column)]))
-            return context.get_dummy_value()
-
-        return types.none(a, a_offset, lda, panels, panel_offset, out, out_offset, ldo, k, columns), codegen
-
-    return tile
+    # allocas in the entry block: LLVM's mem2reg keeps them in registers
+    accumulators = [[cgutils.alloca_once_value(builder, zero) for _ in range(vectors)] for _ in range(rows)]
+    row_starts = [builder.gep(a_pointer, [builder.mul(constant(r), lda_value)]) for r in range(rows)]
+    with cgutils.for_range(builder, k_value) as loop:
+        p = loop.index
+        panel_row = builder.gep(panel_pointer, [builder.mul(p, constant(vectors * lanes))])
+        panel_vectors = []
+        for v in range(vectors):
+            address = builder.bitcast(builder.gep(panel_row, [constant(v * lanes)]), vector.as_pointer())
+            panel_vectors.append(builder.load(address, align=align))
+        for r in range(rows):
+            x = builder.load(builder.gep(row_starts[r], [p]))
+            x = builder.insert_element(ir.Constant(vector, ir.Undefined), x, lane_index(0))
+            x = builder.shuffle_vector(x, ir.Constant(vector, ir.Undefined), broadcast_mask)
+            for v in range(vectors):
+                accumulator = accumulators[r][v]
+                builder.store(builder.call(fmuladd, [x, panel_vectors[v], builder.load(accumulator)]), accumulator)
+    with builder.if_else(full, likely=True) as (whole_panel, partial_panel):
+        with whole_panel:
+            for r in range(rows):
+                for v in range(vectors):
+                    target = builder.bitcast(builder.gep(out_rows[r], [constant(v * lanes)]), vector.as_pointer())
+                    builder.store(builder.load(accumulators[r][v]), target, align=align)
+        with partial_panel:  # the last panel of a matrix whose width is not a multiple of W
+            for r in range(rows):
+                for v in range(vectors):
+                    values = builder.load(accumulators[r][v])
+                    for lane in range(lanes):
+                        column = v * lanes + lane
+                        with builder.if_then(builder.icmp_signed("<", constant(column), columns_value)):
+                            builder.store(builder.extract_element(values, lane_index(lane)),
+                                          builder.gep(out_rows[r], [constant(column)]))
 
 
-_tile1, _tile2, _tile3, _tile4, _tile5, _tile6 = (_make_tile(rows) for rows in range(1, MAX_ROWS + 1))
+@intrinsic
+def _tile(typingctx, rows, a, a_offset, lda, panels, panel_offset, out, out_offset, ldo, k, columns):
+    """``tile(rows, a, a_offset, lda, panels, panel_offset, out, out_offset, ldo, k, columns)``:
+    ``out[r, :columns] = a[r, :k] @ panel[:k, :columns]`` for ``rows`` (1 to TILE_ROWS) rows, all offsets and
+    strides in elements of the arrays' data; ``columns`` <= W, the panel's further columns (zero padding) are not
+    stored. One micro-kernel per row count, chosen by a switch."""
+    dtype = a.dtype
+    if dtype not in (types.float32, types.float64) or panels.dtype != dtype or out.dtype != dtype:
+        return None
+
+    def codegen(context, builder, signature, args):
+        rows_value = args[0]
+        done = builder.append_basic_block("tile.done")
+        switch = builder.switch(rows_value, done)
+        for count in range(1, TILE_ROWS + 1):
+            block = builder.append_basic_block(f"tile.rows{count}")
+            switch.add_case(ir.Constant(rows_value.type, count), block)
+            builder.position_at_end(block)
+            _emit_tile(context, builder, signature, args, count)
+            builder.branch(done)
+        builder.position_at_end(done)
+        return context.get_dummy_value()
+
+    return types.none(rows, a, a_offset, lda, panels, panel_offset, out, out_offset, ldo, k, columns), codegen
 
 
 @jit(inline=True)
@@ -131,7 +163,8 @@ def panels_in(flat, rows, columns, width):
 @jit(inline=True)
 def pack_panels(source, panels):
     """Pack ``source`` (K, N), any memory layout (``w.T`` of a C-contiguous ``w`` included), into ``panels``
-    (ceil(N / W), K, W); the columns past N are zero."""
+    (ceil(N / W), K, W); the columns past N are zero. (Unchecked: it is inlined into parallel loops, where a raise
+    would keep numba from parallelising them; :func:`panel_matmul` checks the panels' shape against its operands.)"""
     k, n = source.shape
     width = panels.shape[2]
     for q in range(panels.shape[0]):
@@ -141,30 +174,64 @@ def pack_panels(source, panels):
                 panels[q, p, c] = source[p, j] if j < n else 0
 
 
+@jit(inline=True)
+def _is_c_contiguous(array):
+    if array.size == 0:  # as numpy: an empty array is contiguous whatever its strides
+        return True
+    expected = array.itemsize
+    for axis in range(array.ndim - 1, -1, -1):
+        if array.shape[axis] > 1 and array.strides[axis] != expected:
+            return False
+        expected *= array.shape[axis]
+    return True
+
+
+@jit(inline=True)
+def _check_operands(a, panels, out):
+    """The shapes and layouts the micro-kernels assume; any mismatch would read or write out of bounds."""
+    m, k = a.shape
+    n = out.shape[1]
+    width = _PANEL_BYTES // a.itemsize
+    if panels.shape[2] != width:
+        raise ValueError("panel_matmul: panels must be " + str(width) + " columns wide on this CPU's instruction "
+                         "set (size them with numbarnn._panels.panel_shape), got " + str(panels.shape[2]))
+    if panels.shape[1] != k:
+        raise ValueError("panel_matmul: a is (M, K) with K = " + str(k) + " but the panels hold "
+                         + str(panels.shape[1]) + " rows")
+    if out.shape[0] != m:
+        raise ValueError("panel_matmul: out must have a's " + str(m) + " rows, got " + str(out.shape[0]))
+    if panels.shape[0] != -(-n // width):
+        raise ValueError("panel_matmul: out has " + str(n) + " columns, which need " + str(-(-n // width))
+                         + " panels, got " + str(panels.shape[0]))
+    if not (_is_c_contiguous(a) and _is_c_contiguous(panels) and _is_c_contiguous(out)):
+        raise ValueError("panel_matmul: a, panels and out must be C-contiguous (copy a strided view first)")
+
+
+@jit(inline=True)
+def rows_per_block(k, itemsize):
+    """Rows of A per block for an inner dimension ``k``: whole tiles, at least one, an eighth of the L2."""
+    return max(1, _A_BLOCK_BYTES // (k * itemsize) // TILE_ROWS) * TILE_ROWS
+
+
 @jit  # compiled once, not inlined into the four recurrence kernels: 2.6 s less cold compile, no measurable cost
 def panel_matmul(a, panels, out):
     """``out[:] = a @ B`` for C-contiguous ``a`` (M, K) and ``out`` (M, N) and ``B`` (K, N) packed by
-    :func:`pack_panels`; ``out`` must not overlap ``a``."""
+    :func:`pack_panels` into panels of this CPU's width (:func:`panel_shape`); ``out`` must not overlap ``a``.
+    Raises ValueError when the shapes do not fit together or an operand is not C-contiguous."""
+    _check_operands(a, panels, out)
     m, k = a.shape
     n = out.shape[1]
     width = panels.shape[2]
-    if m == 0:
+    if m == 0 or n == 0:
         return
-    for q in range(panels.shape[0]):
-        columns = min(width, n - q * width)
-        panel = q * k * width
-        i = 0
-        while m - i >= 6:
-            _tile6(a, i * k, k, panels, panel, out, i * n + q * width, n, k, columns)
-            i += 6
-        rest = m - i
-        if rest == 1:
-            _tile1(a, i * k, k, panels, panel, out, i * n + q * width, n, k, columns)
-        elif rest == 2:
-            _tile2(a, i * k, k, panels, panel, out, i * n + q * width, n, k, columns)
-        elif rest == 3:
-            _tile3(a, i * k, k, panels, panel, out, i * n + q * width, n, k, columns)
-        elif rest == 4:
-            _tile4(a, i * k, k, panels, panel, out, i * n + q * width, n, k, columns)
-        elif rest == 5:
-            _tile5(a, i * k, k, panels, panel, out, i * n + q * width, n, k, columns)
+    if k == 0:
+        out[:] = 0
+        return
+    row_block = rows_per_block(k, a.itemsize)
+    for i0 in range(0, m, row_block):
+        i1 = min(m, i0 + row_block)
+        for q in range(panels.shape[0]):
+            columns = min(width, n - q * width)
+            panel = q * k * width
+            for i in range(i0, i1, TILE_ROWS):
+                _tile(min(TILE_ROWS, i1 - i), a, i * k, k, panels, panel, out, i * n + q * width, n, k, columns)

@@ -5,6 +5,11 @@ mistake in how ``rnn.py`` drives the kernels and a mistake in the kernels themse
 """
 
 import itertools
+import json
+import os
+import pathlib
+import subprocess
+import sys
 
 import naive
 import numba
@@ -13,12 +18,13 @@ import pytest
 from helpers import DTYPES, assert_close
 from numpy.testing import assert_array_equal
 
+from numbarnn import _isa
 from numbarnn._activations import activate, activation_backward
 from numbarnn._backward import rnn_backward, rnn_backward_parallel
 from numbarnn._forward import rnn_forward, rnn_forward_parallel
 from numbarnn._layout import build_layout, named_views
-from numbarnn._panels import MAX_ROWS, pack_panels, panel_matmul, panel_shape, panel_width
 from numbarnn._packing import pack, unpack
+from numbarnn._panels import TILE_ROWS, pack_panels, panel_matmul, panel_shape, panel_width, rows_per_block
 from numbarnn._workspace import (Spec, backward_buffers, equal_length_packing, forward_buffers, length_packing,
                                  packing_rows)
 
@@ -311,18 +317,27 @@ def test_activation_backward_from_outputs(dtype):
 
 # -- the per-step product against packed panels -------------------------------------------------------------------
 
-# (M, K, N): M covers every remainder of the 6-row tiling (M % 6 in 0..5, M below and above 6); N covers full panels
-# only, a partial last panel, and fewer columns than one panel, for both panel widths (16 float32, 8 float64).
+# (M, K, N): M covers every remainder of every tile height (6 rows with 16 vector registers, 12 with 32: M % 12 in
+# 0..11, M below and above the tile) and spans several row blocks at K = 256; N covers full panels only, a partial
+# last panel, and fewer columns than one panel, for every panel width (8 to 32 float32, 4 to 16 float64).
 PANEL_SHAPES = [(1, 1, 1), (2, 3, 5), (3, 7, 8), (4, 16, 16), (5, 9, 17), (6, 33, 24), (7, 64, 64), (8, 5, 40),
-                (11, 12, 3), (13, 128, 130), (32, 256, 256), (0, 4, 4)]
+                (9, 20, 33), (10, 3, 7), (11, 12, 3), (13, 128, 130), (32, 256, 256), (0, 4, 4), (131, 256, 20)]
+TILE_HEIGHTS = sorted(set(_isa.ROWS_BY_REGISTERS.values()))
+PANEL_WIDTHS = {dtype: sorted({_isa.VECTORS_PER_PANEL * bits // 8 // np.dtype(dtype).itemsize
+                               for bits in (128, 256, 512)}) for dtype in DTYPES}
 
 
 def test_panel_shapes_cover_every_tile_and_panel_remainder():
-    assert {m % MAX_ROWS for m, _, _ in PANEL_SHAPES} == set(range(MAX_ROWS))
+    assert TILE_ROWS in TILE_HEIGHTS and all(panel_width(dtype) in PANEL_WIDTHS[dtype] for dtype in DTYPES)
+    for rows in TILE_HEIGHTS:
+        assert {m % rows for m, _, _ in PANEL_SHAPES} == set(range(rows))
     for dtype in DTYPES:
-        width = panel_width(dtype)
-        remainders = {n % width for _, _, n in PANEL_SHAPES}
-        assert 0 in remainders and len(remainders) > 3 and any(n < width for _, _, n in PANEL_SHAPES)
+        for width in PANEL_WIDTHS[dtype]:
+            remainders = {n % width for _, _, n in PANEL_SHAPES}
+            assert 0 in remainders and len(remainders) > 3 and any(n < width for _, _, n in PANEL_SHAPES)
+        # several row blocks, the last one partial and ending in a partial tile
+        block = rows_per_block(256, np.dtype(dtype).itemsize)
+        assert any(k == 256 and m > block and m % block % TILE_ROWS for m, k, _ in PANEL_SHAPES), block
 
 
 def assert_product_close(result, a, b):
@@ -351,3 +366,109 @@ def test_panel_matmul(shape, dtype, transposed, rng):
     panel_matmul(a, panels, out)
     assert_product_close(out, a, b)
     assert np.isnan(memory[m * n :]).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_panel_matmul_rows_do_not_depend_on_tiles_or_blocks(dtype, rng):
+    """Every row is the same K-long sum whatever tile and row block it falls in: the product of many rows equals,
+    bitwise, that of each row alone (a one-row tile)."""
+    m, k, n = 3 * rows_per_block(200, np.dtype(dtype).itemsize) + 5, 200, 37
+    a = rng.standard_normal((m, k)).astype(dtype)
+    panels = np.empty(panel_shape(k, n, dtype), dtype)
+    pack_panels(rng.standard_normal((k, n)).astype(dtype), panels)
+    whole = np.empty((m, n), dtype)
+    panel_matmul(a, panels, whole)
+    row = np.empty((1, n), dtype)
+    for i in range(m):
+        panel_matmul(a[i : i + 1], panels, row)
+        assert_array_equal(whole[i], row[0])
+
+
+def test_panel_matmul_checks_its_operands(rng):
+    """A mismatch is a clear error, never an out-of-bounds read or write."""
+    dtype = np.float32
+    m, k, n = 7, 5, 20
+    a = rng.standard_normal((m, k)).astype(dtype)
+    panels = np.zeros(panel_shape(k, n, dtype), dtype)
+    out = np.empty((m, n), dtype)
+    width = panel_width(dtype)
+    with pytest.raises(ValueError, match=r"a is \(M, K\) with K = 6 but the panels hold 5 rows"):
+        panel_matmul(np.zeros((m, k + 1), dtype), panels, out)
+    with pytest.raises(ValueError, match="out must have a's 7 rows, got 8"):
+        panel_matmul(a, panels, np.empty((m + 1, n), dtype))
+    with pytest.raises(ValueError, match=f"out has {n + width} columns, which need 3 panels, got 2"):
+        panel_matmul(a, panels, np.empty((m, n + width), dtype))
+    with pytest.raises(ValueError, match=f"panels must be {width} columns wide .* got {2 * width}"):
+        panel_matmul(a, np.zeros((1, k, 2 * width), dtype), out)
+    for strided in (np.zeros((m, 2 * k), dtype)[:, ::2], np.zeros((2 * m, k), dtype)[::2]):
+        with pytest.raises(ValueError, match="must be C-contiguous"):
+            panel_matmul(strided, panels, out)
+    with pytest.raises(ValueError, match="must be C-contiguous"):
+        panel_matmul(a, panels, np.empty((m, n + 3), dtype)[:, :n])
+    with pytest.raises(ValueError, match="must be C-contiguous"):
+        panel_matmul(a, np.zeros((2, k, 2 * width), dtype)[:, :, ::2], out)
+    panel_matmul(a, panels, out)  # the same operands, well formed
+    assert_array_equal(out, 0)
+
+
+def test_isa_target_is_numbas():
+    """The tile is chosen for exactly the target numba's code generator uses (and keys its cache on)."""
+    from numba.core.registry import cpu_target
+
+    target = _isa.target()
+    assert (target.triple, target.cpu_name, target.features) == cpu_target.target_context.codegen().magic_tuple()
+    tile = _isa.tile()
+    assert tile.rows == TILE_ROWS == _isa.ROWS_BY_REGISTERS[tile.registers]
+    assert panel_width(np.float32) == tile.vectors * tile.vector_bits // 32
+
+
+# Each target's kernels built in a fresh process: (environment, expected tile, instructions its assembly must hold,
+# run the product too). Code for AVX-512 cannot run on every host, so it is only compiled; generic x86-64 code runs
+# on any x86-64 and is run (the host's own tile runs in the tests above; haswell's is that tile on AVX2 hosts). The
+# AArch64 build is LLVM IR compiled through llvmlite for an AArch64 triple.
+TARGET_BUILDS = {
+    "generic": ({"NUMBA_CPU_NAME": "generic"}, ("sse2", 128, 6), ("mulps", "addps"), True),
+    "haswell": ({"NUMBA_CPU_NAME": "haswell", "NUMBA_CPU_FEATURES": ""}, ("avx2", 256, 6), ("ymm", "vfmadd"),
+                False),
+    "skylake-avx512": ({"NUMBA_CPU_NAME": "skylake-avx512", "NUMBA_CPU_FEATURES": ""}, ("avx512", 512, 12),
+                       ("zmm", "vfmadd"), False),
+    "znver4": ({"NUMBA_CPU_NAME": "znver4", "NUMBA_CPU_FEATURES": ""}, ("avx512", 512, 12), ("zmm", "vfmadd"),
+               False),
+    "aarch64": ({"NUMBA_OPT": "0"}, ("neon", 128, 12), ("fmla",), False),
+}
+
+
+@pytest.mark.skipif(_isa.target().triple.split("-")[0] != "x86_64", reason="builds x86-64 code in subprocesses")
+def test_panel_kernels_for_every_target(tmp_path):
+    """Each target gets its tile, and its assembly has vector multiply-adds and no call to libm's fma/fmaf (which
+    llvm.fma on a vector becomes where there is no FMA); generic x86-64 code also computes the right product.
+    The builds run side by side: each is a fresh process (several seconds of compiling)."""
+    script = pathlib.Path(__file__).with_name("panel_target.py")
+    root = str(pathlib.Path(__file__).resolve().parents[1])
+    processes = {}
+    for name, (environment, _, _, run) in TARGET_BUILDS.items():
+        env = {key: value for key, value in os.environ.items() if not key.startswith("NUMBA_CPU")}
+        # a cache of its own: code for another target must never reach the project's cache
+        env.update(environment, NUMBA_CACHE_DIR=str(tmp_path / name),
+                   PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+        command = [sys.executable, "-W", "ignore", str(script)]
+        command += ["--aarch64"] if name == "aarch64" else ["--run", json.dumps(PANEL_SHAPES)] if run else []
+        processes[name] = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                           text=True)
+    reports = {}
+    for name, process in processes.items():
+        stdout, stderr = process.communicate(timeout=600)
+        assert process.returncode == 0, f"{name}: {stderr[-3000:]}"
+        reports[name] = json.loads(stdout)
+    for name, (_, (isa, bits, rows), instructions, run) in TARGET_BUILDS.items():
+        report = reports[name]
+        tile = report["tile"]
+        assert (tile["isa"], tile["vector_bits"], tile["rows"]) == (isa, bits, rows), name
+        assert report["libm_fma_calls"] == [], name
+        assert all(report["instructions"][instruction] for instruction in instructions), (name, report)
+        if name != "aarch64":
+            assert report["matches_numba"], name
+        if run:
+            assert len(report["worst_error_over_bound"]) == 2 * len(PANEL_SHAPES)
+            assert max(report["worst_error_over_bound"].values()) <= 1, (name, report["worst_error_over_bound"])
+    assert not reports["generic"]["instructions"]["vfmadd"]  # no FMA there: a multiply and an add

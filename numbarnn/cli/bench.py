@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import bench_kernels
 from ._progress import Progress
 
 LIBRARIES = ("torch", "numbarnn")
@@ -110,6 +111,10 @@ def add_arguments(parser):
                              "which goes first (default: 3)")
     parser.add_argument("--repeats", type=_positive_int, default=10,
                         help="timed samples per task in each process (default: 10)")
+    parser.add_argument("--kernels", action="store_true",
+                        help="instead: the panel product's GFLOP/s over row counts beside BLAS, on one thread, with "
+                             "the CPU, instruction set and tile in use (numbarnn.cli.bench_kernels)")
+    bench_kernels.add_arguments(parser)
     parser.add_argument("--json", type=Path, default=None, metavar="PATH",
                         help="also write every process's samples and the summary to PATH as JSON")
     # For tests and quick experiments: one extra configuration "L,N,H_in,H_out,layers,bidirectional", and
@@ -120,6 +125,8 @@ def add_arguments(parser):
 
 def run(args):
     """Run the benchmark described by parsed ``args``; prints the report and returns the exit code (0, 1 or 2)."""
+    if args.kernels:
+        return bench_kernels.run(args)
     for module, requirement, role in (("torch", "torch==2.13.0", "compares against PyTorch"),
                                       ("threadpoolctl", "threadpoolctl", "sets the BLAS thread count with "
                                                                          "threadpoolctl")):

@@ -1,0 +1,93 @@
+"""Build the panel kernels for one target in a fresh process and report on them as JSON (run by test_kernels.py).
+
+``python panel_target.py [--aarch64] [--run SHAPES_JSON]``: the target is the one numba's environment names
+(``NUMBA_CPU_NAME`` / ``NUMBA_CPU_FEATURES``), or with ``--aarch64`` an AArch64 triple: the kernels' LLVM IR, built
+with the tile :mod:`numbarnn._isa` chooses for that triple, is then compiled through llvmlite for it (never run); numba builds that IR unoptimised (the caller sets ``NUMBA_OPT=0``), LLVM optimises it for AArch64.
+The caller sets ``NUMBA_CACHE_DIR`` to a fresh directory, so code built for another target never reaches the
+project's cache. ``--run`` also runs the product on the (M, K, N) shapes given and reports, per shape and dtype,
+the largest error divided by the classical bound K * eps * (|A| @ |B|) (at most 1 when correct).
+"""
+
+import argparse
+import json
+import re
+
+import llvmlite.binding as ll
+import numpy as np
+
+from numbarnn import _isa
+
+AARCH64 = _isa.Target("aarch64-unknown-linux-gnu", "generic", "")
+# a call of libm's fma / fmaf: what llvm.fma on a vector becomes on a target without FMA
+LIBM_FMA = re.compile(r"\bfmaf?\b")
+
+
+def aarch64_assembly(llvm_ir):
+    ll.initialize_all_targets()
+    ll.initialize_all_asmprinters()
+    machine = ll.Target.from_triple(AARCH64.triple).create_target_machine(cpu=AARCH64.cpu_name, opt=3)
+    module = ll.parse_assembly(llvm_ir)
+    module.triple = AARCH64.triple
+    module.data_layout = str(machine.target_data)
+    module.verify()
+    # the caller built the IR with NUMBA_OPT=0: numba's optimised IR already holds x86 lowerings of its atomics
+    tuning = ll.create_pipeline_tuning_options(speed_level=3)
+    builder = ll.create_pass_builder(machine, tuning)
+    builder.getModulePassManager().run(module, builder)
+    return machine.emit_assembly(module)
+
+
+def worst_errors(panels_module, shapes):
+    rng = np.random.default_rng(0)
+    worst = {}
+    for dtype in (np.float32, np.float64):
+        for m, k, n in shapes:
+            a = rng.standard_normal((m, k)).astype(dtype)
+            b = rng.standard_normal((k, n)).astype(dtype)
+            panels = np.empty(panels_module.panel_shape(k, n, dtype), dtype)
+            panels_module.pack_panels(b, panels)
+            out = np.full((m, n), np.nan, dtype)
+            panels_module.panel_matmul(a, panels, out)
+            exact = a.astype(np.float64) @ b.astype(np.float64)
+            bound = k * np.finfo(dtype).eps * (np.abs(a.astype(np.float64)) @ np.abs(b.astype(np.float64)))
+            error = np.abs(out - exact)
+            ratio = np.where(bound > 0, error / np.where(bound > 0, bound, 1), np.where(error > 0, np.inf, 0))
+            worst[f"{np.dtype(dtype).name} {m}x{k}x{n}"] = float(np.nan_to_num(ratio, nan=np.inf).max(initial=0))
+    return worst
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--aarch64", action="store_true")
+    parser.add_argument("--run", type=json.loads, default=None)
+    args = parser.parse_args()
+    if args.aarch64:
+        _isa.target = lambda: AARCH64  # before numbarnn._panels reads it
+    from numba.core.registry import cpu_target
+
+    from numbarnn import _panels
+
+    target = _isa.target()
+    report = {"tile": vars(_isa.tile()), "target": vars(target),
+              "matches_numba": (target.triple, target.cpu_name, target.features)
+              == cpu_target.target_context.codegen().magic_tuple()}
+    assembly = {}
+    for dtype in ("float32", "float64"):
+        signature = f"({dtype}[:, ::1], {dtype}[:, :, ::1], {dtype}[:, ::1])"
+        _panels.panel_matmul.compile(signature)
+        (compiled,) = [sig for sig in _panels.panel_matmul.signatures if str(sig[0].dtype) == dtype]
+        if args.aarch64:
+            assembly[dtype] = aarch64_assembly(_panels.panel_matmul.inspect_llvm(compiled))
+        else:
+            assembly[dtype] = _panels.panel_matmul.inspect_asm(compiled)
+    text = "\n".join(assembly.values())
+    report["libm_fma_calls"] = LIBM_FMA.findall(text)
+    report["instructions"] = {name: name in text for name in ("zmm", "ymm", "xmm", "vfmadd", "mulps", "addps",
+                                                              "fmla", "fmul", "fadd")}
+    if args.run is not None:
+        report["worst_error_over_bound"] = worst_errors(_panels, args.run)
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
