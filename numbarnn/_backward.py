@@ -1,6 +1,8 @@
-"""Backpropagation through time for the stacked RNN of :mod:`numbarnn._forward`.
+"""Backpropagation through time for the stacked recurrent networks of :mod:`numbarnn._forward`.
 
-The reverse-time loop carries only ``dz_t = (dy_t + dh_t) * act'(y_t)`` and ``dh_{t-1} = dz_t @ W_hh``. Everything
+The reverse-time loop carries only the pre-activation gradient ``dz_t`` (the cell's derivative,
+:func:`numbarnn._cells.backward_epilogue`: for the RNN ``(dy_t + dh_t) * act'(y_t)``) and ``dh_{t-1} = dz_t @ W_hh``
+(plus the GRU's direct path, and an LSTM's c gradient). Everything
 that does not depend on the previous step — the weight gradients, both bias gradients and the input gradient — is
 computed after the loop with large GEMMs and reductions over the task's rows. As in the forward pass each (block,
 direction) of a layer is a task: each task owns its rows of every workspace, each block accumulates its own partial
@@ -11,55 +13,66 @@ input gradients are added once both are done.
 import numpy as np
 from numba import prange
 
-from ._activations import activation_backward
-from ._forward import layer_input, layer_output, weight_views
+from ._cells import RnnCell, backward_epilogue
+from ._forward import layer_input, layer_output, projection_view, weight_views
 from ._jit import jit
-from ._layout import B_HH, B_IH, NO_BIAS, W_HH, W_IH
+from ._layout import B_HH, B_IH, NO_BIAS, W_HH, W_HR, W_IH
 from ._loops import add_2d, add_into_flat, multiply_2d
 from ._panels import pack_panels, panel_matmul, panels_in
 
 
 @jit(inline=True)
-def direction_backward(grad_y, y, w_hh_panels, step_offsets, reverse, relu, column, carry, dz):
+def direction_backward(cell, grad_y, y, saved, h_prev, c_prev, w_hh_panels, w_hr_panels, step_offsets, reverse,
+                       column, carry, carry_c, dz, dz_in, tmp, dh_proj):
     """Reverse-time loop of one direction over one block's rows.
 
-    ``grad_y``/``y`` (R_b, D * H) are the gradient and value of the layer output (this direction's columns start at
-    ``column``); ``carry`` (N_b, H) holds the gradient of h_n on entry and of h_0 on exit; ``dz`` (R_b, H) receives
-    the gradient of the pre-activations; ``w_hh_panels`` holds W_hh packed by :func:`numbarnn._panels.pack_panels`.
+    ``grad_y``/``y`` (R_b, D * P) are the gradient and value of the layer output (this direction's columns start at
+    ``column``); ``saved``, ``h_prev`` and ``c_prev`` are what the forward kept of these rows; ``carry`` (N_b, P)
+    holds the gradient of h_n on entry and of h_0 on exit (an LSTM's ``carry_c`` (N_b, H) likewise for c);
+    ``dz`` (R_b, G * H) receives the gradient of the pre-activations (the GRU's input side goes to ``dz_in``, an
+    LSTM projection's output gradient to ``dh_proj``); ``w_hh_panels`` holds W_hh packed by
+    :func:`numbarnn._panels.pack_panels`; ``tmp`` (N_b, H) is the cell's scratch.
     """
-    hidden = carry.shape[1]
     steps = step_offsets.size - 1
     for s in range(steps):
         t = s if reverse else steps - 1 - s
         r0 = step_offsets[t]
         n = step_offsets[t + 1] - r0
-        for i in range(n):
-            for j in range(hidden):
-                r = r0 + i
-                dz[r, j] = activation_backward(grad_y[r, column + j] + carry[i, j], y[r, column + j], relu)
-        panel_matmul(dz[r0 : r0 + n], w_hh_panels, carry[:n])
+        r1 = r0 + n
+        backward_epilogue(cell, grad_y[r0:r1], y[r0:r1], column, carry[:n], carry_c[:n], saved[r0:r1],
+                          h_prev[r0:r1], c_prev[r0:r1], dz[r0:r1], dz_in[r0:r1], tmp[:n], dh_proj[r0:r1],
+                          w_hh_panels, w_hr_panels)
 
 
 @jit(inline=True)
 def accumulate_weight_gradient(dz, inputs, grads, offset, product):
-    """``grads[offset:...] += dz.T @ inputs`` through the (H, width) workspace ``product``."""
+    """``grads[offset:...] += dz.T @ inputs`` through the workspace ``product``, shaped like the weight."""
     np.dot(dz.T, inputs, product)
     add_into_flat(grads, offset, product)
 
 
 @jit(inline=True)
-def accumulate_bias_gradient(dz, grads, offsets, row, column_sums):
-    """Both bias gradients receive the column sums of ``dz`` (the biases enter the pre-activation identically)."""
+def column_sums_into(rows, sums):
+    for j in range(sums.size):
+        sums[j] = 0
+    for r in range(rows.shape[0]):
+        for j in range(rows.shape[1]):
+            sums[j] += rows[r, j]
+
+
+@jit(inline=True)
+def accumulate_bias_gradient(dz_input, dz, separate, grads, offsets, row, column_sums):
+    """``b_ih`` receives the column sums of the input side's pre-activation gradient ``dz_input``, ``b_hh`` those
+    of the recurrent side's ``dz``; they are the same array unless ``separate`` (the GRU's n gate)."""
     if offsets[row, B_IH] == NO_BIAS:
         return
-    for j in range(column_sums.size):
-        column_sums[j] = 0
-    for r in range(dz.shape[0]):
-        for j in range(dz.shape[1]):
-            column_sums[j] += dz[r, j]
     o_ih, o_hh = offsets[row, B_IH], offsets[row, B_HH]
+    column_sums_into(dz_input, column_sums)
     for j in range(column_sums.size):
         grads[o_ih + j] += column_sums[j]
+    if separate:
+        column_sums_into(dz, column_sums)
+    for j in range(column_sums.size):
         grads[o_hh + j] += column_sums[j]
 
 
@@ -86,7 +99,7 @@ def input_gradient_target(l, d, num_directions, buffers, r0, r1, width):
 
 
 @jit(inline=True)
-def task_backward(l, task, params, offsets, packing, forward, buffers, num_directions, relu, grads):
+def task_backward(l, task, params, offsets, packing, forward, buffers, num_directions, cell, grads):
     """Every gradient of direction ``task % D`` of layer ``l`` over block ``task // D``: the body both drivers run.
     The reverse-time loop first, then the weight and bias gradients and this direction's part of the input
     gradient, each over all the block's rows at once."""
@@ -95,27 +108,39 @@ def task_backward(l, task, params, offsets, packing, forward, buffers, num_direc
     n0, n1 = packing.block_batch[b], packing.block_batch[b + 1]
     num_layers = offsets.shape[0] // num_directions
     row = l * num_directions + d
-    hidden = buffers.grad_h.shape[2]
+    hidden, state, gates = buffers.grad_c.shape[2], buffers.grad_h.shape[2], buffers.dz.shape[2]
+    projected = offsets[row, W_HR] != NO_BIAS
     inputs = layer_input(l, forward)[r0:r1]
     width = inputs.shape[1]
-    w_ih, w_hh = weight_views(params, offsets, row, width, hidden)
+    w_ih, w_hh = weight_views(params, offsets, row, gates, width, state)
     grad_y = buffers.grad_output if l == num_layers - 1 else buffers.grad_layer
     dz = buffers.dz[d][r0:r1]
+    separate = buffers.dz_in.shape[1] > 0  # the GRU: the input side's gradient differs in the n gate
+    dz_input = buffers.dz_in[d][r0:r1] if separate else dz
     w_hh_panels = buffers.w_hh_panels[task]
     pack_panels(w_hh, w_hh_panels)
-    direction_backward(grad_y[r0:r1], layer_output(l, num_layers, forward)[r0:r1], w_hh_panels,
-                       packing.step_offsets[b], d == 1, relu, d * hidden, buffers.grad_h[row][n0:n1], dz)
+    w_hr_panels = buffers.w_hr_panels[task]
+    if projected:
+        pack_panels(projection_view(params, offsets, row, state, hidden), w_hr_panels)
+    dh_proj = buffers.dh_proj[d][r0:r1]
+    h_prev = forward.h_prev[l, d][r0:r1]
+    direction_backward(cell, grad_y[r0:r1], layer_output(l, num_layers, forward)[r0:r1],
+                       forward.saved[l, d][r0:r1], h_prev, forward.c_prev[l, d][r0:r1], w_hh_panels, w_hr_panels,
+                       packing.step_offsets[b], d == 1, d * state, buffers.grad_h[row][n0:n1],
+                       buffers.grad_c[row][n0:n1], dz, dz_input, buffers.step_tmp[d][n0:n1], dh_proj)
     target = block_gradients(b, grads, buffers)
     scratch = buffers.weight_tmp[task]
-    accumulate_weight_gradient(dz, forward.h_prev[l, d][r0:r1], target, offsets[row, W_HH],
-                               scratch[: hidden * hidden].reshape((hidden, hidden)))
-    accumulate_weight_gradient(dz, inputs, target, offsets[row, W_IH],
-                               scratch[: hidden * width].reshape((hidden, width)))
-    accumulate_bias_gradient(dz, target, offsets, row, scratch[:hidden])
+    accumulate_weight_gradient(dz, h_prev, target, offsets[row, W_HH], scratch[: gates * state].reshape((gates, state)))
+    accumulate_weight_gradient(dz_input, inputs, target, offsets[row, W_IH],
+                               scratch[: gates * width].reshape((gates, width)))
+    if projected:
+        accumulate_weight_gradient(dh_proj, forward.h_full[l, d][r0:r1], target, offsets[row, W_HR],
+                                   scratch[: state * hidden].reshape((state, hidden)))
+    accumulate_bias_gradient(dz_input, dz, separate, target, offsets, row, scratch[:gates])
     if l > 0 or buffers.grad_x.shape[0] > 0:
-        w_ih_panels = panels_in(buffers.w_ih_panels[task], hidden, width, w_hh_panels.shape[2])
+        w_ih_panels = panels_in(buffers.w_ih_panels[task], gates, width, w_hh_panels.shape[2])
         pack_panels(w_ih, w_ih_panels)
-        panel_matmul(dz, w_ih_panels, input_gradient_target(l, d, num_directions, buffers, r0, r1, width))
+        panel_matmul(dz_input, w_ih_panels, input_gradient_target(l, d, num_directions, buffers, r0, r1, width))
 
 
 @jit(inline=True)
@@ -143,12 +168,12 @@ def zero_partial_gradients(b, buffers):
 
 
 @jit
-def rnn_backward(params, offsets, packing, forward, buffers, num_directions, relu, grads):
-    """Backward pass matching :func:`numbarnn._forward.rnn_forward` run in training mode.
+def recurrent_backward(params, offsets, packing, forward, buffers, num_directions, cell, grads):
+    """Backward pass matching :func:`numbarnn._forward.recurrent_forward` run in training mode.
 
     Parameters
     ----------
-    params, offsets, packing, num_directions, relu
+    params, offsets, packing, num_directions, cell
         As given to the training forward pass; ``forward`` is its :class:`~numbarnn._workspace.ForwardBuffers`.
     buffers : :class:`numbarnn._workspace.BackwardBuffers`; ``grad_output`` and ``grad_h`` (holding the gradient
         of h_n) are read; ``grad_x`` (when it has rows) and ``grad_h`` (the gradient of h_0) are the results.
@@ -161,7 +186,7 @@ def rnn_backward(params, offsets, packing, forward, buffers, num_directions, rel
     for l in range(num_layers - 1, -1, -1):
         width = layer_input(l, forward).shape[1]
         for task in range(blocks * num_directions):
-            task_backward(l, task, params, offsets, packing, forward, buffers, num_directions, relu, grads)
+            task_backward(l, task, params, offsets, packing, forward, buffers, num_directions, cell, grads)
         for b in range(blocks):
             finish_block_gradient(l, b, packing, forward, buffers, num_directions, width)
     partial = buffers.grad_partial
@@ -171,8 +196,8 @@ def rnn_backward(params, offsets, packing, forward, buffers, num_directions, rel
 
 
 @jit(parallel=True)
-def rnn_backward_parallel(params, offsets, packing, forward, buffers, num_directions, relu, grads):
-    """:func:`rnn_backward` with each layer's tasks on numba's threads (call with single-threaded BLAS)."""
+def recurrent_backward_parallel(params, offsets, packing, forward, buffers, num_directions, cell, grads):
+    """:func:`recurrent_backward` with each layer's tasks on numba's threads (call with single-threaded BLAS)."""
     num_layers = offsets.shape[0] // num_directions
     blocks = packing.block_batch.size - 1
     for b in prange(blocks):
@@ -180,7 +205,7 @@ def rnn_backward_parallel(params, offsets, packing, forward, buffers, num_direct
     for l in range(num_layers - 1, -1, -1):
         width = layer_input(l, forward).shape[1]
         for task in prange(blocks * num_directions):
-            task_backward(l, task, params, offsets, packing, forward, buffers, num_directions, relu, grads)
+            task_backward(l, task, params, offsets, packing, forward, buffers, num_directions, cell, grads)
         if num_directions == 2 or (l > 0 and forward.dropout_scale.shape[0] > 0):
             for b in prange(blocks):
                 finish_block_gradient(l, b, packing, forward, buffers, num_directions, width)
@@ -188,3 +213,14 @@ def rnn_backward_parallel(params, offsets, packing, forward, buffers, num_direct
     for k in prange(grads.size):
         for b in range(partial.shape[0]):  # the blocks in order, as the serial driver sums them
             grads[k] += partial[b, k]
+
+
+def rnn_backward(params, offsets, packing, forward, buffers, num_directions, relu, grads):
+    """:func:`recurrent_backward` of an Elman RNN (tanh, or relu if ``relu``)."""
+    recurrent_backward(params, offsets, packing, forward, buffers, num_directions, RnnCell(bool(relu)), grads)
+
+
+def rnn_backward_parallel(params, offsets, packing, forward, buffers, num_directions, relu, grads):
+    """:func:`recurrent_backward_parallel` of an Elman RNN."""
+    recurrent_backward_parallel(params, offsets, packing, forward, buffers, num_directions, RnnCell(bool(relu)),
+                                grads)

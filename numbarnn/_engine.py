@@ -1,6 +1,9 @@
-"""One forward and one backward pass of a stacked RNN on already-validated arrays: packing, buffers, the kernel
-call and unpacking. ``RNN`` (which owns its parameters) and the PyTorch integration (whose parameters are torch's)
-both drive the kernels through here.
+"""One forward and one backward pass of a stacked recurrent network (RNN, GRU or LSTM, ``Spec.cell``) on
+already-validated arrays: packing, buffers, the kernel call and unpacking. The modules (which own their parameters)
+and the PyTorch integration (whose parameters are torch's) all drive the kernels through here.
+
+An LSTM's state is torch's tuple: ``h_0`` is ``(h_0, c_0)`` (either may be None for zeros), ``h_n`` is returned as
+``(h_n, c_n)``, and the backward's state gradients likewise.
 
 A training forward returns a :class:`Record` that owns everything its backward reads, so several forwards may be
 waiting for their backwards at once; a consumed record can hand its buffers to the next forward of the same shape.
@@ -8,14 +11,16 @@ waiting for their backwards at once; a consumed record can hand its buffers to t
 
 import numpy as np
 
-from ._backward import rnn_backward, rnn_backward_parallel
-from ._forward import rnn_forward, rnn_forward_parallel
+from ._backward import recurrent_backward, recurrent_backward_parallel
+from ._cells import GATES
+from ._forward import recurrent_forward, recurrent_forward_parallel
 from ._packing import pack, unpack
 from ._threads import run_kernel
 from ._workspace import (Spec, backward_buffers, block_count, block_total, equal_length_packing, forward_buffers,
-                         identity_order, is_single_block, length_packing, packing_rows, partial_blocks)
+                         identity_order, is_single_block, length_packing, marker, packing_rows, partial_blocks,
+                         state_size)
 
-__all__ = ["Spec", "Record", "forward", "backward"]
+__all__ = ["Spec", "Record", "forward", "backward", "step_record"]
 
 
 class Record:
@@ -41,7 +46,8 @@ def buffer_key(packing, dropped):
 
 def make_packing(spec, steps, batch, lengths):
     """The packing of a (L, N) batch; ``lengths`` is None or already checked (each in 1...L)."""
-    blocks = block_count(batch, steps, spec.input_size, spec.hidden_size, spec.num_layers, spec.num_directions)
+    blocks = block_count(batch, steps, spec.input_size, spec.hidden_size, spec.num_layers, spec.num_directions,
+                         GATES[spec.cell])
     if lengths is None or (lengths == steps).all():
         return equal_length_packing(steps, batch, blocks)
     return length_packing(lengths, steps, blocks)
@@ -56,7 +62,8 @@ def forward(spec, params, offsets, x, h_0, lengths, *, training, batch_first, dr
     spec : Spec
     params, offsets : the flat parameters and their offset table (:mod:`numbarnn._layout`).
     x : (L, N, H_in) time-major input (a batch_first input as its transposed view), of ``spec.dtype``.
-    h_0 : (num_layers * D, N, H_out) or None for zeros.
+    h_0 : (num_layers * D, N, H_out) or None for zeros; an LSTM's ``(h_0, c_0)``, c_0 (num_layers * D, N, H), either
+        None for zeros (or None for both).
     lengths : (N,) int64 or None.
     training : keep what the backward pass needs and return it as a :class:`Record`.
     batch_first : lay the output out as (N, L, D * H_out).
@@ -67,15 +74,19 @@ def forward(spec, params, offsets, x, h_0, lengths, *, training, batch_first, dr
     Returns
     -------
     output : (L, N, D * H_out), or (N, L, D * H_out) with ``batch_first``; zero past each sequence's length.
-    h_n : (num_layers * D, N, H_out).
+    h_n : (num_layers * D, N, H_out); an LSTM's ``(h_n, c_n)``.
     record : :class:`Record` or None.
     """
     steps, batch = x.shape[0], x.shape[1]
     layers_directions = spec.num_layers * spec.num_directions
-    width = spec.num_directions * spec.hidden_size
+    width = spec.num_directions * state_size(spec)
+    lstm = spec.cell == "lstm"
+    h_0, c_0 = h_0 if lstm and h_0 is not None else (h_0, None)
     if batch == 0:  # nothing to compute; torch returns empty results too
         output = np.zeros((0, steps, width) if batch_first else (steps, 0, width), spec.dtype)
-        h_n = np.zeros((layers_directions, 0, spec.hidden_size), spec.dtype)
+        h_n = np.zeros((layers_directions, 0, state_size(spec)), spec.dtype)
+        if lstm:
+            h_n = h_n, np.zeros((layers_directions, 0, spec.hidden_size), spec.dtype)
         return output, h_n, Record(spec, None, None, steps, 0) if training else None
     packing = make_packing(spec, steps, batch, lengths)
     in_place = is_single_block(packing, steps)
@@ -95,12 +106,16 @@ def forward(spec, params, offsets, x, h_0, lengths, *, training, batch_first, dr
     if not reads_input:
         to_rows(x, packing, buffers.x_rows, in_place)
     sort_states(h_0, packing, buffers.h_n)
+    if lstm:
+        sort_states(c_0, packing, buffers.c_n)
     if dropped:
         draw_dropout(buffers.dropout_scale)
-    run_kernel(rnn_forward, rnn_forward_parallel, block_total(packing) * spec.num_directions,
-               params, offsets, packing, buffers, spec.num_directions, spec.relu)
+    run_kernel(recurrent_forward, recurrent_forward_parallel, block_total(packing) * spec.num_directions,
+               params, offsets, packing, buffers, spec.num_directions, marker(spec))
     output = from_rows(buffers.top_out, packing, steps, batch, batch_first, in_place and not training)
     h_n = unsort_states(buffers.h_n, packing, copy=training)
+    if lstm:
+        h_n = h_n, unsort_states(buffers.c_n, packing, copy=training)
     record = Record(spec, packing, buffers, steps, batch) if training else None
     if pool is not None and not training:
         give_scratch(pool, key, buffers, reads_input, output_is_rows)
@@ -109,8 +124,8 @@ def forward(spec, params, offsets, x, h_0, lengths, *, training, batch_first, dr
 
 def take_scratch(pool, key, spec, packing, dropped, x_rows, output_is_rows):
     """Inference buffers from ``pool``'s scratch of shape ``key`` when it has some, else new; the arrays the call
-    returns (``h_n``, and ``top_out`` when it is the output) are always new, and ``x_rows`` is the caller's input
-    when given."""
+    returns (``h_n`` and ``c_n``, and ``top_out`` when it is the output) are always new, and ``x_rows`` is the
+    caller's input when given."""
     scratch = pool.take(key)
     if scratch is None:
         return forward_buffers(spec, packing, False, dropped, x_rows)
@@ -118,15 +133,17 @@ def take_scratch(pool, key, spec, packing, dropped, x_rows, output_is_rows):
         x_rows = scratch.x_rows if scratch.x_rows is not None else np.empty((key[0], spec.input_size), spec.dtype)
     top_out = scratch.top_out
     if output_is_rows or top_out is None:
-        top_out = np.empty((key[0], spec.num_directions * spec.hidden_size), spec.dtype)
-    h_n = np.empty((spec.num_layers * spec.num_directions, key[1], spec.hidden_size), spec.dtype)
-    return scratch._replace(x_rows=x_rows, top_out=top_out, h_n=h_n)
+        top_out = np.empty((key[0], spec.num_directions * state_size(spec)), spec.dtype)
+    states = spec.num_layers * spec.num_directions
+    h_n = np.empty((states, key[1], state_size(spec)), spec.dtype)
+    c_n = np.empty((states, key[1] if spec.cell == "lstm" else 0, spec.hidden_size), spec.dtype)
+    return scratch._replace(x_rows=x_rows, top_out=top_out, h_n=h_n, c_n=c_n)
 
 
 def give_scratch(pool, key, buffers, reads_input, output_is_rows):
     """Give an inference call's buffers back to ``pool``, without the arrays it returned or read from its caller."""
     pool.give(key, buffers._replace(x_rows=None if reads_input else buffers.x_rows,
-                                    top_out=None if output_is_rows else buffers.top_out, h_n=None))
+                                    top_out=None if output_is_rows else buffers.top_out, h_n=None, c_n=None))
 
 
 def backward(params, offsets, record, grad_output, grad_h_n, grads, *, need_input_grad, batch_first, spare=None):
@@ -137,7 +154,7 @@ def backward(params, offsets, record, grad_output, grad_h_n, grads, *, need_inpu
     params, offsets : as given to :func:`forward` (read as they are now).
     record : the training forward's :class:`Record` (not consumed here: the caller marks it).
     grad_output : (L, N, D * H_out) time-major view of the output gradient, or None for zeros.
-    grad_h_n : (num_layers * D, N, H_out) or None for zeros.
+    grad_h_n : (num_layers * D, N, H_out) or None for zeros; an LSTM's ``(grad_h_n, grad_c_n)``, either None.
     grads : (P,) flat parameter gradients, accumulated into.
     need_input_grad : compute the input gradient (else None is returned for it).
     batch_first : lay the input gradient out as (N, L, H_in).
@@ -145,14 +162,18 @@ def backward(params, offsets, record, grad_output, grad_h_n, grads, *, need_inpu
 
     Returns
     -------
-    grad_input : (L, N, H_in) or (N, L, H_in), or None; grad_h_0 : (num_layers * D, N, H_out);
-    buffers : the backward buffers used (to pass as ``spare`` next time).
+    grad_input : (L, N, H_in) or (N, L, H_in), or None; grad_h_0 : (num_layers * D, N, H_out) (an LSTM's
+    ``(grad_h_0, grad_c_0)``); buffers : the backward buffers used (to pass as ``spare`` next time).
     """
     spec, packing, forward_buffers_ = record.spec, record.packing, record.buffers
     steps, batch = record.steps, record.batch
     shape = (batch, steps, spec.input_size) if batch_first else (steps, batch, spec.input_size)
+    lstm = spec.cell == "lstm"
+    grad_h_n, grad_c_n = grad_h_n if lstm and grad_h_n is not None else (grad_h_n, None)
     if batch == 0:
-        grad_h_0 = np.zeros((spec.num_layers * spec.num_directions, 0, spec.hidden_size), spec.dtype)
+        grad_h_0 = np.zeros((spec.num_layers * spec.num_directions, 0, state_size(spec)), spec.dtype)
+        if lstm:
+            grad_h_0 = grad_h_0, np.zeros((spec.num_layers * spec.num_directions, 0, spec.hidden_size), spec.dtype)
         return (np.zeros(shape, spec.dtype) if need_input_grad else None), grad_h_0, spare
     buffers = spare
     if (buffers is None or buffers.grad_output.shape[0] != packing_rows(packing) or buffers.grad_h.shape[1] != batch
@@ -165,10 +186,29 @@ def backward(params, offsets, record, grad_output, grad_h_n, grads, *, need_inpu
     else:
         to_rows(grad_output, packing, buffers.grad_output, in_place)
     sort_states(grad_h_n, packing, buffers.grad_h)
-    run_kernel(rnn_backward, rnn_backward_parallel, block_total(packing) * spec.num_directions,
-               params, offsets, packing, forward_buffers_, buffers, spec.num_directions, spec.relu, grads)
+    if lstm:
+        sort_states(grad_c_n, packing, buffers.grad_c)
+    run_kernel(recurrent_backward, recurrent_backward_parallel, block_total(packing) * spec.num_directions,
+               params, offsets, packing, forward_buffers_, buffers, spec.num_directions, marker(spec), grads)
     grad_input = from_rows(buffers.grad_x, packing, steps, batch, batch_first, False) if need_input_grad else None
-    return grad_input, unsort_states(buffers.grad_h, packing, copy=True), buffers
+    grad_h_0 = unsort_states(buffers.grad_h, packing, copy=True)
+    if lstm:
+        grad_h_0 = grad_h_0, unsort_states(buffers.grad_c, packing, copy=True)
+    return grad_input, grad_h_0, buffers
+
+
+def step_record(spec, step):
+    """The :class:`Record` of one training-mode step of a one-layer cell (:func:`numbarnn._step.stacked_step` with
+    saving :class:`numbarnn._workspace.StepBuffers` ``step``), for :func:`backward` to backpropagate through."""
+    batch = step.x.shape[0]
+    packing = equal_length_packing(1, batch, 1)
+    buffers = forward_buffers(spec, packing, training=True, dropped=0, x_rows=step.x)
+    buffers.h_prev[0, 0] = step.h_prev
+    buffers.c_prev[0, 0] = step.c_prev
+    buffers.saved[0, 0] = step.saved
+    buffers.h_full[0, 0] = step.h_full
+    buffers.top_out[...] = step.out
+    return Record(spec, packing, buffers, 1, batch)
 
 
 def to_rows(source, packing, rows, in_place):

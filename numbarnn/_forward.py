@@ -1,37 +1,56 @@
-"""Forward kernels: a stack of RNN layers, each in one or two directions, over the packed rows of
-:mod:`numbarnn._workspace`.
+"""Forward kernels: a stack of recurrent layers (RNN, GRU or LSTM), each in one or two directions, over the packed
+rows of :mod:`numbarnn._workspace`.
 
 The batch is split into blocks of sequences, and each (block, direction) is an independent *task* within a layer:
-its rows' input projection (one product over all its steps), then every time step (``h_{t-1} W_hh^T`` and a fused
-bias + activation epilogue); both products run against weights packed once per call (:mod:`numbarnn._panels`).
-:func:`rnn_forward` runs the tasks one after the other; :func:`rnn_forward_parallel` runs each layer's tasks on
-numba's threads, with single-threaded products inside, so threads meet once per layer, never per step.
+its rows' input projection (one product over all its steps, G * H columns), then every time step (``h_{t-1} W_hh^T``
+and the cell's fused epilogue, :mod:`numbarnn._cells`); the products run against weights packed once per call
+(:mod:`numbarnn._panels`). :func:`recurrent_forward` runs the tasks one after the other;
+:func:`recurrent_forward_parallel` runs each layer's tasks on numba's threads, with single-threaded products inside,
+so threads meet once per layer, never per step. The cell marker argument selects the cell at typing time: each cell
+is its own compiled (and cached) specialisation.
 """
 
 from numba import prange
 
-from ._activations import activate
+from ._cells import RnnCell, forward_epilogue
 from ._jit import jit
-from ._layout import B_HH, B_IH, NO_BIAS, W_HH, W_IH
+from ._layout import B_HH, B_IH, NO_BIAS, W_HH, W_HR, W_IH
 from ._loops import copy_2d, multiply_2d
 from ._panels import pack_panels, panel_matmul, panels_in
 
 
 @jit(inline=True)
-def weight_views(params, offsets, row, input_width, hidden_size):
-    """``(w_ih, w_hh)`` of one (layer, direction) row of the offset table, as (H, width) and (H, H) views."""
-    h = hidden_size
+def weight_views(params, offsets, row, gate_rows, input_width, state_width):
+    """``(w_ih, w_hh)`` of one (layer, direction) row of the offset table, as (G * H, width) and (G * H, P) views."""
     o_ih, o_hh = offsets[row, W_IH], offsets[row, W_HH]
-    return params[o_ih : o_ih + h * input_width].reshape((h, input_width)), params[o_hh : o_hh + h * h].reshape((h, h))
+    return (params[o_ih : o_ih + gate_rows * input_width].reshape((gate_rows, input_width)),
+            params[o_hh : o_hh + gate_rows * state_width].reshape((gate_rows, state_width)))
 
 
 @jit(inline=True)
-def bias_views(params, offsets, row, hidden_size, zeros):
-    """``(b_ih, b_hh)`` of one (layer, direction) row; ``zeros`` (H,) stands in for both when there is no bias."""
+def projection_view(params, offsets, row, state_width, hidden_size):
+    """An LSTM projection's ``w_hr`` (P, H) of one (layer, direction) row (only where it has one)."""
+    o_hr = offsets[row, W_HR]
+    return params[o_hr : o_hr + state_width * hidden_size].reshape((state_width, hidden_size))
+
+
+@jit(inline=True)
+def bias_views(params, offsets, row, gate_rows, zeros):
+    """``(b_ih, b_hh)`` of one (layer, direction) row; ``zeros`` (G * H,) stands in for both when there is no
+    bias."""
     if offsets[row, B_IH] == NO_BIAS:
         return zeros, zeros
     o_ih, o_hh = offsets[row, B_IH], offsets[row, B_HH]
-    return params[o_ih : o_ih + hidden_size], params[o_hh : o_hh + hidden_size]
+    return params[o_ih : o_ih + gate_rows], params[o_hh : o_hh + gate_rows]
+
+
+@jit(inline=True)
+def task_rows(per_layer, l, d, training, r0, r1, n0, n1):
+    """A task's rows of a buffer the forward keeps per layer in training, ``(num_layers, D, R, F)``, or uses as
+    per-step scratch in inference, ``(1, D, N, F)``."""
+    if training and per_layer.shape[0] > l:
+        return per_layer[l, d][r0:r1]
+    return per_layer[0, d][n0:n1]
 
 
 @jit(inline=True)
@@ -61,66 +80,74 @@ def apply_dropout(l, buffers, r0, r1):
 
 
 @jit(inline=True)
-def direction_forward(inputs, w_ih_panels, w_hh_panels, b_ih, b_hh, step_offsets, reverse, relu, z, step_tmp, h,
-                      h_prev, out, column):
+def direction_forward(cell, inputs, w_ih_panels, w_hh_panels, w_hr_panels, b_ih, b_hh, step_offsets, reverse, z,
+                      step_tmp, h, c, h_prev, c_prev, saved, h_full, out, column):
     """Run one direction of one layer over one block's rows.
 
     ``z`` receives the input projection; ``w_ih_panels`` and ``w_hh_panels`` hold W_ih.T and W_hh.T packed by
-    :func:`numbarnn._panels.pack_panels`; ``h`` (N_b, H) holds h_0 on entry and h_n on exit; ``h_prev``, when it
-    has rows, receives the state each step starts from (for the weight gradient); the outputs go to
-    ``out[:, column:column + H]``.
+    :func:`numbarnn._panels.pack_panels`; ``h`` (N_b, P) holds h_0 on entry and h_n on exit (an LSTM's ``c``
+    (N_b, H) likewise c_0 and c_n); ``h_prev`` (and ``c_prev``), when they have rows, receive the state each step
+    starts from (for the weight gradient), ``saved`` what the cell's backward reads (in training its rows are the
+    block's rows, else a step's scratch); the outputs go to ``out[:, column:column + P]``.
     """
     panel_matmul(inputs, w_ih_panels, z)
-    hidden = h.shape[1]
-    keep_h_prev = h_prev.shape[0] > 0
+    training = h_prev.shape[0] > 0
     steps = step_offsets.size - 1
     for s in range(steps):
         t = steps - 1 - s if reverse else s
         r0 = step_offsets[t]
         n = step_offsets[t + 1] - r0
-        if keep_h_prev:
+        if training:
             copy_2d(h[:n], h_prev[r0 : r0 + n])
+            copy_2d(c[:n], c_prev[r0 : r0 + n])
+            step_saved, step_full = saved[r0 : r0 + n], h_full[r0 : r0 + n]
+        else:
+            step_saved, step_full = saved[:n], h_full[:n]
         panel_matmul(h[:n], w_hh_panels, step_tmp[:n])
-        for i in range(n):
-            for j in range(hidden):
-                v = activate((z[r0 + i, j] + b_ih[j]) + (step_tmp[i, j] + b_hh[j]), relu)
-                h[i, j] = v
-                out[r0 + i, column + j] = v
+        forward_epilogue(cell, z[r0 : r0 + n], step_tmp[:n], b_ih, b_hh, h[:n], c[:n], step_saved, step_full,
+                         w_hr_panels, out[r0 : r0 + n], column)
 
 
 @jit(inline=True)
-def task_forward(l, task, params, offsets, packing, buffers, num_directions, relu):
+def task_forward(l, task, params, offsets, packing, buffers, num_directions, cell):
     """Direction ``task % D`` of layer ``l`` over block ``task // D``: the body both drivers run."""
     b, d = task // num_directions, task % num_directions
     r0, r1 = packing.block_rows[b], packing.block_rows[b + 1]
     n0, n1 = packing.block_batch[b], packing.block_batch[b + 1]
     row = l * num_directions + d
-    hidden = buffers.h_n.shape[2]
+    hidden, state, gates = buffers.c_n.shape[2], buffers.h_n.shape[2], buffers.z.shape[2]
+    training = buffers.h_prev.shape[2] > 0
     inputs = layer_input(l, buffers)
-    w_ih, w_hh = weight_views(params, offsets, row, inputs.shape[1], hidden)
-    b_ih, b_hh = bias_views(params, offsets, row, hidden, buffers.bias_zeros)
+    w_ih, w_hh = weight_views(params, offsets, row, gates, inputs.shape[1], state)
+    b_ih, b_hh = bias_views(params, offsets, row, gates, buffers.bias_zeros)
     w_hh_panels = buffers.w_hh_panels[task]
     pack_panels(w_hh.T, w_hh_panels)
-    w_ih_panels = panels_in(buffers.w_ih_panels[task], inputs.shape[1], hidden, w_hh_panels.shape[2])
+    w_ih_panels = panels_in(buffers.w_ih_panels[task], inputs.shape[1], gates, w_hh_panels.shape[2])
     pack_panels(w_ih.T, w_ih_panels)
+    w_hr_panels = buffers.w_hr_panels[task]
+    if offsets[row, W_HR] != NO_BIAS:
+        pack_panels(projection_view(params, offsets, row, state, hidden).T, w_hr_panels)
     out = layer_output(l, offsets.shape[0] // num_directions, buffers)
-    # h_prev has no rows in inference, and slicing keeps it empty
-    direction_forward(inputs[r0:r1], w_ih_panels, w_hh_panels, b_ih, b_hh, packing.step_offsets[b], d == 1, relu,
-                      buffers.z[d][r0:r1], buffers.step_tmp[d][n0:n1], buffers.h_n[row][n0:n1],
-                      buffers.h_prev[l, d][r0:r1], out[r0:r1], d * hidden)
+    # h_prev and c_prev have no rows in inference, and slicing keeps them empty
+    direction_forward(cell, inputs[r0:r1], w_ih_panels, w_hh_panels, w_hr_panels, b_ih, b_hh,
+                      packing.step_offsets[b], d == 1, buffers.z[d][r0:r1], buffers.step_tmp[d][n0:n1],
+                      buffers.h_n[row][n0:n1], buffers.c_n[row][n0:n1], buffers.h_prev[l, d][r0:r1],
+                      buffers.c_prev[l, d][r0:r1], task_rows(buffers.saved, l, d, training, r0, r1, n0, n1),
+                      task_rows(buffers.h_full, l, d, training, r0, r1, n0, n1), out[r0:r1], d * state)
 
 
 @jit
-def rnn_forward(params, offsets, packing, buffers, num_directions, relu):
-    """Forward pass of a stacked (bi)directional RNN over packed rows, one task after the other.
+def recurrent_forward(params, offsets, packing, buffers, num_directions, cell):
+    """Forward pass of a stacked (bi)directional recurrent network over packed rows, one task after the other.
 
     Parameters
     ----------
-    params : (P,) flat parameters; ``offsets`` (num_layers * D, 4) locates each one (:mod:`numbarnn._layout`).
+    params : (P,) flat parameters; ``offsets`` (num_layers * D, 5) locates each one (:mod:`numbarnn._layout`).
     packing : :class:`numbarnn._workspace.Packing` of the batch.
-    buffers : :class:`numbarnn._workspace.ForwardBuffers`; ``x_rows``, ``h_n`` (holding h_0) and, with dropout,
-        ``dropout_scale`` are read; ``top_out`` and ``h_n`` are the results.
-    num_directions : 1 or 2; relu : bool, else tanh.
+    buffers : :class:`numbarnn._workspace.ForwardBuffers`; ``x_rows``, ``h_n`` (holding h_0), an LSTM's ``c_n``
+        (holding c_0) and, with dropout, ``dropout_scale`` are read; ``top_out``, ``h_n`` and ``c_n`` are the
+        results.
+    num_directions : 1 or 2; cell : the cell marker (:mod:`numbarnn._cells`).
     """
     num_layers = offsets.shape[0] // num_directions
     tasks = (packing.block_batch.size - 1) * num_directions
@@ -128,12 +155,12 @@ def rnn_forward(params, offsets, packing, buffers, num_directions, relu):
         for b in range(packing.block_batch.size - 1):
             apply_dropout(l, buffers, packing.block_rows[b], packing.block_rows[b + 1])
         for task in range(tasks):
-            task_forward(l, task, params, offsets, packing, buffers, num_directions, relu)
+            task_forward(l, task, params, offsets, packing, buffers, num_directions, cell)
 
 
 @jit(parallel=True)
-def rnn_forward_parallel(params, offsets, packing, buffers, num_directions, relu):
-    """:func:`rnn_forward` with each layer's tasks on numba's threads (call with single-threaded BLAS)."""
+def recurrent_forward_parallel(params, offsets, packing, buffers, num_directions, cell):
+    """:func:`recurrent_forward` with each layer's tasks on numba's threads (call with single-threaded BLAS)."""
     num_layers = offsets.shape[0] // num_directions
     blocks = packing.block_batch.size - 1
     tasks = blocks * num_directions
@@ -142,4 +169,14 @@ def rnn_forward_parallel(params, offsets, packing, buffers, num_directions, relu
             for b in prange(blocks):
                 apply_dropout(l, buffers, packing.block_rows[b], packing.block_rows[b + 1])
         for task in prange(tasks):
-            task_forward(l, task, params, offsets, packing, buffers, num_directions, relu)
+            task_forward(l, task, params, offsets, packing, buffers, num_directions, cell)
+
+
+def rnn_forward(params, offsets, packing, buffers, num_directions, relu):
+    """:func:`recurrent_forward` of an Elman RNN (tanh, or relu if ``relu``)."""
+    recurrent_forward(params, offsets, packing, buffers, num_directions, RnnCell(bool(relu)))
+
+
+def rnn_forward_parallel(params, offsets, packing, buffers, num_directions, relu):
+    """:func:`recurrent_forward_parallel` of an Elman RNN."""
+    recurrent_forward_parallel(params, offsets, packing, buffers, num_directions, RnnCell(bool(relu)))

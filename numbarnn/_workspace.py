@@ -21,39 +21,77 @@ from collections import namedtuple
 import numba
 import numpy as np
 
+from ._cells import GATES, SAVED, cell_marker
 from ._panels import panel_shape
 
 Packing = namedtuple("Packing", ["order", "block_batch", "block_rows", "step_offsets"])
 
-# What the kernels need to know of a module: sizes, dtype and activation.
-Spec = namedtuple("Spec", ["input_size", "hidden_size", "num_layers", "num_directions", "dtype", "relu"])
+# What the kernels need to know of a module: sizes, dtype, activation (RNN), cell ("rnn", "gru" or "lstm") and an
+# LSTM's projection size (0: none).
+Spec = namedtuple("Spec", ["input_size", "hidden_size", "num_layers", "num_directions", "dtype", "relu", "cell",
+                           "proj_size"], defaults=("rnn", 0))
+
+
+def state_size(spec):
+    """P, the width of h (and of each direction's output): the projection's size, or H."""
+    return spec.proj_size if spec.proj_size > 0 else spec.hidden_size
+
+
+def marker(spec):
+    """The cell marker the kernels receive (:mod:`numbarnn._cells`)."""
+    return cell_marker(spec.cell, spec.relu)
 
 ForwardBuffers = namedtuple("ForwardBuffers", [
     "x_rows",         # (R, H_in) packed input
-    "dropout_scale",  # (num_layers - 1, R, D * H) inter-layer masks divided by 1 - p, or 0 layers without dropout
-    "layer_in",       # (num_layers - 1, R, D * H) dropped-out inputs of layers 1..., or 0 layers without dropout
-    "layer_out",      # (K, R, D * H) outputs of all but the last layer; layer l writes layer_out[l % K]
-    "h_prev",         # (num_layers, D, R, H) state each step starts from (training), or (num_layers, D, 0, H)
-    "z",              # (D, R, H) input projections
-    "step_tmp",       # (D, N, H) the per-step product h_{t-1} W_hh^T
-    "w_hh_panels",    # (B * D, *panel_shape(H, H)) each task's W_hh^T packed into panels (numbarnn._panels)
-    "w_ih_panels",    # (B * D, size of panel_shape(max(H_in, D * H), H)) each task's W_ih^T in panels, flat
-    "bias_zeros",     # (H,) zeros, read in place of the biases of a module without them
-    "top_out",        # (R, D * H) the last layer's output rows
-    "h_n",            # (num_layers * D, N, H) h_0 on entry, h_n on exit, batch in packed order
+    "dropout_scale",  # (num_layers - 1, R, D * P) inter-layer masks divided by 1 - p, or 0 layers without dropout
+    "layer_in",       # (num_layers - 1, R, D * P) dropped-out inputs of layers 1..., or 0 layers without dropout
+    "layer_out",      # (K, R, D * P) outputs of all but the last layer; layer l writes layer_out[l % K]
+    "h_prev",         # (num_layers, D, R, P) state each step starts from (training), or (num_layers, D, 0, P)
+    "z",              # (D, R, G * H) input projections
+    "step_tmp",       # (D, N, G * H) the per-step product h_{t-1} W_hh^T
+    "w_hh_panels",    # (B * D, *panel_shape(P, G * H)) each task's W_hh^T packed into panels (numbarnn._panels)
+    "w_ih_panels",    # (B * D, size of panel_shape(max(H_in, D * P), G * H)) each task's W_ih^T in panels, flat
+    "bias_zeros",     # (G * H,) zeros, read in place of the biases of a module without them
+    "top_out",        # (R, D * P) the last layer's output rows
+    "h_n",            # (num_layers * D, N, P) h_0 on entry, h_n on exit, batch in packed order
+    "c_n",            # (num_layers * D, N, H) an LSTM's c_0 on entry, c_n on exit; (num_layers * D, 0, H) otherwise
+    "c_prev",         # (num_layers, D, R, H) an LSTM's c each step starts from (training), else no rows
+    "saved",          # (num_layers, D, R, S * H) the gates the backward reads (training), or (1, D, N, S * H) scratch
+    "h_full",         # (num_layers or 1, D, R or N, H) an LSTM projection's o * tanh(c), else (1, D, 0, H)
+    "w_hr_panels",    # (B * D, *panel_shape(H, P)) each task's W_hr^T in panels (projection), else no panels
 ])
 
 BackwardBuffers = namedtuple("BackwardBuffers", [
-    "grad_output",     # (R, D * H) gradient of the top output rows
-    "grad_h",          # (num_layers * D, N, H) gradient of h_n on entry, of h_0 on exit, batch in packed order
+    "grad_output",     # (R, D * P) gradient of the top output rows
+    "grad_h",          # (num_layers * D, N, P) gradient of h_n on entry, of h_0 on exit, batch in packed order
     "grad_x",          # (R, H_in) gradient of the input rows, or (0, H_in) to skip it
-    "grad_layer",      # (R, D * H) gradient flowing between layers
-    "dz",              # (D, R, H) gradient of the pre-activations
-    "grad_input_tmp",  # (D, R * max(H_in, D * H)) each direction's partial input gradient (bidirectional), or (D, 0)
-    "weight_tmp",      # (B * D, H * max(H_in, D * H, H)) each task's weight-gradient product
-    "w_hh_panels",     # (B * D, *panel_shape(H, H)) each task's W_hh packed into panels (numbarnn._panels)
-    "w_ih_panels",     # (B * D, size of panel_shape(H, max(H_in, D * H))) each task's W_ih in panels, flat
-    "grad_partial",    # (B, P) each block's parameter gradients, summed into the module's after the pass
+    "grad_layer",      # (R, D * P) gradient flowing between layers
+    "dz",              # (D, R, G * H) gradient of the pre-activations (of the recurrent side, for the GRU)
+    "grad_input_tmp",  # (D, R * max(H_in, D * P)) each direction's partial input gradient (bidirectional), or (D, 0)
+    "weight_tmp",      # (B * D, G * H * max(H_in, D * P, P)) each task's weight-gradient product
+    "w_hh_panels",     # (B * D, *panel_shape(G * H, P)) each task's W_hh packed into panels (numbarnn._panels)
+    "w_ih_panels",     # (B * D, size of panel_shape(G * H, max(H_in, D * P))) each task's W_ih in panels, flat
+    "grad_partial",    # (B, P_total) each block's parameter gradients, summed into the module's after the pass
+    "grad_c",          # (num_layers * D, N, H) an LSTM's gradient of c_n on entry, of c_0 on exit; else no rows
+    "dz_in",           # (D, R, G * H) the GRU's input-side pre-activation gradient (n differs), else no rows
+    "step_tmp",        # (D, N, H) per-step scratch of the gated cells, else no rows
+    "dh_proj",         # (D, R, P) an LSTM projection's output gradient, else no rows
+    "w_hr_panels",     # (B * D, *panel_shape(P, H)) each task's W_hr in panels (projection), else no panels
+])
+
+StepBuffers = namedtuple("StepBuffers", [
+    "x",            # (N, H_in) the step's input, C-contiguous
+    "h",            # (num_layers, N, P) the states before the step on entry, after it on exit
+    "c",            # (num_layers, N, H) an LSTM's cell states, likewise; (num_layers, 0, H) otherwise
+    "z",            # (N, G * H) scratch: the input's products
+    "tmp",          # (N, G * H) scratch: the state's products
+    "saved",        # (N, S * H) what a cell's backward reads (the last layer's)
+    "h_full",       # (N, H) an LSTM projection's o * tanh(c), else (0, H)
+    "w_hr_panels",  # W_hr^T in panels (projection), else no panels
+    "zeros",        # (G * H,) zeros, read in place of the biases of a module without them
+    "out",          # (N, P) the last layer's new state
+    "h_prev",       # (N, P) a one-layer cell's state before the step (training, for backward), else (0, P)
+    "c_prev",       # (N, H) an LSTM cell's c before the step (training), else (0, H)
 ])
 
 # Below this many multiply-adds per call a second block costs more (a parallel region, smaller products) than it
@@ -71,15 +109,16 @@ def max_blocks():
     return max(1, numba.config.NUMBA_NUM_THREADS)
 
 
-def block_count(batch, steps, input_size, hidden_size, num_layers, num_directions):
+def block_count(batch, steps, input_size, hidden_size, num_layers, num_directions, gates=1):
     """How many independent blocks to split a batch of ``batch`` sequences into, from the multiply-adds of a
-    forward pass (roughly: every layer's recurrent product, plus the first layer's input projection).
+    forward pass (roughly: every layer's recurrent product, plus the first layer's input projection, each of
+    ``gates`` * H columns).
 
     Each (block, direction) is a task, so a bidirectional stack needs only half as many blocks to give every thread
     one; fewer blocks mean more rows per step product (medium_bi on 2 threads, one block instead of two: forward
     88 -> 83 ms, training 260 -> 252 ms).
     """
-    work = steps * batch * hidden_size * (input_size + hidden_size * num_layers * num_directions)
+    work = steps * batch * gates * hidden_size * (input_size + hidden_size * num_layers * num_directions)
     if batch < 2 or work < 2 * MIN_WORK_PER_BLOCK:
         return 1
     return int(min(-(-max_blocks() // num_directions), batch, work // MIN_WORK_PER_BLOCK))
@@ -147,22 +186,32 @@ def forward_buffers(spec, packing, training, dropped, x_rows=None):
     """
     input_size, hidden, layers, directions, dtype = spec[:5]
     rows, batch, blocks = packing_rows(packing), packing.order.size, block_total(packing)
-    width = directions * hidden
+    state = state_size(spec)
+    width = directions * state
+    gates = GATES[spec.cell] * hidden
+    lstm, projected = spec.cell == "lstm", spec.proj_size > 0
     empty = np.empty
     return ForwardBuffers(
         x_rows=empty((rows, input_size), dtype) if x_rows is None else x_rows,
         dropout_scale=empty((dropped, rows, width), dtype),
         layer_in=empty((dropped, rows, width), dtype),
         layer_out=empty((layers - 1 if training else min(layers - 1, 2), rows, width), dtype),
-        h_prev=empty((layers, directions, rows if training else 0, hidden), dtype),
-        z=empty((directions, rows, hidden), dtype),
-        step_tmp=empty((directions, batch, hidden), dtype),
-        w_hh_panels=empty((blocks * directions, *panel_shape(hidden, hidden, dtype)), dtype),
-        w_ih_panels=empty((blocks * directions, int(np.prod(panel_shape(max(input_size, width), hidden, dtype)))),
+        h_prev=empty((layers, directions, rows if training else 0, state), dtype),
+        z=empty((directions, rows, gates), dtype),
+        step_tmp=empty((directions, batch, gates), dtype),
+        w_hh_panels=empty((blocks * directions, *panel_shape(state, gates, dtype)), dtype),
+        w_ih_panels=empty((blocks * directions, int(np.prod(panel_shape(max(input_size, width), gates, dtype)))),
                           dtype),
-        bias_zeros=np.zeros(hidden, dtype),
+        bias_zeros=np.zeros(gates, dtype),
         top_out=empty((rows, width), dtype),
-        h_n=empty((layers * directions, batch, hidden), dtype),
+        h_n=empty((layers * directions, batch, state), dtype),
+        c_n=empty((layers * directions, batch if lstm else 0, hidden), dtype),
+        c_prev=empty((layers, directions, rows if training and lstm else 0, hidden), dtype),
+        saved=empty((layers, directions, rows, SAVED[spec.cell] * hidden) if training
+                    else (1, directions, batch, SAVED[spec.cell] * hidden), dtype),
+        h_full=empty((layers if training else 1, directions, rows if training else batch, hidden) if projected
+                     else (1, directions, 0, hidden), dtype),
+        w_hr_panels=empty((blocks * directions, *panel_shape(hidden, spec.proj_size, dtype)), dtype),
     )
 
 
@@ -171,21 +220,62 @@ def backward_buffers(spec, packing, parameter_count, need_input_grad):
     ``need_input_grad``."""
     input_size, hidden, layers, directions, dtype = spec[:5]
     rows, batch, blocks = packing_rows(packing), packing.order.size, block_total(packing)
-    width = directions * hidden
+    state = state_size(spec)
+    width = directions * state
+    gates = GATES[spec.cell] * hidden
+    lstm, gated, projected = spec.cell == "lstm", spec.cell != "rnn", spec.proj_size > 0
     empty = np.empty
     return BackwardBuffers(
         grad_output=empty((rows, width), dtype),
-        grad_h=empty((layers * directions, batch, hidden), dtype),
+        grad_h=empty((layers * directions, batch, state), dtype),
         grad_x=empty((rows if need_input_grad else 0, input_size), dtype),
         grad_layer=empty((rows, width), dtype),
-        dz=empty((directions, rows, hidden), dtype),
+        dz=empty((directions, rows, gates), dtype),
         grad_input_tmp=empty((directions, rows * max(input_size, width) if directions == 2 else 0), dtype),
-        weight_tmp=empty((blocks * directions, hidden * max(input_size, width, hidden)), dtype),
-        w_hh_panels=empty((blocks * directions, *panel_shape(hidden, hidden, dtype)), dtype),
-        w_ih_panels=empty((blocks * directions, int(np.prod(panel_shape(hidden, max(input_size, width), dtype)))),
+        weight_tmp=empty((blocks * directions, max(gates * max(input_size, width, state), spec.proj_size * hidden)),
+                         dtype),
+        w_hh_panels=empty((blocks * directions, *panel_shape(gates, state, dtype)), dtype),
+        w_ih_panels=empty((blocks * directions, int(np.prod(panel_shape(gates, max(input_size, width), dtype)))),
                           dtype),
         grad_partial=empty((partial_blocks(packing), parameter_count), dtype),
+        grad_c=empty((layers * directions, batch if lstm else 0, hidden), dtype),
+        dz_in=empty((directions, rows if spec.cell == "gru" else 0, gates), dtype),
+        step_tmp=empty((directions, batch if gated else 0, hidden), dtype),
+        dh_proj=empty((directions, rows if projected else 0, state), dtype),
+        w_hr_panels=empty((blocks * directions, *panel_shape(spec.proj_size, hidden, dtype)), dtype),
     )
+
+
+def step_buffers(spec, x, h, c, keep):
+    """The arguments of :func:`numbarnn._step.stacked_step` for ``spec`` and the step input ``x`` (N, H_in): copies
+    of the states ``h`` (num_layers, N, P) and an LSTM's ``c`` (num_layers, N, H) (None: zeros), so the caller's
+    arrays are never written. ``keep`` also copies the states entering the step (a one-layer cell's training
+    call, for :func:`numbarnn._engine.step_record`)."""
+    dtype, hidden, layers = spec.dtype, spec.hidden_size, spec.num_layers
+    batch, state = x.shape[0], state_size(spec)
+    gates = GATES[spec.cell] * hidden
+    lstm, projected = spec.cell == "lstm", spec.proj_size > 0
+    h = np.zeros((layers, batch, state), dtype) if h is None else np.array(h, dtype, order="C")
+    if lstm:
+        c = np.zeros((layers, batch, hidden), dtype) if c is None else np.array(c, dtype, order="C")
+    else:
+        c = np.empty((layers, 0, hidden), dtype)
+    empty = np.empty
+    return StepBuffers(
+        x=np.array(x, order="C") if keep else np.ascontiguousarray(x), h=h, c=c, z=empty((batch, gates), dtype), tmp=empty((batch, gates), dtype),
+        saved=empty((batch, SAVED[spec.cell] * hidden), dtype),
+        h_full=empty((batch if projected else 0, hidden), dtype),
+        w_hr_panels=empty(panel_shape(hidden, spec.proj_size, dtype), dtype),
+        zeros=_zeros(gates, dtype), out=empty((batch, state), dtype),
+        h_prev=h[0].copy() if keep else empty((0, state), dtype),
+        c_prev=c[0].copy() if keep and lstm else empty((0, hidden), dtype),
+    )
+
+
+@functools.lru_cache(maxsize=32)
+def _zeros(size, dtype):
+    """Zeros the kernels read in place of absent biases (shared: never written)."""
+    return np.zeros(size, dtype)
 
 
 class ScratchPool:

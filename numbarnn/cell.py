@@ -1,4 +1,4 @@
-"""``numbarnn.RNNCell``: one step of an Elman RNN with ``torch.nn.RNNCell``'s surface, and a tape for BPTT."""
+"""``numbarnn.RNNCell``, ``LSTMCell`` and ``GRUCell``: one step with torch's cells' surface, and a tape for BPTT."""
 
 import threading
 import warnings
@@ -6,13 +6,12 @@ import warnings
 import numpy as np
 
 from . import _engine as engine
-from ._engine import Record
+from ._cells import GATES
 from ._layout import build_layout
 from ._module import Module
-from ._step import stacked_step
+from ._step import cell_step
 from ._validation import as_array, check_nonlinearity, check_size
-from ._workspace import Spec, equal_length_packing, forward_buffers
-from .rnn import _zeros
+from ._workspace import Spec, marker, step_buffers
 
 # A training-mode cell records every call until backward() consumes it; past this many unconsumed calls it warns
 # once, since a cell used for inference without eval() would otherwise grow memory without bound.
@@ -22,49 +21,37 @@ _TORCH_NAMES = {"weight_ih_l0": "weight_ih", "weight_hh_l0": "weight_hh", "bias_
                 "bias_hh_l0": "bias_hh"}
 
 
-class RNNCell(Module):
-    r"""One Elman RNN step, :math:`h' = \tanh(x W_{ih}^T + b_{ih} + h W_{hh}^T + b_{hh})`, like ``torch.nn.RNNCell``.
+class CellBase(Module):
+    """What RNNCell, LSTMCell and GRUCell share: parameters, argument checks, the one-step kernel and the tape.
 
-    Parameters
-    ----------
-    input_size : int
-        H_in, features of the input.
-    hidden_size : int
-        H_out, features of the hidden state.
-    bias : bool, default True
-    nonlinearity : {'tanh', 'relu'}, default 'tanh'
-        Checked here, in the constructor (torch checks it only at the first call).
-    dtype : np.float32 or np.float64, keyword-only, default np.float32
-    seed : int or np.random.Generator, keyword-only, optional
-        Seeds the initialisation U(-1/sqrt(H_out), 1/sqrt(H_out)).
-
-    Attributes
-    ----------
-    weight_ih (H_out, H_in), weight_hh (H_out, H_out), bias_ih, bias_hh (H_out,) : ndarray
-        Also in ``params``; their gradients in ``grads``.
-    training : bool
-        In training mode (the default) each call is recorded on a tape, and each :meth:`backward` consumes the most
-        recent unconsumed call (last in, first out), so ``for x_t in X: h = cell(x_t, h)`` is trained by calling
-        ``backward`` for the steps in reverse order. In eval mode nothing is recorded. :meth:`zero_grad` clears the
-        gradients only (so torch's order forward, ``zero_grad``, backward, step works); the tape is dropped by the
-        backwards consuming it, by :meth:`eval` or by :meth:`clear_tape`. A warning is issued once the tape holds
-        ``TAPE_WARNING_LENGTH`` unconsumed calls.
+    Subclasses set ``_CELL`` and ``_NAME``; an LSTM cell's state is the tuple (h, c).
     """
 
+    _CELL = "rnn"
+    _NAME = "RNNCell"
     _TRANSIENT = {"_tape": list, "_warned_tape": False, "_tape_owner": None, "_tape_lock": threading.Lock}
+    nonlinearity = "tanh"
 
-    def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh", *, dtype=np.float32, seed=None):
+    def _setup(self, input_size, hidden_size, bias, dtype, seed):
         self.input_size = check_size(input_size, "input_size")
         self.hidden_size = check_size(hidden_size, "hidden_size")
         self.bias = bool(bias)
-        self.nonlinearity = check_nonlinearity(nonlinearity)
-        entries, self._offsets, total = build_layout(self.input_size, self.hidden_size, 1, 1, self.bias)
+        entries, self._offsets, total = build_layout(self.input_size, self.hidden_size, 1, 1, self.bias,
+                                                     GATES[self._CELL])
         entries = [(_TORCH_NAMES[name], offset, shape) for name, offset, shape in entries]
         self._init_parameters(entries, total, dtype, 1.0 / np.sqrt(self.hidden_size), np.random.default_rng(seed))
         self._tape = []
         self._warned_tape = False
         self._tape_owner = None  # the thread whose calls the tape holds: one thread trains a cell at a time
         self._tape_lock = threading.Lock()
+
+    @property
+    def _lstm(self):
+        return self._CELL == "lstm"
+
+    @property
+    def _spec(self):
+        return Spec(self.input_size, self.hidden_size, 1, 1, self.dtype, self.nonlinearity == "relu", self._CELL)
 
     def extra_repr(self):
         extra = f"{self.input_size}, {self.hidden_size}"
@@ -84,67 +71,75 @@ class RNNCell(Module):
         ----------
         input : ndarray
             (N, H_in) or unbatched (H_in,), of the module dtype.
-        hx : ndarray, optional
-            (N, H_out) or (H_out,); zeros when omitted.
+        hx : ndarray, or for an LSTM cell a tuple (h, c), optional
+            (N, H_out) or (H_out,) (each part); zeros when omitted.
 
         Returns
         -------
-        h' : ndarray
+        h' : ndarray, or for an LSTM cell a tuple (h', c')
             (N, H_out) or (H_out,).
         """
         x = np.asarray(input)
         if x.ndim not in (1, 2):
-            raise ValueError(f"RNNCell: Expected input to be 1D or 2D, got {x.ndim}D instead")
+            raise ValueError(f"{self._NAME}: Expected input to be 1D or 2D, got {x.ndim}D instead")
+        parts = None
         if hx is not None:
-            hx = np.asarray(hx)
-            if hx.ndim not in (1, 2):
-                raise ValueError(f"RNNCell: Expected hidden to be 1D or 2D, got {hx.ndim}D instead")
+            if self._lstm and (not isinstance(hx, (tuple, list)) or len(hx) != 2):
+                raise TypeError(f"LSTMCell: hx must be a tuple (h, c) of two arrays, as for torch.nn.LSTMCell, "
+                                f"got {type(hx).__name__}")
+            parts = [np.asarray(part) for part in (hx if self._lstm else (hx,))]
+            for index, part in enumerate(parts):
+                if part.ndim not in (1, 2):
+                    what = f"hx[{index}]" if self._lstm else "hidden"
+                    raise ValueError(f"{self._NAME}: Expected {what} to be 1D or 2D, got {part.ndim}D instead")
         x = as_array(input, "input", self.dtype)  # the original object: the fix it names depends on it
         if x.shape[-1] != self.input_size:
             raise ValueError(f"input has inconsistent input_size: got {x.shape[-1]} expected {self.input_size}")
         batched = x.ndim == 2
         x = x if batched else x[None]
         batch = x.shape[0]
-        if hx is not None:
-            hx = as_array(hx, "hx", self.dtype)
-            if hx.ndim != (2 if batched else 1):
-                raise ValueError(
-                    f"RNNCell: input is {2 if batched else 1}-D but hx is {hx.ndim}-D; give both batched "
-                    "(N, H) or both unbatched (H,)"
-                )
-            hx = hx if batched else hx[None]
-            if hx.shape[0] != batch:
-                raise ValueError(f"Input batch size {batch} doesn't match hidden0 batch size {hx.shape[0]}")
-            if hx.shape[1] != self.hidden_size:
-                raise ValueError(
-                    f"hidden0 has inconsistent hidden_size: got {hx.shape[1]}, expected {self.hidden_size}"
-                )
-        hidden = self.hidden_size
-        state = np.zeros((1, batch, hidden), self.dtype) if hx is None else hx.reshape(1, batch, hidden).copy()
-        x_rows = x if x.flags.c_contiguous else np.ascontiguousarray(x)
-        output = np.empty((batch, hidden), self.dtype)  # the kernel leaves h' here
-        # The tape keeps its own copies: the caller may reuse or modify its arrays before backward().
-        h_start = state[0].copy() if self.training else None  # the kernel advances `state` in place
-        stacked_step(self._param_flat, self._offsets, x_rows, state, self.nonlinearity == "relu",
-                     _zeros(hidden, self.dtype), output)
+        states = [None, None]
+        if parts is not None:
+            originals = hx if self._lstm else (hx,)
+            for index, original in enumerate(originals):
+                name = f"hx[{index}]" if self._lstm else "hx"
+                part = as_array(original, name, self.dtype)
+                if part.ndim != (2 if batched else 1):
+                    raise ValueError(
+                        f"{self._NAME}: input is {2 if batched else 1}-D but {name} is {part.ndim}-D; give both "
+                        "batched (N, H) or both unbatched (H,)"
+                    )
+                part = part if batched else part[None]
+                if part.shape[0] != batch:
+                    raise ValueError(f"Input batch size {batch} doesn't match hidden{index} batch size {part.shape[0]}")
+                if part.shape[1] != self.hidden_size:
+                    raise ValueError(f"hidden{index} has inconsistent hidden_size: got {part.shape[1]}, expected "
+                                     f"{self.hidden_size}")
+                states[index] = part[None]
+        step = step_buffers(self._spec, x, states[0], states[1], keep=self.training)
+        cell_step(self._param_flat, self._offsets, marker(self._spec), step)
         if self.training:
-            self._record(x_rows.copy() if x_rows is x else x_rows, h_start, output.copy(), batched)
-        return output if batched else output[0]
+            # the tape keeps what the backward reads (its own copies: the caller may change the arrays it gets)
+            self._record(step._replace(h=None, c=None, z=None, tmp=None, out=step.out.copy()), batched)
+        result = (step.out, step.c[0]) if self._lstm else (step.out,)
+        result = tuple(part if batched else part[0] for part in result)
+        return result if self._lstm else result[0]
 
     def backward(self, grad_h):
         """Backpropagate through the most recent unconsumed call.
 
         Parameters
         ----------
-        grad_h : ndarray
-            Gradient with respect to that call's output h', same shape.
+        grad_h : ndarray, or for an LSTM cell a tuple (grad_h, grad_c)
+            Gradient with respect to that call's output h' (and c'), same shape (either part of an LSTM cell's tuple
+            may be None for zeros).
 
         Returns
         -------
         grad_input : ndarray
             Gradient with respect to that call's input, same shape.
-        grad_hx : ndarray
-            Gradient with respect to that call's hx (also when hx was omitted), shaped like h'.
+        grad_hx : ndarray, or for an LSTM cell a tuple
+            Gradient with respect to that call's hx (also when hx was omitted), shaped like h' (and c').
         """
         self._check_tape_owner("backward")
         if not self._tape:
@@ -158,30 +153,37 @@ class RNNCell(Module):
                 "mode since its tape was last emptied (each backward consumes one call, most recent first); run the "
                 "forward steps again"
             )
-        x_rows, h_prev, top_out, batched = self._tape[-1]
-        batch, hidden = top_out.shape
-        grad = as_array(grad_h, "grad_h", self.dtype)
+        step, batched = self._tape[-1]
+        batch, hidden = step.out.shape
+        if self._lstm:
+            if not isinstance(grad_h, (tuple, list)) or len(grad_h) != 2:
+                raise TypeError("LSTMCell.backward takes the tuple (grad_h, grad_c) of the gradients of h' and c', "
+                                f"got {type(grad_h).__name__}")
+            names, parts = ("grad_h", "grad_c"), list(grad_h)
+        else:
+            names, parts = ("grad_h",), [grad_h]
         expected = (batch, hidden) if batched else (hidden,)
-        if grad.shape != expected:
-            raise ValueError(
-                f"grad_h must have shape {expected} (the shape of the output of the call being backpropagated), "
-                f"got {grad.shape}"
-            )
+        for index, (name, part) in enumerate(zip(names, parts, strict=True)):
+            if part is None:
+                continue
+            part = as_array(part, name, self.dtype)
+            if part.shape != expected:
+                raise ValueError(
+                    f"{name} must have shape {expected} (the shape of the output of the call being backpropagated), "
+                    f"got {part.shape}"
+                )
+            parts[index] = part.reshape(1, batch, hidden)
         with self._tape_lock:
             self._tape.pop()
             if not self._tape:
                 self._tape_owner = None
-        spec = Spec(self.input_size, hidden, 1, 1, self.dtype, self.nonlinearity == "relu")
-        packing = equal_length_packing(1, batch, 1)
-        forward = forward_buffers(spec, packing, training=True, dropped=0, x_rows=x_rows)
-        forward.h_prev[0, 0] = h_prev
-        forward.top_out[...] = top_out
-        record = Record(spec, packing, forward, 1, batch)
-        grad_x, grad_hx, _ = engine.backward(self._param_flat, self._offsets, record, grad.reshape(1, batch, hidden),
-                                             None, self._grad_flat, need_input_grad=True, batch_first=False)
-        if not batched:
-            return grad_x[0, 0], grad_hx[0, 0]
-        return grad_x[0], grad_hx[0]
+        record = engine.step_record(self._spec, step)
+        grad_h_n = (None, parts[1]) if self._lstm else None
+        grad_x, grad_hx, _ = engine.backward(self._param_flat, self._offsets, record, parts[0], grad_h_n,
+                                             self._grad_flat, need_input_grad=True, batch_first=False)
+        grad_hx = tuple(p[0] if batched else p[0, 0] for p in (grad_hx if self._lstm else (grad_hx,)))
+        grad_x = grad_x[0] if batched else grad_x[0, 0]
+        return grad_x, (grad_hx if self._lstm else grad_hx[0])
 
     def clear_tape(self):
         """Drop every recorded call that no :meth:`backward` has consumed (a truncated BPTT window, say)."""
@@ -207,16 +209,112 @@ class RNNCell(Module):
             self.clear_tape()
         return super().train(mode)
 
-    def _record(self, x_rows, h_prev, top_out, batched):
+    def _record(self, step, batched):
         with self._tape_lock:
             self._check_tape_owner("forward")
             self._tape_owner = threading.get_ident()
-            self._tape.append((x_rows, h_prev, top_out, batched))
+            self._tape.append((step, batched))
         if len(self._tape) >= TAPE_WARNING_LENGTH and not self._warned_tape:
             self._warned_tape = True
             warnings.warn(
-                f"RNNCell in training mode has recorded {len(self._tape)} calls that no backward() consumed; for "
-                "inference call cell.eval() (which records nothing), or call cell.clear_tape() to drop the tape",
+                f"{self._NAME} in training mode has recorded {len(self._tape)} calls that no backward() consumed; "
+                "for inference call cell.eval() (which records nothing), or call cell.clear_tape() to drop the tape",
                 RuntimeWarning,
                 stacklevel=3,
             )
+
+
+_TRAINING_DOC = """    training : bool
+        In training mode (the default) each call is recorded on a tape, and each :meth:`backward` consumes the most
+        recent unconsumed call (last in, first out), so ``for x_t in X: h = cell(x_t, h)`` is trained by calling
+        ``backward`` for the steps in reverse order. In eval mode nothing is recorded. :meth:`zero_grad` clears the
+        gradients only (so torch's order forward, ``zero_grad``, backward, step works); the tape is dropped by the
+        backwards consuming it, by :meth:`eval` or by :meth:`clear_tape`. A warning is issued once the tape holds
+        ``TAPE_WARNING_LENGTH`` unconsumed calls.
+"""
+
+
+class RNNCell(CellBase):
+    __doc__ = r"""One Elman RNN step, :math:`h' = \tanh(x W_{ih}^T + b_{ih} + h W_{hh}^T + b_{hh})`, like
+    ``torch.nn.RNNCell``.
+
+    Parameters
+    ----------
+    input_size : int
+        H_in, features of the input.
+    hidden_size : int
+        H_out, features of the hidden state.
+    bias : bool, default True
+    nonlinearity : {'tanh', 'relu'}, default 'tanh'
+        Checked here, in the constructor (torch checks it only at the first call).
+    dtype : np.float32 or np.float64, keyword-only, default np.float32
+    seed : int or np.random.Generator, keyword-only, optional
+        Seeds the initialisation U(-1/sqrt(H_out), 1/sqrt(H_out)).
+
+    Attributes
+    ----------
+    weight_ih (H_out, H_in), weight_hh (H_out, H_out), bias_ih, bias_hh (H_out,) : ndarray
+        Also in ``params``; their gradients in ``grads``.
+""" + _TRAINING_DOC
+
+    def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh", *, dtype=np.float32, seed=None):
+        self.nonlinearity = check_nonlinearity(nonlinearity)
+        self._setup(input_size, hidden_size, bias, dtype, seed)
+
+
+class LSTMCell(CellBase):
+    __doc__ = r"""One LSTM step, like ``torch.nn.LSTMCell``: gates i, f, g, o of
+    :math:`x W_{ih}^T + b_{ih} + h W_{hh}^T + b_{hh}`, :math:`c' = f c + i g`, :math:`h' = o \tanh(c')`.
+    ``cell(x, (h, c))`` returns ``(h', c')``; ``cell.backward((grad_h, grad_c))`` returns
+    ``grad_x, (grad_h, grad_c)``.
+
+    Parameters
+    ----------
+    input_size : int
+        H_in.
+    hidden_size : int
+        H, features of h and c.
+    bias : bool, default True
+    dtype : np.float32 or np.float64, keyword-only, default np.float32
+    seed : int or np.random.Generator, keyword-only, optional
+        Seeds the initialisation U(-1/sqrt(H), 1/sqrt(H)).
+
+    Attributes
+    ----------
+    weight_ih (4H, H_in), weight_hh (4H, H), bias_ih, bias_hh (4H,) : ndarray
+        Also in ``params``; their gradients in ``grads``.
+""" + _TRAINING_DOC
+
+    _CELL = "lstm"
+    _NAME = "LSTMCell"
+
+    def __init__(self, input_size, hidden_size, bias=True, *, dtype=np.float32, seed=None):
+        self._setup(input_size, hidden_size, bias, dtype, seed)
+
+
+class GRUCell(CellBase):
+    __doc__ = r"""One GRU step, like ``torch.nn.GRUCell``: gates r, z, n with
+    :math:`n = \tanh(W_{in} x + b_{in} + r \odot (W_{hn} h + b_{hn}))`, :math:`h' = (1 - z) n + z h`.
+
+    Parameters
+    ----------
+    input_size : int
+        H_in.
+    hidden_size : int
+        H.
+    bias : bool, default True
+    dtype : np.float32 or np.float64, keyword-only, default np.float32
+    seed : int or np.random.Generator, keyword-only, optional
+        Seeds the initialisation U(-1/sqrt(H), 1/sqrt(H)).
+
+    Attributes
+    ----------
+    weight_ih (3H, H_in), weight_hh (3H, H), bias_ih, bias_hh (3H,) : ndarray
+        Also in ``params``; their gradients in ``grads``.
+""" + _TRAINING_DOC
+
+    _CELL = "gru"
+    _NAME = "GRUCell"
+
+    def __init__(self, input_size, hidden_size, bias=True, *, dtype=np.float32, seed=None):
+        self._setup(input_size, hidden_size, bias, dtype, seed)

@@ -4,10 +4,10 @@ import numpy as np
 
 from ._dense import dense_backward, dense_forward
 from ._module import Module
-from ._validation import as_array, check_size
+from ._validation import SUPPORTED_DTYPES, as_array, check_size
 
 # What the kernels receive in place of a bias when there is none.
-_NO_BIAS = {np.dtype(dtype): np.empty(0, dtype) for dtype in (np.float32, np.float64)}
+_NO_BIAS = {dtype: np.empty(0, dtype) for dtype in SUPPORTED_DTYPES}
 
 
 class Linear(Module):

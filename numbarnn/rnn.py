@@ -1,7 +1,8 @@
-"""``numbarnn.RNN``: a multi-layer Elman RNN with ``torch.nn.RNN``'s arguments, shapes, names and messages."""
+"""``numbarnn.RNN``, ``numbarnn.LSTM`` and ``numbarnn.GRU``: multi-layer recurrent networks with torch's arguments,
+shapes, names and messages, on one engine (:mod:`numbarnn._engine`) and one base class that owns what they share:
+argument checks, the parameter layout, the training slot and its lock, ``step``, ``backward``."""
 
 import contextlib
-import functools
 import numbers
 import threading
 import warnings
@@ -9,65 +10,32 @@ import warnings
 import numpy as np
 
 from . import _engine as engine
+from ._cells import GATES
 from ._layout import build_layout
 from ._module import Module
-from ._step import stacked_step
+from ._step import cell_step
 from ._validation import as_array, check_lengths_range, check_lengths_type, check_nonlinearity, check_size
-from ._workspace import ScratchPool, Spec
+from ._workspace import ScratchPool, Spec, marker, step_buffers
 
 
-class RNN(Module):
-    r"""Multi-layer Elman RNN, :math:`h_t = \tanh(x_t W_{ih}^T + b_{ih} + h_{t-1} W_{hh}^T + b_{hh})`.
+class RecurrentBase(Module):
+    """What RNN, LSTM and GRU share (torch's ``RNNBase``). Subclasses set ``_CELL`` and ``_NAME`` and call
+    :meth:`_setup`; an LSTM's state is the tuple (h, c) everywhere (``_STATE_PARTS`` = 2)."""
 
-    Same arguments, shapes, parameter names, initialisation and error messages as ``torch.nn.RNN``; arrays are
-    NumPy arrays.
-
-    Parameters
-    ----------
-    input_size : int
-        H_in, the number of features of each input step.
-    hidden_size : int
-        H_out, the number of features of the hidden state.
-    num_layers : int, default 1
-        Number of stacked layers; layer k > 0 reads the output of layer k - 1.
-    nonlinearity : {'tanh', 'relu'}, default 'tanh'
-    bias : bool, default True
-        Whether the layers have ``bias_ih`` and ``bias_hh``.
-    batch_first : bool, default False
-        Input and output are (N, L, H) instead of (L, N, H). Does not apply to the hidden states.
-    dropout : float, default 0
-        Probability of zeroing each input element of layers 1... during training (never after the last layer).
-    bidirectional : bool, default False
-        Add a second direction that reads time backwards; D = 2.
-    dtype : np.float32 or np.float64, keyword-only, default np.float32
-        dtype of the parameters, and the dtype every input must have.
-    seed : int or np.random.Generator, keyword-only, optional
-        Seeds the parameter initialisation U(-1/sqrt(H_out), 1/sqrt(H_out)) and the dropout masks.
-
-    Attributes
-    ----------
-    params, grads : dict of str to ndarray
-        Parameters (``weight_ih_l{k}`` (H_out, H_in or D*H_out), ``weight_hh_l{k}`` (H_out, H_out),
-        ``bias_ih_l{k}``, ``bias_hh_l{k}`` (H_out,), with ``_reverse`` for the second direction) and their
-        gradients, as views into one flat buffer each. Each parameter is also an attribute.
-    training : bool
-        Modules start in training mode, as torch's do. In training mode every forward keeps what :meth:`backward`
-        needs (in buffers reused across calls of the same shape); call :meth:`eval` for inference, which keeps
-        nothing for a backward pass and may run from many threads at once. Inference keeps the scratch buffers of
-        its last two input shapes for the next calls (new buffers of a few MiB can cost more in page faults than the
-        arithmetic); :meth:`train` releases them.
-    """
-
+    _CELL = "rnn"
+    _NAME = "RNN"
     _TRANSIENT = {"_record": None, "_spare_backward": None, "_training_lock": threading.Lock,
                   "_scratch": ScratchPool}
+    nonlinearity = "tanh"
+    proj_size = 0
 
-    def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, *, dtype=np.float32, seed=None):
+    def _setup(self, input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, proj_size,
+               dtype, seed):
         self.check_dropout(dropout, num_layers)
         self.input_size = check_size(input_size, "input_size")
         self.hidden_size = check_size(hidden_size, "hidden_size")
         self.num_layers = check_size(num_layers, "num_layers")
-        self.nonlinearity = check_nonlinearity(nonlinearity)
+        self.proj_size = self.check_proj_size(proj_size, self.hidden_size)
         self.bias = bool(bias)
         self.batch_first = bool(batch_first)
         self.dropout = float(dropout)
@@ -75,8 +43,8 @@ class RNN(Module):
         self.num_directions = 2 if self.bidirectional else 1
         rng = np.random.default_rng(seed)
         entries, self._offsets, total = build_layout(
-            self.input_size, self.hidden_size, self.num_layers, self.num_directions, self.bias
-        )
+            self.input_size, self.hidden_size, self.num_layers, self.num_directions, self.bias, GATES[self._CELL],
+            self.proj_size)
         self._init_parameters(entries, total, dtype, 1.0 / np.sqrt(self.hidden_size), rng)
         self._dropout_rng = rng
         self._record = None  # what the last training forward left for backward (it owns its buffers)
@@ -87,10 +55,21 @@ class RNN(Module):
     @property
     def _spec(self):
         return Spec(self.input_size, self.hidden_size, self.num_layers, self.num_directions, self.dtype,
-                    self.nonlinearity == "relu")
+                    self.nonlinearity == "relu", self._CELL, self.proj_size)
+
+    @property
+    def _state_size(self):
+        """P, the width of h: ``proj_size`` when set, else H."""
+        return self.proj_size if self.proj_size > 0 else self.hidden_size
+
+    @property
+    def _lstm(self):
+        return self._CELL == "lstm"
 
     def extra_repr(self):
         extra = f"{self.input_size}, {self.hidden_size}"
+        if self.proj_size != 0:
+            extra += f", proj_size={self.proj_size}"
         if self.num_layers != 1:
             extra += f", num_layers={self.num_layers}"
         if not self.bias:
@@ -109,23 +88,41 @@ class RNN(Module):
             self._scratch.clear()
         return super().train(mode)
 
+    # -- the state: h, or an LSTM's (h, c) -----------------------------------------------------------------------
+    def _state_widths(self):
+        return (self._state_size, self.hidden_size) if self._lstm else (self.hidden_size,)
+
+    def _state_parts(self, state, name):
+        """The parts of a state argument: (h,), or an LSTM's (h, c) from its tuple (a part may be None only where
+        ``name`` is a gradient)."""
+        if not self._lstm:
+            return (state,)
+        if not isinstance(state, (tuple, list)) or len(state) != 2:
+            raise TypeError(f"{self._NAME}: {name} must be a tuple (h, c) of two arrays, as for torch.nn.LSTM, "
+                            f"got {type(state).__name__}")
+        return tuple(state)
+
+    def _state_result(self, parts):
+        return tuple(parts) if self._lstm else parts[0]
+
     # -- forward -----------------------------------------------------------------------------------------------
     def __call__(self, input, h_0=None, lengths=None, *, hx=None):
         return self.forward(input, h_0, lengths, hx=hx)
 
     def forward(self, input, h_0=None, lengths=None, *, hx=None):
-        """Run the RNN over a sequence.
+        """Run the network over a sequence.
 
         Parameters
         ----------
         input : ndarray
             (L, N, H_in), (N, L, H_in) with ``batch_first``, or unbatched (L, H_in); of the module dtype.
-        h_0 : ndarray, optional
-            (D * num_layers, N, H_out), or (D * num_layers, H_out) for unbatched input; zeros when omitted.
-            ``batch_first`` does not apply to it. ``hx=`` (torch's name for it) is accepted too.
+        h_0 : ndarray, or for an LSTM a tuple (h_0, c_0), optional
+            h_0 (D * num_layers, N, H_out), or (D * num_layers, H_out) for unbatched input (H_out: ``proj_size`` when
+            set, else H); an LSTM's c_0 (D * num_layers, N, H) likewise; zeros when omitted. ``batch_first`` does not
+            apply to it. ``hx=`` (torch's name for it) is accepted too.
         lengths : array of int, optional
             (N,) the length of each sequence of a padded batch, in any order, each in 1...L. The result equals
-            torch's ``pack_padded_sequence(enforce_sorted=False)`` -> RNN -> ``pad_packed_sequence(total_length=L)``:
+            torch's ``pack_padded_sequence(enforce_sorted=False)`` -> module -> ``pad_packed_sequence(total_length=L)``:
             padded input positions are never read, padded outputs are 0, h_n holds each sequence's state at its own
             last step, and the reverse direction starts at each sequence's own last step.
 
@@ -134,7 +131,7 @@ class RNN(Module):
         output : ndarray
             (L, N, D * H_out) (batch_first: (N, L, D * H_out); unbatched: (L, D * H_out)), the last layer's
             states, forward direction first.
-        h_n : ndarray
+        h_n : ndarray, or for an LSTM a tuple (h_n, c_n)
             Final states, shaped like ``h_0``, ordered layer 0 forward, layer 0 reverse, layer 1 forward, ...
 
         Notes
@@ -143,50 +140,53 @@ class RNN(Module):
         record for :meth:`backward`, so one module trains in one thread at a time (a second thread gets an error).
         """
         h_0 = self.resolve_hx(h_0, hx)
-        x, h_0 = self.check_input(input, h_0)
+        x, state = self.check_input(input, h_0)
         batched = x.ndim == 3
         x = self.time_major(x)
         steps, batch = x.shape[0], x.shape[1]
         if lengths is not None:
             lengths = self.check_lengths(lengths, steps, batch, batched)
-        if h_0 is not None:
-            h_0 = h_0.reshape(self.num_layers * self.num_directions, batch, self.hidden_size)
+        if state is not None:
+            layers = self.num_layers * self.num_directions
+            state = self._state_result([part.reshape(layers, batch, width)
+                                        for part, width in zip(state, self._state_widths(), strict=True)])
         batch_first = batched and self.batch_first
         if not self.training:
             if self._record is not None:
                 self._record = None  # the most recent forward keeps nothing: a backward now would be a mistake
-            output, h_n, _ = engine.forward(self._spec, self._param_flat, self._offsets, x, h_0, lengths,
+            output, h_n, _ = engine.forward(self._spec, self._param_flat, self._offsets, x, state, lengths,
                                             training=False, batch_first=batch_first, pool=self._scratch)
         else:
             with self._exclusive_training("forward"):
                 dropout = self._draw_dropout_masks if self.dropout > 0 and self.num_layers > 1 else None
                 spare = self._record if self._record is not None and self._record.consumed else None
-                output, h_n, record = engine.forward(self._spec, self._param_flat, self._offsets, x, h_0, lengths,
+                output, h_n, record = engine.forward(self._spec, self._param_flat, self._offsets, x, state, lengths,
                                                      training=True, batch_first=batch_first, draw_dropout=dropout,
                                                      spare=spare)
                 record.batched = batched
                 self._record = record
         if not batched:
-            return output[:, 0], h_n[:, 0]
+            parts = h_n if self._lstm else (h_n,)
+            return output[:, 0], self._state_result([part[:, 0] for part in parts])
         return output, h_n
 
     def step(self, input, h=None):
-        """One time step of a unidirectional RNN, for streaming inference: equal (to float rounding) to
-        ``rnn(input[None], h)`` in eval mode, at a few microseconds per call.
+        """One time step of a unidirectional stack, for streaming inference: equal (to float rounding) to
+        ``module(input[None], h)`` in eval mode, at a few microseconds per call.
 
         Parameters
         ----------
         input : ndarray
             (N, H_in), or unbatched (H_in,).
-        h : ndarray, optional
-            (num_layers, N, H_out), or (num_layers, H_out); zeros when omitted.
+        h : ndarray, or for an LSTM a tuple (h, c), optional
+            (num_layers, N, H_out), or (num_layers, H_out) (an LSTM's c: H features); zeros when omitted.
 
         Returns
         -------
         output : ndarray
             (N, H_out) or (H_out,): the last layer's new state.
-        h_n : ndarray
-            (num_layers, N, H_out) or (num_layers, H_out): every layer's new state, to pass as ``h`` next time.
+        h_n : ndarray, or for an LSTM a tuple (h_n, c_n)
+            Every layer's new state, to pass as ``h`` next time.
 
         Notes
         -----
@@ -194,8 +194,9 @@ class RNN(Module):
         :meth:`forward`). Safe to call from several threads at once.
         """
         if self.bidirectional:
-            raise ValueError("step() runs one time step forward, but a bidirectional RNN's reverse direction needs "
-                             "the whole sequence; call rnn(input) on the full sequence instead")
+            raise ValueError(f"step() runs one time step forward, but a bidirectional {self._NAME}'s reverse "
+                             f"direction needs the whole sequence; call {self._NAME.lower()}(input) on the full "
+                             "sequence instead")
         x = as_array(input, "input", self.dtype)
         if x.ndim not in (1, 2):
             raise ValueError(f"step: Expected input to be 1D (H_in,) or 2D (N, H_in), got {x.ndim}D instead")
@@ -205,21 +206,24 @@ class RNN(Module):
             )
         batched = x.ndim == 2
         rows = x if batched else x.reshape(1, -1)
-        batch, hidden = rows.shape[0], self.hidden_size
-        if h is None:
-            state = np.zeros((self.num_layers, batch, hidden), self.dtype)
-        else:
-            h = as_array(h, "h", self.dtype)
-            expected = (self.num_layers, batch, hidden) if batched else (self.num_layers, hidden)
-            if h.shape != expected:
-                raise ValueError(f"Expected hidden size {expected}, got {list(h.shape)}")
-            state = h.reshape(self.num_layers, batch, hidden).copy()  # the caller's h is never written
-        output = np.empty((batch, hidden), self.dtype)  # the kernel leaves the last layer's new state here
-        stacked_step(self._param_flat, self._offsets, rows if rows.flags.c_contiguous else np.ascontiguousarray(rows),
-                     state, self.nonlinearity == "relu", _zeros(hidden, self.dtype), output)
+        batch = rows.shape[0]
+        parts = [None] * len(self._state_widths())
+        if h is not None:
+            names = ("h[0]", "h[1]") if self._lstm else ("h",)
+            parts = []
+            for part, width, name in zip(self._state_parts(h, "h"), self._state_widths(), names, strict=True):
+                part = as_array(part, name, self.dtype)
+                expected = (self.num_layers, batch, width) if batched else (self.num_layers, width)
+                if part.shape != expected:
+                    label = f"hidden[{name[2]}]" if self._lstm else "hidden"
+                    raise ValueError(f"Expected {label} size {expected}, got {list(part.shape)}")
+                parts.append(part.reshape(self.num_layers, batch, width))
+        buffers = step_buffers(self._spec, rows, *(parts if self._lstm else (parts[0], None)), keep=False)
+        cell_step(self._param_flat, self._offsets, marker(self._spec), buffers)  # the caller's h is never written
+        states = (buffers.h, buffers.c) if self._lstm else (buffers.h,)
         if not batched:
-            return output[0], state[:, 0]
-        return output, state
+            return buffers.out[0], self._state_result([state[:, 0] for state in states])
+        return buffers.out, self._state_result(states)
 
     # -- backward ----------------------------------------------------------------------------------------------
     def backward(self, grad_output=None, grad_h_n=None, *, need_input_grad=True):
@@ -232,8 +236,9 @@ class RNN(Module):
         ----------
         grad_output : ndarray, optional
             Gradient of the loss with respect to ``output``, same shape; zeros when omitted.
-        grad_h_n : ndarray, optional
-            Gradient with respect to ``h_n``, same shape; zeros when omitted.
+        grad_h_n : ndarray, or for an LSTM a tuple (grad_h_n, grad_c_n), optional
+            Gradient with respect to ``h_n`` (and ``c_n``), same shape; zeros when omitted (either part of an
+            LSTM's tuple may be None).
         need_input_grad : bool, keyword-only, default True
             False when the input is data that needs no gradient (torch's ``requires_grad=False``): skips layer 0's
             input-gradient GEMM, the largest product of the backward pass when H_in is large.
@@ -243,36 +248,45 @@ class RNN(Module):
         grad_input : ndarray or None
             Gradient with respect to ``input``, same shape (zero at padded positions); None if not
             ``need_input_grad``.
-        grad_h_0 : ndarray
-            Gradient with respect to ``h_0``, shaped like ``h_n`` (also when ``h_0`` was omitted).
+        grad_h_0 : ndarray, or for an LSTM a tuple (grad_h_0, grad_c_0)
+            Gradient with respect to ``h_0`` (and ``c_0``), shaped like ``h_n`` (also when ``h_0`` was omitted).
         """
         with self._exclusive_training("backward"):
             record = self._unconsumed_record()
-            layers, directions, hidden = self.num_layers, self.num_directions, self.hidden_size
+            layers, directions = self.num_layers, self.num_directions
             batch, steps = record.batch, record.steps
-            time_major = (steps, batch, directions * hidden)
+            width = directions * self._state_size
+            time_major = (steps, batch, width)
             if not record.batched:
-                output_shape = (steps, directions * hidden)
+                output_shape = (steps, width)
             elif self.batch_first:
-                output_shape = (batch, steps, directions * hidden)
+                output_shape = (batch, steps, width)
             else:
                 output_shape = time_major
-            state_shape = (layers * directions, batch, hidden)
             if grad_output is not None:
                 grad_output = _check_gradient(grad_output, "grad_output", output_shape, self.dtype)
                 if self.batch_first and record.batched:
                     grad_output = grad_output.transpose(1, 0, 2)
                 grad_output = grad_output.reshape(time_major)
             if grad_h_n is not None:
-                hidden_shape = state_shape if record.batched else (layers * directions, hidden)
-                grad_h_n = _check_gradient(grad_h_n, "grad_h_n", hidden_shape, self.dtype).reshape(state_shape)
+                parts = []
+                names = ("grad_h_n[0]", "grad_h_n[1]") if self._lstm else ("grad_h_n",)
+                for part, size, name in zip(self._state_parts(grad_h_n, "grad_h_n"), self._state_widths(), names,
+                                            strict=True):
+                    if part is not None:
+                        state_shape = (layers * directions, batch, size)
+                        shape = state_shape if record.batched else (layers * directions, size)
+                        part = _check_gradient(part, name, shape, self.dtype).reshape(state_shape)
+                    parts.append(part)
+                grad_h_n = self._state_result(parts)
             record.consumed = True  # only now: a backward rejected for a bad gradient leaves the pass usable
             grad_input, grad_h_0, self._spare_backward = engine.backward(
                 self._param_flat, self._offsets, record, grad_output, grad_h_n, self._grad_flat,
                 need_input_grad=need_input_grad, batch_first=record.batched and self.batch_first,
                 spare=self._spare_backward)
         if not record.batched:
-            return (None if grad_input is None else grad_input[:, 0]), grad_h_0[:, 0]
+            parts = grad_h_0 if self._lstm else (grad_h_0,)
+            return (None if grad_input is None else grad_input[:, 0]), self._state_result([p[:, 0] for p in parts])
         return grad_input, grad_h_0
 
     # -- checks, in torch's order ------------------------------------------------------------------------------
@@ -286,8 +300,18 @@ class RNN(Module):
             warnings.warn(
                 "dropout option adds dropout after all but last recurrent layer, so non-zero dropout expects "
                 f"num_layers greater than 1, but got dropout={dropout} and num_layers={num_layers}",
-                stacklevel=3,
+                stacklevel=4,
             )
+
+    @staticmethod
+    def check_proj_size(proj_size, hidden_size):
+        if isinstance(proj_size, bool) or not isinstance(proj_size, numbers.Integral):
+            raise TypeError(f"proj_size should be of type int, got: {type(proj_size).__name__}")
+        if proj_size < 0:
+            raise ValueError("proj_size should be a positive integer or zero to disable projections")
+        if proj_size >= hidden_size:
+            raise ValueError("proj_size has to be smaller than hidden_size")
+        return int(proj_size)
 
     @staticmethod
     def resolve_hx(h_0, hx):
@@ -298,38 +322,45 @@ class RNN(Module):
         return hx
 
     def check_input(self, input, h_0):
-        """torch's checks, in torch's order; returns the input and h_0 as arrays."""
+        """torch's checks, in torch's order; returns the input as an array and the state's parts as arrays (or
+        None)."""
         x = np.asarray(input)
         if x.ndim not in (2, 3):
-            raise ValueError(f"RNN: Expected input to be 2D or 3D, got {x.ndim}D tensor instead")
+            raise ValueError(f"{self._NAME}: Expected input to be 2D or 3D, got {x.ndim}D"
+                             + (" tensor instead" if self._CELL == "rnn" else " instead"))
         batched = x.ndim == 3
+        parts = None
         if h_0 is not None:
-            h_0 = np.asarray(h_0)
-            if batched and h_0.ndim != 3:
-                raise ValueError(f"For batched 3-D input, hx should also be 3-D but got {h_0.ndim}-D tensor")
-            if not batched and h_0.ndim != 2:
-                raise ValueError(f"For unbatched 2-D input, hx should also be 2-D but got {h_0.ndim}-D tensor")
+            parts = [np.asarray(part) for part in self._state_parts(h_0, "hx")]
+            dims = 3 if batched else 2
+            if any(part.ndim != dims for part in parts):
+                kind = "batched 3-D" if batched else "unbatched 2-D"
+                if self._lstm:
+                    raise ValueError(f"For {kind} input, hx and cx should also be {dims}-D but got "
+                                     f"({parts[0].ndim}-D, {parts[1].ndim}-D) tensors")
+                raise ValueError(f"For {kind} input, hx should also be {dims}-D but got {parts[0].ndim}-D tensor")
         x = as_array(input, "input", self.dtype)  # the original object: the fix it names depends on it
         if x.shape[-1] != self.input_size:
             raise ValueError(
                 f"input.size(-1) must be equal to input_size. Expected {self.input_size}, got {x.shape[-1]}"
             )
-        if h_0 is not None:
-            self.check_hidden_size(h_0, x)
-            h_0 = as_array(h_0, "h_0", self.dtype)
+        if parts is not None:
+            self.check_hidden_size(parts, x)
+            names = ("h_0", "c_0") if self._lstm else ("h_0",)
+            parts = [as_array(part, name, self.dtype) for part, name in zip(parts, names, strict=True)]
         steps = x.shape[1] if batched and self.batch_first else x.shape[0]
         if steps == 0:
             raise ValueError("Expected sequence length to be larger than 0 in RNN")
-        return x, h_0
+        return x, parts
 
-    def check_hidden_size(self, h_0, x):
-        if x.ndim == 3:
-            batch = x.shape[0] if self.batch_first else x.shape[1]
-            expected = (self.num_layers * self.num_directions, batch, self.hidden_size)
-        else:
-            expected = (self.num_layers * self.num_directions, self.hidden_size)
-        if h_0.shape != expected:
-            raise ValueError(f"Expected hidden size {expected}, got {list(h_0.shape)}")
+    def check_hidden_size(self, parts, x):
+        rows = self.num_layers * self.num_directions
+        batch = (x.shape[0] if self.batch_first else x.shape[1]) if x.ndim == 3 else None
+        labels = ("hidden[0]", "hidden[1]") if self._lstm else ("hidden",)
+        for part, width, label in zip(parts, self._state_widths(), labels, strict=True):
+            expected = (rows, width) if batch is None else (rows, batch, width)
+            if part.shape != expected:
+                raise ValueError(f"Expected {label} size {expected}, got {list(part.shape)}")
 
     def time_major(self, x):
         """(L, N, H_in) view of a checked input: batch_first transposed, unbatched given a batch of one."""
@@ -395,14 +426,165 @@ class RNN(Module):
         return record
 
 
+class RNN(RecurrentBase):
+    r"""Multi-layer Elman RNN, :math:`h_t = \tanh(x_t W_{ih}^T + b_{ih} + h_{t-1} W_{hh}^T + b_{hh})`.
+
+    Same arguments, shapes, parameter names, initialisation and error messages as ``torch.nn.RNN``; arrays are
+    NumPy arrays.
+
+    Parameters
+    ----------
+    input_size : int
+        H_in, the number of features of each input step.
+    hidden_size : int
+        H_out, the number of features of the hidden state.
+    num_layers : int, default 1
+        Number of stacked layers; layer k > 0 reads the output of layer k - 1.
+    nonlinearity : {'tanh', 'relu'}, default 'tanh'
+    bias : bool, default True
+        Whether the layers have ``bias_ih`` and ``bias_hh``.
+    batch_first : bool, default False
+        Input and output are (N, L, H) instead of (L, N, H). Does not apply to the hidden states.
+    dropout : float, default 0
+        Probability of zeroing each input element of layers 1... during training (never after the last layer).
+    bidirectional : bool, default False
+        Add a second direction that reads time backwards; D = 2.
+    dtype : np.float32 or np.float64, keyword-only, default np.float32
+        dtype of the parameters, and the dtype every input must have.
+    seed : int or np.random.Generator, keyword-only, optional
+        Seeds the parameter initialisation U(-1/sqrt(H), 1/sqrt(H)) and the dropout masks.
+
+    Attributes
+    ----------
+    params, grads : dict of str to ndarray
+        Parameters (``weight_ih_l{k}`` (H_out, H_in or D*H_out), ``weight_hh_l{k}`` (H_out, H_out),
+        ``bias_ih_l{k}``, ``bias_hh_l{k}`` (H_out,), with ``_reverse`` for the second direction) and their
+        gradients, as views into one flat buffer each. Each parameter is also an attribute.
+    training : bool
+        Modules start in training mode, as torch's do. In training mode every forward keeps what :meth:`backward`
+        needs (in buffers reused across calls of the same shape); call :meth:`eval` for inference, which keeps
+        nothing for a backward pass and may run from many threads at once. Inference keeps the scratch buffers of
+        its last two input shapes for the next calls (new buffers of a few MiB can cost more in page faults than the
+        arithmetic); :meth:`train` releases them.
+    """
+
+    def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, *, dtype=np.float32, seed=None):
+        self.nonlinearity = check_nonlinearity(nonlinearity)
+        self._setup(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, 0, dtype, seed)
+
+
+class LSTM(RecurrentBase):
+    r"""Multi-layer long short-term memory network, as ``torch.nn.LSTM``:
+
+    .. math::
+        i, f, g, o = \sigma, \sigma, \tanh, \sigma\,(x_t W_{ih}^T + b_{ih} + h_{t-1} W_{hh}^T + b_{hh}),\quad
+        c_t = f \odot c_{t-1} + i \odot g,\quad h_t = o \odot \tanh(c_t)
+
+    (and :math:`h_t \leftarrow h_t W_{hr}^T` with ``proj_size``). Same arguments, shapes, parameter names, gate
+    order (i, f, g, o), initialisation and error messages as torch's; the state is the tuple (h, c) everywhere:
+    ``lstm(x, (h_0, c_0))`` returns ``output, (h_n, c_n)``, ``lstm.backward(grad_output, (grad_h_n, grad_c_n))``
+    returns ``grad_input, (grad_h_0, grad_c_0)``.
+
+    Parameters
+    ----------
+    input_size : int
+        H_in.
+    hidden_size : int
+        H, the features of the cell state c (and of h without a projection).
+    num_layers : int, default 1
+    bias : bool, default True
+        Whether the layers have ``bias_ih`` and ``bias_hh``.
+    batch_first : bool, default False
+        Input and output are (N, L, H) instead of (L, N, H). Does not apply to the hidden states.
+    dropout : float, default 0
+        Probability of zeroing each input element of layers 1... during training (never after the last layer).
+    bidirectional : bool, default False
+        Add a second direction that reads time backwards; D = 2.
+    proj_size : int, default 0
+        If > 0 (and < H), h has H_out = ``proj_size`` features: h_t = (o * tanh(c_t)) W_hr^T.
+    dtype : np.float32 or np.float64, keyword-only, default np.float32
+        dtype of the parameters, and the dtype every input must have.
+    seed : int or np.random.Generator, keyword-only, optional
+        Seeds the parameter initialisation U(-1/sqrt(H), 1/sqrt(H)) and the dropout masks.
+
+    Attributes
+    ----------
+    params, grads : dict of str to ndarray
+        ``weight_ih_l{k}`` (4H, H_in or D*H_out), ``weight_hh_l{k}`` (4H, H_out), ``bias_ih_l{k}``,
+        ``bias_hh_l{k}`` (4H,), ``weight_hr_l{k}`` (H_out, H) with ``proj_size``, ``_reverse`` for the second
+        direction; views into one flat buffer each.
+    training : bool
+        Modules start in training mode, as torch's do. In training mode every forward keeps what :meth:`backward`
+        needs (in buffers reused across calls of the same shape); call :meth:`eval` for inference, which keeps
+        nothing for a backward pass and may run from many threads at once. Inference keeps the scratch buffers of
+        its last two input shapes for the next calls (new buffers of a few MiB can cost more in page faults than the
+        arithmetic); :meth:`train` releases them.
+    """
+
+    _CELL = "lstm"
+    _NAME = "LSTM"
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
+                 bidirectional=False, proj_size=0, *, dtype=np.float32, seed=None):
+        self._setup(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, proj_size, dtype,
+                    seed)
+
+
+class GRU(RecurrentBase):
+    r"""Multi-layer gated recurrent unit network, as ``torch.nn.GRU``:
+
+    .. math::
+        r, z = \sigma(x_t W_{ir,iz}^T + b_{ir,iz} + h_{t-1} W_{hr,hz}^T + b_{hr,hz}),\quad
+        n = \tanh(x_t W_{in}^T + b_{in} + r \odot (h_{t-1} W_{hn}^T + b_{hn})),\quad
+        h_t = (1 - z) \odot n + z \odot h_{t-1}
+
+    Same arguments, shapes, parameter names, gate order (r, z, n), initialisation and error messages as torch's; used
+    exactly as :class:`RNN`.
+
+    Parameters
+    ----------
+    input_size : int
+        H_in.
+    hidden_size : int
+        H_out.
+    num_layers : int, default 1
+    bias : bool, default True
+        Whether the layers have ``bias_ih`` and ``bias_hh``.
+    batch_first : bool, default False
+        Input and output are (N, L, H) instead of (L, N, H). Does not apply to the hidden states.
+    dropout : float, default 0
+        Probability of zeroing each input element of layers 1... during training (never after the last layer).
+    bidirectional : bool, default False
+        Add a second direction that reads time backwards; D = 2.
+    dtype : np.float32 or np.float64, keyword-only, default np.float32
+        dtype of the parameters, and the dtype every input must have.
+    seed : int or np.random.Generator, keyword-only, optional
+        Seeds the parameter initialisation U(-1/sqrt(H), 1/sqrt(H)) and the dropout masks.
+
+    Attributes
+    ----------
+    params, grads : dict of str to ndarray
+        ``weight_ih_l{k}`` (3H, H_in or D*H), ``weight_hh_l{k}`` (3H, H), ``bias_ih_l{k}``, ``bias_hh_l{k}``
+        (3H,), ``_reverse`` for the second direction; views into one flat buffer each.
+    training : bool
+        Modules start in training mode, as torch's do. In training mode every forward keeps what :meth:`backward`
+        needs (in buffers reused across calls of the same shape); call :meth:`eval` for inference, which keeps
+        nothing for a backward pass and may run from many threads at once. Inference keeps the scratch buffers of
+        its last two input shapes for the next calls (new buffers of a few MiB can cost more in page faults than the
+        arithmetic); :meth:`train` releases them.
+    """
+
+    _CELL = "gru"
+    _NAME = "GRU"
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
+                 bidirectional=False, *, dtype=np.float32, seed=None):
+        self._setup(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, 0, dtype, seed)
+
+
 def _check_gradient(value, name, shape, dtype):
     array = as_array(value, name, dtype)
     if array.shape != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)} (the shape of the forward result), got {array.shape}")
     return array
-
-
-@functools.lru_cache(maxsize=32)
-def _zeros(size, dtype):
-    """Zeros the step kernel reads in place of absent biases (shared: never written)."""
-    return np.zeros(size, dtype)

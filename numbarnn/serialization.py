@@ -12,9 +12,10 @@ import zlib
 
 import numpy as np
 
-from .cell import RNNCell
+from ._validation import SUPPORTED_DTYPES
+from .cell import GRUCell, LSTMCell, RNNCell
 from .linear import Linear
-from .rnn import RNN
+from .rnn import GRU, LSTM, RNN
 
 FORMAT_NAME = "numbarnn"
 FORMAT_VERSION = 1
@@ -31,8 +32,16 @@ _CONSTRUCTORS = {
     "RNN": (RNN, lambda m: dict(input_size=m.input_size, hidden_size=m.hidden_size, num_layers=m.num_layers,
                                 nonlinearity=m.nonlinearity, bias=m.bias, batch_first=m.batch_first,
                                 dropout=m.dropout, bidirectional=m.bidirectional)),
+    "LSTM": (LSTM, lambda m: dict(input_size=m.input_size, hidden_size=m.hidden_size, num_layers=m.num_layers,
+                                  bias=m.bias, batch_first=m.batch_first, dropout=m.dropout,
+                                  bidirectional=m.bidirectional, proj_size=m.proj_size)),
+    "GRU": (GRU, lambda m: dict(input_size=m.input_size, hidden_size=m.hidden_size, num_layers=m.num_layers,
+                                bias=m.bias, batch_first=m.batch_first, dropout=m.dropout,
+                                bidirectional=m.bidirectional)),
     "RNNCell": (RNNCell, lambda m: dict(input_size=m.input_size, hidden_size=m.hidden_size, bias=m.bias,
                                         nonlinearity=m.nonlinearity)),
+    "LSTMCell": (LSTMCell, lambda m: dict(input_size=m.input_size, hidden_size=m.hidden_size, bias=m.bias)),
+    "GRUCell": (GRUCell, lambda m: dict(input_size=m.input_size, hidden_size=m.hidden_size, bias=m.bias)),
     "Linear": (Linear, lambda m: dict(in_features=m.in_features, out_features=m.out_features,
                                       bias=m.bias_enabled)),
 }
@@ -47,7 +56,7 @@ def save(path, *, metadata=None, **modules):
         Written exactly as given (no ``.npz`` suffix is added); replaced atomically if it exists.
     metadata : dict, keyword-only, optional
         Anything JSON can hold (e.g. a model's vocabulary); read it back with :func:`load_metadata`.
-    **modules : RNN, RNNCell or Linear
+    **modules : RNN, LSTM, GRU, RNNCell, LSTMCell, GRUCell or Linear
         The modules to store, under the keyword names :func:`load` will return them by.
 
     Examples
@@ -182,7 +191,7 @@ def _rebuild(path, name, entry, arrays):
         raise CheckpointError(
             f"{where}: unknown class {class_name!r}; this numbarnn can load {', '.join(_CONSTRUCTORS)}"
         )
-    if dtype not in ("float32", "float64"):
+    if dtype not in [supported.name for supported in SUPPORTED_DTYPES]:
         raise CheckpointError(f"{where}: unsupported dtype {dtype!r}; expected 'float32' or 'float64'")
     try:
         module = _CONSTRUCTORS[class_name][0](**arguments, dtype=np.dtype(dtype))

@@ -121,8 +121,8 @@ def test_missing_file(tmp_path):
 
 
 def test_unknown_class(checkpoint):
-    rewrite(checkpoint, lambda header, arrays: header["modules"]["head"].update({"class": "GRU"}))
-    with pytest.raises(CheckpointError, match=r"module 'head': unknown class 'GRU'; this numbarnn can load RNN, "):
+    rewrite(checkpoint, lambda header, arrays: header["modules"]["head"].update({"class": "Transformer"}))
+    with pytest.raises(CheckpointError, match=r"module 'head': unknown class 'Transformer'; this numbarnn can load RNN, "):
         load(checkpoint)
 
 

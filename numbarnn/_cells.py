@@ -1,0 +1,204 @@
+"""What each recurrent cell contributes to the shared kernels: its gate epilogue (forward), its derivative (backward)
+and its state layout. Everything else (blocks, lengths, directions, products, workspace, threads) is shared.
+
+A kernel receives a *cell marker*: a namedtuple whose class differs per cell, so that numba types each cell
+differently and :func:`forward_epilogue` / :func:`backward_epilogue` resolve, at typing time, to that cell's code.
+Each cell is thus its own specialisation of the shared kernels (compiled and cached only when used), and the RNN's
+code is exactly the loop it had before the gated cells existed.
+
+Gate layout (torch's): the G * H columns of a step's products are the gates in torch's order, RNN one, GRU r, z, n,
+LSTM i, f, g, o. What a training forward saves for the backward, per row (S * H columns): GRU r, z, n and
+``W_hn h + b_hn``; LSTM i, f, g, o and tanh(c_t). The RNN saves nothing (its backward reads its output).
+"""
+
+from collections import namedtuple
+
+import numpy as np
+from numba import types
+from numba.extending import overload
+
+from ._activations import activate, activation_backward, tanh
+from ._jit import JIT_OPTIONS
+from ._panels import panel_matmul
+
+RnnCell = namedtuple("RnnCell", ["relu"])
+GruCell = namedtuple("GruCell", ["gates"])
+LstmCell = namedtuple("LstmCell", ["gates"])
+
+GATES = {"rnn": 1, "gru": 3, "lstm": 4}  # G: gate blocks of H columns in each weight and step product
+SAVED = {"rnn": 0, "gru": 4, "lstm": 5}  # S: blocks of H columns a training forward saves per row
+
+
+def cell_marker(cell, relu=False):
+    """The marker the kernels receive for ``cell`` ("rnn", "gru" or "lstm")."""
+    if cell == "rnn":
+        return RnnCell(bool(relu))
+    return GruCell(3) if cell == "gru" else LstmCell(4)
+
+
+def _is(marker, cls):
+    return isinstance(marker, types.BaseNamedTuple) and marker.instance_class is cls
+
+
+_HALF, _ONE = np.float32(0.5), np.float32(1)
+
+
+def sigmoid(x):
+    """Logistic function; inside kernels, through the project's tanh (exact to a few ulp in both dtypes, and it
+    vectorises): sigmoid(x) = 1/2 + tanh(x/2) / 2."""
+    return 0.5 + 0.5 * np.tanh(0.5 * x)
+
+
+@overload(sigmoid, jit_options=JIT_OPTIONS, inline="always")
+def _sigmoid_overload(x):
+    def impl(x):
+        return _HALF + _HALF * tanh(_HALF * x)
+    return impl
+
+
+def forward_epilogue(cell, z, tmp, b_ih, b_hh, h, c, saved, h_full, w_hr_panels, out, column):
+    """One step's gates, from the step rows' input projection ``z`` (n, G * H) and recurrent product ``tmp``
+    (n, G * H) and the biases (G * H,): advances the state ``h`` (n, P) (and an LSTM's ``c`` (n, H)) in place, writes
+    the new h to ``out[:, column:column + P]`` and what the backward needs to ``saved`` (n, S * H). An LSTM with a
+    projection computes o * tanh(c) into ``h_full`` (n, H) and h = h_full W_hr^T against ``w_hr_panels``."""
+
+
+def backward_epilogue(cell, grad_y, y, column, carry, carry_c, saved, h_prev, c_prev, dz, dz_in, tmp, dh_proj,
+                      w_hh_panels, w_hr_panels):
+    """One reverse step: from the gradient of the step's outputs (``grad_y[:, column:]`` plus the carried gradient
+    of h, ``carry`` (n, P)), write the pre-activation gradients of the recurrent side ``dz`` (n, G * H) and, for
+    the GRU, of the input side ``dz_in``, then leave the gradient of h_{t-1} in ``carry`` (and of c_{t-1} in
+    ``carry_c``). ``tmp`` (n, H) is scratch; ``dh_proj`` (n, P) receives an LSTM projection's output gradient."""
+
+
+@overload(forward_epilogue, jit_options=JIT_OPTIONS, inline="always")
+def _forward_epilogue(cell, z, tmp, b_ih, b_hh, h, c, saved, h_full, w_hr_panels, out, column):
+    if _is(cell, RnnCell):
+        def rnn(cell, z, tmp, b_ih, b_hh, h, c, saved, h_full, w_hr_panels, out, column):
+            relu = cell.relu
+            for i in range(z.shape[0]):
+                for j in range(h.shape[1]):
+                    v = activate((z[i, j] + b_ih[j]) + (tmp[i, j] + b_hh[j]), relu)
+                    h[i, j] = v
+                    out[i, column + j] = v
+        return rnn
+
+    if _is(cell, GruCell):
+        def gru(cell, z, tmp, b_ih, b_hh, h, c, saved, h_full, w_hr_panels, out, column):
+            hidden = h.shape[1]
+            for i in range(z.shape[0]):
+                for j in range(hidden):
+                    # torch's order of operations (aten's GRUCell): n + z * (h - n)
+                    r = sigmoid((z[i, j] + b_ih[j]) + (tmp[i, j] + b_hh[j]))
+                    k = hidden + j
+                    u = sigmoid((z[i, k] + b_ih[k]) + (tmp[i, k] + b_hh[k]))
+                    k += hidden
+                    recurrent_n = tmp[i, k] + b_hh[k]
+                    n = tanh((z[i, k] + b_ih[k]) + r * recurrent_n)
+                    v = n + u * (h[i, j] - n)
+                    saved[i, j] = r
+                    saved[i, hidden + j] = u
+                    saved[i, 2 * hidden + j] = n
+                    saved[i, 3 * hidden + j] = recurrent_n
+                    h[i, j] = v
+                    out[i, column + j] = v
+        return gru
+
+    if _is(cell, LstmCell):
+        def lstm(cell, z, tmp, b_ih, b_hh, h, c, saved, h_full, w_hr_panels, out, column):
+            hidden = c.shape[1]
+            projected = h_full.shape[0] > 0
+            target = h_full if projected else h
+            for i in range(z.shape[0]):
+                for j in range(hidden):
+                    gi = sigmoid((z[i, j] + b_ih[j]) + (tmp[i, j] + b_hh[j]))
+                    k = hidden + j
+                    gf = sigmoid((z[i, k] + b_ih[k]) + (tmp[i, k] + b_hh[k]))
+                    k += hidden
+                    gg = tanh((z[i, k] + b_ih[k]) + (tmp[i, k] + b_hh[k]))
+                    k += hidden
+                    go = sigmoid((z[i, k] + b_ih[k]) + (tmp[i, k] + b_hh[k]))
+                    cv = gf * c[i, j] + gi * gg
+                    tc = tanh(cv)
+                    c[i, j] = cv
+                    saved[i, j] = gi
+                    saved[i, hidden + j] = gf
+                    saved[i, 2 * hidden + j] = gg
+                    saved[i, 3 * hidden + j] = go
+                    saved[i, 4 * hidden + j] = tc
+                    target[i, j] = go * tc
+            if projected:
+                panel_matmul(h_full, w_hr_panels, h)
+            for i in range(z.shape[0]):
+                for j in range(h.shape[1]):
+                    out[i, column + j] = h[i, j]
+        return lstm
+    return None
+
+
+@overload(backward_epilogue, jit_options=JIT_OPTIONS, inline="always")
+def _backward_epilogue(cell, grad_y, y, column, carry, carry_c, saved, h_prev, c_prev, dz, dz_in, tmp, dh_proj,
+                       w_hh_panels, w_hr_panels):
+    if _is(cell, RnnCell):
+        def rnn(cell, grad_y, y, column, carry, carry_c, saved, h_prev, c_prev, dz, dz_in, tmp, dh_proj,
+                w_hh_panels, w_hr_panels):
+            relu = cell.relu
+            for i in range(dz.shape[0]):
+                for j in range(dz.shape[1]):
+                    dz[i, j] = activation_backward(grad_y[i, column + j] + carry[i, j], y[i, column + j], relu)
+            panel_matmul(dz, w_hh_panels, carry)
+        return rnn
+
+    if _is(cell, GruCell):
+        def gru(cell, grad_y, y, column, carry, carry_c, saved, h_prev, c_prev, dz, dz_in, tmp, dh_proj,
+                w_hh_panels, w_hr_panels):
+            hidden = carry.shape[1]
+            for i in range(dz.shape[0]):
+                for j in range(hidden):
+                    g = grad_y[i, column + j] + carry[i, j]
+                    r, u = saved[i, j], saved[i, hidden + j]
+                    n, recurrent_n = saved[i, 2 * hidden + j], saved[i, 3 * hidden + j]
+                    grad_n = g * (_ONE - u) * (_ONE - n * n)
+                    grad_r = grad_n * recurrent_n * r * (_ONE - r)
+                    grad_u = g * (h_prev[i, j] - n) * u * (_ONE - u)
+                    dz[i, j] = grad_r
+                    dz[i, hidden + j] = grad_u
+                    dz[i, 2 * hidden + j] = grad_n * r  # r scales W_hn h + b_hn: the recurrent side only
+                    dz_in[i, j] = grad_r
+                    dz_in[i, hidden + j] = grad_u
+                    dz_in[i, 2 * hidden + j] = grad_n
+                    tmp[i, j] = g * u  # h_{t-1}'s direct path through z * (h - n)
+            panel_matmul(dz, w_hh_panels, carry)
+            for i in range(dz.shape[0]):
+                for j in range(hidden):
+                    carry[i, j] += tmp[i, j]
+        return gru
+
+    if _is(cell, LstmCell):
+        def lstm(cell, grad_y, y, column, carry, carry_c, saved, h_prev, c_prev, dz, dz_in, tmp, dh_proj,
+                 w_hh_panels, w_hr_panels):
+            hidden = carry_c.shape[1]
+            rows = dz.shape[0]
+            if dh_proj.shape[0] > 0:  # h = h_full W_hr^T: the gradient of h_full is dh W_hr
+                for i in range(rows):
+                    for j in range(carry.shape[1]):
+                        dh_proj[i, j] = grad_y[i, column + j] + carry[i, j]
+                panel_matmul(dh_proj, w_hr_panels, tmp)
+            else:
+                for i in range(rows):
+                    for j in range(hidden):
+                        tmp[i, j] = grad_y[i, column + j] + carry[i, j]
+            for i in range(rows):
+                for j in range(hidden):
+                    dh = tmp[i, j]
+                    gi, gf = saved[i, j], saved[i, hidden + j]
+                    gg, go, tc = saved[i, 2 * hidden + j], saved[i, 3 * hidden + j], saved[i, 4 * hidden + j]
+                    dc = carry_c[i, j] + dh * go * (_ONE - tc * tc)
+                    dz[i, j] = dc * gg * gi * (_ONE - gi)
+                    dz[i, hidden + j] = dc * c_prev[i, j] * gf * (_ONE - gf)
+                    dz[i, 2 * hidden + j] = dc * gi * (_ONE - gg * gg)
+                    dz[i, 3 * hidden + j] = dh * tc * go * (_ONE - go)
+                    carry_c[i, j] = dc * gf
+            panel_matmul(dz, w_hh_panels, carry)
+        return lstm
+    return None
