@@ -1,6 +1,6 @@
-"""PyTorch drop-ins: ``numbarnn.torch.RNN`` and ``numbarnn.torch.RNNCell`` are ``torch.nn.RNN`` /
-``torch.nn.RNNCell`` (subclasses: same constructor, Parameters, ``state_dict`` and repr) whose forward runs numbarnn's
-kernels, with autograd, and :func:`accelerate` switches an existing model over in place.
+"""PyTorch drop-ins: ``numbarnn.torch.RNN``, ``LSTM``, ``GRU``, ``RNNCell``, ``LSTMCell`` and ``GRUCell`` are
+torch's classes of the same names (subclasses: same constructor, Parameters, ``state_dict`` and repr) whose forward
+runs numbarnn's kernels, with autograd, and :func:`accelerate` switches an existing model over in place.
 
 Importing this module imports torch; ``import numbarnn`` alone never does.
 
@@ -441,7 +441,7 @@ class _SequenceDropIn(_DropIn):
         if dtype not in _NUMPY_DTYPES or data.device.type != "cpu" or _CELLS.get(self.mode) != self._CELL:
             return False
         if hx is not None:
-            for state in _states(hx):
+            for state in hx if type(hx) is tuple else (hx,):
                 if not isinstance(state, torch.Tensor) or state.dtype != dtype or state.device.type != "cpu":
                     return False
         if any(w.dtype != dtype or w.device.type != "cpu" for w in self._flat_weights):

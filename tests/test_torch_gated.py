@@ -377,3 +377,35 @@ def test_jit_script_does_what_it_does_for_torchs_module(kind):
     flat = (lambda r: states(r)) if kind.endswith("Cell") else (lambda r: [r[0], *states(r[1])])
     for a, e in zip(flat(actual), flat(expected), strict=True):
         assert torch.equal(a, e)  # torch's scripted kernels on both
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+def test_dropout_follows_torch_manual_seed_and_its_gradients_check(kind):
+    # The masks come from torch's generator: reseeding reproduces them, so gradcheck's repeated forwards see the
+    # same masks and the backward (kernels, and the recomputation for double backward) goes through them.
+    module = getattr(nt, kind)(3, 4, num_layers=2, dropout=0.5, dtype=torch.float64)
+    x = torch.randn(5, 2, 3, dtype=torch.float64, requires_grad=True)
+
+    def function(x):
+        torch.manual_seed(3)
+        output, state = module(x)
+        return output, *states(state)
+
+    first, second = function(x), function(x)
+    assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
+    module.eval()
+    assert not torch.equal(function(x)[0], first[0])  # training dropped something out
+    module.train()
+    assert torch.autograd.gradcheck(function, (x,))
+    assert torch.autograd.gradgradcheck(function, (x,), fast_mode=True)
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+def test_an_empty_batch_gives_torchs_shapes(kind):
+    reference, ours = module_pair(kind, torch.float64, input_size=3, hidden_size=4, bidirectional=True)
+    x = torch.randn(5, 0, 3, dtype=torch.float64, requires_grad=True)
+    expected, actual = reference(x), ours(x)
+    for a, e in zip([actual[0], *states(actual[1])], [expected[0], *states(expected[1])], strict=True):
+        assert a.shape == e.shape
+    actual[0].sum().backward()
+    assert x.grad.shape == x.shape
