@@ -588,7 +588,7 @@ class _CellDropIn(_DropIn):
                 or self.weight_ih.dtype != dtype or self.weight_ih.device.type != "cpu"):
             return super().forward(input, hx)
         if hx is not None:
-            for state in _states(hx):
+            for state in hx if type(hx) is tuple else (hx,):
                 if not isinstance(state, torch.Tensor) or state.dtype != dtype or state.device.type != "cpu":
                     return super().forward(input, hx)
         if not _plain_autograd():
@@ -632,16 +632,22 @@ class GRUCell(_CellDropIn, _TORCH_GRU_CELL):
 
 
 def _cell_shapes_fit(cell, input, hx):
-    """``input`` and ``hx`` are shapes torch's cell accepts (else its forward raises its own error)."""
-    if input.dim() not in (1, 2) or input.size(-1) != cell.input_size:
+    """``input`` and ``hx`` (an LSTMCell's (h, c)) are shapes torch's cell accepts (else its forward raises its own
+    error)."""
+    dims = input.dim()
+    if dims not in (1, 2) or input.size(-1) != cell.input_size:
         return False
     if hx is None:
         return True
-    lstm = cell._CELL == "lstm"
-    if (type(hx) is tuple) != lstm or len(_states(hx)) != 1 + lstm:
-        return False
-    return all(state.dim() == input.dim() and state.size(-1) == cell.hidden_size
-               and (input.dim() == 1 or state.size(0) == input.size(0)) for state in _states(hx))
+    if cell._CELL == "lstm":
+        return type(hx) is tuple and len(hx) == 2 and _cell_state_fits(cell, hx[0], input) \
+            and _cell_state_fits(cell, hx[1], input)
+    return type(hx) is not tuple and _cell_state_fits(cell, hx, input)
+
+
+def _cell_state_fits(cell, state, input):
+    return state.dim() == input.dim() and state.size(-1) == cell.hidden_size \
+        and (input.dim() == 1 or state.size(0) == input.size(0))
 
 
 @torch.compiler.disable
@@ -655,7 +661,8 @@ def _cell_forward(cell, input, hx):
     weights = [getattr(cell, name) for name in (_CELL_NAMES if cell.bias else _CELL_NAMES[:2])]
     plan = cell._numbarnn_plan(x.dtype)
     lstm = cell._CELL == "lstm"
-    if torch.is_grad_enabled() and (x.requires_grad or any(state.requires_grad for state in _states(hx))
+    if torch.is_grad_enabled() and (x.requires_grad or (hx is not None and any(state.requires_grad
+                                                                                for state in _states(hx)))
                                     or any(w.requires_grad for w in weights)):
         _, h_n = _run(cell, plan, x.unsqueeze(0), None if hx is None else _unsqueeze_states(hx, 0), weights, None,
                       False, 0.0)
