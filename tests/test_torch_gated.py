@@ -409,3 +409,65 @@ def test_an_empty_batch_gives_torchs_shapes(kind):
         assert a.shape == e.shape
     actual[0].sum().backward()
     assert x.grad.shape == x.shape
+
+
+def flat_results(result):
+    """A module's results as one list: a sequence module's output and each state, or a cell's state(s)."""
+    if isinstance(result, torch.Tensor):
+        return [result]
+    first, second = result
+    return [first, *states(second)]
+
+
+class Doubled(torch.nn.Module):
+    def forward(self, weight):
+        return 2 * weight
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "LSTMCell", "GRUCell"])
+def test_idioms_after_a_forward_keep_matching_torch(kind, numbarnn_calls):
+    # flatten_parameters(), load_state_dict, .double() / .float() and a parametrization registered once the
+    # Parameters live in numbarnn's buffer
+    torch.manual_seed(0)
+    cell = kind.endswith("Cell")
+    reference, ours = TORCH[kind](3, 4), getattr(nt, kind)(3, 4)
+    ours.load_state_dict(reference.state_dict())
+    x = torch.randn((2, 3) if cell else (5, 2, 3))
+
+    def check(name, dtype=torch.float32):
+        results = []
+        for module in (reference, ours):
+            leaf = x.to(dtype).requires_grad_()
+            outputs = flat_results(module(leaf))
+            grads = torch.autograd.grad(sum((o * o.detach().cos()).sum() for o in outputs),
+                                        [leaf, *module.parameters()])
+            results.append(outputs + list(grads))
+        assert len(numbarnn_calls) == 1, name  # the drop-in's call, not torch's
+        numbarnn_calls.clear()
+        compare(results[1], results[0], [f"{name} #{i}" for i in range(len(results[0]))], NP_DTYPES[dtype])
+
+    check("first call")
+    if not cell:
+        ours.flatten_parameters()
+        reference.flatten_parameters()
+        check("after flatten_parameters()")
+    reference.load_state_dict(TORCH[kind](3, 4).state_dict())
+    ours.load_state_dict(reference.state_dict())
+    check("after load_state_dict")
+    for convert in (lambda m: m.double(), lambda m: m.float(), lambda m: m.to(torch.float64)):
+        convert(reference)
+        convert(ours)
+        check("after a conversion", next(ours.parameters()).dtype)
+    name = "weight_hh" if cell else "weight_hh_l0"
+    for module in (reference, ours):
+        torch.nn.utils.parametrize.register_parametrization(module, name, Doubled())
+    check("parametrized", torch.float64)
+
+
+def test_rebinding_torchs_classes_to_the_drop_ins_does_not_recurse(monkeypatch):
+    for name in ("LSTM", "GRU", "LSTMCell", "GRUCell"):
+        monkeypatch.setattr(torch.nn, name, getattr(nt, name))
+    for kind in ("LSTM", "GRU", "LSTMCell", "GRUCell"):
+        module = getattr(torch.nn, kind)(3, 4, dtype=torch.bfloat16)  # the fallback: torch's own forward
+        x = torch.randn((2, 3) if kind.endswith("Cell") else (5, 2, 3), dtype=torch.bfloat16)
+        assert all(result.dtype == torch.bfloat16 for result in flat_results(module(x)))
