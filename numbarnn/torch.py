@@ -484,7 +484,7 @@ class RNN(_SequenceDropIn, _TORCH_RNN):
     in place; arrays aliasing the old ``.data`` no longer see updates. The buffers of the last two training calls
     whose graphs are gone are kept for reuse by the next calls of the same shape. Copies (``copy.deepcopy``, pickle,
     ``torch.save``) leave these buffers out and build their own on their first call.
-    """ + _AUTOGRAD_DOC.format(state="h_0")
+    """
 
     _TORCH_CLASS = _TORCH_RNN
     _CELL = "rnn"
@@ -497,7 +497,7 @@ class LSTM(_SequenceDropIn, _TORCH_LSTM):
 
     When numbarnn runs (float32 / float64 CPU tensors, plain autograd) and what runs otherwise (torch's own
     forward), threads, memory and copies are as for :class:`RNN`.
-    """ + _AUTOGRAD_DOC.format(state="h_0 and c_0")
+    """
 
     _TORCH_CLASS = _TORCH_LSTM
     _CELL = "lstm"
@@ -507,10 +507,16 @@ class GRU(_SequenceDropIn, _TORCH_GRU):
     r"""``torch.nn.GRU`` running numbarnn's kernels: same constructor, Parameters, ``state_dict``, repr, results and
     gradients (to float rounding). When numbarnn runs and what runs otherwise, threads, memory and copies are as for
     :class:`RNN`.
-    """ + _AUTOGRAD_DOC.format(state="h_0")
+    """
 
     _TORCH_CLASS = _TORCH_GRU
     _CELL = "gru"
+
+
+for _class, _state in ((RNN, "h_0"), (LSTM, "h_0 and c_0"), (GRU, "h_0")):
+    if _class.__doc__:  # None under python -OO; a docstring must be a literal, so the shared part is added here
+        _class.__doc__ += _AUTOGRAD_DOC.format(state=_state)
+del _class, _state
 
 
 def _state_dims(hx, dims):
