@@ -33,17 +33,18 @@ TORCH = {"LSTM": torch.nn.modules.rnn.LSTM, "GRU": torch.nn.modules.rnn.GRU,
 INPUT_SIZE, STEPS, BATCH = 7, 5, 3
 
 # One case per hidden size, the options rotated so that each value of each option occurs for both cells (proj_size
-# for the LSTM only); "blocks" is a batch of 48 sequences, which the kernels split into blocks.
+# for the LSTM only; bias True unless given); "blocks" is a batch of 48 sequences, which the kernels split into
+# blocks.
 CASES = [
     dict(hidden_size=16, form="tensor", batch_first=False, bidirectional=True, num_layers=2, state=True, proj=0),
     dict(hidden_size=17, form="packed_sorted", batch_first=False, bidirectional=False, num_layers=2, state=False,
          proj=5),
     dict(hidden_size=40, form="packed_unsorted", batch_first=True, bidirectional=True, num_layers=1, state=True,
-         proj=7),
+         proj=7, bias=False),
     dict(hidden_size=64, form="blocks", batch_first=True, bidirectional=False, num_layers=2, state=True, proj=0),
     dict(hidden_size=17, form="unbatched", batch_first=True, bidirectional=True, num_layers=2, state=True, proj=3),
     dict(hidden_size=40, form="unbatched", batch_first=False, bidirectional=False, num_layers=1, state=False,
-         proj=0),
+         proj=0, bias=False),
 ]
 
 
@@ -65,9 +66,9 @@ def case_id(case):
 def test_cases_cover_every_option_value():
     for option, values in {"hidden_size": {16, 17, 40, 64}, "batch_first": {False, True},
                            "bidirectional": {False, True}, "num_layers": {1, 2}, "state": {False, True},
-                           "proj": {0, 3, 5, 7},
+                           "proj": {0, 3, 5, 7}, "bias": {False, True},
                            "form": {"tensor", "packed_sorted", "packed_unsorted", "blocks", "unbatched"}}.items():
-        assert {case[option] for case in CASES} == values, option
+        assert {case.get(option, True) for case in CASES} == values, option
 
 
 def module_pair(kind, dtype, **arguments):
@@ -140,7 +141,7 @@ NP_DTYPES = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.flo
 @pytest.mark.parametrize("kind", ["LSTM", "GRU"])
 def test_results_and_gradients_match_torch(kind, case, dtype, numbarnn_calls):
     arguments = dict(input_size=INPUT_SIZE, hidden_size=case["hidden_size"], num_layers=case["num_layers"],
-                     batch_first=case["batch_first"], bidirectional=case["bidirectional"])
+                     batch_first=case["batch_first"], bidirectional=case["bidirectional"], bias=case.get("bias", True))
     if kind == "LSTM":
         arguments["proj_size"] = case["proj"]
     reference, ours = module_pair(kind, dtype, **arguments)
@@ -204,7 +205,8 @@ def test_cells_match_torch_through_a_loop(kind, dtype, numbarnn_calls):
 
 
 GRADCHECK_MODULES = {
-    "LSTM": dict(input_size=3, hidden_size=4, num_layers=2, bidirectional=True, proj_size=2, batch_first=True),
+    "LSTM": dict(input_size=3, hidden_size=4, num_layers=2, bidirectional=True, proj_size=2, batch_first=True,
+                 bias=False),
     "GRU": dict(input_size=3, hidden_size=4, num_layers=2, bidirectional=True),
     "LSTMCell": dict(input_size=3, hidden_size=4),
     "GRUCell": dict(input_size=3, hidden_size=4),
