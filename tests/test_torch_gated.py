@@ -24,6 +24,8 @@ from numpy.testing import assert_allclose
 from torch.nn.utils.rnn import PackedSequence, pack_sequence
 
 import numbarnn.torch as nt
+from numbarnn._cells import GATES
+from numbarnn._workspace import block_count, max_blocks
 
 # torch's float32 LSTM runs oneDNN, which has no projection and says so each call: torch's own kernel then runs
 pytestmark = pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN:UserWarning")
@@ -158,6 +160,8 @@ def test_results_and_gradients_match_torch(kind, case, dtype, numbarnn_calls):
     np_dtype = NP_DTYPES[dtype]
     atols = None
     if case["form"] == "blocks":
+        assert block_count(48, STEPS, INPUT_SIZE, case["hidden_size"], case["num_layers"], 1,
+                           GATES[kind.lower()]) == min(max_blocks(), 48) > 1 or max_blocks() == 1
         atols = scaled_atols(np_dtype, STEPS, 48, INPUT_SIZE, case["hidden_size"],
                              2 if case["bidirectional"] else 1)
     names = ["output", "h_n", "c_n"][:len(actual)]
