@@ -1,6 +1,6 @@
-"""PyTorch drop-ins: ``numbarnn.torch.RNN`` and ``numbarnn.torch.RNNCell`` are ``torch.nn.RNN`` /
-``torch.nn.RNNCell`` (subclasses: same constructor, Parameters, ``state_dict`` and repr) whose forward runs numbarnn's
-kernels, with autograd, and :func:`accelerate` switches an existing model over in place.
+"""PyTorch drop-ins: ``numbarnn.torch.RNN``, ``LSTM``, ``GRU``, ``RNNCell``, ``LSTMCell`` and ``GRUCell`` are
+torch's classes of the same names (subclasses: same constructor, Parameters, ``state_dict`` and repr) whose forward
+runs numbarnn's kernels, with autograd, and :func:`accelerate` switches an existing model over in place.
 
 Importing this module imports torch; ``import numbarnn`` alone never does.
 
@@ -22,6 +22,7 @@ a copy builds its own on its first call.
 
 import copy
 import threading
+import warnings
 
 import numba
 import numpy as np
@@ -30,12 +31,13 @@ import torch.autograd.forward_ad as _forward_ad
 from torch.nn.utils.rnn import PackedSequence
 
 from . import _engine as engine
+from ._cells import GATES
 from ._layout import build_layout
-from ._step import stacked_step
+from ._step import cell_step, stacked_step
 from ._threads import configure_threads_once
-from ._workspace import ScratchPool, Spec
+from ._workspace import ScratchPool, Spec, marker, step_buffers
 
-__all__ = ["RNN", "RNNCell", "accelerate"]
+__all__ = ["RNN", "RNNCell", "LSTM", "GRU", "LSTMCell", "GRUCell", "accelerate"]
 
 _NUMPY_DTYPES = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
 _CELL_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
@@ -43,6 +45,12 @@ _CELL_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 # drop-ins, and a fallback reaching torch's forward through those names would then call itself.
 _TORCH_RNN = torch.nn.modules.rnn.RNN
 _TORCH_RNN_CELL = torch.nn.modules.rnn.RNNCell
+_TORCH_LSTM = torch.nn.modules.rnn.LSTM
+_TORCH_GRU = torch.nn.modules.rnn.GRU
+_TORCH_LSTM_CELL = torch.nn.modules.rnn.LSTMCell
+_TORCH_GRU_CELL = torch.nn.modules.rnn.GRUCell
+# torch's RNNBase.mode -> numbarnn's cell (Spec.cell)
+_CELLS = {"RNN_TANH": "rnn", "RNN_RELU": "rnn", "LSTM": "lstm", "GRU": "gru"}
 # What a module keeps in its __dict__ for this process only (see _DropIn).
 _PROCESS_STATE = ("_numbarnn_plans", "_numbarnn_flat")
 
@@ -53,15 +61,16 @@ class _Plan:
 
     __slots__ = ("offsets", "scratch", "slices", "spare_backward", "spare_records", "spec", "total")
 
-    def __init__(self, input_size, hidden_size, num_layers, num_directions, bias, dtype, relu):
-        self.spec = Spec(input_size, hidden_size, num_layers, num_directions, dtype, relu)
+    def __init__(self, spec, bias):
+        self.spec = spec
         # Buffers of finished calls, reused by the next calls of the same shape: fresh large buffers cost page faults
         # on every call (measured: a 3-4 ms training step of the demo's model took 2-3 ms more without reuse).
         # Lists, so that taking one (list.pop) is atomic when several threads call the module.
         self.spare_records = []   # forward records whose graphs are gone (at most 2: a loop keeps one alive)
         self.spare_backward = []  # backward scratch buffers (at most 1)
         self.scratch = ScratchPool()  # for calls that keep nothing for a backward (no_grad, inference_mode)
-        entries, self.offsets, self.total = build_layout(input_size, hidden_size, num_layers, num_directions, bias)
+        entries, self.offsets, self.total = build_layout(spec.input_size, spec.hidden_size, spec.num_layers,
+                                                         spec.num_directions, bias, GATES[spec.cell], spec.proj_size)
         self.slices = [(offset, offset + int(np.prod(shape)), shape) for _, offset, shape in entries]
 
     def take(self, spares):
@@ -178,45 +187,54 @@ class _RecordReturn:
 
 
 class _NumbaRNNFunction(torch.autograd.Function):
-    """Autograd node of one numbarnn forward; inputs ``(plan, options, x, h_0, *weights)``, outputs
-    ``(output, h_n)``. ``options`` = (params, lengths or None, batch_first, dropout p or 0), ``params`` the (P,)
-    NumPy array holding ``weights`` (:func:`_parameters_array`)."""
+    """Autograd node of one numbarnn forward of any cell; inputs ``(plan, options, x, h_0, c_0, *weights)``, outputs
+    ``(output, h_n)``, or an LSTM's ``(output, h_n, c_n)``. ``c_0`` is an LSTM's (None otherwise, and None for zeros
+    as ``h_0``). ``options`` = (params, lengths or None, batch_first, dropout p or 0), ``params`` the (P,) NumPy
+    array holding ``weights`` (:func:`_parameters_array`)."""
 
     @staticmethod
-    def forward(ctx, plan, options, x, h_0, *weights):
+    def forward(ctx, plan, options, x, h_0, c_0, *weights):
         params, lengths, batch_first, dropout = options
+        lstm = plan.spec.cell == "lstm"
         output, h_n, record = engine.forward(
-            plan.spec, params, plan.offsets, _time_major(x.detach().numpy(), batch_first), _as_numpy(h_0), lengths,
+            plan.spec, params, plan.offsets, _time_major(x.detach().numpy(), batch_first),
+            (_as_numpy(h_0), _as_numpy(c_0)) if lstm else _as_numpy(h_0), lengths,
             training=True, batch_first=batch_first, draw_dropout=_dropout_drawer(dropout) if dropout else None,
             spare=plan.take(plan.spare_records))
-        ctx.save_for_backward(x, h_0, *weights)
+        ctx.save_for_backward(x, h_0, c_0, *weights)
         ctx.set_materialize_grads(False)  # an unused output's gradient stays None: the engine reads None as zeros
         ctx.plan, ctx.params, ctx.record, ctx.batch_first, ctx.lengths = plan, params, record, batch_first, lengths
         ctx.record_return = _RecordReturn(record, plan)
+        if lstm:
+            return torch.from_numpy(output), torch.from_numpy(h_n[0]), torch.from_numpy(h_n[1])
         return torch.from_numpy(output), torch.from_numpy(h_n)
 
     @staticmethod
-    def backward(ctx, grad_output, grad_h_n):
+    def backward(ctx, grad_output, grad_h_n, grad_c_n=None):
         # torch runs a backward in grad mode exactly when it is asked to build a graph (create_graph=True)
-        if torch.is_grad_enabled() or _batched(grad_output) or _batched(grad_h_n):
-            return (None, None, *_differentiable_backward(ctx, grad_output, grad_h_n))
-        _, _, *weights = ctx.saved_tensors  # raises if a saved tensor was changed in place since the forward
+        if torch.is_grad_enabled() or _batched(grad_output) or _batched(grad_h_n) or _batched(grad_c_n):
+            return (None, None, *_differentiable_backward(ctx, (grad_output, grad_h_n, grad_c_n)))
+        _, _, _, *weights = ctx.saved_tensors  # raises if a saved tensor was changed in place since the forward
         plan, batch_first = ctx.plan, ctx.batch_first
         _follow_torch_threads()
         grads = np.zeros(plan.total, plan.spec.dtype)
         if grad_output is not None:
             grad_output = _time_major(grad_output.contiguous().numpy(), batch_first)
+        lstm = plan.spec.cell == "lstm"
+        grad_state = (_as_numpy(grad_h_n), _as_numpy(grad_c_n)) if lstm else _as_numpy(grad_h_n)
         grad_input, grad_h_0, scratch = engine.backward(
-            ctx.params, plan.offsets, ctx.record, grad_output, _as_numpy(grad_h_n), grads,
+            ctx.params, plan.offsets, ctx.record, grad_output, grad_state, grads,
             need_input_grad=ctx.needs_input_grad[2], batch_first=batch_first,
             spare=plan.take(plan.spare_backward))
         if scratch is not None and not plan.spare_backward:
             plan.spare_backward.append(scratch)  # returned arrays are copies: the scratch is free again
         needs = ctx.needs_input_grad
-        weight_grads = [g if need else None for g, need in zip(plan.split(grads), needs[4:])]
+        grad_h_0, grad_c_0 = grad_h_0 if lstm else (grad_h_0, None)
+        weight_grads = [g if need else None for g, need in zip(plan.split(grads), needs[5:])]
         del weights
         return (None, None, None if grad_input is None else torch.from_numpy(grad_input),
-                torch.from_numpy(grad_h_0) if needs[3] else None, *weight_grads)
+                torch.from_numpy(grad_h_0) if needs[3] else None,
+                torch.from_numpy(grad_c_0) if needs[4] else None, *weight_grads)
 
 
 def _batched(grad):
@@ -225,8 +243,9 @@ def _batched(grad):
     return grad is not None and (_is_legacy_batched(grad) or _is_functorch_wrapped(grad))
 
 
-def _differentiable_backward(ctx, grad_output, grad_h_n):
-    """The gradients of ``(x, h_0, *weights)`` by torch operations: the forward recomputed from the saved tensors
+def _differentiable_backward(ctx, result_grads):
+    """The gradients of ``(x, h_0, c_0, *weights)`` for those of the results (``result_grads``: output, h_n and
+    c_n, each None when unused) by torch operations: the forward recomputed from the saved tensors
     (with the call's own dropout masks) by :func:`_torch_forward`, and differentiated by autograd.
 
     The recomputation starts from the saved tensors themselves (the gradients are taken with respect to them, which
@@ -240,12 +259,12 @@ def _differentiable_backward(ctx, grad_output, grad_h_n):
     record, batch_first = ctx.record, ctx.batch_first
     create_graph = torch.is_grad_enabled()  # torch runs a backward in grad mode exactly when create_graph=True
     with torch.enable_grad():
-        x, h_0, *weights = saved
-        output, h_n = _torch_forward(record.spec, x.transpose(0, 1) if batch_first else x, h_0, weights, ctx.lengths,
-                                     _dropout_scales(record))
+        x, h_0, c_0, *weights = saved
+        output, h_n, c_n = _torch_forward(record.spec, x.transpose(0, 1) if batch_first else x, h_0, c_0, weights,
+                                          ctx.lengths, _dropout_scales(record))
         if batch_first:
             output = output.transpose(0, 1)
-        pairs = [(result, grad) for result, grad in ((output, grad_output), (h_n, grad_h_n)) if grad is not None]
+        pairs = [(result, grad) for result, grad in zip((output, h_n, c_n), result_grads) if grad is not None]
         wanted = [tensor for tensor, need in zip(saved, needs) if need]
         if not pairs or not wanted:
             return [None] * len(saved)
@@ -264,57 +283,97 @@ def _dropout_scales(record):
             for scale in buffers.dropout_scale]
 
 
-def _torch_forward(spec, x, h_0, weights, lengths, scales):
-    """What the kernels compute, written with differentiable torch operations: the stack over time-major ``x``
-    (L, N, H_in) from ``h_0`` ((num_layers * D, N, H) or None for zeros) with ``weights`` in torch's order; each
-    sequence stops at its length (``lengths``: (N,) or None), the output is zero past it; ``scales`` multiply the
-    inputs of layers 1... (dropout). Returns ``(output, h_n)``."""
+def _torch_forward(spec, x, h_0, c_0, weights, lengths, scales):
+    """What the kernels compute, written with differentiable torch operations: the stack of ``spec.cell`` over
+    time-major ``x`` (L, N, H_in) from ``h_0`` ((num_layers * D, N, P) or None for zeros) and an LSTM's ``c_0``
+    ((num_layers * D, N, H) or None) with ``weights`` in torch's order; each sequence stops at its length
+    (``lengths``: (N,) or None), the output is zero past it; ``scales`` multiply the inputs of layers 1...
+    (dropout). Returns ``(output, h_n, c_n)``, c_n None but for an LSTM."""
     steps, batch = x.shape[0], x.shape[1]
-    directions, hidden = spec.num_directions, spec.hidden_size
-    per_direction = len(weights) // (spec.num_layers * directions)  # 4 with biases, 2 without
-    activation = torch.relu if spec.relu else torch.tanh
+    directions, hidden, lstm = spec.num_directions, spec.hidden_size, spec.cell == "lstm"
+    state = spec.proj_size if spec.proj_size > 0 else hidden
+    per_direction = len(weights) // (spec.num_layers * directions)  # w_ih, w_hh, [b_ih, b_hh], [w_hr]
+    has_bias = per_direction - (spec.proj_size > 0) == 4
+    cell_step = _TORCH_STEPS[spec.cell]
     running = None if lengths is None else \
         (torch.arange(steps)[:, None] < torch.as_tensor(lengths)[None, :])[:, :, None]  # (L, N, 1)
-    layer_input, finals = x, []
+    layer_input, finals, cells = x, [], []
     for layer in range(spec.num_layers):
         if layer and scales is not None:
             layer_input = layer_input * scales[layer - 1]
         outputs = []
         for direction in range(directions):
             row = layer * directions + direction
-            w_ih, w_hh, *biases = weights[row * per_direction:(row + 1) * per_direction]
-            projected = torch.nn.functional.linear(layer_input, w_ih, biases[0] if biases else None)
-            h = x.new_zeros(batch, hidden) if h_0 is None else h_0[row]
+            w_ih, w_hh, *rest = weights[row * per_direction:(row + 1) * per_direction]
+            b_ih, b_hh = rest[:2] if has_bias else (None, None)
+            w_hr = rest[-1] if spec.proj_size > 0 else None
+            projected = torch.nn.functional.linear(layer_input, w_ih, b_ih)
+            h = x.new_zeros(batch, state) if h_0 is None else h_0[row]
+            c = None if not lstm else x.new_zeros(batch, hidden) if c_0 is None else c_0[row]
             step_outputs = [None] * steps
             for t in (range(steps) if direction == 0 else range(steps - 1, -1, -1)):
-                new = activation(projected[t] + torch.nn.functional.linear(h, w_hh, biases[1] if biases else None))
+                new_h, new_c = cell_step(spec, projected[t], torch.nn.functional.linear(h, w_hh, b_hh), h, c, w_hr)
                 if running is None:
-                    h = step_outputs[t] = new
+                    h = step_outputs[t] = new_h
+                    c = new_c
                 else:  # a finished (forward) or not yet started (reverse) sequence keeps its state
-                    h = torch.where(running[t], new, h)
-                    step_outputs[t] = torch.where(running[t], new, 0.0)
+                    h = torch.where(running[t], new_h, h)
+                    c = torch.where(running[t], new_c, c) if lstm else None
+                    step_outputs[t] = torch.where(running[t], new_h, 0.0)
             outputs.append(torch.stack(step_outputs))
             finals.append(h)
+            cells.append(c)
         layer_input = torch.cat(outputs, 2) if directions == 2 else outputs[0]
-    return layer_input, torch.stack(finals)
+    return layer_input, torch.stack(finals), torch.stack(cells) if lstm else None
+
+
+def _rnn_step(spec, projected, recurrent, h, c, w_hr):
+    return (torch.relu if spec.relu else torch.tanh)(projected + recurrent), None
+
+
+def _gru_step(spec, projected, recurrent, h, c, w_hr):
+    """torch's GRU: r, z, n gates; n = tanh(x W_in + b_in + r * (h W_hn + b_hn))."""
+    x_r, x_z, x_n = projected.chunk(3, 1)
+    h_r, h_z, h_n = recurrent.chunk(3, 1)
+    r, z = torch.sigmoid(x_r + h_r), torch.sigmoid(x_z + h_z)
+    n = torch.tanh(x_n + r * h_n)
+    return (1 - z) * n + z * h, None
+
+
+def _lstm_step(spec, projected, recurrent, h, c, w_hr):
+    """torch's LSTM: i, f, g, o gates; h = o * tanh(c), projected by W_hr with ``proj_size``."""
+    i, f, g, o = (projected + recurrent).chunk(4, 1)
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    h = torch.sigmoid(o) * torch.tanh(c)
+    return (h if w_hr is None else torch.nn.functional.linear(h, w_hr)), c
+
+
+_TORCH_STEPS = {"rnn": _rnn_step, "gru": _gru_step, "lstm": _lstm_step}
 
 
 def _time_major(array, batch_first):
     return array.transpose(1, 0, 2) if batch_first else array
 
 
-def _run(module, plan, x, h_0, weights, lengths, batch_first, dropout):
-    """One numbarnn forward over batched ``x`` ((L, N, H_in), or (N, L, H_in) with ``batch_first``): through the
-    autograd Function when a gradient can flow, else straight through the engine keeping nothing."""
+def _run(module, plan, x, hx, weights, lengths, batch_first, dropout):
+    """One numbarnn forward over batched ``x`` ((L, N, H_in), or (N, L, H_in) with ``batch_first``) from ``hx``
+    (h_0, an LSTM's tuple (h_0, c_0), or None): through the autograd Function when a gradient can flow, else
+    straight through the engine keeping nothing. Returns ``(output, h_n)``, an LSTM's ``(output, (h_n, c_n))``."""
     _follow_torch_threads()
     params = _parameters_array(module, plan, weights)
+    h_0, c_0 = hx if type(hx) is tuple else (hx, None)
     if torch.is_grad_enabled() and (x.requires_grad or (h_0 is not None and h_0.requires_grad)
+                                    or (c_0 is not None and c_0.requires_grad)
                                     or any(w.requires_grad for w in weights)):
-        return _NumbaRNNFunction.apply(plan, (params, lengths, batch_first, dropout), x, h_0, *weights)
+        results = _NumbaRNNFunction.apply(plan, (params, lengths, batch_first, dropout), x, h_0, c_0, *weights)
+        return (results[0], results[1:]) if len(results) == 3 else results
+    lstm = plan.spec.cell == "lstm"
     output, h_n, _ = engine.forward(
         plan.spec, params, plan.offsets, _time_major(x.detach().numpy(), batch_first),
-        _as_numpy(h_0), lengths, training=False, batch_first=batch_first,
-        draw_dropout=_dropout_drawer(dropout) if dropout else None, pool=plan.scratch)
+        (_as_numpy(h_0), _as_numpy(c_0)) if lstm else _as_numpy(h_0), lengths, training=False,
+        batch_first=batch_first, draw_dropout=_dropout_drawer(dropout) if dropout else None, pool=plan.scratch)
+    if lstm:
+        return torch.from_numpy(output), (torch.from_numpy(h_n[0]), torch.from_numpy(h_n[1]))
     return torch.from_numpy(output), torch.from_numpy(h_n)
 
 
@@ -330,8 +389,8 @@ class _DropIn:
     """What the drop-ins share on top of torch's class (``_TORCH_CLASS``, which each names): the plans, one per
     dtype, built on first use; per-process state left out of copies; scripting as torch's own module.
 
-    A subclass says what its kernels need to know of it in ``_numbarnn_sizes()``: (input_size, hidden_size,
-    num_layers, num_directions, bias, relu).
+    A subclass says what its kernels need to know of it in ``_numbarnn_spec(dtype)``: the
+    :class:`numbarnn._workspace.Spec` and whether it has biases.
     """
 
     _TORCH_CLASS = None
@@ -340,9 +399,7 @@ class _DropIn:
         plans = self.__dict__.setdefault("_numbarnn_plans", {})
         plan = plans.get(dtype)
         if plan is None:
-            input_size, hidden_size, num_layers, num_directions, bias, relu = self._numbarnn_sizes()
-            plan = plans[dtype] = _Plan(input_size, hidden_size, num_layers, num_directions, bias,
-                                        _NUMPY_DTYPES[dtype], relu)
+            plan = plans[dtype] = _Plan(*self._numbarnn_spec(_NUMPY_DTYPES[dtype]))
         return plan
 
     def __getstate__(self):
@@ -371,7 +428,53 @@ class _DropIn:
         return twin
 
 
-class RNN(_DropIn, _TORCH_RNN):
+def _states(hx):
+    """The state tensors in ``hx``: none, ``hx`` itself, or an LSTM's (h, c)."""
+    return () if hx is None else hx if type(hx) is tuple else (hx,)
+
+
+class _SequenceDropIn(_DropIn):
+    """What :class:`RNN`, :class:`LSTM` and :class:`GRU` share: when numbarnn runs (else torch's forward runs), the
+    forward, and the spec of their kernels. ``_CELL`` names the cell (:mod:`numbarnn._cells`)."""
+
+    _CELL = None
+
+    def forward(self, input, hx=None):
+        if not self._numbarnn_handles(input, hx):
+            return super().forward(input, hx)
+        return _rnn_forward(self, input, hx)
+
+    def _numbarnn_handles(self, input, hx):
+        data = input.data if isinstance(input, PackedSequence) else input
+        dtype = data.dtype
+        if dtype not in _NUMPY_DTYPES or data.device.type != "cpu" or _CELLS.get(self.mode) != self._CELL:
+            return False
+        if hx is not None:
+            for state in hx if type(hx) is tuple else (hx,):
+                if not isinstance(state, torch.Tensor) or state.dtype != dtype or state.device.type != "cpu":
+                    return False
+        if any(w.dtype != dtype or w.device.type != "cpu" for w in self._flat_weights):
+            return False
+        return _plain_autograd()
+
+    def _numbarnn_spec(self, dtype):
+        return Spec(self.input_size, self.hidden_size, self.num_layers, 2 if self.bidirectional else 1, dtype,
+                    self.mode == "RNN_RELU", self._CELL, self.proj_size), self.bias
+
+
+_AUTOGRAD_DOC = """
+    Autograd: gradients of the input, ``hx`` ({state}) and every Parameter, as torch computes them. An input without
+    ``requires_grad`` costs no input gradient; under ``no_grad`` / ``inference_mode`` nothing is kept. Each call keeps
+    its own saved state on its graph (two forwards then one backward of their sum, ``retain_graph=True``), freed with
+    the graph; changing the input, ``hx`` or a weight in place before backward raises torch's usual error. A
+    backward that builds a graph (``create_graph=True``: double backward) or runs under vmap (batched gradients)
+    differentiates a recomputation of the forward by torch operations: exact, slower. Dropout (training mode,
+    between layers) draws from torch's generator, so ``torch.manual_seed`` reproduces it (the masks differ from
+    torch's own, which draws in another order).
+    """
+
+
+class RNN(_SequenceDropIn, _TORCH_RNN):
     r"""``torch.nn.RNN`` running numbarnn's kernels: same constructor, Parameters, ``state_dict``, repr, results and
     gradients (to float rounding).
 
@@ -390,71 +493,81 @@ class RNN(_DropIn, _TORCH_RNN):
     in place; arrays aliasing the old ``.data`` no longer see updates. The buffers of the last two training calls
     whose graphs are gone are kept for reuse by the next calls of the same shape. Copies (``copy.deepcopy``, pickle,
     ``torch.save``) leave these buffers out and build their own on their first call.
-
-    Autograd: gradients of the input, ``hx`` and every Parameter, as torch computes them. An input without
-    ``requires_grad`` costs no input gradient; under ``no_grad`` / ``inference_mode`` nothing is kept. Each call keeps
-    its own saved state on its graph (two forwards then one backward of their sum, ``retain_graph=True``), freed with
-    the graph; changing the input, ``hx`` or a weight in place before backward raises torch's usual error. A
-    backward that builds a graph (``create_graph=True``: double backward) or runs under vmap (batched gradients)
-    differentiates a recomputation of the forward by torch operations: exact, slower. Dropout (training mode,
-    between layers) draws from torch's generator, so ``torch.manual_seed`` reproduces it (the masks differ from
-    torch.nn.RNN's own, which draws in another order).
     """
 
     _TORCH_CLASS = _TORCH_RNN
+    _CELL = "rnn"
 
-    def forward(self, input, hx=None):
-        if not self._numbarnn_handles(input, hx):
-            return super().forward(input, hx)
-        return _rnn_forward(self, input, hx)
 
-    def _numbarnn_handles(self, input, hx):
-        data = input.data if isinstance(input, PackedSequence) else input
-        dtype = data.dtype
-        if (dtype not in _NUMPY_DTYPES or data.device.type != "cpu" or self.proj_size != 0
-                or self.mode not in ("RNN_TANH", "RNN_RELU")
-                or (hx is not None and (hx.dtype != dtype or hx.device.type != "cpu"))):
-            return False
-        if any(w.dtype != dtype or w.device.type != "cpu" for w in self._flat_weights):
-            return False
-        return _plain_autograd()
+class LSTM(_SequenceDropIn, _TORCH_LSTM):
+    r"""``torch.nn.LSTM`` running numbarnn's kernels, ``proj_size`` included: same constructor, Parameters,
+    ``state_dict``, repr, results and gradients (to float rounding). The state is torch's tuple:
+    ``lstm(x, (h_0, c_0))`` returns ``output, (h_n, c_n)``, with gradients for h_0 and c_0.
 
-    def _numbarnn_sizes(self):
-        return (self.input_size, self.hidden_size, self.num_layers, 2 if self.bidirectional else 1, self.bias,
-                self.mode == "RNN_RELU")
+    When numbarnn runs (float32 / float64 CPU tensors, plain autograd) and what runs otherwise (torch's own
+    forward), threads, memory and copies are as for :class:`RNN`.
+    """
+
+    _TORCH_CLASS = _TORCH_LSTM
+    _CELL = "lstm"
+
+
+class GRU(_SequenceDropIn, _TORCH_GRU):
+    r"""``torch.nn.GRU`` running numbarnn's kernels: same constructor, Parameters, ``state_dict``, repr, results and
+    gradients (to float rounding). When numbarnn runs and what runs otherwise, threads, memory and copies are as for
+    :class:`RNN`.
+    """
+
+    _TORCH_CLASS = _TORCH_GRU
+    _CELL = "gru"
+
+
+for _class, _state in ((RNN, "h_0"), (LSTM, "h_0 and c_0"), (GRU, "h_0")):
+    if _class.__doc__:  # None under python -OO; a docstring must be a literal, so the shared part is added here
+        _class.__doc__ += _AUTOGRAD_DOC.format(state=_state)
+del _class, _state
+
+
+def _state_dims(hx, dims):
+    """Every tensor of ``hx`` (h_0, or an LSTM's (h_0, c_0)) has ``dims`` dimensions."""
+    return all(state.dim() == dims for state in _states(hx))
+
+
+def _unsqueeze_states(hx, dim):
+    return tuple(state.unsqueeze(dim) for state in hx) if type(hx) is tuple else hx.unsqueeze(dim)
 
 
 @torch.compiler.disable
 def _rnn_forward(module, input, hx):
-    """The numbarnn forward of :class:`RNN` (kept out of torch.compile's graphs: the kernels are not torch
-    operations)."""
-    if type(module) is not RNN:  # e.g. torch.nn.utils.parametrize's subclass: the weights are computed on access
+    """The numbarnn forward of :class:`RNN`, :class:`LSTM` and :class:`GRU` (kept out of torch.compile's graphs:
+    the kernels are not torch operations). Inputs torch would reject go to torch's own forward, which raises its
+    own error."""
+    if type(module) not in _DROP_IN_CLASSES:  # e.g. parametrize's subclass: the weights are computed on access
         module._update_flat_weights()
     weights = module._flat_weights  # kept current by RNNBase.__setattr__ and _apply (.to(), .double(), ...)
     dropout = module.dropout if module.training and module.num_layers > 1 else 0.0
     if isinstance(input, PackedSequence):
         return _packed_forward(module, input, hx, weights, dropout)
-    if input.dim() not in (2, 3):
-        raise ValueError(f"RNN: Expected input to be 2D or 3D, got {input.dim()}D tensor instead")
-    batched = input.dim() == 3
+    lstm = module._CELL == "lstm"
+    dims = input.dim()
+    if (dims not in (2, 3) or input.size(0 if dims == 2 or not module.batch_first else 1) == 0
+            or (hx is not None and ((type(hx) is tuple) != lstm or len(_states(hx)) != 1 + lstm
+                                    or not _state_dims(hx, dims)))):
+        return module._TORCH_CLASS.forward(module, input, hx)  # raises torch's error for what was given
+    batched = dims == 3
     batch_first = module.batch_first
     if not batched:  # as torch: a batch of one, on the batch axis of the module's layout
         input = input.unsqueeze(0 if batch_first else 1)
         if hx is not None:
-            if hx.dim() != 2:
-                raise RuntimeError(f"For unbatched 2-D input, hx should also be 2-D but got {hx.dim()}-D tensor")
-            hx = hx.unsqueeze(1)
-    elif hx is not None and hx.dim() != 3:
-        raise RuntimeError(f"For batched 3-D input, hx should also be 3-D but got {hx.dim()}-D tensor")
+            hx = _unsqueeze_states(hx, 1)
     if hx is None:
         module.check_input(input, None)
     else:
         module.check_forward_args(input, hx, None)
-    if input.size(1 if batch_first else 0) == 0:
-        raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
     output, h_n = _run(module, module._numbarnn_plan(input.dtype), input, hx, weights, None, batch_first, dropout)
     if not batched:
-        return output.squeeze(0 if batch_first else 1), h_n.squeeze(1)
+        return output.squeeze(0 if batch_first else 1), \
+            tuple(state.squeeze(1) for state in h_n) if lstm else h_n.squeeze(1)
     return output, h_n
 
 
@@ -477,7 +590,32 @@ def _packed_forward(module, packed, hx, weights, dropout):
         module.permute_hidden(h_n, unsorted_indices)
 
 
-class RNNCell(_DropIn, _TORCH_RNN_CELL):
+class _CellDropIn(_DropIn):
+    """What :class:`RNNCell`, :class:`LSTMCell` and :class:`GRUCell` share: when numbarnn runs (else torch's forward
+    runs), the forward (a one-step sequence with autograd, numbarnn's one-step kernel without), the spec."""
+
+    _CELL = None
+
+    def forward(self, input, hx=None):
+        dtype = input.dtype
+        if (dtype not in _NUMPY_DTYPES or input.device.type != "cpu"
+                or getattr(self, "nonlinearity", "tanh") not in ("tanh", "relu")
+                or self.weight_ih.dtype != dtype or self.weight_ih.device.type != "cpu"):
+            return super().forward(input, hx)
+        if hx is not None:
+            for state in hx if type(hx) is tuple else (hx,):
+                if not isinstance(state, torch.Tensor) or state.dtype != dtype or state.device.type != "cpu":
+                    return super().forward(input, hx)
+        if not _plain_autograd():
+            return super().forward(input, hx)
+        return _cell_forward(self, input, hx)
+
+    def _numbarnn_spec(self, dtype):
+        return Spec(self.input_size, self.hidden_size, 1, 1, dtype, getattr(self, "nonlinearity", "") == "relu",
+                    self._CELL), self.bias
+
+
+class RNNCell(_CellDropIn, _TORCH_RNN_CELL):
     r"""``torch.nn.RNNCell`` running numbarnn's kernels: same constructor, Parameters, ``state_dict``, repr, results
     and gradients (to float rounding).
 
@@ -489,45 +627,79 @@ class RNNCell(_DropIn, _TORCH_RNN_CELL):
     """
 
     _TORCH_CLASS = _TORCH_RNN_CELL
+    _CELL = "rnn"
 
-    def forward(self, input, hx=None):
-        dtype = input.dtype
-        if (dtype not in _NUMPY_DTYPES or input.device.type != "cpu" or self.nonlinearity not in ("tanh", "relu")
-                or (hx is not None and (hx.dtype != dtype or hx.device.type != "cpu"))
-                or self.weight_ih.dtype != dtype or self.weight_ih.device.type != "cpu"
-                or not _plain_autograd()):
-            return super().forward(input, hx)
-        return _cell_forward(self, input, hx)
 
-    def _numbarnn_sizes(self):
-        return self.input_size, self.hidden_size, 1, 1, self.bias, self.nonlinearity == "relu"
+class LSTMCell(_CellDropIn, _TORCH_LSTM_CELL):
+    r"""``torch.nn.LSTMCell`` running numbarnn's kernels: ``cell(x, (h, c))`` returns ``(h', c')`` as torch's does,
+    with gradients for both states. When numbarnn runs and what runs otherwise as for :class:`RNNCell`."""
+
+    _TORCH_CLASS = _TORCH_LSTM_CELL
+    _CELL = "lstm"
+
+
+class GRUCell(_CellDropIn, _TORCH_GRU_CELL):
+    r"""``torch.nn.GRUCell`` running numbarnn's kernels. When numbarnn runs and what runs otherwise as for
+    :class:`RNNCell`."""
+
+    _TORCH_CLASS = _TORCH_GRU_CELL
+    _CELL = "gru"
+
+
+def _cell_shapes_fit(cell, input, hx):
+    """``input`` and ``hx`` (an LSTMCell's (h, c)) are shapes torch's cell accepts (else its forward raises its own
+    error)."""
+    dims = input.dim()
+    if dims not in (1, 2) or input.size(-1) != cell.input_size:
+        return False
+    if hx is None:
+        return True
+    if cell._CELL == "lstm":
+        return type(hx) is tuple and len(hx) == 2 and _cell_state_fits(cell, hx[0], input) \
+            and _cell_state_fits(cell, hx[1], input)
+    return type(hx) is not tuple and _cell_state_fits(cell, hx, input)
+
+
+def _cell_state_fits(cell, state, input):
+    return state.dim() == input.dim() and state.size(-1) == cell.hidden_size \
+        and (input.dim() == 1 or state.size(0) == input.size(0))
 
 
 @torch.compiler.disable
 def _cell_forward(cell, input, hx):
+    if not _cell_shapes_fit(cell, input, hx):
+        return cell._TORCH_CLASS.forward(cell, input, hx)  # raises torch's own error for the shapes given
     batched = input.dim() == 2
-    if not (input.dim() in (1, 2) and input.size(-1) == cell.input_size
-            and (hx is None or (hx.dim() == input.dim() and hx.size(-1) == cell.hidden_size
-                                and (not batched or hx.size(0) == input.size(0))))):
-        return _TORCH_RNN_CELL.forward(cell, input, hx)  # raises torch's own error for the shapes given
     x = input if batched else input.unsqueeze(0)
     if hx is not None and not batched:
-        hx = hx.unsqueeze(0)
+        hx = _unsqueeze_states(hx, 0)
     weights = [getattr(cell, name) for name in (_CELL_NAMES if cell.bias else _CELL_NAMES[:2])]
     plan = cell._numbarnn_plan(x.dtype)
-    if torch.is_grad_enabled() and (x.requires_grad or (hx is not None and hx.requires_grad)
+    lstm = cell._CELL == "lstm"
+    if torch.is_grad_enabled() and (x.requires_grad or (hx is not None and any(state.requires_grad
+                                                                                for state in _states(hx)))
                                     or any(w.requires_grad for w in weights)):
-        output, _ = _run(cell, plan, x.unsqueeze(0), None if hx is None else hx.unsqueeze(0), weights, None, False,
-                         0.0)
-        output = output[0]
+        _, h_n = _run(cell, plan, x.unsqueeze(0), None if hx is None else _unsqueeze_states(hx, 0), weights, None,
+                      False, 0.0)
+        new = tuple(state[0] for state in h_n) if lstm else h_n[0]
     else:
-        output = _cell_step(plan, x, hx, _parameters_array(cell, plan, weights))  # serial: no threads to set
-    return output if batched else output.squeeze(0)
+        new = _cell_step(plan, x, hx, _parameters_array(cell, plan, weights))  # serial: no threads to set
+    if batched:
+        return new
+    return tuple(state.squeeze(0) for state in new) if lstm else new.squeeze(0)
 
 
 def _cell_step(plan, x, hx, params):
-    """One step without autograd: numbarnn's one-step kernel, writing the new state in place of a copy of hx."""
+    """One step without autograd: numbarnn's one-step kernel, writing the new state in place of a copy of hx (an
+    LSTM's new (h, c))."""
     spec = plan.spec
+    if spec.cell != "rnn":
+        h, c = (_as_numpy(hx), None) if type(hx) is not tuple else (_as_numpy(hx[0]), _as_numpy(hx[1]))
+        buffers = step_buffers(spec, x.detach().numpy(), None if h is None else h[None],
+                               None if c is None else c[None], False)
+        cell_step(params, plan.offsets, marker(spec), buffers)
+        return (torch.from_numpy(buffers.out), torch.from_numpy(buffers.c[0])) if spec.cell == "lstm" \
+            else torch.from_numpy(buffers.out)
     batch = x.size(0)
     state = np.zeros((1, batch, spec.hidden_size), spec.dtype)
     if hx is not None:
@@ -539,12 +711,14 @@ def _cell_step(plan, x, hx, params):
 
 
 def accelerate(model):
-    """Switch every ``torch.nn.RNN`` and ``torch.nn.RNNCell`` (exact class) inside ``model`` — ``model`` itself
-    included — to :class:`RNN` / :class:`RNNCell`, in place, and return ``model``.
+    """Switch every ``torch.nn.RNN``, ``LSTM``, ``GRU``, ``RNNCell``, ``LSTMCell`` and ``GRUCell`` (exact class)
+    inside ``model`` — ``model`` itself included — to its drop-in (:class:`RNN`, :class:`LSTM`, ...), in place, and
+    return ``model``.
 
     The switch changes each module's class and nothing else: it stays the same object, with the same Parameter
     objects (an optimiser built before keeps updating them), buffers, hooks and ``state_dict``. Subclasses of
-    torch's modules are left alone (their forward may differ); so are modules already switched.
+    torch's modules are left alone (their forward may differ); so are modules already switched. When ``model``
+    holds no module of those classes (switched or not), a ``UserWarning`` says so: nothing will run faster.
 
     Parameters
     ----------
@@ -555,11 +729,22 @@ def accelerate(model):
     torch.nn.Module
         ``model``, switched.
     """
+    found = False
     for module in model.modules():
         drop_in = _DROP_INS.get(type(module))
         if drop_in is not None:
             module.__class__ = drop_in
+            found = True
+        elif type(module) in _DROP_IN_CLASSES:
+            found = True
+    if not found:
+        warnings.warn(f"numbarnn.torch.accelerate: {type(model).__name__} holds no torch.nn.RNN, LSTM, GRU, RNNCell, "
+                      "LSTMCell or GRUCell (subclasses are left alone), so nothing was switched and nothing runs "
+                      "faster; use numbarnn.torch's classes in its definition instead", stacklevel=2)
     return model
 
 
-_DROP_INS = {_TORCH_RNN: RNN, _TORCH_RNN_CELL: RNNCell}  # torch's class -> its drop-in
+# torch's class -> its drop-in
+_DROP_INS = {_TORCH_RNN: RNN, _TORCH_RNN_CELL: RNNCell, _TORCH_LSTM: LSTM, _TORCH_GRU: GRU,
+             _TORCH_LSTM_CELL: LSTMCell, _TORCH_GRU_CELL: GRUCell}
+_DROP_IN_CLASSES = frozenset(_DROP_INS.values())
