@@ -69,6 +69,19 @@ def two_rounds():
         return out, err, json.loads(path.read_text())
 
 
+@functools.cache
+def gated_round():
+    """(stdout, --json data) of one round on 1 thread of the LSTM and the GRU against torch's (the single step and a
+    custom configuration); run once, shared by the tests that read it."""
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "bench.json"
+        exit_code, out, err = run_bench(["--cell", "lstm,gru", "--configs", "step", "--custom-config", CUSTOM,
+                                         "--repeats", "1", "--rounds", "1", "--threads", "1", "--gemm-size", "64",
+                                         "--json", str(path)])
+        assert exit_code == 0, err
+        return out, json.loads(path.read_text())
+
+
 def markdown_tables(text):
     """Every Markdown table in ``text``, each a list of cell lists (header first, separator dropped)."""
     tables, current = [], []
@@ -118,20 +131,21 @@ def test_the_table_shows_medians_of_the_processes_medians_and_their_ratios():
     assert [row["config"] for row in rows] == ["tiny", bench.CUSTOM_NAME]
     for row in rows:
         name = row["config"]
+        key = bench.config_key("rnn", name)
         for task in ("fwd", "train"):
             for library in bench.LIBRARIES:
-                per_process = [statistics.median(process["timings"][name][task])
+                per_process = [statistics.median(process["timings"][key][task])
                                for process in data["processes"] if process["library"] == library]
-                assert summary[name][task][library] == statistics.median(per_process)
-                assert summary[name][task][f"{library}_spread"] == max(per_process) / min(per_process)
-                assert number(row[f"{library} {task} ms"]) == pytest.approx(summary[name][task][library] * 1e3,
+                assert summary[key][task][library] == statistics.median(per_process)
+                assert summary[key][task][f"{library}_spread"] == max(per_process) / min(per_process)
+                assert number(row[f"{library} {task} ms"]) == pytest.approx(summary[key][task][library] * 1e3,
                                                                               rel=PRINTED)
             torch_ms, numbarnn_ms = number(row[f"torch {task} ms"]), number(row[f"numbarnn {task} ms"])
             assert number(row[f"{task} ratio"]) == pytest.approx(torch_ms / numbarnn_ms, rel=RECOMPUTED)
         config = bench.CONFIGS.get(name) or bench._custom_config(CUSTOM)
         gflops = config.forward_flops() / (number(row["numbarnn fwd ms"]) * 1e-3) / 1e9
         assert number(row["numbarnn fwd GFLOP/s"]) == pytest.approx(gflops, rel=RECOMPUTED)
-        ceiling_percent = 100 * summary[name]["fwd"]["numbarnn_gflops"] / data["summary"]["gemm_gflops"]
+        ceiling_percent = 100 * summary[key]["fwd"]["numbarnn_gflops"] / data["summary"]["gemm_gflops"]
         assert number(row["% of GEMM ceiling"]) == pytest.approx(ceiling_percent, abs=0.5)
         assert float(row["fwd rel err"]) < FLOAT32_FORWARD_TOLERANCE  # both loaded the same weights and data
 
@@ -145,7 +159,7 @@ def test_the_table_shows_medians_of_the_processes_medians_and_their_ratios():
 def test_the_step_table_compares_single_steps_and_cells_in_microseconds():
     out, _, data = two_rounds()
     (row,) = as_dicts(markdown_tables(out)[1])
-    step = data["summary"]["configs"][bench.STEP_NAME]
+    step = data["summary"]["configs"][bench.config_key("rnn", bench.STEP_NAME)]
     for task, torch_column, numbarnn_column in (("step", "torch RNN (L=1) us", "numbarnn step us"),
                                                 ("cell", "torch RNNCell us", "numbarnn RNNCell us")):
         assert number(row[torch_column]) == pytest.approx(step[task]["torch"] * 1e6, rel=PRINTED)
@@ -154,7 +168,71 @@ def test_the_step_table_compares_single_steps_and_cells_in_microseconds():
             number(row[torch_column]) / number(row[numbarnn_column]), rel=RECOMPUTED)
     assert float(row["rel err"]) < FLOAT32_FORWARD_TOLERANCE
     numbarnn_process = next(process for process in data["processes"] if process["library"] == "numbarnn")
-    assert numbarnn_process["notes"][bench.STEP_NAME]["step call"] in out
+    assert f'RNN.{numbarnn_process["notes"][bench.config_key("rnn", bench.STEP_NAME)]["step call"]}' in out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_each_gated_cell_is_timed_against_its_torch_counterpart(cell):
+    out, data = gated_round()
+    module, cell_class = bench.MODULES[cell]
+    title = f"{module}: numbarnn.{module} vs torch.nn.{module}\n"
+    assert out.count(title) == 1 and "nonlinearity" not in out  # the gated cells have none
+    assert "numbarnn.LSTM vs torch.nn.LSTM, numbarnn.GRU vs torch.nn.GRU, float32," in out
+    # this cell's two tables follow its title (the LSTM's section ends where the GRU's title starts)
+    section = out.split(title)[1].split("GRU: numbarnn.GRU")[0]
+    main_table, step_table = markdown_tables(section)[:2]
+    assert tuple(main_table[0]) == bench.TABLE_COLUMNS
+    assert tuple(step_table[0]) == bench.step_columns(cell)
+    assert f"torch {cell_class} us" in step_table[0] and f"torch {module} (L=1) us" in step_table[0]
+    assert f"numbarnn {module}.step(x, {'(h, c)' if cell == 'lstm' else 'h'})" in section
+    summary = data["summary"]["configs"]
+    (row,) = as_dicts(main_table)
+    key = bench.config_key(cell, bench.CUSTOM_NAME)
+    for library in bench.LIBRARIES:
+        process = next(process for process in data["processes"] if process["library"] == library)
+        assert set(process["timings"][key]) == {"fwd", "train"}
+        assert number(row[f"{library} fwd ms"]) == pytest.approx(summary[key]["fwd"][library] * 1e3, rel=PRINTED)
+    # the forward GFLOP/s count the G gate blocks of each product (LSTM 4, GRU 3)
+    gates = {"lstm": 4, "gru": 3}[cell]
+    flops = bench._custom_config(CUSTOM).forward_flops(gates)
+    assert flops == gates * bench._custom_config(CUSTOM).forward_flops()
+    assert number(row["numbarnn fwd GFLOP/s"]) == pytest.approx(
+        flops / (number(row["numbarnn fwd ms"]) * 1e-3) / 1e9, rel=RECOMPUTED)
+    assert float(row["fwd rel err"]) < FLOAT32_FORWARD_TOLERANCE  # both loaded the same weights and data
+    (step_row,) = as_dicts(step_table)
+    assert float(step_row["rel err"]) < FLOAT32_FORWARD_TOLERANCE  # the step and the cell carry (h, c) alike
+
+
+@pytest.mark.slow
+def test_the_report_says_torch_lstm_runs_onednn_only_when_torch_says_so():
+    import torch
+
+    out, data = gated_round()
+    torch_process = next(process for process in data["processes"] if process["library"] == "torch")
+    lstm_notes = torch_process["notes"][bench.config_key("lstm", bench.CUSTOM_NAME)]
+    gru_notes = torch_process["notes"][bench.config_key("gru", bench.CUSTOM_NAME)]
+    assert lstm_notes["torch.backends.mkldnn.is_available()"] == torch.backends.mkldnn.is_available()
+    assert "aten::gru" in gru_notes["forward ops"] and not any("mkldnn" in op for op in gru_notes["forward ops"])
+    onednn = (lstm_notes["torch.backends.mkldnn.is_available()"] and lstm_notes["torch.backends.mkldnn.enabled"]
+              and "aten::mkldnn_rnn_layer" in lstm_notes["forward ops"])
+    assert ("torch's float32 CPU LSTM runs oneDNN:" in out) == onednn
+    assert ("runs torch's own kernels here, not oneDNN" in out) == (not onednn)
+
+
+def test_the_onednn_line_follows_the_torch_workers_profile():
+    args = parse(["--cell", "lstm", "--dtype", "float64"])
+    configs = {bench.CUSTOM_NAME: bench._custom_config(CUSTOM)}
+    notes = {"torch.backends.mkldnn.is_available()": True, "torch.backends.mkldnn.enabled": True,
+             "forward ops": ["aten::lstm"]}  # float64: torch's own kernel
+    reports = [{"library": "torch", "notes": {bench.config_key("lstm", bench.CUSTOM_NAME): notes}}]
+    line = bench.torch_kernels_line(args, configs, reports, ["lstm"])
+    assert "float64 CPU LSTM runs torch's own kernels here, not oneDNN" in line and "aten::lstm" in line
+    notes["forward ops"] = ["aten::lstm", "aten::mkldnn_rnn_layer"]
+    assert bench.torch_kernels_line(args, configs, reports, ["lstm"]).startswith("torch's float64 CPU LSTM runs oneDNN")
+    notes["torch.backends.mkldnn.enabled"] = False
+    assert "not oneDNN" in bench.torch_kernels_line(args, configs, reports, ["lstm"])
+    assert bench.torch_kernels_line(args, configs, reports, ["gru"]) is None  # no LSTM, nothing to say
 
 
 @pytest.mark.slow
@@ -169,6 +247,7 @@ def test_the_report_names_the_machine_the_method_and_the_threads():
     assert "GEMM ceiling: numba np.dot (scipy's BLAS, as in numbarnn's kernels) of 128x128 float32" in out
     assert f"{data['summary']['gemm_gflops']:.1f} GFLOP/s" in out
     assert f"custom {bench._custom_config(CUSTOM).describe()}" in out
+    assert "RNN: numbarnn.RNN vs torch.nn.RNN (nonlinearity=tanh)\n" in out and "oneDNN" not in out
     assert f"vector extensions: {' '.join(bench._vector_extensions())}" in out and bench._cpu_name() in out
 
 
@@ -243,8 +322,13 @@ def test_bench_arguments():
     assert args.rounds == 3 and args.repeats == 10
     assert list(bench._selected_configs(parse([]))) == [*bench.CONFIGS, bench.STEP_NAME]
     assert parse(["--custom-config", "7,2,3,4,1,no"]).custom_config == bench.Config(7, 2, 3, 4, 1, False)
+    assert bench.selected_cells(parse([])) == ["rnn"]
+    assert bench.selected_cells(parse(["--cell", "lstm", "gru"])) == ["lstm", "gru"]
+    assert bench.selected_cells(parse(["--cell", "gru,LSTM", "--cell", "gru"])) == ["gru", "lstm"]
+    assert bench.selected_cells(parse(["--cell", "all"])) == ["rnn", "lstm", "gru"]
+    assert bench.selected_cells(parse(["--cell", "gru", "all"])) == ["gru", "rnn", "lstm"]
     for bad in (["--configs", "huge"], ["--threads", "0"], ["--repeats", "-1"], ["--rounds", "0"],
-                ["--custom-config", "1,2,3"]):
+                ["--custom-config", "1,2,3"], ["--cell", "transformer"], ["--cell"]):
         with pytest.raises(SystemExit):
             parse(bad)
 

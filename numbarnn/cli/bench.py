@@ -1,4 +1,5 @@
-"""``python -m numbarnn bench``: time numbarnn.RNN against torch.nn.RNN fairly, each library in its own process.
+"""``python -m numbarnn bench``: time numbarnn's RNN, LSTM and GRU against torch.nn's fairly, each library in its own
+process (``--cell rnn lstm gru`` or ``--cell all``; the vanilla RNN by default).
 
 Interleaving the two libraries in one process is unfair: torch's OpenMP threads and OpenBLAS's threads keep spinning
 after their calls and steal the cores from the other library (torch's small forward measured 12.4 ms alone and
@@ -34,10 +35,14 @@ from pathlib import Path
 
 import numpy as np
 
+from .._cells import GATES
 from . import bench_kernels
 from ._progress import Progress
+from .bench_worker import MODULES
 
 LIBRARIES = ("torch", "numbarnn")
+CELLS = tuple(MODULES)  # rnn, lstm, gru
+ALL_CELLS = "all"
 
 
 @dataclass(frozen=True)
@@ -59,12 +64,13 @@ class Config:
         return (f"({self.steps}, {self.batch}, {self.input_size}, {self.hidden_size}, {self.num_layers}, "
                 f"{'yes' if self.bidirectional else 'no'})")
 
-    def forward_flops(self):
-        """The forward's matrix-product flops: sum over layers and directions of 2·L·N·(H_in·H + H·H)."""
+    def forward_flops(self, gates=1):
+        """The forward's matrix-product flops: sum over layers and directions of 2·L·N·G·(H_in·H + H·H), G the
+        cell's gate count (numbarnn._cells.GATES: RNN 1, GRU 3, LSTM 4)."""
         flops = 0
         for layer in range(self.num_layers):
             layer_input = self.input_size if layer == 0 else self.directions * self.hidden_size
-            flops += (self.directions * 2 * self.steps * self.batch
+            flops += (self.directions * 2 * self.steps * self.batch * gates
                       * (layer_input * self.hidden_size + self.hidden_size * self.hidden_size))
         return flops
 
@@ -76,8 +82,8 @@ CONFIGS = {
     "medium_bi": Config(200, 64, 256, 256, 2, True),
     "large": Config(100, 64, 512, 1024, 1, False),
 }
-# One time step of a streaming model (L = 1, N = 1, one layer), in eval mode: numbarnn's ``rnn.step`` (or the
-# sequence call on L = 1 where there is no ``step``) against torch.nn.RNN on L = 1, and RNNCell against RNNCell.
+# One time step of a streaming model (L = 1, N = 1, one layer), in eval mode: numbarnn's ``step`` (or the sequence
+# call on L = 1 where there is no ``step``) against torch's module on L = 1, and each cell class against torch's.
 STEP_NAME = "step"
 STEP_CONFIG = Config(1, 1, 32, 64, 1, False)
 CONFIG_NAMES = (*CONFIGS, STEP_NAME)
@@ -96,13 +102,16 @@ VECTOR_EXTENSIONS = ("sse4.2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx
 
 def add_arguments(parser):
     """Add the ``bench`` options to ``parser``."""
+    parser.add_argument("--cell", type=_cell_names, nargs="+", action=_ExtendNames, metavar="CELL",
+                        help=f"the cells to time, each against its torch counterpart (torch.nn.RNN, LSTM, GRU), "
+                             f"separated by spaces or commas: {', '.join(CELLS)} or {ALL_CELLS} (default: rnn)")
     parser.add_argument("--configs", type=_config_names, nargs="+", action=_ExtendNames, metavar="NAME",
                         help=f"configurations to run, separated by spaces or commas (default: all of "
                              f"{', '.join(CONFIG_NAMES)})")
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32",
                         help="dtype of parameters and data (default: float32)")
     parser.add_argument("--nonlinearity", choices=("tanh", "relu"), default="tanh",
-                        help="activation of both RNNs (default: tanh)")
+                        help="activation of the vanilla RNNs (--cell rnn) in both libraries (default: tanh)")
     parser.add_argument("--threads", type=_positive_int, default=None,
                         help="threads for torch, BLAS and numba alike (default: every core this process may use, "
                              f"{_available_cores()} here)")
@@ -136,12 +145,13 @@ def run(args):
             return 2
     threads = args.threads or _available_cores()
     configs = _selected_configs(args)
+    cells = selected_cells(args)
     measure_ceiling = any(name != STEP_NAME for name in configs)
     processes = args.rounds * (len(LIBRARIES) + measure_ceiling)
     progress = Progress(processes, "process", file=sys.stderr, leave=False)
     load_before = _load_average()
     with tempfile.TemporaryDirectory(prefix="numbarnn-bench-") as data_dir:
-        spec_path = write_inputs(Path(data_dir), configs, args, threads)
+        spec_path = write_inputs(Path(data_dir), configs, args, threads, cells)
         try:
             reports = run_rounds(spec_path, args.rounds, progress, measure_ceiling)
         except WorkerError as error:
@@ -149,15 +159,15 @@ def run(args):
             print(f"numbarnn bench: {error}", file=sys.stderr)
             return 1
         progress.close()
-        errors = output_errors(Path(data_dir), configs)
-    summary = summarize(reports, configs)
+        errors = output_errors(Path(data_dir), configs, cells)
+    summary = summarize(reports, configs, cells)
     summary["load_average"] = {"before": load_before, "after": _load_average()}
-    text = format_report(args, threads, configs, reports, summary, errors)
+    text = format_report(args, threads, configs, reports, summary, errors, cells)
     print(text)
     if args.json is not None:
-        args.json.write_text(json.dumps({"settings": {"dtype": args.dtype, "nonlinearity": args.nonlinearity,
-                                                      "threads": threads, "rounds": args.rounds,
-                                                      "repeats": args.repeats},
+        args.json.write_text(json.dumps({"settings": {"cells": cells, "dtype": args.dtype,
+                                                      "nonlinearity": args.nonlinearity, "threads": threads,
+                                                      "rounds": args.rounds, "repeats": args.repeats},
                                          "configs": {name: vars(config) for name, config in configs.items()},
                                          "processes": reports, "summary": summary, "forward_relative_error": errors,
                                          "report": text}, indent=1))
@@ -165,30 +175,42 @@ def run(args):
 
 
 # -- inputs ----------------------------------------------------------------------------------------------------------
-def write_inputs(data_dir, configs, args, threads):
-    """Write each configuration's weights and data (seeded) and the workers' settings; return the settings' path.
+def config_key(cell, name):
+    """The key of one cell's configuration in the workers' spec, their timings, the summary and the saved files."""
+    return f"{cell}-{name}"
 
-    The weights are a seeded ``numbarnn.RNN``'s (torch's initialisation, torch's names); both workers load them.
+
+def write_inputs(data_dir, configs, args, threads, cells=("rnn",)):
+    """Write each cell's and configuration's weights and data (seeded) and the workers' settings; return the settings'
+    path.
+
+    The weights are a seeded numbarnn module's (torch's initialisation, torch's names); both workers load them.
     """
     import numbarnn
 
     rng = np.random.default_rng(SEED)
     spec_configs = {}
-    for name, config in configs.items():
-        rnn = numbarnn.RNN(config.input_size, config.hidden_size, config.num_layers, nonlinearity=args.nonlinearity,
-                           bidirectional=config.bidirectional, dtype=args.dtype, seed=SEED)
-        arrays = {f"param.{key}": value for key, value in rnn.state_dict().items()}
-        if name == STEP_NAME:
-            # the cell gets the layer's weights: RNNCell's names are the layer's without the "_l0" suffix
-            arrays.update({f"cell.{key[:-len('_l0')]}": value for key, value in rnn.state_dict().items()})
-            arrays["x"] = rng.standard_normal((config.batch, config.input_size)).astype(args.dtype)
-            arrays["h_0"] = rng.standard_normal((1, config.batch, config.hidden_size)).astype(args.dtype)
-        else:
-            arrays["x"] = rng.standard_normal((config.steps, config.batch, config.input_size)).astype(args.dtype)
-            arrays["grad_output"] = rng.standard_normal(
-                (config.steps, config.batch, config.directions * config.hidden_size)).astype(args.dtype)
-        np.savez(data_dir / f"{name}.npz", **arrays)
-        spec_configs[name] = dict(vars(config), kind="step" if name == STEP_NAME else "sequence")
+    for cell in cells:
+        options = {"nonlinearity": args.nonlinearity} if cell == "rnn" else {}
+        module_class = getattr(numbarnn, MODULES[cell][0])
+        for name, config in configs.items():
+            module = module_class(config.input_size, config.hidden_size, config.num_layers,
+                                  bidirectional=config.bidirectional, dtype=args.dtype, seed=SEED, **options)
+            arrays = {f"param.{key}": value for key, value in module.state_dict().items()}
+            if name == STEP_NAME:
+                # the cell gets the layer's weights: the cell's names are the layer's without the "_l0" suffix
+                arrays.update({f"cell.{key[:-len('_l0')]}": value for key, value in module.state_dict().items()})
+                arrays["x"] = rng.standard_normal((config.batch, config.input_size)).astype(args.dtype)
+                state_names = ("h_0", "c_0") if cell == "lstm" else ("h_0",)
+                for state_name in state_names:
+                    arrays[state_name] = rng.standard_normal((1, config.batch, config.hidden_size)).astype(args.dtype)
+            else:
+                arrays["x"] = rng.standard_normal((config.steps, config.batch, config.input_size)).astype(args.dtype)
+                arrays["grad_output"] = rng.standard_normal(
+                    (config.steps, config.batch, config.directions * config.hidden_size)).astype(args.dtype)
+            np.savez(data_dir / f"{config_key(cell, name)}.npz", **arrays)
+            spec_configs[config_key(cell, name)] = dict(vars(config), kind="step" if name == STEP_NAME else "sequence",
+                                                 cell=cell)
     spec = {"threads": threads, "dtype": args.dtype, "nonlinearity": args.nonlinearity, "repeats": args.repeats,
             "gemm_size": args.gemm_size, "data_dir": os.fspath(data_dir), "configs": spec_configs}
     spec_path = data_dir / "spec.json"
@@ -260,56 +282,79 @@ def median_of_medians(reports, library, config_name, task):
     return statistics.median(process_medians(reports, library, config_name, task))
 
 
-def summarize(reports, configs):
-    """{config: {task: {library: seconds per call, "ratio": torch ÷ numbarnn}}} and the GEMM ceiling in GFLOP/s."""
+def summarize(reports, configs, cells=("rnn",)):
+    """{config key: {task: {library: seconds per call, "ratio": torch ÷ numbarnn}}} (keys from :func:`config_key`)
+    and the GEMM ceiling in GFLOP/s."""
     summary = {"configs": {}, "gemm_gflops": None}
     gemm = [report for report in reports if report["library"] == "gemm"]
     if gemm:
         ceiling_seconds = median_of_medians(gemm, "gemm", "gemm", "seconds")
         summary["gemm_gflops"] = gemm[0]["gemm_flops"] / ceiling_seconds / 1e9
-    for name, config in configs.items():
-        tasks = ("step", "cell") if name == STEP_NAME else ("fwd", "train")
-        entry = {}
-        for task in tasks:
-            times = {library: median_of_medians(reports, library, name, task) for library in LIBRARIES}
-            # slowest ÷ fastest process median: how much the processes disagreed (a busy machine shows here)
-            spread = {f"{library}_spread": max(medians) / min(medians) for library in LIBRARIES
-                      for medians in [process_medians(reports, library, name, task)]}
-            entry[task] = dict(times, ratio=times["torch"] / times["numbarnn"], **spread)
-        if name != STEP_NAME:
-            entry["fwd"]["numbarnn_gflops"] = config.forward_flops() / entry["fwd"]["numbarnn"] / 1e9
-            entry["fwd"]["ceiling_fraction"] = entry["fwd"]["numbarnn_gflops"] / summary["gemm_gflops"]
-        summary["configs"][name] = entry
+    for cell in cells:
+        for name, config in configs.items():
+            entry_key = config_key(cell, name)
+            tasks = ("step", "cell") if name == STEP_NAME else ("fwd", "train")
+            entry = {}
+            for task in tasks:
+                times = {library: median_of_medians(reports, library, entry_key, task) for library in LIBRARIES}
+                # slowest ÷ fastest process median: how much the processes disagreed (a busy machine shows here)
+                spread = {f"{library}_spread": max(medians) / min(medians) for library in LIBRARIES
+                          for medians in [process_medians(reports, library, entry_key, task)]}
+                entry[task] = dict(times, ratio=times["torch"] / times["numbarnn"], **spread)
+            if name != STEP_NAME:
+                entry["fwd"]["numbarnn_gflops"] = config.forward_flops(GATES[cell]) / entry["fwd"]["numbarnn"] / 1e9
+                entry["fwd"]["ceiling_fraction"] = entry["fwd"]["numbarnn_gflops"] / summary["gemm_gflops"]
+            summary["configs"][entry_key] = entry
     return summary
 
 
-def output_errors(data_dir, configs):
+def output_errors(data_dir, configs, cells=("rnn",)):
     """Max |numbarnn - torch| / max |torch| of each configuration's saved outputs (the same weights must agree)."""
     errors = {}
-    for name in configs:
-        for key in ("step", "cell") if name == STEP_NAME else ("forward",):
-            expected = np.load(data_dir / f"output-torch-{name}-{key}.npy")
-            actual = np.load(data_dir / f"output-numbarnn-{name}-{key}.npy")
-            scale = max(float(np.max(np.abs(expected))), 1e-30)
-            errors[f"{name}.{key}"] = float(np.max(np.abs(actual - expected))) / scale
+    for cell in cells:
+        for name in configs:
+            entry_key = config_key(cell, name)
+            for output in ("step", "cell") if name == STEP_NAME else ("forward",):
+                expected = np.load(data_dir / f"output-torch-{entry_key}-{output}.npy")
+                actual = np.load(data_dir / f"output-numbarnn-{entry_key}-{output}.npy")
+                scale = max(float(np.max(np.abs(expected))), 1e-30)
+                errors[f"{entry_key}.{output}"] = float(np.max(np.abs(actual - expected))) / scale
     return errors
 
 
 # -- report ----------------------------------------------------------------------------------------------------------
 TABLE_COLUMNS = ("config", "torch fwd ms", "numbarnn fwd ms", "fwd ratio", "torch train ms", "numbarnn train ms",
                  "train ratio", "numbarnn fwd GFLOP/s", "% of GEMM ceiling", "fwd rel err")
-STEP_COLUMNS = ("config", "torch RNN (L=1) us", "numbarnn step us", "step ratio", "torch RNNCell us",
-                "numbarnn RNNCell us", "cell ratio", "rel err")
 
 
-def format_report(args, threads, configs, reports, summary, errors):
-    """The whole printed report: header, the configurations' table, the step table, the spread between processes."""
-    lines = [format_header(args, threads, configs, reports, summary), ""]
+def step_columns(cell="rnn"):
+    """The single-step table's columns for ``cell``: its module on L = 1 and step(), its cell class against torch's."""
+    module, cell_class = MODULES[cell]
+    return ("config", f"torch {module} (L=1) us", "numbarnn step us", "step ratio", f"torch {cell_class} us",
+            f"numbarnn {cell_class} us", "cell ratio", "rel err")
+
+
+STEP_COLUMNS = step_columns()
+
+
+def cell_title(cell, args):
+    """The line above a cell's tables: which modules they compare."""
+    module = MODULES[cell][0]
+    activation = f" (nonlinearity={args.nonlinearity})" if cell == "rnn" else ""
+    return f"{module}: numbarnn.{module} vs torch.nn.{module}{activation}"
+
+
+def format_report(args, threads, configs, reports, summary, errors, cells=("rnn",)):
+    """The whole printed report: header, then for each cell its title, its configurations' table and its step
+    table, then the spread between processes."""
+    lines = [format_header(args, threads, configs, reports, summary, cells), ""]
     sequence_names = [name for name in configs if name != STEP_NAME]
-    if sequence_names:
-        lines += [format_table(summary, sequence_names, errors), ""]
-    if STEP_NAME in configs:
-        lines += [format_step_table(summary, errors, step_call(reports)), ""]
+    for cell in cells:
+        lines += [cell_title(cell, args), ""]
+        if sequence_names:
+            lines += [format_table(summary, cell, sequence_names, errors), ""]
+        if STEP_NAME in configs:
+            lines += [format_step_table(summary, cell, errors, step_call(reports, cell)), ""]
     spreads = [(value, f"{library.removesuffix('_spread')} {name} {task}")
                for name, entry in summary["configs"].items() for task, values in entry.items()
                for library, value in values.items() if library.endswith("_spread")]
@@ -320,7 +365,29 @@ def format_report(args, threads, configs, reports, summary, errors):
     return "\n".join(lines).rstrip("\n")
 
 
-def format_header(args, threads, configs, reports, summary):
+def torch_kernels_line(args, configs, reports, cells):
+    """What the torch worker reports about the kernels its LSTM ran, or None: torch's float32 CPU LSTM runs oneDNN
+    (aten::mkldnn_rnn_layer) when torch was built with it and it is enabled; the line says so only when the worker's
+    torch reports it available and enabled and the profiled forward ran it."""
+    if "lstm" not in cells:
+        return None
+    notes = next(report for report in reports if report["library"] == "torch")["notes"]
+    lstm_notes = [notes[config_key("lstm", name)] for name in configs if name != STEP_NAME]
+    if not lstm_notes:
+        return None
+    available = all(note["torch.backends.mkldnn.is_available()"] and note["torch.backends.mkldnn.enabled"]
+                    for note in lstm_notes)
+    ran = all("aten::mkldnn_rnn_layer" in note["forward ops"] for note in lstm_notes)
+    if available and ran:
+        return (f"torch's {args.dtype} CPU LSTM runs oneDNN: torch.backends.mkldnn.is_available() and "
+                "torch.backends.mkldnn.enabled are True in the torch worker, and its profiled forward ran "
+                "aten::mkldnn_rnn_layer (torch's RNN and GRU run torch's own kernels).")
+    ops = sorted({op for note in lstm_notes for op in note["forward ops"]})
+    return (f"torch's {args.dtype} CPU LSTM runs torch's own kernels here, not oneDNN (torch.backends.mkldnn "
+            f"available and enabled: {available}; the profiled forward ran {', '.join(ops) or 'no recurrent op'}).")
+
+
+def format_header(args, threads, configs, reports, summary, cells=("rnn",)):
     """The lines above the tables: when, on which machine (CPU, vector extensions, cores), which versions, threads
     and BLAS, and how it was measured."""
     first = {library: next(report for report in reports if report["library"] == library) for library in LIBRARIES}
@@ -329,7 +396,8 @@ def format_header(args, threads, configs, reports, summary):
     config_text = ", ".join(f"{name} {config.describe()}" for name, config in configs.items() if name != STEP_NAME)
     rounds, repeats = args.rounds, args.repeats
     lines = [
-        f"numbarnn bench: numbarnn.RNN vs torch.nn.RNN, {args.dtype}, nonlinearity={args.nonlinearity}, "
+        f"numbarnn bench: {', '.join(f'numbarnn.{MODULES[cell][0]} vs torch.nn.{MODULES[cell][0]}' for cell in cells)}"
+        f", {args.dtype}{f', nonlinearity={args.nonlinearity}' if 'rnn' in cells else ''}, "
         f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
         f"machine: {_cpu_name()}, {_available_cores()} cores available to this process ({os.cpu_count()} in the "
         f"machine), {platform.system()} {platform.machine()}; {_numba_target()}",
@@ -360,44 +428,51 @@ def format_header(args, threads, configs, reports, summary):
             f"GEMM ceiling: numba np.dot (scipy's BLAS, as in numbarnn's kernels) of "
             f"{args.gemm_size}x{args.gemm_size} {args.dtype} on {threads} thread{'s' * (threads != 1)}, one process "
             f"per round: {summary['gemm_gflops']:.1f} GFLOP/s (median of medians); a configuration's forward GFLOP/s "
-            "counts its matrix products, sum over layers and directions of 2*L*N*(H_in_layer*H + H*H).")
+            "counts its matrix products, sum over layers and directions of 2*L*N*G*(H_in_layer*H + H*H), G the gates "
+            "(RNN 1, GRU 3, LSTM 4).")
+    kernels = torch_kernels_line(args, configs, reports, cells)
+    if kernels is not None:
+        lines.append(kernels)
     if config_text:
         lines.append(f"configs (L, N, H_in, H_out, layers, bidirectional): {config_text}")
     return "\n".join(lines)
 
 
-def format_table(summary, names, errors):
-    """The configurations' table (Markdown), one row per configuration."""
+def format_table(summary, cell, names, errors):
+    """``cell``'s configurations' table (Markdown), one row per configuration."""
     rows = []
     for name in names:
-        entry = summary["configs"][name]
+        entry = summary["configs"][config_key(cell, name)]
         row = [name]
         for task in ("fwd", "train"):
             times = entry[task]
             row += [_significant(times["torch"] * 1e3), _significant(times["numbarnn"] * 1e3),
                     _significant(times["ratio"]) + "x"]
         row += [_significant(entry["fwd"]["numbarnn_gflops"]), f"{100 * entry['fwd']['ceiling_fraction']:.0f}%",
-                f"{errors[f'{name}.forward']:.1e}"]
+                f"{errors[f'{config_key(cell, name)}.forward']:.1e}"]
         rows.append(row)
     return _markdown(TABLE_COLUMNS, rows)
 
 
-def format_step_table(summary, errors, call):
-    """The single-step table: microseconds per call of each library's step and RNNCell call."""
-    entry = summary["configs"][STEP_NAME]
+def format_step_table(summary, cell, errors, call):
+    """``cell``'s single-step table: microseconds per call of each library's step and cell-class call."""
+    entry_key = config_key(cell, STEP_NAME)
+    entry = summary["configs"][entry_key]
     row = [f"{STEP_NAME} {STEP_CONFIG.describe()}"]
     for task in ("step", "cell"):
         row += [_significant(entry[task]["torch"] * 1e6), _significant(entry[task]["numbarnn"] * 1e6),
                 _significant(entry[task]["ratio"]) + "x"]
-    row.append(f"{max(errors[f'{STEP_NAME}.step'], errors[f'{STEP_NAME}.cell']):.1e}")
+    row.append(f"{max(errors[f'{entry_key}.step'], errors[f'{entry_key}.cell']):.1e}")
+    module, cell_class = MODULES[cell]
     note = (f"step: one time step in eval mode, each call continuing from the previous call's state; numbarnn "
-            f"{call}, torch.nn.RNN on an L=1 input; RNNCell: numbarnn.RNNCell vs torch.nn.RNNCell.")
-    return note + "\n\n" + _markdown(STEP_COLUMNS, [row])
+            f"{module}.{call}, torch.nn.{module} on an L=1 input; {cell_class}: numbarnn.{cell_class} vs "
+            f"torch.nn.{cell_class}.")
+    return note + "\n\n" + _markdown(step_columns(cell), [row])
 
 
-def step_call(reports):
+def step_call(reports, cell="rnn"):
     notes = next(report for report in reports if report["library"] == "numbarnn")["notes"]
-    return notes.get(STEP_NAME, {}).get("step call", "rnn.step(x, h)")
+    return notes.get(config_key(cell, STEP_NAME), {}).get("step call", "step(x, h)")
 
 
 def _markdown(columns, rows):
@@ -418,13 +493,31 @@ def _blas_text(libraries):
 
 # -- helpers ---------------------------------------------------------------------------------------------------------
 class _ExtendNames(argparse.Action):
-    """Collect the names of every ``--configs`` occurrence, each given as space- or comma-separated names."""
+    """Collect the names of every ``--configs`` (or ``--cell``) occurrence, each given as space- or comma-separated
+    names."""
 
     def __call__(self, parser, namespace, values, option_string=None):
         names = list(getattr(namespace, self.dest) or [])
         for group in values:
             names.extend(group)
         setattr(namespace, self.dest, names)
+
+
+def selected_cells(args):
+    """The cells asked for, in the order given (``all``: every cell), once each; the vanilla RNN by default."""
+    names = args.cell or ["rnn"]
+    if ALL_CELLS in names:
+        names = [*names[:names.index(ALL_CELLS)], *CELLS, *names[names.index(ALL_CELLS) + 1:]]
+    return list(dict.fromkeys(names))
+
+
+def _cell_names(text):
+    names = [name.strip().lower() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in (*CELLS, ALL_CELLS)]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown cell {', '.join(unknown) or repr(text)}; choose from "
+                                         f"{', '.join(CELLS)} or {ALL_CELLS}")
+    return names
 
 
 def _selected_configs(args):

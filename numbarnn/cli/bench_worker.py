@@ -32,6 +32,9 @@ import numpy as np
 # first call, torch's allocator and the CPU caches settle on the next ones.
 WARMUP_CALLS = 3
 WARMUP_SECONDS = 0.05
+# The modules each cell is timed with, in both libraries: (sequence class, cell class), the same names in numbarnn and
+# torch.nn. Only the vanilla RNN takes a nonlinearity.
+MODULES = {"rnn": ("RNN", "RNNCell"), "lstm": ("LSTM", "LSTMCell"), "gru": ("GRU", "GRUCell")}
 # Each sample times enough back-to-back calls to last this long, so that timer resolution and per-sample overhead do
 # not matter for microsecond calls; a sample is the mean time per call over its calls.
 MIN_SAMPLE_SECONDS = 0.02
@@ -151,21 +154,50 @@ def _cell_parameters(data):
     return _parameters(data, "cell.")
 
 
+def _module_options(config, spec):
+    """The constructor options of ``config``'s cell besides the sizes: the nonlinearity is the vanilla RNN's only."""
+    return {"nonlinearity": spec["nonlinearity"]} if config["cell"] == "rnn" else {}
+
+
+def _first_state(state):
+    """h of a state: itself, or the first part of an LSTM's (h, c)."""
+    return state[0] if isinstance(state, tuple) else state
+
+
+def _step_states(data, to_array=lambda array: array):
+    """The initial states of the step tasks: the module's (layers, N, H) and the cell's (N, H), each an LSTM's tuple
+    (h, c) when the parent stored a c_0."""
+    if "c_0" not in data:
+        return to_array(data["h_0"]), to_array(data["h_0"][0])
+    return ((to_array(data["h_0"]), to_array(data["c_0"])), (to_array(data["h_0"][0]), to_array(data["c_0"][0])))
+
+
+def _torch_rnn_ops(torch, module, x):
+    """The aten operators of torch's recurrent kernels that one forward of ``module`` runs (torch's profiler): shows
+    whether torch ran oneDNN (aten::mkldnn_rnn_layer) or its own kernels (aten::rnn_tanh, aten::gru, ...)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        with torch.inference_mode():
+            module(x)
+    return sorted({event.key for event in profile.key_averages()
+                   if event.key.startswith("aten::") and any(word in event.key for word in ("rnn", "lstm", "gru"))})
+
+
 def _torch_tasks(config, data, spec):
     import torch
 
     dtype = getattr(torch, spec["dtype"])
     inference_mode = torch.inference_mode
+    sequence_class, cell_class = (getattr(torch.nn, name) for name in MODULES[config["cell"]])
+    options = _module_options(config, spec)
     if config["kind"] == "step":
-        rnn = torch.nn.RNN(config["input_size"], config["hidden_size"], 1, nonlinearity=spec["nonlinearity"],
-                           dtype=dtype).eval()
+        rnn = sequence_class(config["input_size"], config["hidden_size"], 1, dtype=dtype, **options).eval()
         rnn.load_state_dict({key: torch.from_numpy(value) for key, value in _parameters(data).items()})
-        cell = torch.nn.RNNCell(config["input_size"], config["hidden_size"], nonlinearity=spec["nonlinearity"],
-                                dtype=dtype).eval()
+        cell = cell_class(config["input_size"], config["hidden_size"], dtype=dtype, **options).eval()
         cell.load_state_dict({key: torch.from_numpy(value) for key, value in _cell_parameters(data).items()})
         x_step = torch.from_numpy(data["x"])  # (N, H_in)
         x_sequence = x_step[None]  # (1, N, H_in): torch.nn.RNN has no single-step call
-        state = {"rnn": torch.from_numpy(data["h_0"]), "cell": torch.from_numpy(data["h_0"][0])}
+        initial = dict(zip(("rnn", "cell"), _step_states(data, torch.from_numpy), strict=True))
+        state = dict(initial)
 
         def rnn_step():  # streaming: each call continues from the previous call's state
             _, state["rnn"] = rnn(x_sequence, state["rnn"])
@@ -174,11 +206,12 @@ def _torch_tasks(config, data, spec):
             state["cell"] = cell(x_step, state["cell"])
 
         with torch.inference_mode():
-            outputs = {"step": rnn(x_sequence, state["rnn"])[1].numpy(), "cell": cell(x_step, state["cell"]).numpy()}
+            outputs = {"step": _first_state(rnn(x_sequence, initial["rnn"])[1]).numpy(),
+                       "cell": _first_state(cell(x_step, initial["cell"])).numpy()}
         return {"step": (rnn_step, inference_mode), "cell": (cell_step, inference_mode)}, outputs, {}
 
-    rnn = torch.nn.RNN(config["input_size"], config["hidden_size"], config["num_layers"],
-                       nonlinearity=spec["nonlinearity"], bidirectional=config["bidirectional"], dtype=dtype)
+    rnn = sequence_class(config["input_size"], config["hidden_size"], config["num_layers"],
+                         bidirectional=config["bidirectional"], dtype=dtype, **options)
     rnn.load_state_dict({key: torch.from_numpy(value) for key, value in _parameters(data).items()})
     x = torch.from_numpy(data["x"])  # requires_grad=False: data, as in training
     grad_output = torch.from_numpy(data["grad_output"])
@@ -193,28 +226,33 @@ def _torch_tasks(config, data, spec):
 
     with torch.inference_mode():
         outputs = {"forward": rnn(x)[0].numpy()}
-    return {"fwd": (forward, inference_mode), "train": (training_step, contextlib.nullcontext)}, outputs, {}
+    notes = {"torch.backends.mkldnn.is_available()": torch.backends.mkldnn.is_available(),
+             "torch.backends.mkldnn.enabled": torch.backends.mkldnn.enabled,
+             "forward ops": _torch_rnn_ops(torch, rnn, x)}
+    return {"fwd": (forward, inference_mode), "train": (training_step, contextlib.nullcontext)}, outputs, notes
 
 
 def _numbarnn_tasks(config, data, spec):
     import numbarnn
 
     nullcontext = contextlib.nullcontext
-    options = dict(nonlinearity=spec["nonlinearity"], dtype=spec["dtype"])
+    sequence_class, cell_class = (getattr(numbarnn, name) for name in MODULES[config["cell"]])
+    options = dict(_module_options(config, spec), dtype=spec["dtype"])
     if config["kind"] == "step":
-        rnn = numbarnn.RNN(config["input_size"], config["hidden_size"], 1, **options).eval()
+        rnn = sequence_class(config["input_size"], config["hidden_size"], 1, **options).eval()
         rnn.load_state_dict(_parameters(data))
-        cell = numbarnn.RNNCell(config["input_size"], config["hidden_size"], **options).eval()
+        cell = cell_class(config["input_size"], config["hidden_size"], **options).eval()
         cell.load_state_dict(_cell_parameters(data))
         x_step = data["x"]  # (N, H_in)
-        state = {"rnn": data["h_0"], "cell": data["h_0"][0]}
+        initial = dict(zip(("rnn", "cell"), _step_states(data), strict=True))
+        state = dict(initial)
         if hasattr(rnn, "step"):
-            step_call = "rnn.step(x, h)"
+            step_call = "step(x, (h, c))" if config["cell"] == "lstm" else "step(x, h)"
 
             def rnn_step():  # streaming: each call continues from the previous call's state
                 _, state["rnn"] = rnn.step(x_step, state["rnn"])
-        else:  # a release without RNN.step: one step through the sequence call
-            step_call = "rnn(x[None], h)"
+        else:  # a release without step(): one step through the sequence call
+            step_call = "module(x[None], h)"
             x_sequence = x_step[None]
 
             def rnn_step():
@@ -225,14 +263,14 @@ def _numbarnn_tasks(config, data, spec):
 
         rnn_step()
         cell_step()
-        outputs = {"step": state["rnn"].copy(), "cell": state["cell"].copy()}
-        state.update(rnn=data["h_0"], cell=data["h_0"][0])
+        outputs = {"step": _first_state(state["rnn"]).copy(), "cell": _first_state(state["cell"]).copy()}
+        state.update(initial)
         return {"step": (rnn_step, nullcontext), "cell": (cell_step, nullcontext)}, outputs, {"step call": step_call}
 
-    options["bidirectional"] = config["bidirectional"]
     sizes = (config["input_size"], config["hidden_size"], config["num_layers"])
-    inference = numbarnn.RNN(*sizes, **options).eval()
-    training = numbarnn.RNN(*sizes, **options)
+    options["bidirectional"] = config["bidirectional"]
+    inference = sequence_class(*sizes, **options).eval()
+    training = sequence_class(*sizes, **options)
     inference.load_state_dict(_parameters(data))
     training.load_state_dict(_parameters(data))
     x, grad_output = data["x"], data["grad_output"]
