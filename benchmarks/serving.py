@@ -153,46 +153,42 @@ def profile_step(requests):
     import numpy as np
 
     import numbarnn
-    from numbarnn._step import stacked_step
-    from numbarnn._threads import configure_threads_once
+    from numbarnn._step import run_step
     from numbarnn._validation import as_array
-    from numbarnn.rnn import _zeros
+    from numbarnn._workspace import step_buffers
 
     rnn = numbarnn.RNN(INPUT_SIZE, HIDDEN, seed=0).eval()
+    spec = rnn._spec
     x = np.random.default_rng(0).standard_normal((1, INPUT_SIZE)).astype(np.float32)
     h = np.zeros((1, 1, HIDDEN), np.float32)
-    params, offsets, zeros = rnn._param_flat, rnn._offsets, _zeros(HIDDEN, np.float32)
-    state, out = np.empty((1, 1, HIDDEN), np.float32), np.empty((1, HIDDEN), np.float32)
+    params, offsets = rnn._param_flat, rnn._offsets
+    buffers = step_buffers(spec, x, h, None, keep=False)
 
     @numba.njit(cache=False, nogil=True)
-    def empty_kernel(params, offsets, x, h, relu, zeros, out):
+    def empty_kernel(params, offsets, relu, x, h, c, out, saved, h_full):
         return None
 
     def kernel(_):
-        stacked_step(params, offsets, x, state, False, zeros, out)
+        run_step(spec, params, offsets, buffers)
 
     def dispatch_only(_):
-        empty_kernel(params, offsets, x, state, False, zeros, out)
+        empty_kernel(params, offsets, False, *buffers[:6])
 
     def checks(_):
         as_array(x, "input", rnn.dtype)
         as_array(h, "h", rnn.dtype)
-        configure_threads_once()
 
-    def allocation(_):
-        s = np.empty((1, 1, HIDDEN), np.float32)
-        s[...] = h.reshape(s.shape)
-        np.empty((1, HIDDEN), np.float32)
-        np.ascontiguousarray(x)
-        s[-1].copy()
+    def arguments(_):
+        step_buffers(spec, x, h, None, keep=False)
 
     return {
         "profile: whole rnn.step(x, h)": per_call_seconds(lambda s: rnn.step(x, s)[1], h),
-        "profile: stacked_step kernel call alone (dispatch + arithmetic)": per_call_seconds(kernel, None),
-        "profile: numba dispatch of an empty 7-argument kernel": per_call_seconds(dispatch_only, None),
-        "profile: argument checks (as_array x2, configure_threads_once)": per_call_seconds(checks, None),
-        "profile: allocation and copies (2 np.empty, state copy-in, ascontiguousarray, output copy)":
-            per_call_seconds(allocation, None),
+        "profile: run_step alone (dispatch + arithmetic)": per_call_seconds(kernel, None),
+        "profile: numba dispatch of an empty kernel with the step kernel's arguments": per_call_seconds(dispatch_only,
+                                                                                                       None),
+        "profile: argument checks (as_array x2)": per_call_seconds(checks, None),
+        "profile: the kernel's arguments (step_buffers: state copy, output, shared empties)":
+            per_call_seconds(arguments, None),
     }
 
 

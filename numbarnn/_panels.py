@@ -174,6 +174,13 @@ def _tile(typingctx, rows, a, a_offset, lda, panels, panel_offset, out, out_offs
 
 
 @jit(inline=True)
+def new_panels(rows, columns, like):
+    """Uninitialised panels for a (rows, columns) matrix of ``like``'s dtype: :func:`panel_shape` inside a kernel."""
+    width = _PANEL_BYTES // like.itemsize
+    return np.empty((-(-columns // width), rows, width), like.dtype)
+
+
+@jit(inline=True)
 def panels_in(flat, rows, columns, width):
     """The panels of a (rows, columns) matrix, (ceil(columns / width), rows, width), at the start of the 1-D buffer
     ``flat`` (sized for the largest matrix it serves)."""

@@ -1,59 +1,99 @@
 """One time step of a stacked unidirectional recurrent network, for streaming inference and the cells: no packing,
-no workspace, a handful of arguments, so that a call costs a few microseconds. Its arguments are built by
-:func:`numbarnn._workspace.step_buffers`; the gates are the cell's own (:mod:`numbarnn._cells`), the same epilogue
-the sequence kernels run."""
+no workspace, a handful of array arguments, so that a call costs a few microseconds. The gates are the cell's own
+(:mod:`numbarnn._cells`), the same epilogue the sequence kernels run.
+
+:func:`run_step` is the one call site of the kernels; :func:`numbarnn._workspace.step_buffers` builds its arguments.
+The kernels allocate their own scratch (NRT allocations cost tens of nanoseconds, a NumPy ``empty`` from Python a few
+hundred) and take plain arrays: a namedtuple of arrays costs numba ~0.3 µs per field to type at every call (a
+12-field one made a 64-unit step 4x slower than the arithmetic it dispatched). Each cell has its own entry point
+taking a bool, since typing a cell marker at the call costs another ~0.7 µs.
+"""
 
 import numpy as np
 
-from ._cells import RnnCell, forward_epilogue, pack_projection
+from ._cells import GruCell, LstmCell, RnnCell, cell_blocks, forward_epilogue, pack_projection
 from ._forward import bias_views, weight_views
 from ._jit import jit
-from ._panels import panel_shape
-from ._workspace import StepBuffers
+from ._layout import NO_BIAS, W_HR
+from ._panels import new_panels
 
 
 @jit
-def cell_step(params, offsets, cell, buffers):
+def layers_step(params, offsets, cell, x, h, c, out, saved, h_full):
     """Advance every layer by one step, in place.
 
     Parameters
     ----------
     params : (P,) flat parameters; ``offsets`` (num_layers, 5) locates each one.
     cell : the cell marker (:mod:`numbarnn._cells`).
-    buffers : :class:`numbarnn._workspace.StepBuffers`; ``x``, ``h`` (and an LSTM's ``c``) are read, ``h``, ``c``,
-        ``out`` (the last layer's new state) and ``saved`` (the last layer's gates) are the results.
+    x : (N, H_in) the step's input.
+    h : (num_layers, N, H_out) the states before the step on entry, after it on exit.
+    c : (num_layers, N, H) an LSTM's cell states, likewise; ``h`` for the other cells (never read).
+    out : (N, H_out) the last layer's new state, on exit.
+    saved : (N, S * H) the last layer's gates, on exit, for a backward; or None (inference: scratch).
+    h_full : (N, H) an LSTM projection's last ``o * tanh(c)``, likewise, or no rows without a projection; or None
+        (inference).
+
+    Inference passes None for ``saved`` and ``h_full``: typed ``none``, which numba compiles as its own
+    specialisation without the branches below, and costs nothing to pass (an empty array costs a lookup or an
+    allocation per call).
     """
-    x, h, c, z, tmp = buffers.x, buffers.h, buffers.c, buffers.z, buffers.tmp
-    hidden, state, gates = c.shape[2], h.shape[2], z.shape[1]
+    batch, state, hidden = x.shape[0], h.shape[2], c.shape[2]
+    gate_blocks, saved_blocks = cell_blocks(cell)
+    columns = gate_blocks * hidden
+    projected = offsets[0, W_HR] != NO_BIAS
+    z = np.empty((batch, columns), x.dtype)
+    tmp = np.empty((batch, columns), x.dtype)
+    zeros = np.zeros(columns, x.dtype)
+    if saved is None:
+        gates = np.empty((batch, saved_blocks * hidden), x.dtype)
+    else:
+        gates = saved
+    if h_full is None:
+        full = np.empty((batch if projected else 0, hidden), x.dtype)
+    else:
+        full = h_full
+    w_hr_panels = new_panels(hidden, state if projected else 0, x)
     for l in range(offsets.shape[0]):
         inputs = x if l == 0 else h[l - 1]  # layer l - 1 already holds its new state: the input of layer l
-        w_ih, w_hh = weight_views(params, offsets, l, gates, inputs.shape[1], state)
-        b_ih, b_hh = bias_views(params, offsets, l, gates, buffers.zeros)
-        for i in range(inputs.shape[0]):
+        w_ih, w_hh = weight_views(params, offsets, l, columns, inputs.shape[1], state)
+        b_ih, b_hh = bias_views(params, offsets, l, columns, zeros)
+        for i in range(batch):
             x_i, h_i = inputs[i], h[l, i]
-            for j in range(gates):
+            for j in range(columns):
                 w_x, w_h = w_ih[j], w_hh[j]
-                projected = x_i[0] * w_x[0]
+                projected_x = x_i[0] * w_x[0]
                 for k in range(1, x_i.size):
-                    projected += x_i[k] * w_x[k]
+                    projected_x += x_i[k] * w_x[k]
                 recurrent = h_i[0] * w_h[0]
                 for k in range(1, state):
                     recurrent += h_i[k] * w_h[k]
-                z[i, j] = projected
+                z[i, j] = projected_x
                 tmp[i, j] = recurrent
-        pack_projection(cell, params, offsets, l, state, hidden, buffers.w_hr_panels, True)
-        forward_epilogue(cell, z, tmp, b_ih, b_hh, h[l], c[l], buffers.saved, buffers.h_full, 0,
-                         buffers.w_hr_panels, buffers.out, 0)
+        pack_projection(cell, params, offsets, l, state, hidden, w_hr_panels, True)
+        forward_epilogue(cell, z, tmp, b_ih, b_hh, h[l], c[l], gates, full, 0, w_hr_panels, out, 0)
 
 
-def stacked_step(params, offsets, x, h, relu, zeros, out):
-    """An Elman RNN's step (the interface :mod:`numbarnn.torch` calls): advances ``h`` (num_layers, N, H) in place
-    from the C-contiguous input ``x`` (N, H_in) and leaves the last layer's new state in ``out`` (N, H)."""
-    batch, hidden = out.shape
-    dtype = out.dtype
-    empty = np.empty
-    buffers = StepBuffers(x=x, h=h, c=empty((h.shape[0], 0, hidden), dtype), z=empty((batch, hidden), dtype),
-                          tmp=empty((batch, hidden), dtype), saved=empty((batch, 0), dtype),
-                          h_full=empty((0, hidden), dtype), w_hr_panels=empty(panel_shape(hidden, 0, dtype), dtype),
-                          zeros=zeros, out=out, h_prev=empty((0, hidden), dtype), c_prev=empty((0, hidden), dtype))
-    cell_step(params, offsets, RnnCell(bool(relu)), buffers)
+@jit
+def rnn_step(params, offsets, relu, x, h, c, out, saved, h_full):
+    layers_step(params, offsets, RnnCell(relu), x, h, c, out, saved, h_full)
+
+
+@jit
+def gru_step(params, offsets, relu, x, h, c, out, saved, h_full):
+    layers_step(params, offsets, GruCell(3), x, h, c, out, saved, h_full)
+
+
+@jit
+def lstm_step(params, offsets, relu, x, h, c, out, saved, h_full):
+    layers_step(params, offsets, LstmCell(4), x, h, c, out, saved, h_full)
+
+
+_STEP_KERNELS = {"rnn": rnn_step, "gru": gru_step, "lstm": lstm_step}  # each compiled only when its cell is used
+
+
+def run_step(spec, params, offsets, buffers):
+    """Advance every layer of a ``spec`` module by one step: ``buffers`` (:class:`numbarnn._workspace.StepBuffers`)
+    hold the input and the states on entry, the new states, the last layer's output (and, when kept, its gates) on
+    exit."""
+    _STEP_KERNELS[spec.cell](params, offsets, spec.relu, *buffers[:6])

@@ -21,7 +21,7 @@ from collections import namedtuple
 import numba
 import numpy as np
 
-from ._cells import GATES, SAVED, cell_marker
+from ._cells import GATES, SAVED
 from ._panels import panel_shape
 
 Packing = namedtuple("Packing", ["order", "block_batch", "block_rows", "step_offsets"])
@@ -36,10 +36,6 @@ def state_size(spec):
     """P, the width of h (and of each direction's output): the projection's size, or H."""
     return spec.proj_size if spec.proj_size > 0 else spec.hidden_size
 
-
-def marker(spec):
-    """The cell marker the kernels receive (:mod:`numbarnn._cells`)."""
-    return cell_marker(spec.cell, spec.relu)
 
 ForwardBuffers = namedtuple("ForwardBuffers", [
     "x_rows",         # (R, H_in) packed input
@@ -80,23 +76,24 @@ BackwardBuffers = namedtuple("BackwardBuffers", [
 ])
 
 StepBuffers = namedtuple("StepBuffers", [
-    "x",            # (N, H_in) the step's input, C-contiguous
-    "h",            # (num_layers, N, P) the states before the step on entry, after it on exit
-    "c",            # (num_layers, N, H) an LSTM's cell states, likewise; (num_layers, 0, H) otherwise
-    "z",            # (N, G * H) scratch: the input's products
-    "tmp",          # (N, G * H) scratch: the state's products
-    "saved",        # (N, S * H) what a cell's backward reads (the last layer's)
-    "h_full",       # (N, H) an LSTM projection's o * tanh(c), else (0, H)
-    "w_hr_panels",  # W_hr^T in panels (projection), else no panels
-    "zeros",        # (G * H,) zeros, read in place of the biases of a module without them
-    "out",          # (N, P) the last layer's new state
-    "h_prev",       # (N, P) a one-layer cell's state before the step (training, for backward), else (0, P)
-    "c_prev",       # (N, H) an LSTM cell's c before the step (training), else (0, H)
+    # the arguments of the step kernels (numbarnn._step), in their order:
+    "x",        # (N, H_in) the step's input, C-contiguous
+    "h",        # (num_layers, N, P) the states before the step on entry, after it on exit
+    "c",        # (num_layers, N, H) an LSTM's cell states, likewise; for the other cells ``h`` again (never read)
+    "out",      # (N, P) the last layer's new state
+    "saved",    # (N, S * H) the last layer's gates, for a cell's backward (training), else None
+    "h_full",   # (N, H) an LSTM projection's o * tanh(c) (training with a projection), no rows (training), else None
+    # what a training cell's backward also reads (numbarnn._engine.step_record):
+    "h_prev",   # (N, P) a one-layer cell's state before the step (training), else None
+    "c_prev",   # (N, H) an LSTM cell's c before the step (training), no rows (training, other cells), else None
 ])
 
 # Below this many multiply-adds per call a second block costs more (a parallel region, smaller products) than it
 # saves; the tiny benchmark configuration (L=100, N=1, H=64) is far below it.
 MIN_WORK_PER_BLOCK = 1 << 18
+
+
+_new_tuple = tuple.__new__  # a namedtuple from a tuple without its checks: 0.2 µs less per step call
 
 
 @functools.lru_cache(maxsize=1)
@@ -247,36 +244,30 @@ def backward_buffers(spec, packing, parameter_count, need_input_grad):
 
 
 def step_buffers(spec, x, h, c, keep):
-    """The arguments of :func:`numbarnn._step.stacked_step` for ``spec`` and the step input ``x`` (N, H_in): copies
-    of the states ``h`` (num_layers, N, P) and an LSTM's ``c`` (num_layers, N, H) (None: zeros), so the caller's
-    arrays are never written. ``keep`` also copies the states entering the step (a one-layer cell's training
-    call, for :func:`numbarnn._engine.step_record`)."""
+    """The arguments of :func:`numbarnn._step.run_step` for ``spec`` and the step input ``x`` (N, H_in): copies of the
+    states ``h`` (num_layers, N, P) and an LSTM's ``c`` (num_layers, N, H) (None: zeros), so the caller's arrays
+    are never written. ``keep`` (a one-layer cell's training call, for :func:`numbarnn._engine.step_record`) also
+    keeps the gates, a copy of ``x`` and the states entering the step; otherwise the kernels' scratch is their own.
+
+    On the path of every ``step`` and cell call, so it allocates only what the call returns or keeps (each NumPy
+    allocation from Python costs ~0.4 µs of a ~5 µs call).
+    """
     dtype, hidden, layers = spec.dtype, spec.hidden_size, spec.num_layers
-    batch, state = x.shape[0], state_size(spec)
-    gates = GATES[spec.cell] * hidden
-    lstm, projected = spec.cell == "lstm", spec.proj_size > 0
-    h = np.zeros((layers, batch, state), dtype) if h is None else np.array(h, dtype, order="C")
+    batch = x.shape[0]
+    state = spec.proj_size or hidden
+    h = np.zeros((layers, batch, state), dtype) if h is None else h.astype(dtype, order="C")  # always a copy
+    lstm = spec.cell == "lstm"
     if lstm:
-        c = np.zeros((layers, batch, hidden), dtype) if c is None else np.array(c, dtype, order="C")
+        c = np.zeros((layers, batch, hidden), dtype) if c is None else c.astype(dtype, order="C")
     else:
-        c = np.empty((layers, 0, hidden), dtype)
+        c = h
+    out = np.empty((batch, state), dtype)
+    if not keep:
+        return _new_tuple(StepBuffers, (np.ascontiguousarray(x), h, c, out, None, None, None, None))
     empty = np.empty
-    return StepBuffers(
-        x=np.array(x, order="C") if keep else np.ascontiguousarray(x), h=h, c=c,
-        z=empty((batch, gates), dtype), tmp=empty((batch, gates), dtype),
-        saved=empty((batch, SAVED[spec.cell] * hidden), dtype),
-        h_full=empty((batch if projected else 0, hidden), dtype),
-        w_hr_panels=empty(panel_shape(hidden, spec.proj_size, dtype), dtype),
-        zeros=_zeros(gates, dtype), out=empty((batch, state), dtype),
-        h_prev=h[0].copy() if keep else empty((0, state), dtype),
-        c_prev=c[0].copy() if keep and lstm else empty((0, hidden), dtype),
-    )
-
-
-@functools.lru_cache(maxsize=32)
-def _zeros(size, dtype):
-    """Zeros the kernels read in place of absent biases (shared: never written)."""
-    return np.zeros(size, dtype)
+    return StepBuffers(np.array(x, order="C"), h, c, out, empty((batch, SAVED[spec.cell] * hidden), dtype),
+                       empty((batch if spec.proj_size else 0, hidden), dtype), h[0].copy(),
+                       c[0].copy() if lstm else empty((0, hidden), dtype))
 
 
 class ScratchPool:

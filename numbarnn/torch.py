@@ -33,9 +33,9 @@ from torch.nn.utils.rnn import PackedSequence
 from . import _engine as engine
 from ._cells import GATES
 from ._layout import build_layout
-from ._step import cell_step, stacked_step
+from ._step import run_step
 from ._threads import configure_threads_once
-from ._workspace import ScratchPool, Spec, marker, step_buffers
+from ._workspace import ScratchPool, Spec, step_buffers
 
 __all__ = ["RNN", "RNNCell", "LSTM", "GRU", "LSTMCell", "GRUCell", "accelerate"]
 
@@ -693,21 +693,13 @@ def _cell_step(plan, x, hx, params):
     """One step without autograd: numbarnn's one-step kernel, writing the new state in place of a copy of hx (an
     LSTM's new (h, c))."""
     spec = plan.spec
-    if spec.cell != "rnn":
-        h, c = (_as_numpy(hx), None) if type(hx) is not tuple else (_as_numpy(hx[0]), _as_numpy(hx[1]))
-        buffers = step_buffers(spec, x.detach().numpy(), None if h is None else h[None],
-                               None if c is None else c[None], False)
-        cell_step(params, plan.offsets, marker(spec), buffers)
-        return (torch.from_numpy(buffers.out), torch.from_numpy(buffers.c[0])) if spec.cell == "lstm" \
-            else torch.from_numpy(buffers.out)
-    batch = x.size(0)
-    state = np.zeros((1, batch, spec.hidden_size), spec.dtype)
-    if hx is not None:
-        state[0] = hx.detach().numpy()
-    output = np.empty((batch, spec.hidden_size), spec.dtype)  # the kernel leaves the new state here
-    stacked_step(params, plan.offsets, np.ascontiguousarray(x.detach().numpy()), state, spec.relu,
-                 np.zeros(spec.hidden_size, spec.dtype), output)
-    return torch.from_numpy(output)
+    h, c = (hx, None) if type(hx) is not tuple else hx
+    buffers = step_buffers(spec, x.detach().numpy(), None if h is None else h.detach().numpy()[None],
+                           None if c is None else c.detach().numpy()[None], False)
+    run_step(spec, params, plan.offsets, buffers)
+    if spec.cell == "lstm":
+        return torch.from_numpy(buffers.out), torch.from_numpy(buffers.c[0])
+    return torch.from_numpy(buffers.out)
 
 
 def accelerate(model):
