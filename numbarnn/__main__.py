@@ -1,5 +1,5 @@
-"""Command line: ``python -m numbarnn {demo,check,bench,export}`` and ``python -m numbarnn --version`` (also installed
-as the ``numbarnn`` command)."""
+"""Command line: ``python -m numbarnn {demo,check,bench,export,compile}`` and ``python -m numbarnn --version`` (also
+installed as the ``numbarnn`` command)."""
 
 import argparse
 import importlib
@@ -15,12 +15,16 @@ COMMANDS = {
     "bench": ("numbarnn.cli.bench",
               "time numbarnn and torch.nn.RNN fairly, each in its own process (forward, training step, one step)"),
     "export": ("numbarnn.cli.export", "write a model saved with numbarnn.save (RNN + optional Linear head) as ONNX"),
+    "compile": ("numbarnn.cli.compile",
+                "fill numba's cache ahead of time (container images, Dask workers, CI): the kernels of the cells "
+                "and dtypes given"),
 }
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(
-        prog="numbarnn", description="numbarnn: vanilla RNNs on the CPU with PyTorch's semantics, compiled with Numba."
+        prog="numbarnn",
+        description="numbarnn: RNN, LSTM and GRU on the CPU with PyTorch's semantics, compiled with Numba."
     )
     parser.add_argument("--version", action="version", version=f"numbarnn {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="{" + ",".join(COMMANDS) + "}")

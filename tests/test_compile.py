@@ -1,0 +1,56 @@
+"""``python -m numbarnn compile`` fills numba's cache so that a later process compiles nothing."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A process that uses the cache: a forward, a training step and a step of a float64 GRU; it prints the kernels that
+# numba compiled instead of loading them (dispatcher.stats counts cache misses per signature).
+USER = """
+import numpy as np
+import numbarnn
+from numbarnn import _backward, _forward, _step
+gru = numbarnn.GRU(8, 16, num_layers=2, dtype=np.float64, seed=1)
+x = np.ones((5, 3, 8))
+out, _ = gru(x)
+gru.backward(np.ones_like(out))
+gru.eval()
+gru(x)
+gru.step(x[0])
+kernels = {"forward": _forward.gru_forward, "backward": _backward.gru_backward, "step": _step.gru_step}
+print("misses", sorted(name for name, k in kernels.items() if k.stats.cache_misses))
+print("hits", sorted(name for name, k in kernels.items() if k.stats.cache_hits))
+"""
+
+
+def run(args, cache):
+    environment = dict(os.environ, NUMBA_CACHE_DIR=str(cache), PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, *args], env=environment, cwd=cache, capture_output=True, text=True,
+                          timeout=600)
+
+
+@pytest.mark.slow
+def test_compile_fills_the_cache_a_later_process_loads(tmp_path):
+    done = run(["-m", "numbarnn", "compile", "--cells", "gru", "--dtypes", "float64", "--progress", "lines"],
+               tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "gru in float64 ready in" in done.stdout
+    assert f"cache: NUMBA_CACHE_DIR={tmp_path}" in done.stdout
+    assert list(tmp_path.rglob("*.nbi")), "no cache index written"
+
+    user = run(["-c", USER], tmp_path)
+    assert user.returncode == 0, user.stderr
+    assert "misses []" in user.stdout, user.stdout
+    assert "hits ['backward', 'forward', 'step']" in user.stdout, user.stdout
+
+
+def test_compile_rejects_an_unknown_cell():
+    done = subprocess.run([sys.executable, "-m", "numbarnn", "compile", "--cells", "transformer"],
+                          capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=120)
+    assert done.returncode == 2
+    assert "invalid choice: 'transformer'" in done.stderr
