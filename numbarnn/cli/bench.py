@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from .._cells import GATES
-from . import bench_kernels
+from . import bench_kernels, bench_startup
 from ._progress import Progress
 from .bench_worker import MODULES
 
@@ -124,6 +124,9 @@ def add_arguments(parser):
                         help="instead: the panel product's GFLOP/s over row counts beside BLAS, on one thread, with "
                              "the CPU, instruction set and tile in use (numbarnn.cli.bench_kernels)")
     bench_kernels.add_arguments(parser)
+    parser.add_argument("--startup", action="store_true",
+                        help="instead: the start-up cost in fresh processes with a cold and a warm JIT cache (import, "
+                             "first inference call, first training step per --cell; the demo's first update)")
     parser.add_argument("--json", type=Path, default=None, metavar="PATH",
                         help="also write every process's samples and the summary to PATH as JSON")
     # For tests and quick experiments: one extra configuration "L,N,H_in,H_out,layers,bidirectional", and
@@ -136,6 +139,8 @@ def run(args):
     """Run the benchmark described by parsed ``args``; prints the report and returns the exit code (0, 1 or 2)."""
     if args.kernels:
         return bench_kernels.run(args)
+    if args.startup:
+        return bench_startup.run(args)
     for module, requirement, role in (("torch", "torch==2.13.0", "compares against PyTorch"),
                                       ("threadpoolctl", "threadpoolctl", "sets the BLAS thread count with "
                                                                          "threadpoolctl")):
