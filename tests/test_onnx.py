@@ -582,11 +582,32 @@ def test_cli_exports_the_demo_model(tmp_path, capsys, rng):
     assert_close(logits, head(expected_output), np.float32, "logits")
 
 
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_cli_exports_an_lstm_or_gru_checkpoint(cell, tmp_path, capsys, rng):
+    checkpoint, exported_path = tmp_path / "model.npz", tmp_path / "model.onnx"
+    module = getattr(numbarnn, cell)(INPUT_SIZE, 16, 2, bidirectional=True, seed=7).eval()
+    numbarnn.save(checkpoint, rnn=module)
+    assert main(["export", str(checkpoint), str(exported_path), "--h0"]) == 0
+    state_inputs, state_outputs = _state_names(module, "0"), _state_names(module, "n")
+    assert f"inputs input, {', '.join(state_inputs)}; outputs output, {', '.join(state_outputs)}" in (
+        capsys.readouterr().out)
+    feeds = {"input": rng.standard_normal((STEPS, 2, INPUT_SIZE)).astype(np.float32)}
+    feeds.update({name: rng.standard_normal((4, 2, 16)).astype(np.float32) for name in state_inputs})
+    results = _run(_session(exported_path), feeds)
+    expected_output, expected_final = module(feeds["input"], _initial_state(module, feeds))
+    assert_close(results["output"], expected_output, np.float32, "output")
+    for name, part in zip(state_outputs, _parts(expected_final), strict=True):
+        assert_close(results[name], part, np.float32, name)
+
+
 def test_cli_export_explains_a_checkpoint_it_cannot_export(tmp_path, capsys):
     checkpoint = tmp_path / "cell.npz"
     numbarnn.save(checkpoint, cell=numbarnn.RNNCell(3, 5))
     assert main(["export", str(checkpoint), str(tmp_path / "cell.onnx")]) == 2
-    assert "export needs exactly one RNN and at most one Linear head" in capsys.readouterr().err
+    assert "export needs exactly one RNN, LSTM or GRU and at most one Linear head" in capsys.readouterr().err
+    numbarnn.save(checkpoint, lstm=numbarnn.LSTM(3, 8, proj_size=4))
+    assert main(["export", str(checkpoint), str(tmp_path / "lstm.onnx")]) == 2
+    assert "cannot export an LSTM with proj_size=4" in capsys.readouterr().err
     assert main(["export", str(tmp_path / "missing.npz"), str(tmp_path / "x.onnx")]) == 2
     assert "No such checkpoint file" in capsys.readouterr().err
 
