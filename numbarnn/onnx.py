@@ -252,8 +252,9 @@ def _build_model(rnn, head, opset, with_h_0, with_lengths):
     opset_ids = [helper.make_opsetid("", opset)]
     model = helper.make_model(graph, opset_imports=opset_ids, producer_name="numbarnn",
                               ir_version=helper.find_min_ir_version_for(opset_ids))
-    # The constructor arguments, as numbarnn.save records them; "rnn" holds those of the RNN, LSTM or GRU.
-    description = {"rnn": _CONSTRUCTORS[op][1](rnn), "rnn_class": op}
+    # The constructor arguments, as numbarnn.save records them ("rnn" for the RNN, LSTM or GRU alike: the graph's
+    # operator says which).
+    description = {"rnn": _CONSTRUCTORS[op][1](rnn)}
     if head is not None:
         description["head"] = _CONSTRUCTORS["Linear"][1](head)
     helper.set_model_props(model, {METADATA_KEY: json.dumps(description)})

@@ -556,9 +556,10 @@ def test_export_rejects_an_unknown_opset(opset, tmp_path):
         numbarnn.onnx.export(tmp_path / "model.onnx", numbarnn.RNN(3, 5), opset=opset)
 
 
+@pytest.mark.parametrize("cell", ["RNN", "LSTM", "GRU"])
 @pytest.mark.parametrize("opset", [14, onnx.defs.onnx_opset_version()])
-def test_export_writes_the_opset_asked_for(opset, tmp_path):
-    model = numbarnn.onnx.export(tmp_path / "model.onnx", numbarnn.RNN(3, 5, seed=0), opset=opset)
+def test_export_writes_the_opset_asked_for(opset, cell, tmp_path):
+    model = numbarnn.onnx.export(tmp_path / "model.onnx", getattr(numbarnn, cell)(3, 5, seed=0), opset=opset)
     assert [(o.domain, o.version) for o in model.opset_import] == [("", opset)]
     onnx.checker.check_model(onnx.load(tmp_path / "model.onnx"), full_check=True)
 
