@@ -414,10 +414,11 @@ def test_load_names_an_operator_it_cannot_map(exported):
         numbarnn.onnx.load(exported)
 
 
-def _set_attribute(node, name, value):
+def _set_attribute(node, name, value=None):
+    """Replace (or with value None, remove) attribute ``name`` of ``node``."""
     kept = [a for a in node.attribute if a.name != name]
     del node.attribute[:]
-    node.attribute.extend(kept + [helper.make_attribute(name, value)])
+    node.attribute.extend(kept + ([] if value is None else [helper.make_attribute(name, value)]))
 
 
 def test_load_rejects_a_gru_that_resets_before_the_linear_map(tmp_path):
@@ -427,10 +428,7 @@ def test_load_rejects_a_gru_that_resets_before_the_linear_map(tmp_path):
                                                r"to h before R.*which is linear_before_reset=1"):
         numbarnn.onnx.load(model)
     # ONNX's default is 0, so a GRU node without the attribute is not torch's GRU either
-    node = _rnn_node(model, op="GRU")
-    kept = [a for a in node.attribute if a.name != "linear_before_reset"]
-    del node.attribute[:]
-    node.attribute.extend(kept)
+    _set_attribute(_rnn_node(model, op="GRU"), "linear_before_reset")
     with pytest.raises(ONNXMappingError, match=r"linear_before_reset=0"):
         numbarnn.onnx.load(model)
 
@@ -492,10 +490,7 @@ def test_load_rejects_a_head_applied_to_a_final_state(cell, state, tmp_path):
     ("layout", 1, "layout=1"),
 ])
 def test_load_rejects_rnn_attributes_numbarnn_does_not_have(exported, attribute, value, message):
-    node = _rnn_node(exported)
-    kept = [a for a in node.attribute if a.name != attribute]
-    del node.attribute[:]
-    node.attribute.extend(kept + [helper.make_attribute(attribute, value)])
+    _set_attribute(_rnn_node(exported), attribute, value)
     with pytest.raises(ONNXMappingError, match=r"cannot map node #\d+ 'rnn_l0' \(RNN\): " + message):
         numbarnn.onnx.load(exported)
 
