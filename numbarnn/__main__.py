@@ -14,7 +14,8 @@ COMMANDS = {
               "compare outputs and gradients with torch.nn.RNN / RNNCell over a grid of settings"),
     "bench": ("numbarnn.cli.bench",
               "time numbarnn and torch.nn.RNN fairly, each in its own process (forward, training step, one step)"),
-    "export": ("numbarnn.cli.export", "write a model saved with numbarnn.save (RNN + optional Linear head) as ONNX"),
+    "export": ("numbarnn.cli.export",
+               "write a model saved with numbarnn.save (RNN, LSTM or GRU + optional Linear head) as ONNX"),
     "compile": ("numbarnn.cli.compile",
                 "fill numba's cache ahead of time (container images, Dask workers, CI): the kernels of the cells "
                 "and dtypes given"),
