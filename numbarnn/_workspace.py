@@ -245,9 +245,10 @@ def backward_buffers(spec, packing, parameter_count, need_input_grad):
 
 def step_buffers(spec, x, h, c, keep):
     """The arguments of :func:`numbarnn._step.run_step` for ``spec`` and the step input ``x`` (N, H_in): copies of the
-    states ``h`` (num_layers, N, P) and an LSTM's ``c`` (num_layers, N, H) (None: zeros), so the caller's arrays
-    are never written. ``keep`` (a one-layer cell's training call, for :func:`numbarnn._engine.step_record`) also
-    keeps the gates, a copy of ``x`` and the states entering the step; otherwise the kernels' scratch is their own.
+    states ``h`` (num_layers, N, P) and an LSTM's ``c`` (num_layers, N, H) (None: zeros; a one-layer cell's may omit
+    the layer axis, and an unbatched one the batch axis too), so the caller's arrays are never written. ``keep`` (a
+    one-layer cell's training call, for :func:`numbarnn._engine.step_record`) also keeps the gates, a copy of ``x``
+    and the states entering the step; otherwise the kernels' scratch is their own.
 
     On the path of every ``step`` and cell call, so it allocates only what the call returns or keeps (each NumPy
     allocation from Python costs ~0.4 µs of a ~5 µs call).
@@ -255,10 +256,10 @@ def step_buffers(spec, x, h, c, keep):
     dtype, hidden, layers = spec.dtype, spec.hidden_size, spec.num_layers
     batch = x.shape[0]
     state = spec.proj_size or hidden
-    h = np.zeros((layers, batch, state), dtype) if h is None else h.astype(dtype, order="C")  # always a copy
+    h = np.zeros((layers, batch, state), dtype) if h is None else np.array(h, dtype, order="C", ndmin=3)  # a copy
     lstm = spec.cell == "lstm"
     if lstm:
-        c = np.zeros((layers, batch, hidden), dtype) if c is None else c.astype(dtype, order="C")
+        c = np.zeros((layers, batch, hidden), dtype) if c is None else np.array(c, dtype, order="C", ndmin=3)
     else:
         c = h
     out = np.empty((batch, state), dtype)

@@ -95,7 +95,12 @@ class CellBase(Module):
             raise ValueError(f"input has inconsistent input_size: got {x.shape[-1]} expected {self.input_size}")
         batched = x.ndim == 2
         rows = x if batched else x[None]
-        h, c = (None, None) if originals is None else self._check_states(originals, rows.shape[0], batched)
+        if originals is None:
+            h = c = None
+        elif self._lstm:
+            h, c = (self._check_state(part, index, rows.shape[0], batched) for index, part in enumerate(originals))
+        else:
+            h, c = self._check_state(originals[0], 0, rows.shape[0], batched), None
         spec = self._spec
         step = step_buffers(spec, rows, h, c, keep=self.training)
         run_step(spec, self._param_flat, self._offsets, step)
@@ -122,25 +127,19 @@ class CellBase(Module):
                 raise ValueError(f"{self._NAME}: Expected hx[{index}] to be 1D or 2D, got {ndim}D instead")
         return tuple(hx)
 
-    def _check_states(self, parts, batch, batched):
-        """The parts of ``hx`` checked against the input, each as (1, N, H): (h, None), or an LSTM cell's (h, c)."""
-        if not self._lstm:
-            return self._check_state(parts[0], 0, batch, batched), None
-        return [self._check_state(part, index, batch, batched) for index, part in enumerate(parts)]
-
     def _check_state(self, part, index, batch, batched):
-        name = _HX_NAMES[self._lstm][index]
-        part = as_array(part, name, self.dtype)
+        """Part ``index`` of ``hx`` checked against the input: (N, H), or (H,) for an unbatched input."""
+        part = as_array(part, _HX_NAMES[self._lstm][index], self.dtype)
         if part.ndim != (2 if batched else 1):
-            raise ValueError(f"{self._NAME}: input is {2 if batched else 1}-D but {name} is {part.ndim}-D; give both "
-                             "batched (N, H) or both unbatched (H,)")
+            raise ValueError(f"{self._NAME}: input is {2 if batched else 1}-D but {_HX_NAMES[self._lstm][index]} is "
+                             f"{part.ndim}-D; give both batched (N, H) or both unbatched (H,)")
         rows = part.shape[0] if batched else 1
         if rows != batch:
             raise ValueError(f"Input batch size {batch} doesn't match hidden{index} batch size {rows}")
         if part.shape[-1] != self.hidden_size:
             raise ValueError(f"hidden{index} has inconsistent hidden_size: got {part.shape[-1]}, expected "
                              f"{self.hidden_size}")
-        return part[None] if batched else part[None, None]
+        return part
 
     def backward(self, grad_h):
         """Backpropagate through the most recent unconsumed call.
