@@ -23,7 +23,7 @@ import numpy as np
 
 from .._cells import GATES
 from .._workspace import block_count as _block_count
-from .bench import CELLS, _cell_names, _ExtendNames, selected_cells
+from .bench import ALL_CELLS, CELLS, _cell_names, _ExtendNames, selected_cells
 from .bench_worker import MODULES
 
 # Relative tolerances: float64 results agree to ~1e-15; float32 to a few ulp times the depth of the computation.
@@ -68,8 +68,8 @@ def settings(batch, cells=CELLS):
 
 
 def small_settings(batch, cells=CELLS):
-    """Every combination of arguments at H_in = 4, H = 5 (bias=False on 2 layers only; an LSTM's proj_size on 1 and
-    2 layers with biases)."""
+    """Every combination of arguments at H_in = 4, H = 5 (bias=False on 2 layers only, an LSTM's proj_size on 1 and
+    2 layers)."""
     small = (SMALL_INPUT_SIZE, SMALL_HIDDEN_SIZE, batch)
     grid = []
     for cell in cells:
@@ -112,7 +112,7 @@ def add_arguments(parser):
     parser.add_argument("--cell", type=_cell_names, nargs="+", action=_ExtendNames, metavar="CELL",
                         help=f"the cells to check, each against its torch counterpart (torch.nn.RNN and RNNCell, "
                              f"LSTM and LSTMCell, GRU and GRUCell), separated by spaces or commas: {', '.join(CELLS)} "
-                             "or all (default: all)")
+                             f"or {ALL_CELLS} (default: {ALL_CELLS})")
     parser.add_argument("--seed", type=int, default=0, help="seed for weights and data (default 0)")
     parser.add_argument("--steps", type=int, default=7, help="sequence length L (default 7)")
     parser.add_argument("--batch", type=int, default=3,
