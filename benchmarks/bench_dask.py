@@ -1,13 +1,14 @@
 """Throughput of ``numbarnn.dask.forward`` on a ``dask.distributed`` LocalCluster of 1 or 2 single-threaded worker
-processes: scoring 4096 sequences (L=100, H_in=32, H=128, float32), i.e. computing their final states ``h_n``.
+processes: scoring 4096 sequences (L=100, H_in=32, H=128, float32) with an RNN, LSTM or GRU, i.e. computing their
+final states ``h_n`` (an LSTM's ``(h_n, c_n)``).
 
 The input is generated on the workers and persisted there before the clock starts, as data read from storage by the
 workers would be, so the timings are of the scoring (the tasks, the scheduler and gathering the 2 MB of ``h_n``), not
 of moving the input. Two workers on two cores should score close to twice as fast as one.
 
-asv times it (``ClusterScoring``). For a fairer 1- vs 2-worker comparison run the module:
+asv times it (``ClusterScoring``, for each cell). For a fairer 1- vs 2-worker comparison run the module:
 
-    python -m benchmarks.bench_dask [--rounds 3] [--repeats 5]
+    python -m benchmarks.bench_dask [--cell rnn|lstm|gru] [--rounds 3] [--repeats 5]
 
 which times each cluster size in its own fresh process, alternating, and prints the median of the per-process
 medians and the speed-up. On a shared machine two cores rarely deliver twice one core's work, so it also measures the
@@ -24,34 +25,42 @@ import time
 import numpy as np
 
 import numbarnn
+from numbarnn.cli.bench_worker import MODULES
 
 from .common import SEED
 
 SEQUENCES, STEPS, INPUT_SIZE, HIDDEN_SIZE = 4096, 100, 32, 128
-BATCH_CHUNK = 512  # 8 tasks of ~30-40 ms: Dask's few ms per task stay small, and two workers still get 4 each
+BATCH_CHUNK = 512  # 8 tasks of ~30-40 ms (RNN): Dask's few ms per task stay small, and two workers still get 4 each
+CELLS = tuple(MODULES)  # rnn, lstm, gru
+
+
+def make_module(cell):
+    """The scored module: numbarnn's RNN, LSTM or GRU (``cell`` "rnn", "lstm" or "gru"), seeded, in eval mode."""
+    return getattr(numbarnn, MODULES[cell][0])(INPUT_SIZE, HIDDEN_SIZE, seed=SEED).eval()
 
 
 class ClusterScoring:
     """Scoring on a LocalCluster (one thread per worker process); setup starts the cluster and warms every worker."""
 
-    params = [[1, 2]]
-    param_names = ["workers"]
+    params = [[1, 2], list(CELLS)]
+    param_names = ["workers", "cell"]
     timeout = 300
 
-    def setup(self, workers):
-        self.scorer = Scorer(workers)
+    def setup(self, workers, cell):
+        self.scorer = Scorer(workers, cell)
 
-    def teardown(self, workers):
+    def teardown(self, workers, cell):
         self.scorer.close()
 
-    def time_score(self, workers):
+    def time_score(self, workers, cell):
         self.scorer.score()
 
 
 class Scorer:
-    """A LocalCluster of ``workers`` single-threaded worker processes holding the persisted input, and the module."""
+    """A LocalCluster of ``workers`` single-threaded worker processes holding the persisted input, and the module
+    (``cell``: "rnn", "lstm" or "gru")."""
 
-    def __init__(self, workers):
+    def __init__(self, workers, cell="rnn"):
         import dask.array as da
         from dask.distributed import Client, LocalCluster, wait
 
@@ -60,7 +69,7 @@ class Scorer:
         self.cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
         self.client = Client(self.cluster)
         try:
-            self.rnn = numbarnn.RNN(INPUT_SIZE, HIDDEN_SIZE, seed=SEED).eval()
+            self.rnn, self.forward = make_module(cell), numbarnn.dask.forward
             generator = da.random.default_rng(SEED)
             x = generator.standard_normal((STEPS, SEQUENCES, INPUT_SIZE), dtype=np.float32,
                                           chunks=(STEPS, BATCH_CHUNK, INPUT_SIZE))
@@ -72,16 +81,18 @@ class Scorer:
             raise
 
     def score(self):
-        _, h_n = numbarnn.dask.forward(self.rnn, self.x)
-        return h_n.compute()
+        import dask
+
+        _, h_n = self.forward(self.rnn, self.x)
+        return dask.compute(h_n)[0]  # h_n, or an LSTM's (h_n, c_n)
 
     def close(self):
         self.client.close()
         self.cluster.close()
 
 
-def _time_in_this_process(workers, repeats):
-    scorer = Scorer(workers)
+def _time_in_this_process(workers, repeats, cell):
+    scorer = Scorer(workers, cell)
     try:
         times = []
         for _ in range(repeats):
@@ -93,12 +104,12 @@ def _time_in_this_process(workers, repeats):
     return statistics.median(times)
 
 
-def _time_share_without_dask(workers, start_at, repeats):
+def _time_share_without_dask(workers, start_at, repeats, cell):
     """Score this process's 1 / ``workers`` share of the blocks with plain ``rnn(x)`` calls, starting at the wall-clock
     time ``start_at`` (so that the processes of one measurement run together); the median time."""
     import numbarnn.dask
 
-    rnn = numbarnn.RNN(INPUT_SIZE, HIDDEN_SIZE, seed=SEED).eval()
+    rnn = make_module(cell)
     block = np.random.default_rng(SEED).standard_normal((STEPS, BATCH_CHUNK, INPUT_SIZE)).astype(np.float32)
     blocks = SEQUENCES // BATCH_CHUNK // workers
     times = []
@@ -113,16 +124,17 @@ def _time_share_without_dask(workers, start_at, repeats):
     return statistics.median(times)
 
 
-def _ceiling(workers, repeats):
+def _ceiling(workers, repeats, cell):
     start_at = time.time() + 3  # every process has imported numbarnn and warmed up by then
     command = [sys.executable, "-m", "benchmarks.bench_dask", "--child-without-dask", str(workers), "--start-at",
-               str(start_at), "--repeats", str(repeats)]
+               str(start_at), "--repeats", str(repeats), "--cell", cell]
     processes = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True) for _ in range(workers)]
     return max(json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in processes)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cell", choices=CELLS, default="rnn", help="the module scored (default rnn)")
     parser.add_argument("--rounds", type=int, default=3, help="fresh processes per cluster size (default 3)")
     parser.add_argument("--repeats", type=int, default=5, help="timed scorings per process (default 5)")
     # internal: one measurement in this process, printed as JSON
@@ -131,18 +143,19 @@ def main(argv=None):
     parser.add_argument("--start-at", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child is not None:
-        print(json.dumps(_time_in_this_process(args.child, args.repeats)))
+        print(json.dumps(_time_in_this_process(args.child, args.repeats, args.cell)))
         return
     if args.child_without_dask is not None:
-        print(json.dumps(_time_share_without_dask(args.child_without_dask, args.start_at, args.repeats)))
+        print(json.dumps(_time_share_without_dask(args.child_without_dask, args.start_at, args.repeats, args.cell)))
         return
     medians, ceilings = {1: [], 2: []}, {1: [], 2: []}
     for _ in range(args.rounds):
         for workers in (1, 2):  # alternating: slow phases of the shared machine hit both sizes alike
             output = subprocess.run([sys.executable, "-m", "benchmarks.bench_dask", "--child", str(workers),
-                                     "--repeats", str(args.repeats)], capture_output=True, text=True, check=True)
+                                     "--repeats", str(args.repeats), "--cell", args.cell],
+                                    capture_output=True, text=True, check=True)
             medians[workers].append(json.loads(output.stdout.strip().splitlines()[-1]))
-            ceilings[workers].append(_ceiling(workers, args.repeats))
+            ceilings[workers].append(_ceiling(workers, args.repeats, args.cell))
     for workers, values in medians.items():
         seconds = statistics.median(values)
         print(f"{workers} worker(s): {seconds * 1e3:7.1f} ms per scoring, {SEQUENCES / seconds:8.0f} sequences/s "

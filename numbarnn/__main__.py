@@ -11,7 +11,7 @@ from . import __version__
 COMMANDS = {
     "demo": ("numbarnn.cli.demo", "train a character-level language model on the bundled corpus (the main job)"),
     "check": ("numbarnn.cli.check",
-              "compare outputs and gradients with torch.nn.RNN / RNNCell over a grid of settings"),
+              "compare outputs and gradients with torch.nn's RNN, LSTM, GRU and their cells over a grid of settings"),
     "bench": ("numbarnn.cli.bench",
               "time numbarnn and torch.nn.RNN fairly, each in its own process (forward, training step, one step)"),
     "export": ("numbarnn.cli.export",

@@ -19,6 +19,8 @@ finds another parallel call running uses the serial kernel instead, which comput
 and so gives bitwise the same result.
 """
 
+import contextlib
+import numbers
 import os
 import sys
 import threading
@@ -92,6 +94,35 @@ def configure_threads_once():
                 library.set_num_threads(1)
         OpenBLASController.clear_controlling_thread()  # give the role back: later threadpool_limits calls work
         _configured = True
+
+
+@contextlib.contextmanager
+def numba_threads(count, name="numba_threads"):
+    """Context manager: the calling thread runs numbarnn's parallel kernels on ``count`` threads, restored on exit.
+
+    The one place numbarnn changes numba's thread count for a block of work (``numbarnn.dask.limit_threads``, the
+    demo's ``--threads``).
+
+    Parameters
+    ----------
+    count : int or None
+        Set with ``numba.set_num_threads``, which is per calling thread: other threads keep their own setting.
+        Capped at numba's pool size (``NUMBA_NUM_THREADS``). None leaves the setting as it is.
+    name : str, default "numba_threads"
+        The argument's name in the error for a count that is not a positive int.
+    """
+    if count is None:
+        yield
+        return
+    if not isinstance(count, numbers.Integral) or isinstance(count, bool) or count < 1:
+        raise ValueError(f"{name} must be a positive int or None, got {count!r}")
+    configure_threads_once()  # before the first set_num_threads starts numba's pool: its workers then sleep
+    previous = numba.get_num_threads()
+    numba.set_num_threads(min(int(count), numba.config.NUMBA_NUM_THREADS))
+    try:
+        yield
+    finally:
+        numba.set_num_threads(previous)
 
 
 def run_kernel(serial_kernel, parallel_kernel, tasks, *arguments):

@@ -16,6 +16,7 @@ from pathlib import Path
 import numba
 import numpy as np
 
+from .._threads import numba_threads
 from ..clip import clip_grad_norm_
 from ..linear import Linear
 from ..losses import softmax_cross_entropy
@@ -201,14 +202,10 @@ def _train(args, text):
     print(f"unigram baseline (entropy of the character distribution): {corpus.unigram_entropy:.3f} nats/char")
     sys.stdout.flush()
 
-    previous_threads = numba.get_num_threads()
-    if args.threads:
-        numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
-    print(f"threads: {numba.get_num_threads()} (numba's; the matrix products inside run on one thread each)")
-    try:
+    # restored afterwards: main() may run inside a larger program, whose setting is its own
+    with numba_threads(args.threads or None, "--threads"):
+        print(f"threads: {numba.get_num_threads()} (numba's; the matrix products inside run on one thread each)")
         history = _fit(args, corpus, rnn, head, optimizer, prime)
-    finally:
-        numba.set_num_threads(previous_threads)  # the caller's setting (main() may run inside a larger program)
     _summarise(args, corpus, rnn, head, history)
     if args.save is not None:
         os.makedirs(os.path.dirname(os.path.abspath(args.save)), exist_ok=True)
