@@ -60,7 +60,6 @@ sphinx_gallery_conf = {
     "filename_pattern": r"/plot_",  # run every plot_*.py
     "download_all_examples": False,
     "remove_config_comments": True,
-    "matplotlib_animations": False,
     "min_reported_time": 1,
     "reset_modules": ("matplotlib",),
 }

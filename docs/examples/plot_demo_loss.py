@@ -74,6 +74,6 @@ ax.plot(np.arange(window, UPDATES + 1), smoothed, lw=2, label=f"mean of the last
 ax.axhline(baseline, color="k", ls="--", lw=1, label=f"unigram baseline ({baseline:.2f})")
 ax.set_xlabel("update")
 ax.set_ylabel("cross-entropy (nats per character)")
-ax.set_title(f"numbarnn.RNN({V}, {H}) → Linear, N={N} streams × L={L} characters, Adam 3e-3")
+ax.set_title(f"numbarnn.RNN({V}, {H}) → Linear({H}, {V}); N={N} × L={L} characters an update", fontsize=10)
 ax.legend()
 fig.tight_layout()

@@ -35,6 +35,7 @@ def cpu_model():
 
 # One thread: with several, each call's threads wait for one another, and on a machine shared with other work (as a
 # documentation build often is) a thread the system has paused can cost a whole time slice of the scheduler.
+threads_before = numba.get_num_threads()
 numba.set_num_threads(1)
 load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
 print(f"measured {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC on {cpu_model()} "
@@ -90,6 +91,7 @@ for length in LENGTHS:
     print(f"L = {length:>4}: inference {forward_seconds[-1] * 1e3:8.3f} ms a call, "
           f"{forward_seconds[-1] / length * 1e6:7.2f} µs a step; training {training_seconds[-1] * 1e3:8.3f} ms a "
           f"call, {training_seconds[-1] / length * 1e6:7.2f} µs a step")
+numba.set_num_threads(threads_before)  # the setting is per thread: give this one's back
 
 # %%
 # Time per call and per step
