@@ -75,13 +75,24 @@ class Module:
 
     # -- state -------------------------------------------------------------------------------------------------
     def state_dict(self):
-        """A dict of copies of the parameters, in torch's order and with torch's names."""
+        """The parameters, copied, in torch's order and with torch's names.
+
+        Returns
+        -------
+        dict of str to ndarray
+            Copies: changing them does not change the module.
+        """
         return {name: value.copy() for name, value in self.params.items()}
 
     def load_state_dict(self, state_dict, strict=True):
         """Copy parameters in from any mapping of array-likes (numpy arrays, torch tensors, lists).
 
-        Values are cast to the module dtype. With ``strict`` (the default) the names must match exactly.
+        Parameters
+        ----------
+        state_dict : mapping of str to array_like
+            Parameter names (torch's) to values, cast to the module dtype; shapes must match.
+        strict : bool, default True
+            Whether the names must match exactly; otherwise names missing on either side are left alone.
 
         Returns
         -------
@@ -119,14 +130,37 @@ class Module:
 
     # -- modes -------------------------------------------------------------------------------------------------
     def train(self, mode=True):
-        """Switch to training mode (the default for a new module); returns the module."""
+        """Switch to training mode (the default for a new module), or to eval mode.
+
+        Parameters
+        ----------
+        mode : bool, default True
+            True for training mode, False for eval mode.
+
+        Returns
+        -------
+        Module
+            The module itself.
+        """
         object.__setattr__(self, "training", bool(mode))
         return self
 
     def eval(self):
-        """Switch to evaluation mode: no dropout, and nothing is kept for a backward pass."""
+        """Switch to evaluation mode: no dropout, and nothing is kept for a backward pass.
+
+        Returns
+        -------
+        Module
+            The module itself.
+        """
         return self.train(False)
 
     def parameters(self):
-        """The parameter arrays (views), in order."""
+        """The parameter arrays, in order.
+
+        Returns
+        -------
+        list of ndarray
+            Views of the parameters: an optimiser updating them in place updates the module.
+        """
         return list(self.params.values())

@@ -83,8 +83,8 @@ class CellBase(Module):
 
         Returns
         -------
-        h' : ndarray, or for an LSTM cell a tuple (h', c')
-            (N, H_out) or (H_out,).
+        ndarray, or for an LSTM cell a tuple (h', c')
+            The next state h', (N, H_out) or (H_out,) (each part of an LSTM cell's).
         """
         x = np.asarray(input)
         if x.ndim not in (1, 2):
@@ -220,7 +220,18 @@ class CellBase(Module):
             )
 
     def train(self, mode=True):
-        """Switch to training mode (the default), or to eval mode, which records nothing and drops the tape."""
+        """Switch to training mode (the default), or to eval mode, which records nothing and drops the tape.
+
+        Parameters
+        ----------
+        mode : bool, default True
+            True for training mode, False for eval mode.
+
+        Returns
+        -------
+        Module
+            The module itself.
+        """
         if not mode:
             self.clear_tape()
         return super().train(mode)
@@ -261,9 +272,11 @@ class RNNCell(CellBase):
     hidden_size : int
         H_out, features of the hidden state.
     bias : bool, default True
+        Whether the cell has ``bias_ih`` and ``bias_hh``.
     nonlinearity : {'tanh', 'relu'}, default 'tanh'
         Checked here, in the constructor (torch checks it only at the first call).
     dtype : np.float32 or np.float64, keyword-only, default np.float32
+        The dtype of the parameters, and the dtype every input must have.
     seed : int or np.random.Generator, keyword-only, optional
         Seeds the initialisation U(-1/sqrt(H_out), 1/sqrt(H_out)).
 
@@ -291,7 +304,9 @@ class LSTMCell(CellBase):
     hidden_size : int
         H, features of h and c.
     bias : bool, default True
+        Whether the cell has ``bias_ih`` and ``bias_hh``.
     dtype : np.float32 or np.float64, keyword-only, default np.float32
+        The dtype of the parameters, and the dtype every input must have.
     seed : int or np.random.Generator, keyword-only, optional
         Seeds the initialisation U(-1/sqrt(H), 1/sqrt(H)).
 
@@ -319,7 +334,9 @@ class GRUCell(CellBase):
     hidden_size : int
         H.
     bias : bool, default True
+        Whether the cell has ``bias_ih`` and ``bias_hh``.
     dtype : np.float32 or np.float64, keyword-only, default np.float32
+        The dtype of the parameters, and the dtype every input must have.
     seed : int or np.random.Generator, keyword-only, optional
         Seeds the initialisation U(-1/sqrt(H), 1/sqrt(H)).
 

@@ -51,6 +51,7 @@ def softmax_cross_entropy(logits, targets, reduction="mean", ignore_index=-100):
     Returns
     -------
     loss : scalar of the logits' dtype, or ndarray (...) for ``reduction='none'``
+        The cross-entropy in nats.
     grad_logits : ndarray
         (..., C), the gradient of ``loss`` (of ``loss.sum()`` for 'none') with respect to ``logits``: softmax minus
         the one-hot target, zero in ignored rows, divided by the count for 'mean'.
@@ -124,6 +125,7 @@ def mse_loss(pred, target, reduction="mean"):
     Returns
     -------
     loss : scalar of ``pred``'s dtype, or ndarray shaped like ``pred`` for ``reduction='none'``
+        The squared error, reduced.
     grad_pred : ndarray
         Shaped like ``pred``: :math:`2 (p - y)`, divided by the element count for 'mean'.
     """

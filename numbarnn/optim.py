@@ -90,6 +90,7 @@ class SGD(Optimizer):
     Parameters
     ----------
     modules : Module or list of Module
+        The modules whose parameters the optimiser updates, in place, from their gradients.
     lr : float
         Learning rate :math:`\gamma`.
     momentum : float, default 0
@@ -152,11 +153,15 @@ class Adam(Optimizer):
     Parameters
     ----------
     modules : Module or list of Module
+        The modules whose parameters the optimiser updates, in place, from their gradients.
     lr : float, default 1e-3
+        Learning rate :math:`\gamma`.
     betas : (float, float), default (0.9, 0.999)
         Each in [0, 1).
     eps : float, default 1e-8
+        :math:`\epsilon`, added to the denominator.
     weight_decay : float, default 0
+        :math:`\lambda`.
     """
 
     def __init__(self, modules, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
@@ -210,13 +215,17 @@ class Adagrad(Optimizer):
     Parameters
     ----------
     modules : Module or list of Module
+        The modules whose parameters the optimiser updates, in place, from their gradients.
     lr : float, default 1e-2
+        Learning rate :math:`\gamma`.
     lr_decay : float, default 0
         :math:`\eta`.
     weight_decay : float, default 0
+        :math:`\lambda`.
     initial_accumulator_value : float, default 0
         Starting value of every :math:`s`.
     eps : float, default 1e-10
+        :math:`\epsilon`, added to the denominator.
     """
 
     def __init__(self, modules, lr=1e-2, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0, eps=1e-10):

@@ -88,7 +88,18 @@ class RecurrentBase(Module):
         return extra
 
     def train(self, mode=True):
-        """Switch to training mode (releasing the inference scratch buffers), or to eval mode; returns the module."""
+        """Switch to training mode (releasing the inference scratch buffers), or to eval mode.
+
+        Parameters
+        ----------
+        mode : bool, default True
+            True for training mode, False for eval mode.
+
+        Returns
+        -------
+        Module
+            The module itself.
+        """
         if mode:
             self._scratch.clear()
         return super().train(mode)
@@ -130,6 +141,8 @@ class RecurrentBase(Module):
             torch's ``pack_padded_sequence(enforce_sorted=False)`` -> module -> ``pad_packed_sequence(total_length=L)``:
             padded input positions are never read, padded outputs are 0, h_n holds each sequence's state at its own
             last step, and the reverse direction starts at each sequence's own last step.
+        hx : ndarray, or for an LSTM a tuple (h_0, c_0), keyword-only, optional
+            torch's name for ``h_0``; give one or the other.
 
         Returns
         -------
@@ -507,6 +520,7 @@ class LSTM(RecurrentBase):
     hidden_size : int
         H, the features of the cell state c (and of h without a projection).
     num_layers : int, default 1
+        Stacked layers, each reading the previous one's output.
     bias : bool, default True
         Whether the layers have ``bias_ih`` and ``bias_hh``.
     batch_first : bool, default False
@@ -563,6 +577,7 @@ class GRU(RecurrentBase):
     hidden_size : int
         H_out.
     num_layers : int, default 1
+        Stacked layers, each reading the previous one's output.
     bias : bool, default True
         Whether the layers have ``bias_ih`` and ``bias_hh``.
     batch_first : bool, default False

@@ -107,6 +107,7 @@ def load(path):
     Parameters
     ----------
     path : str or os.PathLike
+        A file written by :func:`save`.
 
     Returns
     -------
@@ -135,7 +136,18 @@ def load(path):
 
 
 def load_metadata(path):
-    """The ``metadata`` given to :func:`save` (``None`` when none was), without rebuilding the modules."""
+    """The ``metadata`` given to :func:`save`, without rebuilding the modules.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A file written by :func:`save`.
+
+    Returns
+    -------
+    object or None
+        The ``metadata`` as saved (anything JSON can hold), or ``None`` when none was.
+    """
     header, _ = _read(os.fspath(path))
     return header.get("metadata")
 

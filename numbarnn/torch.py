@@ -715,6 +715,7 @@ def accelerate(model):
     Parameters
     ----------
     model : torch.nn.Module
+        The model (or a single module) whose modules to switch.
 
     Returns
     -------
