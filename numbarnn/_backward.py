@@ -13,13 +13,12 @@ input gradients are added once both are done.
 import numpy as np
 from numba import prange
 
-from ._cells import GruCell, LstmCell, RnnCell, backward_epilogue, input_side, pack_projection, projection_gradient
+from ._cells import RnnCell, backward_epilogue, input_side, pack_projection, projection_gradient
 from ._forward import layer_input, layer_output, weight_views
 from ._jit import jit
 from ._layout import B_HH, B_IH, NO_BIAS, W_HH, W_HR, W_IH
 from ._loops import add_2d, add_into_flat, multiply_2d
 from ._panels import pack_panels, panel_matmul, panels_in
-from ._workspace import BackwardBuffers, ForwardBuffers, Packing
 
 
 @jit(inline=True)
@@ -212,51 +211,12 @@ def recurrent_backward_parallel(params, offsets, packing, forward, buffers, num_
             grads[k] += partial[b, k]
 
 
-# -- entry points: one per cell and driver, taking the arrays of the namedtuples as separate arguments (see
-# numbarnn._forward: numba types a namedtuple argument field by field at every call, ~0.3 µs a field) -------------
-# arrays[4:21] are the forward buffers: the slices must be literal for numba to type them
-assert len(Packing._fields) == 4 and len(ForwardBuffers._fields) == 17
+def rnn_backward(params, offsets, packing, forward, buffers, num_directions, relu, grads):
+    """:func:`recurrent_backward` of an Elman RNN (tanh, or relu if ``relu``)."""
+    recurrent_backward(params, offsets, packing, forward, buffers, num_directions, RnnCell(bool(relu)), grads)
 
 
-@jit
-def rnn_backward(params, offsets, grads, num_directions, relu, *arrays):
-    """:func:`recurrent_backward` of an Elman RNN (tanh, or relu if ``relu``); ``arrays`` are the arrays of the
-    forward's :class:`~numbarnn._workspace.Packing` and :class:`~numbarnn._workspace.ForwardBuffers`, then this
-    pass's :class:`~numbarnn._workspace.BackwardBuffers`."""
-    recurrent_backward(params, offsets, Packing(*arrays[:4]), ForwardBuffers(*arrays[4:21]),
-                       BackwardBuffers(*arrays[21:]), num_directions, RnnCell(relu), grads)
-
-
-@jit
-def rnn_backward_parallel(params, offsets, grads, num_directions, relu, *arrays):
-    recurrent_backward_parallel(params, offsets, Packing(*arrays[:4]), ForwardBuffers(*arrays[4:21]),
-                                BackwardBuffers(*arrays[21:]), num_directions, RnnCell(relu), grads)
-
-
-@jit
-def gru_backward(params, offsets, grads, num_directions, relu, *arrays):
-    recurrent_backward(params, offsets, Packing(*arrays[:4]), ForwardBuffers(*arrays[4:21]),
-                       BackwardBuffers(*arrays[21:]), num_directions, GruCell(3), grads)
-
-
-@jit
-def gru_backward_parallel(params, offsets, grads, num_directions, relu, *arrays):
-    recurrent_backward_parallel(params, offsets, Packing(*arrays[:4]), ForwardBuffers(*arrays[4:21]),
-                                BackwardBuffers(*arrays[21:]), num_directions, GruCell(3), grads)
-
-
-@jit
-def lstm_backward(params, offsets, grads, num_directions, relu, *arrays):
-    recurrent_backward(params, offsets, Packing(*arrays[:4]), ForwardBuffers(*arrays[4:21]),
-                       BackwardBuffers(*arrays[21:]), num_directions, LstmCell(4), grads)
-
-
-@jit
-def lstm_backward_parallel(params, offsets, grads, num_directions, relu, *arrays):
-    recurrent_backward_parallel(params, offsets, Packing(*arrays[:4]), ForwardBuffers(*arrays[4:21]),
-                                BackwardBuffers(*arrays[21:]), num_directions, LstmCell(4), grads)
-
-
-# cell -> (serial, parallel) entry, for numbarnn._threads.run_kernel
-BACKWARD_KERNELS = {"rnn": (rnn_backward, rnn_backward_parallel), "gru": (gru_backward, gru_backward_parallel),
-                    "lstm": (lstm_backward, lstm_backward_parallel)}
+def rnn_backward_parallel(params, offsets, packing, forward, buffers, num_directions, relu, grads):
+    """:func:`recurrent_backward_parallel` of an Elman RNN."""
+    recurrent_backward_parallel(params, offsets, packing, forward, buffers, num_directions, RnnCell(bool(relu)),
+                                grads)

@@ -1,10 +1,11 @@
 """What each recurrent cell contributes to the shared kernels: its gate epilogue (forward), its derivative (backward)
 and its state layout. Everything else (blocks, lengths, directions, products, workspace, threads) is shared.
 
-A kernel receives a *cell marker*, built by its entry point (each cell has its own): a namedtuple whose class
-differs per cell, so that numba types each cell differently and :func:`forward_epilogue` / :func:`backward_epilogue`
-resolve, at typing time, to that cell's code. Each cell is thus its own specialisation of the shared kernels (compiled
-and cached only when used), and the RNN's code is exactly the loop it had before the gated cells existed.
+A kernel receives a *cell marker* (:func:`cell_marker`; the step kernels' per-cell entry points build their own): a
+namedtuple whose class differs per cell, so that numba types each cell differently and :func:`forward_epilogue` /
+:func:`backward_epilogue` resolve, at typing time, to that cell's code. Each cell is thus its own specialisation of
+the shared kernels (compiled and cached only when used), and the RNN's code is exactly the loop it had before the gated
+cells existed.
 
 Gate layout (torch's): the G * H columns of a step's products are the gates in torch's order, RNN one, GRU r, z, n,
 LSTM i, f, g, o. What a training forward saves for the backward, per row (S * H columns): GRU r, z, n and
@@ -29,6 +30,14 @@ LstmCell = namedtuple("LstmCell", ["gates"])
 
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}  # G: gate blocks of H columns in each weight and step product
 SAVED = {"rnn": 0, "gru": 4, "lstm": 5}  # S: blocks of H columns a training forward saves per row
+
+
+def cell_marker(cell, relu=False):
+    """The marker the sequence kernels receive for ``cell`` ("rnn", "gru" or "lstm"); the step kernels build theirs in
+    their per-cell entry points."""
+    if cell == "rnn":
+        return RnnCell(bool(relu))
+    return GruCell(3) if cell == "gru" else LstmCell(4)
 
 
 def _is(marker, cls):

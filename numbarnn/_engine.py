@@ -11,9 +11,9 @@ waiting for their backwards at once; a consumed record can hand its buffers to t
 
 import numpy as np
 
-from ._backward import BACKWARD_KERNELS
-from ._cells import GATES
-from ._forward import FORWARD_KERNELS
+from ._backward import recurrent_backward, recurrent_backward_parallel
+from ._cells import GATES, cell_marker
+from ._forward import recurrent_forward, recurrent_forward_parallel
 from ._packing import pack, unpack
 from ._threads import run_kernel
 from ._workspace import (Spec, backward_buffers, block_count, block_total, equal_length_packing, forward_buffers,
@@ -110,8 +110,8 @@ def forward(spec, params, offsets, x, h_0, lengths, *, training, batch_first, dr
         sort_states(c_0, packing, buffers.c_n)
     if dropped:
         draw_dropout(buffers.dropout_scale)
-    run_kernel(*FORWARD_KERNELS[spec.cell], block_total(packing) * spec.num_directions, params, offsets,
-               spec.num_directions, spec.relu, *packing, *buffers)
+    run_kernel(recurrent_forward, recurrent_forward_parallel, block_total(packing) * spec.num_directions,
+               params, offsets, packing, buffers, spec.num_directions, cell_marker(spec.cell, spec.relu))
     output = from_rows(buffers.top_out, packing, steps, batch, batch_first, in_place and not training)
     h_n = unsort_states(buffers.h_n, packing, copy=training)
     if lstm:
@@ -188,8 +188,9 @@ def backward(params, offsets, record, grad_output, grad_h_n, grads, *, need_inpu
     sort_states(grad_h_n, packing, buffers.grad_h)
     if lstm:
         sort_states(grad_c_n, packing, buffers.grad_c)
-    run_kernel(*BACKWARD_KERNELS[spec.cell], block_total(packing) * spec.num_directions, params, offsets, grads,
-               spec.num_directions, spec.relu, *packing, *forward_buffers_, *buffers)
+    run_kernel(recurrent_backward, recurrent_backward_parallel, block_total(packing) * spec.num_directions,
+               params, offsets, packing, forward_buffers_, buffers, spec.num_directions,
+               cell_marker(spec.cell, spec.relu), grads)
     grad_input = from_rows(buffers.grad_x, packing, steps, batch, batch_first, False) if need_input_grad else None
     grad_h_0 = unsort_states(buffers.grad_h, packing, copy=True)
     if lstm:

@@ -12,12 +12,11 @@ is its own compiled (and cached) specialisation.
 
 from numba import prange
 
-from ._cells import GruCell, LstmCell, RnnCell, forward_epilogue, pack_projection, save_state
+from ._cells import RnnCell, forward_epilogue, pack_projection, save_state
 from ._jit import jit
 from ._layout import B_HH, B_IH, NO_BIAS, W_HH, W_IH
 from ._loops import multiply_2d
 from ._panels import pack_panels, panel_matmul, panels_in
-from ._workspace import ForwardBuffers, Packing
 
 
 @jit(inline=True)
@@ -162,51 +161,11 @@ def recurrent_forward_parallel(params, offsets, packing, buffers, num_directions
             task_forward(l, task, params, offsets, packing, buffers, num_directions, cell)
 
 
-# -- entry points: one per cell and driver, taking the packing's and the buffers' arrays as separate arguments ------
-# numba types a namedtuple argument field by field in Python at every call: a Packing, a 17-field ForwardBuffers and a
-# cell marker cost 6.7-9.5 µs of dispatch per call (the tiny benchmark's forward: ~40 µs in all), the same arrays
-# passed as arguments 4.3 µs. The entries rebuild the namedtuples inside numba, where that costs nothing, and each
-# fixes its cell, so that only the cells a process uses are compiled.
+def rnn_forward(params, offsets, packing, buffers, num_directions, relu):
+    """:func:`recurrent_forward` of an Elman RNN (tanh, or relu if ``relu``)."""
+    recurrent_forward(params, offsets, packing, buffers, num_directions, RnnCell(bool(relu)))
 
 
-@jit
-def rnn_forward(params, offsets, num_directions, relu, *arrays):
-    """:func:`recurrent_forward` of an Elman RNN (tanh, or relu if ``relu``); ``arrays`` are a
-    :class:`~numbarnn._workspace.Packing`'s and then a :class:`~numbarnn._workspace.ForwardBuffers`'."""
-    recurrent_forward(params, offsets, Packing(*arrays[:4]), ForwardBuffers(*arrays[4:]), num_directions,
-                      RnnCell(relu))
-
-
-@jit
-def rnn_forward_parallel(params, offsets, num_directions, relu, *arrays):
-    recurrent_forward_parallel(params, offsets, Packing(*arrays[:4]), ForwardBuffers(*arrays[4:]), num_directions,
-                               RnnCell(relu))
-
-
-@jit
-def gru_forward(params, offsets, num_directions, relu, *arrays):
-    recurrent_forward(params, offsets, Packing(*arrays[:4]), ForwardBuffers(*arrays[4:]), num_directions,
-                      GruCell(3))
-
-
-@jit
-def gru_forward_parallel(params, offsets, num_directions, relu, *arrays):
-    recurrent_forward_parallel(params, offsets, Packing(*arrays[:4]), ForwardBuffers(*arrays[4:]), num_directions,
-                               GruCell(3))
-
-
-@jit
-def lstm_forward(params, offsets, num_directions, relu, *arrays):
-    recurrent_forward(params, offsets, Packing(*arrays[:4]), ForwardBuffers(*arrays[4:]), num_directions,
-                      LstmCell(4))
-
-
-@jit
-def lstm_forward_parallel(params, offsets, num_directions, relu, *arrays):
-    recurrent_forward_parallel(params, offsets, Packing(*arrays[:4]), ForwardBuffers(*arrays[4:]), num_directions,
-                               LstmCell(4))
-
-
-# cell -> (serial, parallel) entry, for numbarnn._threads.run_kernel
-FORWARD_KERNELS = {"rnn": (rnn_forward, rnn_forward_parallel), "gru": (gru_forward, gru_forward_parallel),
-                   "lstm": (lstm_forward, lstm_forward_parallel)}
+def rnn_forward_parallel(params, offsets, packing, buffers, num_directions, relu):
+    """:func:`recurrent_forward_parallel` of an Elman RNN."""
+    recurrent_forward_parallel(params, offsets, packing, buffers, num_directions, RnnCell(bool(relu)))

@@ -18,7 +18,7 @@ from ._layout import NO_BIAS, W_HR
 from ._panels import new_panels
 
 
-@jit
+@jit(inline=True)
 def layers_step(params, offsets, cell, x, h, c, out, saved, h_full):
     """Advance every layer by one step, in place.
 

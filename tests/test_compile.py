@@ -22,7 +22,7 @@ gru.backward(np.ones_like(out))
 gru.eval()
 gru(x)
 gru.step(x[0])
-kernels = {"forward": _forward.gru_forward, "backward": _backward.gru_backward, "step": _step.gru_step}
+kernels = {"forward": _forward.recurrent_forward, "backward": _backward.recurrent_backward, "step": _step.gru_step}
 print("misses", sorted(name for name, k in kernels.items() if k.stats.cache_misses))
 print("hits", sorted(name for name, k in kernels.items() if k.stats.cache_hits))
 """

@@ -92,7 +92,7 @@ class KernelProblem:
         for k in range(dropped):
             buffers.dropout_scale[k] = self.packed(self.masks[k])
         kernel = rnn_forward_parallel if parallel else rnn_forward
-        kernel(self.params, self.offsets, self.directions, relu, *self.packing, *buffers)
+        kernel(self.params, self.offsets, self.packing, buffers, self.directions, relu)
         return buffers
 
     def backward(self, forward, relu, grads, parallel=False):
@@ -100,7 +100,7 @@ class KernelProblem:
         buffers.grad_output[...] = self.packed(self.grad_output)
         buffers.grad_h[...] = self.grad_h_n[:, self.order]
         kernel = rnn_backward_parallel if parallel else rnn_backward
-        kernel(self.params, self.offsets, grads, self.directions, relu, *self.packing, *forward, *buffers)
+        kernel(self.params, self.offsets, self.packing, forward, buffers, self.directions, relu, grads)
         return buffers
 
     def naive(self, nonlinearity):
