@@ -43,13 +43,15 @@ def test_a_failing_process_is_reported(monkeypatch):
     assert "numbarnn bench --startup: -c boom failed" in err
 
 
-@pytest.mark.slow
-def test_startup_measures_real_cold_and_warm_processes(tmp_path):
-    path = tmp_path / "startup.json"
-    exit_code, out, err = run_bench(["--startup", "--cell", "rnn", "--rounds", "1", "--json", str(path)])
-    assert exit_code == 0, err
-    figures = json.loads(path.read_text())
-    rnn = figures["cells"]["rnn"]
-    # a cold first call compiles (seconds); the warm one loads the cache the cold process filled (well under that)
-    assert rnn["inference"] > rnn["warm"] > 0
-    assert rnn["training"] > 0 and figures["demo_first_update"] > 0
+def test_each_process_gets_the_cache_directory_it_is_given(tmp_path):
+    code = "import os; print(os.environ.get('NUMBA_CACHE_DIR'))"
+    stdout, seconds = bench_startup.run_process(["-c", code], str(tmp_path))
+    assert stdout.strip() == str(tmp_path) and seconds > 0
+    with pytest.raises(RuntimeError, match="ZeroDivisionError"):
+        bench_startup.run_process(["-c", "1 / 0"], str(tmp_path))
+
+
+def test_the_worker_script_is_valid_python_that_prints_its_figures():
+    # the real cold run compiles for a minute (bench --startup itself); here: it parses, and prints JSON at the end
+    compile(bench_startup.WORKER, "worker", "exec")
+    assert bench_startup.WORKER.rstrip().endswith("print(json.dumps(times))")

@@ -9,20 +9,20 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# A process that uses the cache: a forward, a training step and a step of a float64 GRU; it prints the kernels that
+# A process that uses the cache: a forward, a training step and a step of a float64 RNN; it prints the kernels that
 # numba compiled instead of loading them (dispatcher.stats counts cache misses per signature).
 USER = """
 import numpy as np
 import numbarnn
 from numbarnn import _backward, _forward, _step
-gru = numbarnn.GRU(8, 16, num_layers=2, dtype=np.float64, seed=1)
+rnn = numbarnn.RNN(8, 16, num_layers=2, dtype=np.float64, seed=1)
 x = np.ones((5, 3, 8))
-out, _ = gru(x)
-gru.backward(np.ones_like(out))
-gru.eval()
-gru(x)
-gru.step(x[0])
-kernels = {"forward": _forward.recurrent_forward, "backward": _backward.recurrent_backward, "step": _step.gru_step}
+out, _ = rnn(x)
+rnn.backward(np.ones_like(out))
+rnn.eval()
+rnn(x)
+rnn.step(x[0])
+kernels = {"forward": _forward.recurrent_forward, "backward": _backward.recurrent_backward, "step": _step.rnn_step}
 print("misses", sorted(name for name, k in kernels.items() if k.stats.cache_misses))
 print("hits", sorted(name for name, k in kernels.items() if k.stats.cache_hits))
 """
@@ -36,10 +36,10 @@ def run(args, cache):
 
 @pytest.mark.slow
 def test_compile_fills_the_cache_a_later_process_loads(tmp_path):
-    done = run(["-m", "numbarnn", "compile", "--cells", "gru", "--dtypes", "float64", "--progress", "lines"],
+    done = run(["-m", "numbarnn", "compile", "--cells", "rnn", "--dtypes", "float64", "--progress", "lines"],
                tmp_path)
     assert done.returncode == 0, done.stderr
-    assert "gru in float64 ready in" in done.stdout
+    assert "rnn in float64 ready in" in done.stdout
     assert f"cache: NUMBA_CACHE_DIR={tmp_path}" in done.stdout
     assert list(tmp_path.rglob("*.nbi")), "no cache index written"
 

@@ -40,8 +40,9 @@ CLASSES = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"}
 
 
 def run_process(arguments, cache_dir):
-    """Run ``python arguments`` with numba's cache in ``cache_dir``; returns (stdout, wall seconds)."""
-    environment = dict(os.environ, NUMBA_CACHE_DIR=cache_dir)
+    """Run ``python arguments`` with numba's cache in ``cache_dir`` (None: where this process's is); returns (stdout,
+    wall seconds)."""
+    environment = dict(os.environ) if cache_dir is None else dict(os.environ, NUMBA_CACHE_DIR=cache_dir)
     started = time.perf_counter()
     done = subprocess.run([sys.executable, *arguments], env=environment, capture_output=True, text=True,
                           timeout=1800)
