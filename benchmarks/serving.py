@@ -187,7 +187,7 @@ def profile_step(requests):
         "profile: numba dispatch of an empty kernel with the step kernel's arguments": per_call_seconds(dispatch_only,
                                                                                                        None),
         "profile: argument checks (as_array x2)": per_call_seconds(checks, None),
-        "profile: the kernel's arguments (step_buffers: state copy, output, shared empties)":
+        "profile: the kernel's arguments (step_buffers: state copy, output)":
             per_call_seconds(arguments, None),
     }
 
