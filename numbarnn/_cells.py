@@ -99,55 +99,52 @@ def _forward_epilogue(cell, z, tmp, b_ih, b_hh, h, c, saved, h_full, first, w_hr
                     out[i, column + j] = v
         return rnn
 
+    # The gated cells' epilogues run as several short loops over a row, each reading and writing a few arrays: one
+    # loop over all of a row's gates touches ~12 arrays, more than LLVM checks for overlap at run time, so it stayed
+    # scalar (LSTM, 64 x 256, float32: 440-590 us per step, against 106-150 split, the products' own ~400 us).
+    # The values and their order of operations are unchanged (bit-identical results, measured).
     if _is(cell, GruCell):
         def gru(cell, z, tmp, b_ih, b_hh, h, c, saved, h_full, first, w_hr_panels, out, column):
             hidden = h.shape[1]
-            step_saved = saved[first : first + z.shape[0]]
             for i in range(z.shape[0]):
+                z_i, tmp_i, saved_i, h_i, out_i = z[i], tmp[i], saved[first + i], h[i], out[i]
+                for k in range(2 * hidden):  # r and z (called u here: z is the input projection)
+                    saved_i[k] = sigmoid((z_i[k] + b_ih[k]) + (tmp_i[k] + b_hh[k]))
+                r, u, n = saved_i[:hidden], saved_i[hidden : 2 * hidden], saved_i[2 * hidden : 3 * hidden]
+                recurrent_n = saved_i[3 * hidden :]
                 for j in range(hidden):
-                    # torch's order of operations (aten's GRUCell): n + z * (h - n)
-                    r = sigmoid((z[i, j] + b_ih[j]) + (tmp[i, j] + b_hh[j]))
-                    k = hidden + j
-                    u = sigmoid((z[i, k] + b_ih[k]) + (tmp[i, k] + b_hh[k]))
-                    k += hidden
-                    recurrent_n = tmp[i, k] + b_hh[k]
-                    n = tanh((z[i, k] + b_ih[k]) + r * recurrent_n)
-                    v = n + u * (h[i, j] - n)
-                    step_saved[i, j] = r
-                    step_saved[i, hidden + j] = u
-                    step_saved[i, 2 * hidden + j] = n
-                    step_saved[i, 3 * hidden + j] = recurrent_n
-                    h[i, j] = v
-                    out[i, column + j] = v
+                    k = 2 * hidden + j
+                    recurrent_n[j] = tmp_i[k] + b_hh[k]
+                    n[j] = tanh((z_i[k] + b_ih[k]) + r[j] * recurrent_n[j])
+                for j in range(hidden):
+                    v = n[j] + u[j] * (h_i[j] - n[j])  # torch's order of operations (aten's GRUCell)
+                    h_i[j] = v
+                    out_i[column + j] = v
         return gru
 
     if _is(cell, LstmCell):
         def lstm(cell, z, tmp, b_ih, b_hh, h, c, saved, h_full, first, w_hr_panels, out, column):
             hidden = c.shape[1]
-            step_saved = saved[first : first + z.shape[0]]
-            step_full = h_full[first : first + z.shape[0]]
             projected = h_full.shape[0] > 0
-            target = step_full if projected else h
             for i in range(z.shape[0]):
+                z_i, tmp_i, saved_i, c_i = z[i], tmp[i], saved[first + i], c[i]
+                for k in range(2 * hidden):  # i and f
+                    saved_i[k] = sigmoid((z_i[k] + b_ih[k]) + (tmp_i[k] + b_hh[k]))
+                for k in range(2 * hidden, 3 * hidden):  # g
+                    saved_i[k] = tanh((z_i[k] + b_ih[k]) + (tmp_i[k] + b_hh[k]))
+                for k in range(3 * hidden, 4 * hidden):  # o
+                    saved_i[k] = sigmoid((z_i[k] + b_ih[k]) + (tmp_i[k] + b_hh[k]))
+                gi, gf, gg = saved_i[:hidden], saved_i[hidden : 2 * hidden], saved_i[2 * hidden : 3 * hidden]
+                go, tanh_c = saved_i[3 * hidden : 4 * hidden], saved_i[4 * hidden :]
+                target = h_full[first + i] if projected else h[i]
                 for j in range(hidden):
-                    gi = sigmoid((z[i, j] + b_ih[j]) + (tmp[i, j] + b_hh[j]))
-                    k = hidden + j
-                    gf = sigmoid((z[i, k] + b_ih[k]) + (tmp[i, k] + b_hh[k]))
-                    k += hidden
-                    gg = tanh((z[i, k] + b_ih[k]) + (tmp[i, k] + b_hh[k]))
-                    k += hidden
-                    go = sigmoid((z[i, k] + b_ih[k]) + (tmp[i, k] + b_hh[k]))
-                    cv = gf * c[i, j] + gi * gg
+                    cv = gf[j] * c_i[j] + gi[j] * gg[j]
                     tc = tanh(cv)
-                    c[i, j] = cv
-                    step_saved[i, j] = gi
-                    step_saved[i, hidden + j] = gf
-                    step_saved[i, 2 * hidden + j] = gg
-                    step_saved[i, 3 * hidden + j] = go
-                    step_saved[i, 4 * hidden + j] = tc
-                    target[i, j] = go * tc
+                    c_i[j] = cv
+                    tanh_c[j] = tc
+                    target[j] = go[j] * tc
             if projected:
-                panel_matmul(step_full, w_hr_panels, h)
+                panel_matmul(h_full[first : first + z.shape[0]], w_hr_panels, h)
             for i in range(z.shape[0]):
                 for j in range(h.shape[1]):
                     out[i, column + j] = h[i, j]
