@@ -169,21 +169,24 @@ def _backward_epilogue(cell, grad_y, y, column, carry, carry_c, saved, h_prev, c
         def gru(cell, grad_y, y, column, carry, carry_c, saved, h_prev, c_prev, dz, dz_in, tmp, dh_proj,
                 w_hh_panels, w_hr_panels):
             hidden = carry.shape[1]
-            for i in range(dz.shape[0]):
+            for i in range(dz.shape[0]):  # short loops, so that they vectorise (see the forward epilogues)
+                grad_y_i, carry_i, h_prev_i, g = grad_y[i], carry[i], h_prev[i], tmp[i]
+                saved_i, dz_i, dz_in_i = saved[i], dz[i], dz_in[i]
+                r, u, n = saved_i[:hidden], saved_i[hidden : 2 * hidden], saved_i[2 * hidden : 3 * hidden]
+                recurrent_n = saved_i[3 * hidden :]
+                grad_r, grad_u, grad_n = dz_in_i[:hidden], dz_in_i[hidden : 2 * hidden], dz_in_i[2 * hidden :]
                 for j in range(hidden):
-                    g = grad_y[i, column + j] + carry[i, j]
-                    r, u = saved[i, j], saved[i, hidden + j]
-                    n, recurrent_n = saved[i, 2 * hidden + j], saved[i, 3 * hidden + j]
-                    grad_n = g * (_ONE - u) * (_ONE - n * n)
-                    grad_r = grad_n * recurrent_n * r * (_ONE - r)
-                    grad_u = g * (h_prev[i, j] - n) * u * (_ONE - u)
-                    dz[i, j] = grad_r
-                    dz[i, hidden + j] = grad_u
-                    dz[i, 2 * hidden + j] = grad_n * r  # r scales W_hn h + b_hn: the recurrent side only
-                    dz_in[i, j] = grad_r
-                    dz_in[i, hidden + j] = grad_u
-                    dz_in[i, 2 * hidden + j] = grad_n
-                    tmp[i, j] = g * u  # h_{t-1}'s direct path through z * (h - n)
+                    g[j] = grad_y_i[column + j] + carry_i[j]
+                for j in range(hidden):
+                    grad_n[j] = g[j] * (_ONE - u[j]) * (_ONE - n[j] * n[j])
+                for j in range(hidden):
+                    grad_r[j] = grad_n[j] * recurrent_n[j] * r[j] * (_ONE - r[j])
+                    dz_i[j] = grad_r[j]
+                    dz_i[2 * hidden + j] = grad_n[j] * r[j]  # r scales W_hn h + b_hn: the recurrent side only
+                for j in range(hidden):
+                    grad_u[j] = g[j] * (h_prev_i[j] - n[j]) * u[j] * (_ONE - u[j])
+                    dz_i[hidden + j] = grad_u[j]
+                    g[j] *= u[j]  # h_{t-1}'s direct path through z * (h - n)
             panel_matmul(dz, w_hh_panels, carry)
             for i in range(dz.shape[0]):
                 for j in range(hidden):
