@@ -214,6 +214,17 @@ def _is_c_contiguous(array):
     return True
 
 
+class PanelOperandError(ValueError):
+    """Operands of :func:`panel_matmul` that do not fit together. Raised inside kernels with the message template
+    and its values as separate arguments, formatted here in Python: formatting them in the kernel (``str`` of an
+    int, string concatenation) made numba compile its unicode support into every kernel calling panel_matmul,
+    ~3 s of every cold first call (measured with numba's compile events)."""
+
+    def __str__(self):
+        template, *values = self.args
+        return "panel_matmul: " + template.format(*values)
+
+
 @jit(inline=True)
 def _check_operands(a, panels, out):
     """The shapes and layouts the micro-kernels assume; any mismatch would read or write out of bounds."""
@@ -221,18 +232,17 @@ def _check_operands(a, panels, out):
     n = out.shape[1]
     width = _PANEL_BYTES // a.itemsize
     if panels.shape[2] != width:
-        raise ValueError("panel_matmul: panels must be " + str(width) + " columns wide on this CPU's instruction "
-                         "set (size them with numbarnn._panels.panel_shape), got " + str(panels.shape[2]))
+        raise PanelOperandError("panels must be {} columns wide on this CPU's instruction set (size them with "
+                                "numbarnn._panels.panel_shape), got {}", width, panels.shape[2])
     if panels.shape[1] != k:
-        raise ValueError("panel_matmul: a is (M, K) with K = " + str(k) + " but the panels hold "
-                         + str(panels.shape[1]) + " rows")
+        raise PanelOperandError("a is (M, K) with K = {} but the panels hold {} rows", k, panels.shape[1])
     if out.shape[0] != m:
-        raise ValueError("panel_matmul: out must have a's " + str(m) + " rows, got " + str(out.shape[0]))
+        raise PanelOperandError("out must have a's {} rows, got {}", m, out.shape[0])
     if panels.shape[0] != -(-n // width):
-        raise ValueError("panel_matmul: out has " + str(n) + " columns, which need " + str(-(-n // width))
-                         + " panels, got " + str(panels.shape[0]))
+        raise PanelOperandError("out has {} columns, which need {} panels, got {}", n, -(-n // width),
+                                panels.shape[0])
     if not (_is_c_contiguous(a) and _is_c_contiguous(panels) and _is_c_contiguous(out)):
-        raise ValueError("panel_matmul: a, panels and out must be C-contiguous (copy a strided view first)")
+        raise PanelOperandError("a, panels and out must be C-contiguous (copy a strided view first)")
 
 
 @jit(inline=True)
