@@ -98,7 +98,7 @@ def input_gradient_target(l, d, num_directions, buffers, r0, r1, width):
     return buffers.grad_x[r0:r1] if l == 0 else buffers.grad_layer[r0:r1]
 
 
-@jit(inline=True)
+@jit  # not inlined: both drivers call the one compiled body (see the epilogues in numbarnn._cells)
 def task_backward(l, task, params, offsets, packing, forward, buffers, num_directions, cell, grads):
     """Every gradient of direction ``task % D`` of layer ``l`` over block ``task // D``: the body both drivers run.
     The reverse-time loop first, then the weight and bias gradients and this direction's part of the input

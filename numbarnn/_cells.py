@@ -87,7 +87,11 @@ def backward_epilogue(cell, grad_y, y, column, carry, carry_c, saved, h_prev, c_
     ``carry_c``). ``tmp`` (n, H) is scratch; ``dh_proj`` (n, P) receives an LSTM projection's output gradient."""
 
 
-@overload(forward_epilogue, jit_options=JIT_OPTIONS, inline="always")
+# The epilogues are called, not inlined: each is compiled once per (cell, dtype) and linked into the kernels calling
+# it. Inlined, they made the kernels slower to compile and to run (LSTM medium forward 257-266 ms against 186-215
+# with task_forward not inlined either, cold first inference + training step ~15 % less CPU time; the call costs a
+# GRU's 100-step batch-of-one forward ~7 %; alternating fresh processes, busy host, Zen 3).
+@overload(forward_epilogue, jit_options=JIT_OPTIONS)
 def _forward_epilogue(cell, z, tmp, b_ih, b_hh, h, c, saved, h_full, first, w_hr_panels, out, column):
     if _is(cell, RnnCell):
         def rnn(cell, z, tmp, b_ih, b_hh, h, c, saved, h_full, first, w_hr_panels, out, column):
@@ -152,7 +156,7 @@ def _forward_epilogue(cell, z, tmp, b_ih, b_hh, h, c, saved, h_full, first, w_hr
     return None
 
 
-@overload(backward_epilogue, jit_options=JIT_OPTIONS, inline="always")
+@overload(backward_epilogue, jit_options=JIT_OPTIONS)
 def _backward_epilogue(cell, grad_y, y, column, carry, carry_c, saved, h_prev, c_prev, dz, dz_in, tmp, dh_proj,
                        w_hh_panels, w_hr_panels):
     if _is(cell, RnnCell):

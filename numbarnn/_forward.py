@@ -98,7 +98,7 @@ def direction_forward(cell, inputs, w_ih_panels, w_hh_panels, w_hr_panels, b_ih,
                          r0 if training else 0, w_hr_panels, out[r0 : r0 + n], column)
 
 
-@jit(inline=True)
+@jit  # not inlined: both drivers call the one compiled body (see the epilogues in numbarnn._cells)
 def task_forward(l, task, params, offsets, packing, buffers, num_directions, cell):
     """Direction ``task % D`` of layer ``l`` over block ``task // D``: the body both drivers run."""
     b, d = task // num_directions, task % num_directions
