@@ -277,6 +277,13 @@ def limit_threads(numba_threads=1):
     numba_threads : int or None, default 1
         Set with ``numba.set_num_threads``, which is per calling thread: other worker threads keep their own
         setting. Capped at numba's pool size (``NUMBA_NUM_THREADS``). None leaves it as it is.
+
+    Returns
+    -------
+    contextlib.AbstractContextManager
+        Use it in a ``with`` statement: ``with numbarnn.dask.limit_threads(1): rnn(x)``. Entering it sets the
+        thread count (a count that is not a positive int raises ``ValueError`` then); leaving it restores the
+        previous count.
     """
     return _threads.numba_threads(numba_threads, "numba_threads")
 

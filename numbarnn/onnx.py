@@ -278,10 +278,11 @@ def load(path):
     Parameters
     ----------
     path : str, os.PathLike or onnx.ModelProto
+        The ``.onnx`` file to read, or a model already in memory (as :func:`export` returns it).
 
     Returns
     -------
-    dict
+    dict of str to module
         ``{"rnn": module}`` (a ``numbarnn.RNN``, ``LSTM`` or ``GRU``, after the graph's operator), plus
         ``"head": Linear`` when the graph applies one to the module's output. The modules are in eval mode (the
         graph is an inference graph; call ``.train()`` to train them further) and have the dtype of the graph's
