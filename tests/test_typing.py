@@ -60,11 +60,12 @@ def test_import_numbarnn_imports_no_typing_helpers():
 
 
 @pytest.fixture(scope="module")
-def mypy(request):
+def mypy(request, tmp_path_factory):
     """Run mypy (pinned in the lint and test extras) with pyproject's [tool.mypy] settings, caching in pytest's cache
-    directory so that a second run takes a second or two."""
+    directory so that a second run takes a second or two (in a temporary one under ``-p no:cacheprovider``)."""
     pytest.importorskip("mypy")
-    cache = request.config.cache.mkdir("mypy")
+    pytest_cache = getattr(request.config, "cache", None)
+    cache = pytest_cache.mkdir("mypy") if pytest_cache is not None else tmp_path_factory.mktemp("mypy-cache")
 
     def run(*files):
         result = subprocess.run([sys.executable, "-m", "mypy", "--cache-dir", str(cache), *files],
