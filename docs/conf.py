@@ -43,11 +43,6 @@ numpydoc_validation_checks = {"all", "SA01", "EX01", "ES01", "SS03", "SS05", "SS
 numpydoc_validation_exclude = {
     # The drop-ins' constructors are torch's (*args, **kwargs here): torch documents their parameters.
     r"^numbarnn\.torch\.(RNN|LSTM|GRU|RNNCell|LSTMCell|GRUCell)$",
-    # Modules being extended for LSTM and GRU while these docs were written, left to that work: limit_threads, a
-    # context manager, has neither a Yields nor a Returns section (YD01 here, RT01 on the issue19-dask-check branch),
-    # and onnx.load's path has no description (PR07). Drop these lines once their docstrings pass.
-    r"^numbarnn\.dask\.limit_threads$",
-    r"^numbarnn\.onnx\.load$",
 }
 
 # -- Markdown (MyST): heading anchors so that pages can link to each other's sections, as the README did.

@@ -1,14 +1,33 @@
 """What every numbarnn module shares: parameters and gradients in two flat buffers, named views onto them,
 ``state_dict``/``load_state_dict``, ``zero_grad`` and the training/evaluation switch."""
 
-from collections import namedtuple
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, TypeVar
 
 import numpy as np
 
 from ._layout import named_views
 from ._validation import check_dtype
 
-IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    import numpy.typing as npt
+    from typing_extensions import Self
+
+    from ._typing import FloatArray
+
+# The state a recurrent module returns: an array h (RNN, GRU and their cells), or for an LSTM the tuple (h, c). The
+# type parameter of RecurrentBase and CellBase, for type checkers only: the classes behave the same whatever it is.
+State = TypeVar("State")
+
+
+class IncompatibleKeys(NamedTuple):
+    """What :meth:`Module.load_state_dict` returns, as torch's ``load_state_dict`` does."""
+
+    missing_keys: list[str]
+    unexpected_keys: list[str]
 
 
 class Module:
@@ -19,9 +38,13 @@ class Module:
     buffer, ``params`` and the optimisers always see the same memory.
     """
 
-    training = True
+    training: bool = True
     # Attributes that hold per-call state (buffers, a forward record, a tape): not copied or pickled, reset to these.
-    _TRANSIENT = {}
+    _TRANSIENT: ClassVar[dict[str, Any]] = {}
+    # Set by _init_parameters (annotations only: no class attributes).
+    params: dict[str, FloatArray]
+    grads: dict[str, FloatArray]
+    dtype: np.dtype[Any]
 
     def _init_parameters(self, entries, total, dtype, bound, rng):
         dtype = check_dtype(dtype)
@@ -34,11 +57,16 @@ class Module:
         object.__setattr__(self, "grads", named_views(grad_flat, entries))
         object.__setattr__(self, "dtype", dtype)
 
-    def extra_repr(self):
+    if TYPE_CHECKING:
+        # For type checkers only (the class has no __call__): every module is called as module(input, ...), each
+        # subclass with its own signature, so that a module typed only as Module (numbarnn.load's) can be called.
+        def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
+
+    def extra_repr(self) -> str:
         """The constructor arguments shown by ``repr``, as torch's ``extra_repr``."""
         return ""
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"{type(self).__name__}({self.extra_repr()})"
 
     def __getstate__(self):
@@ -53,13 +81,13 @@ class Module:
         object.__setattr__(self, "params", named_views(self._param_flat, self._entries))
         object.__setattr__(self, "grads", named_views(self._grad_flat, self._entries))
 
-    def __getattr__(self, name):
+    def __getattr__(self, name: str) -> FloatArray:
         params = self.__dict__.get("params")
         if params is not None and name in params:
             return params[name]
         raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
 
-    def __setattr__(self, name, value):
+    def __setattr__(self, name: str, value: Any) -> None:
         params = self.__dict__.get("params")
         if params is not None and name in params:
             self._assign(name, value)
@@ -74,7 +102,7 @@ class Module:
         target[...] = source  # casts to the module dtype
 
     # -- state -------------------------------------------------------------------------------------------------
-    def state_dict(self):
+    def state_dict(self) -> dict[str, FloatArray]:
         """The parameters, copied, in torch's order and with torch's names.
 
         Returns
@@ -84,7 +112,7 @@ class Module:
         """
         return {name: value.copy() for name, value in self.params.items()}
 
-    def load_state_dict(self, state_dict, strict=True):
+    def load_state_dict(self, state_dict: Mapping[str, npt.ArrayLike], strict: bool = True) -> IncompatibleKeys:
         """Copy parameters in from any mapping of array-likes (numpy arrays, torch tensors, lists).
 
         Parameters
@@ -124,12 +152,12 @@ class Module:
             self.params[name][...] = value
         return IncompatibleKeys(missing, unexpected)
 
-    def zero_grad(self):
+    def zero_grad(self) -> None:
         """Set every gradient to zero."""
         self._grad_flat[:] = 0
 
     # -- modes -------------------------------------------------------------------------------------------------
-    def train(self, mode=True):
+    def train(self, mode: bool = True) -> Self:
         """Switch to training mode (the default for a new module), or to eval mode.
 
         Parameters
@@ -145,7 +173,7 @@ class Module:
         object.__setattr__(self, "training", bool(mode))
         return self
 
-    def eval(self):
+    def eval(self) -> Self:
         """Switch to evaluation mode: no dropout, and nothing is kept for a backward pass.
 
         Returns
@@ -155,7 +183,7 @@ class Module:
         """
         return self.train(False)
 
-    def parameters(self):
+    def parameters(self) -> list[FloatArray]:
         """The parameter arrays, in order.
 
         Returns

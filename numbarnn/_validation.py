@@ -1,13 +1,19 @@
 """Argument checks shared by the public classes; every message says what was expected, what was given, and the fix."""
 
+from __future__ import annotations
+
 import numbers
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import numpy.typing as npt
 
 SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
-def check_dtype(dtype):
+def check_dtype(dtype: npt.DTypeLike) -> np.dtype[Any]:
     """The module dtype as an ``np.dtype``: float32 or float64."""
     try:
         resolved = np.dtype(dtype)
@@ -18,7 +24,7 @@ def check_dtype(dtype):
     return resolved
 
 
-def check_size(value, name):
+def check_size(value: Any, name: str) -> int:
     """A positive integer size, with torch's messages."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} should be of type int, got: {type(value).__name__}")
@@ -27,13 +33,13 @@ def check_size(value, name):
     return int(value)
 
 
-def check_nonlinearity(nonlinearity):
+def check_nonlinearity(nonlinearity: str) -> str:
     if nonlinearity not in ("tanh", "relu"):
         raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
     return nonlinearity
 
 
-def as_array(value, name, dtype):
+def as_array(value: Any, name: str, dtype: np.dtype[Any]) -> npt.NDArray[Any]:
     """``value`` as an ndarray of ``dtype`` (no copy); any other dtype is an error that names the conversion."""
     array = np.asarray(value)
     if array.dtype != dtype:

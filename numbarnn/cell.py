@@ -1,18 +1,27 @@
 """``numbarnn.RNNCell``, ``LSTMCell`` and ``GRUCell``: one step with torch's cells' surface, and a tape for BPTT."""
 
+from __future__ import annotations
+
 import functools
 import threading
 import warnings
+from typing import TYPE_CHECKING, Generic
 
 import numpy as np
 
 from . import _engine as engine
 from ._cells import GATES
 from ._layout import build_layout
-from ._module import Module
+from ._module import Module, State
 from ._step import run_step
 from ._validation import as_array, check_nonlinearity, check_size
 from ._workspace import Spec, step_buffers
+
+if TYPE_CHECKING:
+    import numpy.typing as npt
+    from typing_extensions import Self
+
+    from ._typing import FloatArray, StateGradLike, StateLike
 
 # A training-mode cell records every call until backward() consumes it; past this many unconsumed calls it warns
 # once, since a cell used for inference without eval() would otherwise grow memory without bound.
@@ -24,7 +33,7 @@ _TORCH_NAMES = {"weight_ih_l0": "weight_ih", "weight_hh_l0": "weight_hh", "bias_
                 "bias_hh_l0": "bias_hh"}
 
 
-class CellBase(Module):
+class CellBase(Module, Generic[State]):
     """What RNNCell, LSTMCell and GRUCell share: parameters, argument checks, the one-step kernel and the tape.
 
     Subclasses set ``_CELL`` and ``_NAME``; an LSTM cell's state is the tuple (h, c).
@@ -33,7 +42,11 @@ class CellBase(Module):
     _CELL = "rnn"
     _NAME = "RNNCell"
     _TRANSIENT = {"_tape": list, "_warned_tape": False, "_tape_owner": None, "_tape_lock": threading.Lock}
-    nonlinearity = "tanh"
+    nonlinearity: str = "tanh"
+    # Set by _setup from the constructor's arguments (annotations only: no class attributes).
+    input_size: int
+    hidden_size: int
+    bias: bool
 
     def _setup(self, input_size, hidden_size, bias, dtype, seed):
         self.input_size = check_size(input_size, "input_size")
@@ -60,7 +73,7 @@ class CellBase(Module):
         construction (as torch's ``mode`` is), and building it at each ``step`` cost ~1 µs of a ~5 µs call."""
         return Spec(self.input_size, self.hidden_size, 1, 1, self.dtype, self.nonlinearity == "relu", self._CELL)
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         extra = f"{self.input_size}, {self.hidden_size}"
         if not self.bias:
             extra += ", bias=False"
@@ -68,17 +81,17 @@ class CellBase(Module):
             extra += f", nonlinearity={self.nonlinearity}"
         return extra
 
-    def __call__(self, input, hx=None):
+    def __call__(self, input: npt.ArrayLike, hx: StateLike | None = None) -> State:
         return self.forward(input, hx)
 
-    def forward(self, input, hx=None):
+    def forward(self, input: npt.ArrayLike, hx: StateLike | None = None) -> State:
         """One step.
 
         Parameters
         ----------
-        input : ndarray
+        input : array_like
             (N, H_in) or unbatched (H_in,), of the module dtype.
-        hx : ndarray, or for an LSTM cell a tuple (h, c), optional
+        hx : array_like, or for an LSTM cell a tuple (h, c) of them, optional
             (N, H_out) or (H_out,) (each part); zeros when omitted.
 
         Returns
@@ -107,8 +120,8 @@ class CellBase(Module):
         if self.training:
             # the tape keeps what the backward reads (its own copies: the caller may change the arrays it gets)
             self._record(step._replace(h=None, c=None, out=step.out.copy()), batched)
-        if self._lstm:
-            return (step.out, step.c[0]) if batched else (step.out[0], step.c[0, 0])
+        if self._lstm:  # State is the tuple (h, c) then, which a type checker cannot tell from _lstm
+            return (step.out, step.c[0]) if batched else (step.out[0], step.c[0, 0])  # type: ignore[return-value]
         return step.out if batched else step.out[0]
 
     def _hx_parts(self, hx):
@@ -141,12 +154,12 @@ class CellBase(Module):
                              f"{self.hidden_size}")
         return part
 
-    def backward(self, grad_h):
+    def backward(self, grad_h: StateGradLike) -> tuple[FloatArray, State]:
         """Backpropagate through the most recent unconsumed call.
 
         Parameters
         ----------
-        grad_h : ndarray, or for an LSTM cell a tuple (grad_h, grad_c)
+        grad_h : array_like, or for an LSTM cell a tuple (grad_h, grad_c) of them
             Gradient with respect to that call's output h' (and c'), same shape (either part of an LSTM cell's tuple
             may be None for zeros).
 
@@ -175,7 +188,8 @@ class CellBase(Module):
             if not isinstance(grad_h, (tuple, list)) or len(grad_h) != 2:
                 raise TypeError("LSTMCell.backward takes the tuple (grad_h, grad_c) of the gradients of h' and c', "
                                 f"got {type(grad_h).__name__}")
-            names, parts = ("grad_h", "grad_c"), list(grad_h)
+            names: tuple[str, ...] = ("grad_h", "grad_c")
+            parts = list(grad_h)
         else:
             names, parts = ("grad_h",), [grad_h]
         expected = (batch, hidden) if batched else (hidden,)
@@ -199,9 +213,10 @@ class CellBase(Module):
                                              self._grad_flat, need_input_grad=True, batch_first=False)
         grad_hx = tuple(p[0] if batched else p[0, 0] for p in (grad_hx if self._lstm else (grad_hx,)))
         grad_x = grad_x[0] if batched else grad_x[0, 0]
-        return grad_x, (grad_hx if self._lstm else grad_hx[0])
+        # State: (h, c) for an LSTM cell, else h (a type checker cannot tell from _lstm)
+        return grad_x, (grad_hx if self._lstm else grad_hx[0])  # type: ignore[return-value]
 
-    def clear_tape(self):
+    def clear_tape(self) -> None:
         """Drop every recorded call that no :meth:`backward` has consumed (a truncated BPTT window, say)."""
         with self._tape_lock:
             self._tape.clear()
@@ -219,7 +234,7 @@ class CellBase(Module):
                 "the other thread's calls, or cell.eval() for inference"
             )
 
-    def train(self, mode=True):
+    def train(self, mode: bool = True) -> Self:
         """Switch to training mode (the default), or to eval mode, which records nothing and drops the tape.
 
         Parameters
@@ -261,7 +276,7 @@ _TRAINING_DOC = """    training : bool
 """
 
 
-class RNNCell(CellBase):
+class RNNCell(CellBase["FloatArray"]):
     __doc__ = r"""One Elman RNN step, :math:`h' = \tanh(x W_{ih}^T + b_{ih} + h W_{hh}^T + b_{hh})`, like
     ``torch.nn.RNNCell``.
 
@@ -286,12 +301,13 @@ class RNNCell(CellBase):
         Also in ``params``; their gradients in ``grads``.
 """ + _TRAINING_DOC
 
-    def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh", *, dtype=np.float32, seed=None):
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, nonlinearity: str = "tanh", *,
+                 dtype: npt.DTypeLike = np.float32, seed: int | np.random.Generator | None = None) -> None:
         self.nonlinearity = check_nonlinearity(nonlinearity)
         self._setup(input_size, hidden_size, bias, dtype, seed)
 
 
-class LSTMCell(CellBase):
+class LSTMCell(CellBase["tuple[FloatArray, FloatArray]"]):
     __doc__ = r"""One LSTM step, like ``torch.nn.LSTMCell``: gates i, f, g, o of
     :math:`x W_{ih}^T + b_{ih} + h W_{hh}^T + b_{hh}`, :math:`c' = f c + i g`, :math:`h' = o \tanh(c')`.
     ``cell(x, (h, c))`` returns ``(h', c')``; ``cell.backward((grad_h, grad_c))`` returns
@@ -319,11 +335,12 @@ class LSTMCell(CellBase):
     _CELL = "lstm"
     _NAME = "LSTMCell"
 
-    def __init__(self, input_size, hidden_size, bias=True, *, dtype=np.float32, seed=None):
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, *, dtype: npt.DTypeLike = np.float32,
+                 seed: int | np.random.Generator | None = None) -> None:
         self._setup(input_size, hidden_size, bias, dtype, seed)
 
 
-class GRUCell(CellBase):
+class GRUCell(CellBase["FloatArray"]):
     __doc__ = r"""One GRU step, like ``torch.nn.GRUCell``: gates r, z, n with
     :math:`n = \tanh(W_{in} x + b_{in} + r \odot (W_{hn} h + b_{hn}))`, :math:`h' = (1 - z) n + z h`.
 
@@ -349,5 +366,6 @@ class GRUCell(CellBase):
     _CELL = "gru"
     _NAME = "GRUCell"
 
-    def __init__(self, input_size, hidden_size, bias=True, *, dtype=np.float32, seed=None):
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, *, dtype: npt.DTypeLike = np.float32,
+                 seed: int | np.random.Generator | None = None) -> None:
         self._setup(input_size, hidden_size, bias, dtype, seed)

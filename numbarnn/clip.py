@@ -1,11 +1,19 @@
 """Gradient clipping by total norm, as ``torch.nn.utils.clip_grad_norm_``, on each module's flat gradient buffer."""
 
+from __future__ import annotations
+
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ._loops import sum_of_squares
 from .optim import _as_module_list
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from ._module import Module
 
 
 def _vector_norm(vector, norm_type):
@@ -21,7 +29,8 @@ def _vector_norm(vector, norm_type):
     return float(np.sum(np.abs(vector) ** norm_type) ** (1.0 / norm_type))
 
 
-def clip_grad_norm_(modules, max_norm, norm_type=2.0, error_if_nonfinite=False):
+def clip_grad_norm_(modules: Module | Iterable[Module], max_norm: float, norm_type: float | str = 2.0,
+                    error_if_nonfinite: bool = False) -> float:
     """Scale all gradients of ``modules`` in place so that their total norm is at most ``max_norm``.
 
     The total norm is the norm of all gradients seen as one vector. As in torch, every gradient is multiplied by
@@ -30,11 +39,11 @@ def clip_grad_norm_(modules, max_norm, norm_type=2.0, error_if_nonfinite=False):
 
     Parameters
     ----------
-    modules : Module or list of Module
+    modules : Module or iterable of Module
         Whose ``grads`` to clip (each module's flat gradient buffer).
     max_norm : float
         Largest allowed total norm.
-    norm_type : float, default 2.0
+    norm_type : float or str, default 2.0
         Order p > 0 of the norm; ``float('inf')`` (or ``'inf'``) for the largest absolute value.
     error_if_nonfinite : bool, default False
         Raise instead of scaling when the total norm is NaN or infinite.

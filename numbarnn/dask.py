@@ -28,6 +28,8 @@ under an inter-process file lock (``filelock``) next to the cache, so a cluster 
 compiles (or loads) one worker at a time and then runs freely.
 """
 
+from __future__ import annotations
+
 import contextlib
 import copy
 import hashlib
@@ -35,6 +37,7 @@ import operator
 import os
 import tempfile
 import threading
+from typing import TYPE_CHECKING, Any
 
 import dask.array as da
 import numba
@@ -47,10 +50,16 @@ from . import _threads
 from ._validation import check_lengths_range
 from .rnn import RecurrentBase
 
+if TYPE_CHECKING:
+    import numpy.typing as npt
+
 __all__ = ["forward", "limit_threads"]
 
 
-def forward(rnn, input, h_0=None, lengths=None, *, numba_threads=1):
+def forward(rnn: RecurrentBase[Any], input: da.Array,
+            h_0: npt.ArrayLike | da.Array | tuple[npt.ArrayLike | da.Array, npt.ArrayLike | da.Array] | None = None,
+            lengths: npt.ArrayLike | da.Array | None = None, *,
+            numba_threads: int | None = 1) -> tuple[da.Array, da.Array | tuple[da.Array, da.Array]]:
     """Run ``rnn`` over a chunked ``dask.array`` input; lazy, equal to ``rnn(input.compute(), h_0, lengths)``.
 
     Parameters
@@ -68,10 +77,10 @@ def forward(rnn, input, h_0=None, lengths=None, *, numba_threads=1):
         A bidirectional module's reverse direction reads each sequence from its end, so its time chunks are merged
         (the input is rechunked to one chunk along time): each task then holds whole sequences of its batch chunk.
         Chunk the batch axis small enough for that to fit in a worker's memory.
-    h_0 : ndarray or dask.array.Array, or for an LSTM a tuple (h_0, c_0) of them, optional
+    h_0 : array_like or dask.array.Array, or for an LSTM a tuple (h_0, c_0) of them, optional
         h_0 (D * num_layers, N, H_out) (unbatched: (D * num_layers, H_out)), H_out being ``proj_size`` when set,
         else H; an LSTM's c_0 likewise with H features. Zeros when omitted.
-    lengths : ndarray or dask.array.Array of int, optional
+    lengths : array_like or dask.array.Array of int, optional
         (N,) each sequence's length, in 1...L, as for ``rnn``. NumPy lengths are checked now; the range of Dask
         lengths is checked when the tasks run (an out-of-range length then fails the computation).
     numba_threads : int or None, keyword-only, default 1
@@ -87,7 +96,7 @@ def forward(rnn, input, h_0=None, lengths=None, *, numba_threads=1):
         Shaped like ``h_0`` (and ``c_0``), chunked along N like the input: the state as the module returns it.
     """
     _check_module(rnn)
-    x, state, lengths = _check_arguments(rnn, input, h_0, lengths)
+    x, state, lengths_array = _check_arguments(rnn, input, h_0, lengths)
     batched = x.ndim == 3
     batch_first = rnn.batch_first
     if not batched:
@@ -101,22 +110,24 @@ def forward(rnn, input, h_0=None, lengths=None, *, numba_threads=1):
     if state is not None:
         state = [(part if batched else part[:, None]).rechunk((rows, batch_chunks, width))
                  for part, width in zip(state, widths, strict=True)]
-    if lengths is not None:
-        lengths = lengths.rechunk((batch_chunks,))
+    if lengths_array is not None:
+        lengths_array = lengths_array.rechunk((batch_chunks,))
 
     module = copy.deepcopy(rnn)
     module_token = tokenize(type(module).__name__, repr(module), module.nonlinearity, module._param_flat)
     module_key = f"numbarnn-{module._CELL}-{module_token}"
-    token = tokenize(module_token, x, state, lengths, numba_threads)
+    token = tokenize(module_token, x, state, lengths_array, numba_threads)
     run_name, state_name = f"numbarnn-forward-run-{token}", f"numbarnn-forward-state-{token}"
     output_name = f"numbarnn-forward-output-{token}"
     part_names = [f"numbarnn-forward-{name}-{token}" for name in (("h_n", "c_n") if rnn._lstm else ("h_n",))]
 
-    run_layer, output_layer, part_layers = {module_key: module}, {}, {name: {} for name in part_names}
+    run_layer: dict[Any, Any] = {module_key: module}
+    output_layer: dict[Any, Any] = {}
+    part_layers: dict[str, dict[Any, Any]] = {name: {} for name in part_names}
     starts = np.concatenate([[0], np.cumsum(time_chunks)[:-1]]).tolist()
     for j in range(len(batch_chunks)):
         state_keys = () if state is None else tuple((part.name, 0, j, 0) for part in state)
-        block_lengths = None if lengths is None else (lengths.name, j)
+        block_lengths = None if lengths_array is None else (lengths_array.name, j)
         for k, start in enumerate(starts):
             x_key = (x.name, j, k, 0) if batch_first else (x.name, k, j, 0)
             run_key = (run_name, k, j)
@@ -124,7 +135,8 @@ def forward(rnn, input, h_0=None, lengths=None, *, numba_threads=1):
             run_layer[run_key] = (_run_block, module_key, x_key, block_lengths, start, steps, numba_threads,
                                   *state_keys)
             output_index = (j, k, 0) if batch_first else (k, j, 0)
-            output_layer[(output_name, *output_index)] = (operator.getitem, run_key, 0)
+            output_key = (output_name, *output_index)
+            output_layer[output_key] = (operator.getitem, run_key, 0)
             if k < len(starts) - 1:  # the state the next time chunk starts from
                 state_keys = tuple((state_name, i, k, j) for i in range(len(widths)))
                 for i, key in enumerate(state_keys):
@@ -132,7 +144,7 @@ def forward(rnn, input, h_0=None, lengths=None, *, numba_threads=1):
             else:
                 for i, name in enumerate(part_names):
                     part_layers[name][(name, 0, j, 0)] = (operator.getitem, run_key, 1 + i)
-    dependencies = [a for a in (x, *(state or ()), lengths) if a is not None]
+    dependencies = [a for a in (x, *(state or ()), lengths_array) if a is not None]
     run_graph = HighLevelGraph.from_collections(run_name, run_layer, dependencies=dependencies)
     # One layer per array named after it, as dask.array expects, each on the run layer.
     layers = {**run_graph.layers, output_name: output_layer, **part_layers}
@@ -213,7 +225,8 @@ def _check_module(rnn):
         )
 
 
-def _check_arguments(rnn, input, h_0, lengths):
+def _check_arguments(rnn: RecurrentBase[Any], input: Any, h_0: Any,
+                     lengths: Any) -> tuple[da.Array, list[da.Array] | None, da.Array | None]:
     """The module's own checks (torch's, in torch's order, with its messages) on stand-ins for the dask arrays:
     read-only zero-strided arrays of their shapes and dtypes, which take no memory and compute nothing.
 
@@ -266,7 +279,7 @@ def _check_known_shape(array, name):
 
 
 # -- threads -----------------------------------------------------------------------------------------------------
-def limit_threads(numba_threads=1):
+def limit_threads(numba_threads: int | None = 1) -> contextlib.AbstractContextManager[None]:
     """Context manager: the calling thread runs numbarnn's kernels on ``numba_threads`` threads, restored on exit.
 
     Use it in tasks that call numbarnn on a Dask worker (``forward`` does it for its own tasks), e.g. in a function
@@ -277,13 +290,21 @@ def limit_threads(numba_threads=1):
     numba_threads : int or None, default 1
         Set with ``numba.set_num_threads``, which is per calling thread: other worker threads keep their own
         setting. Capped at numba's pool size (``NUMBA_NUM_THREADS``). None leaves it as it is.
+
+    Returns
+    -------
+    contextlib.AbstractContextManager
+        Use it in a ``with`` statement: ``with numbarnn.dask.limit_threads(1): rnn(x)``. Entering it sets the
+        thread count (a count that is not a positive int raises ``ValueError`` then); leaving it restores the
+        previous count.
     """
     return _threads.numba_threads(numba_threads, "numba_threads")
 
 
 # -- cold-cache compile lock -------------------------------------------------------------------------------------
 _seen_lock = threading.Lock()
-_seen_kinds = set()  # kinds of call that have run once in this process: their kernels are compiled or loaded
+# kinds of call that have run once in this process: their kernels are compiled or loaded
+_seen_kinds: set[tuple[Any, ...]] = set()
 
 
 @contextlib.contextmanager

@@ -1,10 +1,19 @@
 """``numbarnn.Linear``: an affine layer, ``y = x W^T + b``, with ``torch.nn.Linear``'s names and initialisation."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 
 from ._dense import dense_backward, dense_forward
 from ._module import Module
 from ._validation import SUPPORTED_DTYPES, as_array, check_size
+
+if TYPE_CHECKING:
+    import numpy.typing as npt
+
+    from ._typing import FloatArray
 
 # What the kernels receive in place of a bias when there is none.
 _NO_BIAS = {dtype: np.empty(0, dtype) for dtype in SUPPORTED_DTYPES}
@@ -37,38 +46,46 @@ class Linear(Module):
     """
 
     _TRANSIENT = {"_weight_step": None, "_saved_input": None}
+    # Set by the constructor (annotations only: no class attributes); ``bias`` is None without one, as in torch.
+    in_features: int
+    out_features: int
+    bias_enabled: bool
+    weight: FloatArray
+    bias: FloatArray | None
 
-    def __init__(self, in_features, out_features, bias=True, *, dtype=np.float32, seed=None):
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *, dtype: npt.DTypeLike = np.float32,
+                 seed: int | np.random.Generator | None = None) -> None:
         self.in_features = check_size(in_features, "in_features")
         self.out_features = check_size(out_features, "out_features")
         self.bias_enabled = bool(bias)
         weight_size = self.out_features * self.in_features
-        entries = [("weight", 0, (self.out_features, self.in_features))]
+        entries: list[tuple[str, int, tuple[int, ...]]] = [("weight", 0, (self.out_features, self.in_features))]
         if self.bias_enabled:
             entries.append(("bias", weight_size, (self.out_features,)))
         total = weight_size + (self.out_features if self.bias_enabled else 0)
         self._init_parameters(entries, total, dtype, 1.0 / np.sqrt(self.in_features), np.random.default_rng(seed))
-        self._weight_step = None  # workspace of backward, allocated once
-        self._saved_input = None  # (input as (rows, H_in), shape of the output) from the last training forward
+        self._weight_step: npt.NDArray[Any] | None = None  # workspace of backward, allocated once
+        # (input as (rows, H_in), shape of the output) from the last training forward
+        self._saved_input: tuple[npt.NDArray[Any], tuple[int, ...]] | None = None
 
-    def __getattr__(self, name):
+    def __getattr__(self, name: str) -> Any:  # a parameter, or None for a disabled bias
         # `bias` is a parameter when enabled (found by Module.__getattr__); without one it reads as None, as in torch.
         if name == "bias" and "bias_enabled" in self.__dict__ and not self.__dict__["bias_enabled"]:
             return None
         return super().__getattr__(name)
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias_enabled}"
 
-    def __call__(self, input):
+    def __call__(self, input: npt.ArrayLike) -> FloatArray:
         return self.forward(input)
 
-    def forward(self, input):
+    def forward(self, input: npt.ArrayLike) -> FloatArray:
         """Apply the layer.
 
         Parameters
         ----------
-        input : ndarray
+        input : array_like
             (..., H_in): any number of leading dimensions (also none), of the module dtype.
 
         Returns
@@ -92,7 +109,7 @@ class Linear(Module):
         self._saved_input = (x_rows, out_shape) if self.training else None
         return out.reshape(out_shape)
 
-    def backward(self, grad_output):
+    def backward(self, grad_output: npt.ArrayLike) -> FloatArray:
         """Backpropagate through the most recent training-mode forward pass.
 
         ``weight`` and ``bias`` gradients are *added* to :attr:`grads` (as torch's ``.grad`` accumulates); call
@@ -100,7 +117,7 @@ class Linear(Module):
 
         Parameters
         ----------
-        grad_output : ndarray
+        grad_output : array_like
             (..., H_out), gradient of the loss with respect to that forward's output, same shape.
 
         Returns

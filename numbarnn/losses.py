@@ -5,9 +5,18 @@ argument (for ``reduction='none'``, the gradient of the sum of the per-element l
 ``backward``.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 
 from ._validation import SUPPORTED_DTYPES
+
+if TYPE_CHECKING:
+    import numpy.typing as npt
+
+    from ._typing import FloatArray
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -17,7 +26,7 @@ def _check_reduction(reduction):
         raise ValueError(f"reduction must be one of 'mean', 'sum' or 'none', got {reduction!r}")
 
 
-def _check_float_array(value, name):
+def _check_float_array(value: npt.ArrayLike, name: str) -> npt.NDArray[np.floating[Any]]:
     array = np.asarray(value)
     if array.dtype not in SUPPORTED_DTYPES:
         raise TypeError(
@@ -27,7 +36,8 @@ def _check_float_array(value, name):
     return array
 
 
-def softmax_cross_entropy(logits, targets, reduction="mean", ignore_index=-100):
+def softmax_cross_entropy(logits: npt.ArrayLike, targets: npt.ArrayLike, reduction: str = "mean",
+                          ignore_index: int = -100) -> tuple[np.floating[Any] | FloatArray, FloatArray]:
     r"""Cross-entropy of a softmax over the last axis against class indices, and its gradient.
 
     Equals ``torch.nn.functional.cross_entropy(logits.moveaxis(-1, 1), targets, reduction=reduction,
@@ -37,9 +47,9 @@ def softmax_cross_entropy(logits, targets, reduction="mean", ignore_index=-100):
 
     Parameters
     ----------
-    logits : ndarray
+    logits : array_like
         (..., C) unnormalised scores, float32 or float64; (C,) for a single example.
-    targets : ndarray of int
+    targets : array_like of int
         (...) class indices in [0, C), or ``ignore_index`` for positions that do not count; shape
         ``logits.shape[:-1]``.
     reduction : {'mean', 'sum', 'none'}, default 'mean'
@@ -110,15 +120,16 @@ def softmax_cross_entropy(logits, targets, reduction="mean", ignore_index=-100):
     return loss, grad.reshape(logits.shape)
 
 
-def mse_loss(pred, target, reduction="mean"):
+def mse_loss(pred: npt.ArrayLike, target: npt.ArrayLike,
+             reduction: str = "mean") -> tuple[np.floating[Any] | FloatArray, FloatArray]:
     r"""Mean squared error :math:`(p - y)^2` and its gradient with respect to ``pred``, like
     ``torch.nn.functional.mse_loss``.
 
     Parameters
     ----------
-    pred : ndarray
+    pred : array_like
         Any shape, float32 or float64.
-    target : ndarray
+    target : array_like
         Same shape and dtype as ``pred`` (no broadcasting: a shape mismatch is almost always a bug).
     reduction : {'mean', 'sum', 'none'}, default 'mean'
 

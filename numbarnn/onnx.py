@@ -19,10 +19,13 @@ LSTM, 3 for GRU):
   and, with a head, ``logits`` = ``head(output)``.
 """
 
+from __future__ import annotations
+
 import json
 import os
 import warnings
 from collections import namedtuple
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -31,6 +34,9 @@ from onnx import TensorProto, helper, numpy_helper
 from .linear import Linear
 from .rnn import GRU, LSTM, RNN, RecurrentBase
 from .serialization import _CONSTRUCTORS
+
+if TYPE_CHECKING:
+    from ._typing import PathLike
 
 # Opset 17 is run by every ONNX Runtime from 1.12 on and by onnxruntime-web; the RNN, LSTM and GRU operators are the
 # same from opset 14 (which added ``layout``) to 21, and opset 13 is the first with Squeeze's axes as an input.
@@ -76,7 +82,8 @@ class ONNXMappingError(ValueError):
 
 
 # -- export ------------------------------------------------------------------------------------------------------
-def export(path, rnn, head=None, *, opset=None, h_0=False, lengths=False):
+def export(path: PathLike, rnn: RecurrentBase[Any], head: Linear | None = None, *, opset: int | None = None,
+           h_0: bool = False, lengths: bool = False) -> onnx.ModelProto:
     """Write ``rnn`` (and ``head`` applied to its output) to the ONNX file ``path``.
 
     Parameters
@@ -262,7 +269,7 @@ def _build_model(rnn, head, opset, with_h_0, with_lengths):
 
 
 # -- load --------------------------------------------------------------------------------------------------------
-def load(path):
+def load(path: PathLike | onnx.ModelProto) -> dict[str, RecurrentBase[Any] | Linear]:
     """Rebuild a numbarnn ``RNN``, ``LSTM`` or ``GRU`` (and ``Linear`` head) from an ONNX graph of ``RNN``,
     ``LSTM`` or ``GRU`` nodes.
 
@@ -278,10 +285,11 @@ def load(path):
     Parameters
     ----------
     path : str, os.PathLike or onnx.ModelProto
+        The ``.onnx`` file to read, or a model already in memory (as :func:`export` returns it).
 
     Returns
     -------
-    dict
+    dict of str to module
         ``{"rnn": module}`` (a ``numbarnn.RNN``, ``LSTM`` or ``GRU``, after the graph's operator), plus
         ``"head": Linear`` when the graph applies one to the module's output. The modules are in eval mode (the
         graph is an inference graph; call ``.train()`` to train them further) and have the dtype of the graph's

@@ -6,12 +6,21 @@ updates a whole module with one vectorised expression per step, writing in place
 buffer allocated once in the constructor.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from ._module import Module
 
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
-def _as_module_list(modules):
+    from ._typing import FloatArray
+
+
+def _as_module_list(modules: Module | Iterable[Module]) -> list[Module]:
     """The modules as a list: accepts one module or an iterable of modules; rejects duplicates."""
     if isinstance(modules, Module):
         modules = [modules]
@@ -41,16 +50,16 @@ def _check_non_negative(value, description):
 class Optimizer:
     """Shared part of the optimisers: the module list, ``zero_grad`` and the per-module loop of ``step``."""
 
-    def __init__(self, modules):
+    def __init__(self, modules: Module | Iterable[Module]) -> None:
         self.modules = _as_module_list(modules)
         self.steps_taken = 0  # t in the formulas, counted from 1 at the first step
 
-    def zero_grad(self):
+    def zero_grad(self) -> None:
         """Set the gradients of every module to zero."""
         for module in self.modules:
             module.zero_grad()
 
-    def step(self):
+    def step(self) -> None:
         """Update every module's parameters in place from its current gradients."""
         self.steps_taken += 1
         for index, module in enumerate(self.modules):
@@ -59,7 +68,11 @@ class Optimizer:
     def _update(self, index, param, grad):
         raise NotImplementedError
 
-    def _state_buffer(self, value=0.0):
+    def _settings(self) -> dict[str, object]:
+        """The constructor's settings, for ``repr``."""
+        raise NotImplementedError
+
+    def _state_buffer(self, value: float = 0.0) -> list[FloatArray]:
         """One preallocated vector per module, shaped and typed like its flat parameters."""
         return [np.full_like(module._param_flat, value) for module in self.modules]
 
@@ -72,7 +85,7 @@ class Optimizer:
         decayed += grad
         return decayed
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         settings = ", ".join(f"{name}={value!r}" for name, value in self._settings().items())
         return f"{type(self).__name__}({settings}; {len(self.modules)} module(s))"
 
@@ -89,7 +102,7 @@ class SGD(Optimizer):
 
     Parameters
     ----------
-    modules : Module or list of Module
+    modules : Module or iterable of Module
         The modules whose parameters the optimiser updates, in place, from their gradients.
     lr : float
         Learning rate :math:`\gamma`.
@@ -103,7 +116,8 @@ class SGD(Optimizer):
         Needs ``momentum > 0`` and ``dampening == 0``.
     """
 
-    def __init__(self, modules, lr, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False):
+    def __init__(self, modules: Module | Iterable[Module], lr: float, momentum: float = 0.0, dampening: float = 0.0,
+                 weight_decay: float = 0.0, nesterov: bool = False) -> None:
         _check_non_negative(lr, "learning rate")
         _check_non_negative(momentum, "momentum value")
         _check_non_negative(weight_decay, "weight_decay value")
@@ -152,7 +166,7 @@ class Adam(Optimizer):
 
     Parameters
     ----------
-    modules : Module or list of Module
+    modules : Module or iterable of Module
         The modules whose parameters the optimiser updates, in place, from their gradients.
     lr : float, default 1e-3
         Learning rate :math:`\gamma`.
@@ -164,7 +178,8 @@ class Adam(Optimizer):
         :math:`\lambda`.
     """
 
-    def __init__(self, modules, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+    def __init__(self, modules: Module | Iterable[Module], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0) -> None:
         _check_non_negative(lr, "learning rate")
         _check_non_negative(eps, "epsilon value")
         beta1, beta2 = betas
@@ -214,7 +229,7 @@ class Adagrad(Optimizer):
 
     Parameters
     ----------
-    modules : Module or list of Module
+    modules : Module or iterable of Module
         The modules whose parameters the optimiser updates, in place, from their gradients.
     lr : float, default 1e-2
         Learning rate :math:`\gamma`.
@@ -228,7 +243,8 @@ class Adagrad(Optimizer):
         :math:`\epsilon`, added to the denominator.
     """
 
-    def __init__(self, modules, lr=1e-2, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0, eps=1e-10):
+    def __init__(self, modules: Module | Iterable[Module], lr: float = 1e-2, lr_decay: float = 0.0,
+                 weight_decay: float = 0.0, initial_accumulator_value: float = 0.0, eps: float = 1e-10) -> None:
         _check_non_negative(lr, "learning rate")
         _check_non_negative(lr_decay, "lr_decay value")
         _check_non_negative(weight_decay, "weight_decay value")

@@ -2,24 +2,33 @@
 shapes, names and messages, on one engine (:mod:`numbarnn._engine`) and one base class that owns what they share:
 argument checks, the parameter layout, the training slot and its lock, ``step``, ``backward``."""
 
+from __future__ import annotations
+
 import contextlib
 import functools
 import numbers
 import threading
 import warnings
+from typing import TYPE_CHECKING, Any, Generic
 
 import numpy as np
 
 from . import _engine as engine
 from ._cells import GATES
 from ._layout import build_layout
-from ._module import Module
+from ._module import Module, State
 from ._step import run_step
 from ._validation import as_array, check_lengths_range, check_lengths_type, check_nonlinearity, check_size
 from ._workspace import ScratchPool, Spec, step_buffers
 
+if TYPE_CHECKING:
+    import numpy.typing as npt
+    from typing_extensions import Self
 
-class RecurrentBase(Module):
+    from ._typing import FloatArray, StateGradLike, StateLike
+
+
+class RecurrentBase(Module, Generic[State]):
     """What RNN, LSTM and GRU share (torch's ``RNNBase``). Subclasses set ``_CELL`` and ``_NAME`` and call
     :meth:`_setup`; an LSTM's state is the tuple (h, c) everywhere (``_STATE_PARTS`` = 2)."""
 
@@ -27,8 +36,17 @@ class RecurrentBase(Module):
     _NAME = "RNN"
     _TRANSIENT = {"_record": None, "_spare_backward": None, "_training_lock": threading.Lock,
                   "_scratch": ScratchPool}
-    nonlinearity = "tanh"
-    proj_size = 0
+    nonlinearity: str = "tanh"
+    proj_size: int = 0
+    # Set by _setup from the constructor's arguments (annotations only: no class attributes).
+    input_size: int
+    hidden_size: int
+    num_layers: int
+    bias: bool
+    batch_first: bool
+    dropout: float
+    bidirectional: bool
+    num_directions: int
 
     def _setup(self, input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, proj_size,
                dtype, seed):
@@ -71,7 +89,7 @@ class RecurrentBase(Module):
         super().__init_subclass__(**kwargs)
         cls._lstm = cls._CELL == "lstm"  # a class attribute: a property cost ~0.2 µs per use on the step path
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         extra = f"{self.input_size}, {self.hidden_size}"
         if self.proj_size != 0:
             extra += f", proj_size={self.proj_size}"
@@ -87,7 +105,7 @@ class RecurrentBase(Module):
             extra += ", bidirectional=True"
         return extra
 
-    def train(self, mode=True):
+    def train(self, mode: bool = True) -> Self:
         """Switch to training mode (releasing the inference scratch buffers), or to eval mode.
 
         Parameters
@@ -122,26 +140,28 @@ class RecurrentBase(Module):
         return tuple(parts) if self._lstm else parts[0]
 
     # -- forward -----------------------------------------------------------------------------------------------
-    def __call__(self, input, h_0=None, lengths=None, *, hx=None):
+    def __call__(self, input: npt.ArrayLike, h_0: StateLike | None = None, lengths: npt.ArrayLike | None = None, *,
+                 hx: StateLike | None = None) -> tuple[FloatArray, State]:
         return self.forward(input, h_0, lengths, hx=hx)
 
-    def forward(self, input, h_0=None, lengths=None, *, hx=None):
+    def forward(self, input: npt.ArrayLike, h_0: StateLike | None = None, lengths: npt.ArrayLike | None = None, *,
+                hx: StateLike | None = None) -> tuple[FloatArray, State]:
         """Run the network over a sequence.
 
         Parameters
         ----------
-        input : ndarray
+        input : array_like
             (L, N, H_in), (N, L, H_in) with ``batch_first``, or unbatched (L, H_in); of the module dtype.
-        h_0 : ndarray, or for an LSTM a tuple (h_0, c_0), optional
+        h_0 : array_like, or for an LSTM a tuple (h_0, c_0) of them, optional
             h_0 (D * num_layers, N, H_out), or (D * num_layers, H_out) for unbatched input (H_out: ``proj_size`` when
             set, else H); an LSTM's c_0 (D * num_layers, N, H) likewise; zeros when omitted. ``batch_first`` does not
             apply to it. ``hx=`` (torch's name for it) is accepted too.
-        lengths : array of int, optional
+        lengths : array_like of int, optional
             (N,) the length of each sequence of a padded batch, in any order, each in 1...L. The result equals
             torch's ``pack_padded_sequence(enforce_sorted=False)`` -> module -> ``pad_packed_sequence(total_length=L)``:
             padded input positions are never read, padded outputs are 0, h_n holds each sequence's state at its own
             last step, and the reverse direction starts at each sequence's own last step.
-        hx : ndarray, or for an LSTM a tuple (h_0, c_0), keyword-only, optional
+        hx : array_like, or for an LSTM a tuple (h_0, c_0) of them, keyword-only, optional
             torch's name for ``h_0``; give one or the other.
 
         Returns
@@ -188,15 +208,15 @@ class RecurrentBase(Module):
             return output[:, 0], self._state_result([part[:, 0] for part in parts])
         return output, h_n
 
-    def step(self, input, h=None):
+    def step(self, input: npt.ArrayLike, h: StateLike | None = None) -> tuple[FloatArray, State]:
         """One time step of a unidirectional stack, for streaming inference: equal (to float rounding) to
         ``module(input[None], h)`` in eval mode, at a few microseconds per call.
 
         Parameters
         ----------
-        input : ndarray
+        input : array_like
             (N, H_in), or unbatched (H_in,).
-        h : ndarray, or for an LSTM a tuple (h, c), optional
+        h : array_like, or for an LSTM a tuple (h, c) of them, optional
             (num_layers, N, H_out), or (num_layers, H_out) (an LSTM's c: H features); zeros when omitted.
 
         Returns
@@ -233,10 +253,10 @@ class RecurrentBase(Module):
         spec = self._spec
         buffers = step_buffers(spec, rows, h, c, keep=False)
         run_step(spec, self._param_flat, self._offsets, buffers)  # the caller's h is never written
-        if self._lstm:
+        if self._lstm:  # State is the tuple (h, c) then, which a type checker cannot tell from _lstm
             if not batched:
-                return buffers.out[0], (buffers.h[:, 0], buffers.c[:, 0])
-            return buffers.out, (buffers.h, buffers.c)
+                return buffers.out[0], (buffers.h[:, 0], buffers.c[:, 0])  # type: ignore[return-value]
+            return buffers.out, (buffers.h, buffers.c)  # type: ignore[return-value]
         return (buffers.out, buffers.h) if batched else (buffers.out[0], buffers.h[:, 0])
 
     def _step_states(self, h, batch, batched):
@@ -253,7 +273,8 @@ class RecurrentBase(Module):
         return part if batched else part[:, None]
 
     # -- backward ----------------------------------------------------------------------------------------------
-    def backward(self, grad_output=None, grad_h_n=None, *, need_input_grad=True):
+    def backward(self, grad_output: npt.ArrayLike | None = None, grad_h_n: StateGradLike | None = None, *,
+                 need_input_grad: bool = True) -> tuple[FloatArray | None, State]:
         """Backpropagate through the most recent training-mode forward pass.
 
         Parameter gradients are *added* to :attr:`grads` (as torch's ``.grad`` accumulates); call
@@ -261,9 +282,9 @@ class RecurrentBase(Module):
 
         Parameters
         ----------
-        grad_output : ndarray, optional
+        grad_output : array_like, optional
             Gradient of the loss with respect to ``output``, same shape; zeros when omitted.
-        grad_h_n : ndarray, or for an LSTM a tuple (grad_h_n, grad_c_n), optional
+        grad_h_n : array_like, or for an LSTM a tuple (grad_h_n, grad_c_n) of them, optional
             Gradient with respect to ``h_n`` (and ``c_n``), same shape; zeros when omitted (either part of an
             LSTM's tuple may be None).
         need_input_grad : bool, keyword-only, default True
@@ -284,6 +305,7 @@ class RecurrentBase(Module):
             batch, steps = record.batch, record.steps
             width = directions * self._state_size
             time_major = (steps, batch, width)
+            output_shape: tuple[int, ...]
             if not record.batched:
                 output_shape = (steps, width)
             elif self.batch_first:
@@ -291,10 +313,10 @@ class RecurrentBase(Module):
             else:
                 output_shape = time_major
             if grad_output is not None:
-                grad_output = _check_gradient(grad_output, "grad_output", output_shape, self.dtype)
+                gradient = _check_gradient(grad_output, "grad_output", output_shape, self.dtype)
                 if self.batch_first and record.batched:
-                    grad_output = grad_output.transpose(1, 0, 2)
-                grad_output = grad_output.reshape(time_major)
+                    gradient = gradient.transpose(1, 0, 2)
+                grad_output = gradient.reshape(time_major)
             if grad_h_n is not None:
                 parts = []
                 names = ("grad_h_n[0]", "grad_h_n[1]") if self._lstm else ("grad_h_n",)
@@ -312,13 +334,14 @@ class RecurrentBase(Module):
                 need_input_grad=need_input_grad, batch_first=record.batched and self.batch_first,
                 spare=self._spare_backward)
         if not record.batched:
-            parts = grad_h_0 if self._lstm else (grad_h_0,)
-            return (None if grad_input is None else grad_input[:, 0]), self._state_result([p[:, 0] for p in parts])
+            grad_parts = grad_h_0 if self._lstm else (grad_h_0,)
+            grad_input = None if grad_input is None else grad_input[:, 0]
+            return grad_input, self._state_result([part[:, 0] for part in grad_parts])
         return grad_input, grad_h_0
 
     # -- checks, in torch's order ------------------------------------------------------------------------------
     @staticmethod
-    def check_dropout(dropout, num_layers):
+    def check_dropout(dropout: float, num_layers: int) -> None:
         if not isinstance(dropout, numbers.Number) or isinstance(dropout, bool) or not 0 <= dropout <= 1:
             raise ValueError(
                 "dropout should be a number in range [0, 1] representing the probability of an element being zeroed"
@@ -331,7 +354,7 @@ class RecurrentBase(Module):
             )
 
     @staticmethod
-    def check_proj_size(proj_size, hidden_size):
+    def check_proj_size(proj_size: int, hidden_size: int) -> int:
         if isinstance(proj_size, bool) or not isinstance(proj_size, numbers.Integral):
             raise TypeError(f"proj_size should be of type int, got: {type(proj_size).__name__}")
         if proj_size < 0:
@@ -341,14 +364,14 @@ class RecurrentBase(Module):
         return int(proj_size)
 
     @staticmethod
-    def resolve_hx(h_0, hx):
+    def resolve_hx(h_0: StateLike | None, hx: StateLike | None) -> StateLike | None:
         if hx is None:
             return h_0
         if h_0 is not None:
             raise TypeError("give the initial state once, as h_0 or as hx (torch's name), not both")
         return hx
 
-    def check_input(self, input, h_0):
+    def check_input(self, input: npt.ArrayLike, h_0: StateLike | None) -> tuple[np.ndarray, list[np.ndarray] | None]:
         """torch's checks, in torch's order; returns the input as an array and the state's parts as arrays (or
         None)."""
         x = np.asarray(input)
@@ -380,7 +403,7 @@ class RecurrentBase(Module):
             raise ValueError("Expected sequence length to be larger than 0 in RNN")
         return x, parts
 
-    def check_hidden_size(self, parts, x):
+    def check_hidden_size(self, parts: list[np.ndarray], x: np.ndarray) -> None:
         rows = self.num_layers * self.num_directions
         batch = (x.shape[0] if self.batch_first else x.shape[1]) if x.ndim == 3 else None
         labels = ("hidden[0]", "hidden[1]") if self._lstm else ("hidden",)
@@ -389,14 +412,14 @@ class RecurrentBase(Module):
             if part.shape != expected:
                 raise ValueError(f"Expected {label} size {expected}, got {list(part.shape)}")
 
-    def time_major(self, x):
+    def time_major(self, x: np.ndarray) -> np.ndarray:
         """(L, N, H_in) view of a checked input: batch_first transposed, unbatched given a batch of one."""
         if x.ndim == 2:
             return x[:, None, :]
         return x.transpose(1, 0, 2) if self.batch_first else x
 
     @staticmethod
-    def check_lengths(lengths, steps, batch, batched):
+    def check_lengths(lengths: npt.ArrayLike, steps: int, batch: int, batched: bool) -> npt.NDArray[np.int64]:
         """``lengths`` as int64 (N,), each in 1...L."""
         if not batched:
             raise ValueError(
@@ -453,7 +476,7 @@ class RecurrentBase(Module):
         return record
 
 
-class RNN(RecurrentBase):
+class RNN(RecurrentBase["FloatArray"]):
     r"""Multi-layer Elman RNN, :math:`h_t = \tanh(x_t W_{ih}^T + b_{ih} + h_{t-1} W_{hh}^T + b_{hh})`.
 
     Same arguments, shapes, parameter names, initialisation and error messages as ``torch.nn.RNN``; arrays are
@@ -495,13 +518,14 @@ class RNN(RecurrentBase):
         arithmetic); :meth:`train` releases them.
     """
 
-    def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, *, dtype=np.float32, seed=None):
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
+                 bias: bool = True, batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, *,
+                 dtype: npt.DTypeLike = np.float32, seed: int | np.random.Generator | None = None) -> None:
         self.nonlinearity = check_nonlinearity(nonlinearity)
         self._setup(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, 0, dtype, seed)
 
 
-class LSTM(RecurrentBase):
+class LSTM(RecurrentBase["tuple[FloatArray, FloatArray]"]):
     r"""Multi-layer long short-term memory network, as ``torch.nn.LSTM``:
 
     .. math::
@@ -553,13 +577,14 @@ class LSTM(RecurrentBase):
     _CELL = "lstm"
     _NAME = "LSTM"
 
-    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
-                 bidirectional=False, proj_size=0, *, dtype=np.float32, seed=None):
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0, *,
+                 dtype: npt.DTypeLike = np.float32, seed: int | np.random.Generator | None = None) -> None:
         self._setup(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, proj_size, dtype,
                     seed)
 
 
-class GRU(RecurrentBase):
+class GRU(RecurrentBase["FloatArray"]):
     r"""Multi-layer gated recurrent unit network, as ``torch.nn.GRU``:
 
     .. math::
@@ -607,12 +632,13 @@ class GRU(RecurrentBase):
     _CELL = "gru"
     _NAME = "GRU"
 
-    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
-                 bidirectional=False, *, dtype=np.float32, seed=None):
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, *,
+                 dtype: npt.DTypeLike = np.float32, seed: int | np.random.Generator | None = None) -> None:
         self._setup(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, 0, dtype, seed)
 
 
-def _check_gradient(value, name, shape, dtype):
+def _check_gradient(value: npt.ArrayLike, name: str, shape: tuple[int, ...], dtype: np.dtype[Any]) -> npt.NDArray[Any]:
     array = as_array(value, name, dtype)
     if array.shape != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)} (the shape of the forward result), got {array.shape}")

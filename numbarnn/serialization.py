@@ -5,10 +5,13 @@ JSON text describing every module: its class, its constructor arguments, its dty
 shapes. Nothing is pickled, so loading a file never runs code from it.
 """
 
+from __future__ import annotations
+
 import json
 import os
 import zipfile
 import zlib
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -16,6 +19,10 @@ from ._validation import SUPPORTED_DTYPES
 from .cell import GRUCell, LSTMCell, RNNCell
 from .linear import Linear
 from .rnn import GRU, LSTM, RNN
+
+if TYPE_CHECKING:
+    from ._module import Module
+    from ._typing import PathLike
 
 FORMAT_NAME = "numbarnn"
 FORMAT_VERSION = 1
@@ -47,14 +54,14 @@ _CONSTRUCTORS = {
 }
 
 
-def save(path, *, metadata=None, **modules):
+def save(path: PathLike, *, metadata: Any = None, **modules: Module) -> None:
     """Write ``modules`` (keyword name -> module) to the ``.npz`` file ``path``.
 
     Parameters
     ----------
     path : str or os.PathLike
         Written exactly as given (no ``.npz`` suffix is added); replaced atomically if it exists.
-    metadata : dict, keyword-only, optional
+    metadata : object, keyword-only, optional
         Anything JSON can hold (e.g. a model's vocabulary); read it back with :func:`load_metadata`.
     **modules : RNN, LSTM, GRU, RNNCell, LSTMCell, GRUCell or Linear
         The modules to store, under the keyword names :func:`load` will return them by.
@@ -67,14 +74,14 @@ def save(path, *, metadata=None, **modules):
     """
     if not modules:
         raise ValueError("save() needs at least one module, given by name: save(path, rnn=rnn, head=linear)")
-    header = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "modules": {}}
+    header: dict[str, Any] = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "modules": {}}
     if metadata is not None:
         try:
             json.dumps(metadata)
         except (TypeError, ValueError) as error:
             raise TypeError(f"metadata must be JSON-serialisable (dicts, lists, str, numbers): {error}") from None
         header["metadata"] = metadata
-    arrays = {}
+    arrays: dict[str, Any] = {}
     for name, module in modules.items():
         class_name = type(module).__name__
         if class_name not in _CONSTRUCTORS or type(module) is not _CONSTRUCTORS[class_name][0]:
@@ -101,7 +108,7 @@ def save(path, *, metadata=None, **modules):
             os.remove(temporary)
 
 
-def load(path):
+def load(path: PathLike) -> dict[str, Module]:
     """Rebuild the modules stored by :func:`save`.
 
     Parameters
@@ -135,7 +142,7 @@ def load(path):
     return modules
 
 
-def load_metadata(path):
+def load_metadata(path: PathLike) -> Any:
     """The ``metadata`` given to :func:`save`, without rebuilding the modules.
 
     Parameters
