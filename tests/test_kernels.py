@@ -24,7 +24,7 @@ from numbarnn._backward import rnn_backward, rnn_backward_parallel
 from numbarnn._forward import rnn_forward, rnn_forward_parallel
 from numbarnn._layout import build_layout, named_views
 from numbarnn._packing import pack, unpack
-from numbarnn._panels import TILE_ROWS, pack_panels, panel_matmul, panel_shape, panel_width, rows_per_block
+from numbarnn._panels import ROW_PANELS, TILE_ROWS, pack_panels, panel_matmul, panel_shape, panel_width, rows_per_block
 from numbarnn._workspace import (Spec, backward_buffers, equal_length_packing, forward_buffers, length_packing,
                                  packing_rows)
 
@@ -319,9 +319,11 @@ def test_activation_backward_from_outputs(dtype):
 
 # (M, K, N): M covers every remainder of every tile height (6 rows with 16 vector registers, 12 with 32: M % 12 in
 # 0..11, M below and above the tile) and spans several row blocks at K = 256; N covers full panels only, a partial
-# last panel, and fewer columns than one panel, for every panel width (8 to 32 float32, 4 to 16 float64).
+# last panel, and fewer columns than one panel, for every panel width (8 to 32 float32, 4 to 16 float64); one row
+# (ROW_PANELS panels at a time) with whole groups only, and with further panels after them.
 PANEL_SHAPES = [(1, 1, 1), (2, 3, 5), (3, 7, 8), (4, 16, 16), (5, 9, 17), (6, 33, 24), (7, 64, 64), (8, 5, 40),
-                (9, 20, 33), (10, 3, 7), (11, 12, 3), (13, 128, 130), (32, 256, 256), (0, 4, 4), (131, 256, 20)]
+                (9, 20, 33), (10, 3, 7), (11, 12, 3), (13, 128, 130), (32, 256, 256), (0, 4, 4), (131, 256, 20),
+                (1, 3, 16), (1, 5, 32), (1, 17, 64), (1, 40, 128), (1, 64, 133)]
 TILE_HEIGHTS = sorted(set(_isa.ROWS_BY_REGISTERS.values()))
 PANEL_WIDTHS = {dtype: sorted({_isa.VECTORS_PER_PANEL * bits // 8 // np.dtype(dtype).itemsize
                                for bits in (128, 256, 512)}) for dtype in DTYPES}
@@ -335,6 +337,9 @@ def test_panel_shapes_cover_every_tile_and_panel_remainder():
         for width in PANEL_WIDTHS[dtype]:
             remainders = {n % width for _, _, n in PANEL_SHAPES}
             assert 0 in remainders and len(remainders) > 3 and any(n < width for _, _, n in PANEL_SHAPES)
+            one_row = [n for m, _, n in PANEL_SHAPES if m == 1]
+            assert any(n == width * ROW_PANELS for n in one_row), width  # whole groups only
+            assert any(n > width * ROW_PANELS and n % (width * ROW_PANELS) for n in one_row), width  # and more
         # several row blocks, the last one partial and ending in a partial tile
         block = rows_per_block(256, np.dtype(dtype).itemsize)
         assert any(k == 256 and m > block and m % block % TILE_ROWS for m, k, _ in PANEL_SHAPES), block
@@ -369,10 +374,12 @@ def test_panel_matmul(shape, dtype, transposed, rng):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_panel_matmul_rows_do_not_depend_on_tiles_or_blocks(dtype, rng):
+@pytest.mark.parametrize("n", [37, 137])
+def test_panel_matmul_rows_do_not_depend_on_tiles_or_blocks(dtype, n, rng):
     """Every row is the same K-long sum whatever tile and row block it falls in: the product of many rows equals,
-    bitwise, that of each row alone (a one-row tile)."""
-    m, k, n = 3 * rows_per_block(200, np.dtype(dtype).itemsize) + 5, 200, 37
+    bitwise, that of each row alone (a one-row tile, or with n = 137 ROW_PANELS panels at a time on every panel
+    width up to 32)."""
+    m, k = 3 * rows_per_block(200, np.dtype(dtype).itemsize) + 5, 200
     a = rng.standard_normal((m, k)).astype(dtype)
     panels = np.empty(panel_shape(k, n, dtype), dtype)
     pack_panels(rng.standard_normal((k, n)).astype(dtype), panels)
