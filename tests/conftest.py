@@ -2,6 +2,9 @@
 
 import os
 import pathlib
+import shutil
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -49,3 +52,62 @@ def dask_client(tmp_path_factory):
                 distributed.Client(cluster) as client:
             patch.undo()  # the workers have started: the rest of the session keeps its own environment
             yield client, cache_dir
+
+
+# -- work started early: the slow tests that only wait for other processes -------------------------------------------
+# A test marked ``@pytest.mark.early(work=work)`` has ``work(directory, environment)`` run in a background thread
+# as soon as the session's tests are collected (if the test is among those selected), and reads its result from the
+# ``early_work`` fixture (a Future). ``work`` starts processes, waits for them and returns what the test asserts on;
+# ``directory`` is a fresh, empty one of its own, ``environment`` the environment variables as they were when the
+# tests were collected (a test running meanwhile may have changed os.environ for itself).
+# Why: these are the cold-cache tests, processes compiling from scratch into a NUMBA_CACHE_DIR of their own. Run at
+# their turn, this process waited for them (one compiling process left a core idle), and the rest of the suite
+# (mostly compiling, one thread) ran on one core. Started early, they use the core this process leaves idle. One job
+# at a time, in the order of the tests, so that they add at most one job's processes to the machine's load. The
+# tests assert exactly what they did when they ran the work themselves; only when the processes run changes.
+
+_early_jobs = {}  # nodeid -> Future of work(directory, environment)
+_early_pool = None
+_early_directories = []
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "early(work): run work(directory, environment) in the background from the "
+                                       "start of the session; the test reads its result from the early_work fixture")
+
+
+def _skipped(item):
+    """Whether a skip or skipif marker (with a boolean condition) skips the test: its work is not started."""
+    return any(item.iter_markers("skip")) or any(
+        marker.args and not isinstance(marker.args[0], str) and bool(marker.args[0])
+        for marker in item.iter_markers("skipif"))
+
+
+def pytest_collection_finish(session):
+    global _early_pool
+    if session.config.option.collectonly:
+        return
+    environment = dict(os.environ)
+    for item in session.items:
+        marker = item.get_closest_marker("early")
+        if marker is None or _skipped(item):
+            continue
+        if _early_pool is None:
+            _early_pool = ThreadPoolExecutor(1, thread_name_prefix="early-test-work")
+        directory = pathlib.Path(tempfile.mkdtemp(prefix="numbarnn-early-"))
+        _early_directories.append(directory)
+        _early_jobs[item.nodeid] = _early_pool.submit(marker.kwargs["work"], directory, environment)
+
+
+def pytest_sessionfinish(session):
+    if _early_pool is not None:
+        _early_pool.shutdown(wait=True, cancel_futures=True)  # a job already running ends within its timeouts
+    for directory in _early_directories:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def early_work(request):
+    """The test's ``early`` work, a Future: its ``result()`` waits for the work and returns what it returned, or
+    raises (in the test, which then fails) what it raised."""
+    return _early_jobs[request.node.nodeid]

@@ -6,6 +6,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import spy_on
+
+import numbarnn._engine
+from numbarnn.cli import compile as compile_command
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,25 +32,50 @@ print("hits", sorted(name for name, k in kernels.items() if k.stats.cache_hits))
 """
 
 
-def run(args, cache):
-    environment = dict(os.environ, NUMBA_CACHE_DIR=str(cache), PYTHONPATH=str(ROOT))
+def run(args, cache, environ=os.environ):
+    # One numba thread in both processes: the command then compiles the serial drivers only, which are all USER
+    # checks, and the cold compile takes about half as long (the parallel drivers' cold compile is most of the rest;
+    # that the command runs those where numba has threads is checked in-process, on the session's cache, below).
+    environment = dict(environ, NUMBA_CACHE_DIR=str(cache), PYTHONPATH=str(ROOT), NUMBA_NUM_THREADS="1")
     return subprocess.run([sys.executable, *args], env=environment, cwd=cache, capture_output=True, text=True,
                           timeout=600)
 
 
-@pytest.mark.slow
-def test_compile_fills_the_cache_a_later_process_loads(tmp_path):
+def compile_then_use(directory, environ):
+    """``python -m numbarnn compile`` on a fresh cache in ``directory``, then USER on it, in ``environ`` otherwise:
+    ``(directory, the command's CompletedProcess, the cache index files it wrote, USER's CompletedProcess or None if
+    the command failed)``.
+    Started early (conftest.py): it runs in the background while the session runs other tests."""
     done = run(["-m", "numbarnn", "compile", "--cells", "rnn", "--dtypes", "float64", "--progress", "lines"],
-               tmp_path)
+               directory, environ)
+    written = sorted(directory.rglob("*.nbi"))
+    user = run(["-c", USER], directory, environ) if done.returncode == 0 else None
+    return directory, done, written, user
+
+
+@pytest.mark.slow
+@pytest.mark.early(work=compile_then_use)
+def test_compile_fills_the_cache_a_later_process_loads(early_work):
+    directory, done, written, user = early_work.result()
     assert done.returncode == 0, done.stderr
     assert "rnn in float64 ready in" in done.stdout
-    assert f"cache: NUMBA_CACHE_DIR={tmp_path}" in done.stdout
-    assert list(tmp_path.rglob("*.nbi")), "no cache index written"
+    assert "(serial drivers only: numba has one thread here)" in done.stdout
+    assert f"cache: NUMBA_CACHE_DIR={directory}" in done.stdout
+    assert written, "no cache index written"
 
-    user = run(["-c", USER], tmp_path)
     assert user.returncode == 0, user.stderr
     assert "misses []" in user.stdout, user.stdout
     assert "hits ['backward', 'forward', 'step']" in user.stdout, user.stdout
+
+
+def test_compile_runs_the_parallel_drivers_where_the_batch_splits(block_pool, monkeypatch):
+    """Its batch is large enough to split into blocks (with two numba threads or more, the parallel drivers run):
+    every recurrent kernel call of a cell's training forward, backward and eval forward gets at least two tasks."""
+    calls = spy_on(monkeypatch, numbarnn._engine, "run_kernel",
+                   lambda args, kwargs, result: (args[0].py_func.__name__, args[2]))
+    compile_command.compile_cell("rnn", "float64")
+    several = [kernel for kernel, tasks in calls if tasks >= 2]
+    assert sorted(several) == ["recurrent_backward", "recurrent_forward", "recurrent_forward"], calls
 
 
 def test_compile_rejects_an_unknown_cell():

@@ -445,28 +445,36 @@ TARGET_BUILDS = {
 }
 
 
-@pytest.mark.slow  # five processes of ~10 s of compiling each, side by side
-@pytest.mark.skipif(_isa.target().triple.split("-")[0] != "x86_64", reason="builds x86-64 code in subprocesses")
-def test_panel_kernels_for_every_target(tmp_path):
-    """Each target gets its tile, and its assembly has vector multiply-adds and no call to libm's fma/fmaf (which
-    llvm.fma on a vector becomes where there is no FMA); generic x86-64 code also computes the right product.
-    The builds run side by side: each is a fresh process (several seconds of compiling)."""
+def build_every_target(directory, environ):
+    """Build the panel kernels for every target of TARGET_BUILDS side by side, each in a fresh process with a cache
+    of its own under ``directory``, in ``environ`` otherwise: ``{name: (exit code, stdout, stderr)}``. Started early
+    (conftest.py): it runs in the background while the session runs other tests."""
     script = pathlib.Path(__file__).with_name("panel_target.py")
     root = str(pathlib.Path(__file__).resolve().parents[1])
     processes = {}
     for name, (environment, _, _, run) in TARGET_BUILDS.items():
-        env = {key: value for key, value in os.environ.items() if not key.startswith("NUMBA_CPU")}
+        env = {key: value for key, value in environ.items() if not key.startswith("NUMBA_CPU")}
         # a cache of its own: code for another target must never reach the project's cache
-        env.update(environment, NUMBA_CACHE_DIR=str(tmp_path / name),
-                   PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+        env.update(environment, NUMBA_CACHE_DIR=str(directory / name),
+                   PYTHONPATH=os.pathsep.join(filter(None, [root, environ.get("PYTHONPATH")])))
         command = [sys.executable, "-W", "ignore", str(script)]
         command += ["--aarch64"] if name == "aarch64" else ["--run", json.dumps(PANEL_SHAPES)] if run else []
         processes[name] = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                            text=True)
+    outcomes = {name: process.communicate(timeout=600) for name, process in processes.items()}
+    return {name: (processes[name].returncode, stdout, stderr) for name, (stdout, stderr) in outcomes.items()}
+
+
+@pytest.mark.slow  # five processes of ~10 s of compiling each, side by side
+@pytest.mark.skipif(_isa.target().triple.split("-")[0] != "x86_64", reason="builds x86-64 code in subprocesses")
+@pytest.mark.early(work=build_every_target)
+def test_panel_kernels_for_every_target(early_work):
+    """Each target gets its tile, and its assembly has vector multiply-adds and no call to libm's fma/fmaf (which
+    llvm.fma on a vector becomes where there is no FMA); generic x86-64 code also computes the right product.
+    The builds run side by side: each is a fresh process (several seconds of compiling)."""
     reports = {}
-    for name, process in processes.items():
-        stdout, stderr = process.communicate(timeout=600)
-        assert process.returncode == 0, f"{name}: {stderr[-3000:]}"
+    for name, (returncode, stdout, stderr) in early_work.result().items():
+        assert returncode == 0, f"{name}: {stderr[-3000:]}"
         reports[name] = json.loads(stdout)
     for name, (_, (isa, bits, rows), instructions, run) in TARGET_BUILDS.items():
         report = reports[name]

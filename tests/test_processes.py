@@ -4,10 +4,10 @@ process compiles (or loads what another just wrote) and all succeed with the sam
 numba's on-disk cache has raced in the past when processes compile the same function at once (numba issues #4807,
 #10128): a process could read an index another was still writing. This test starts four processes that wait for
 each other and then compile the same kernels into one fresh, empty ``NUMBA_CACHE_DIR``; then four more that load from
-it. Slow (a cold compile is ~7 s of CPU per process, and four share the cores), so marked ``slow``.
+it. Slow (a cold compile is ~7 s of CPU per process, and four share the cores), so marked ``slow``; its processes
+start with the session (``early``, conftest.py), in the background.
 """
 
-import os
 import pathlib
 import subprocess
 import sys
@@ -64,16 +64,16 @@ if __name__ == "__main__":
 '''
 
 
-def run_processes_at_once(round_directory, cache_directory):
-    """Start PROCESSES workers at once on ``cache_directory``; returns their results (dicts of arrays)."""
+def run_processes_at_once(round_directory, cache_directory, environ):
+    """Start PROCESSES workers at once on ``cache_directory``, in ``environ`` otherwise; returns their results (dicts
+    of arrays) and what they printed."""
     round_directory.mkdir()
-    environment = dict(os.environ, NUMBA_CACHE_DIR=str(cache_directory), PYTHONPATH=str(ROOT),
+    environment = dict(environ, NUMBA_CACHE_DIR=str(cache_directory), PYTHONPATH=str(ROOT),
                        NUMBA_NUM_THREADS=str(numba.config.NUMBA_NUM_THREADS))
     workers = [subprocess.Popen([sys.executable, "-c", WORKER_SCRIPT, str(index), str(round_directory),
                                  str(PROCESSES)], env=environment, cwd=round_directory, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True) for index in range(PROCESSES)]
     outcomes = [worker.communicate(timeout=300) for worker in workers]
-    print("".join(stdout for stdout, _ in outcomes), end="")
     for index, (worker, (stdout, stderr)) in enumerate(zip(workers, outcomes, strict=True)):
         # Empty stderr: not even a warning that numba could not read or write its cache.
         assert worker.returncode == 0 and stderr == "", (index, worker.returncode, stdout, stderr[-3000:])
@@ -81,25 +81,36 @@ def run_processes_at_once(round_directory, cache_directory):
     for index in range(PROCESSES):
         with np.load(round_directory / f"result-{index}.npz") as loaded:
             results.append({name: loaded[name] for name in loaded.files})
-    return results
+    return results, "".join(stdout for stdout, _ in outcomes)
+
+
+def cold_then_warm(directory, environ):
+    """Both rounds on one fresh cache under ``directory``: ``(cold results, warm results, cache index files the cold
+    round wrote, what the processes printed)``. Started early (conftest.py): it runs in the background while the
+    session runs other tests."""
+    cache = directory / "numba-cache"
+    cache.mkdir()
+    started = time.perf_counter()
+    cold, cold_printed = run_processes_at_once(directory / "cold", cache, environ)
+    cold_seconds = time.perf_counter() - started
+    written = sorted(cache.rglob("*.nbi"))
+    started = time.perf_counter()
+    warm, warm_printed = run_processes_at_once(directory / "warm", cache, environ)
+    warm_seconds = time.perf_counter() - started
+    printed = (f"{cold_printed}{warm_printed}\n{PROCESSES} processes at once: cold cache {cold_seconds:.1f} s, "
+               f"warm cache {warm_seconds:.1f} s")
+    return cold, warm, written, printed
 
 
 @pytest.mark.slow
-def test_four_processes_on_a_cold_cache_all_succeed_with_equal_results(tmp_path):
+@pytest.mark.early(work=cold_then_warm)
+def test_four_processes_on_a_cold_cache_all_succeed_with_equal_results(early_work):
     namespace = {"__name__": "worker_script"}
     exec(compile(WORKER_SCRIPT, "WORKER_SCRIPT", "exec"), namespace)
     expected = namespace["results"]()
-    cache = tmp_path / "numba-cache"
-    cache.mkdir()
-
-    started = time.perf_counter()
-    cold = run_processes_at_once(tmp_path / "cold", cache)
-    cold_seconds = time.perf_counter() - started
-    assert list(cache.rglob("*.nbi")), "the processes wrote nothing to the shared cache"
-    started = time.perf_counter()
-    warm = run_processes_at_once(tmp_path / "warm", cache)
-    warm_seconds = time.perf_counter() - started
-    print(f"\n{PROCESSES} processes at once: cold cache {cold_seconds:.1f} s, warm cache {warm_seconds:.1f} s")
+    cold, warm, written, printed = early_work.result()
+    print(printed)
+    assert written, "the processes wrote nothing to the shared cache"
 
     # Same code, same machine and the same blocks per call (NUMBA_NUM_THREADS is passed on): the same bits.
     for index, result in enumerate(cold + warm):
