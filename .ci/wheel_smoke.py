@@ -35,15 +35,27 @@ def main(wheel, sdist, checkout):
     check_the_version(numbarnn)
     check_the_demo()
     check_against_torch()
-    print(f"wheel smoke test passed: numbarnn {numbarnn.__version__} from {wheel.name}, imported from "
-          f"{Path(numbarnn.__file__).parent}")
+    print(
+        f"wheel smoke test passed: numbarnn {numbarnn.__version__} from {wheel.name}, imported from "
+        f"{Path(numbarnn.__file__).parent}"
+    )
 
 
 def check_the_sdist(sdist):
     with tarfile.open(sdist) as archive:
         names = {name.split("/", 1)[1] for name in archive.getnames() if "/" in name}
-    required = {"PKG-INFO", "pyproject.toml", "README.md", "LICENSE", "CHANGELOG.md", "numbarnn/__init__.py",
-                "numbarnn/py.typed", "numbarnn/data/corpus.txt", "tests/conftest.py", "tests/helpers.py"}
+    required = {
+        "PKG-INFO",
+        "pyproject.toml",
+        "README.md",
+        "LICENSE",
+        "CHANGELOG.md",
+        "numbarnn/__init__.py",
+        "numbarnn/py.typed",
+        "numbarnn/data/corpus.txt",
+        "tests/conftest.py",
+        "tests/helpers.py",
+    }
     assert required <= names, f"the sdist lacks {sorted(required - names)}"
     assert not [name for name in names if "__pycache__" in name], "the sdist carries __pycache__ (numba's caches?)"
 
@@ -57,7 +69,8 @@ def check_installed_from_the_wheel(numbarnn, wheel, checkout):
     # `pip install .`
     origin = json.loads(distribution.read_text("direct_url.json") or "{}")
     assert "archive_info" in origin and origin.get("url", "").endswith("/" + wheel.name), (
-        f"numbarnn was not installed from {wheel.name}: direct_url.json says {origin}")
+        f"numbarnn was not installed from {wheel.name}: direct_url.json says {origin}"
+    )
 
 
 def check_the_files_it_ships(numbarnn):
@@ -77,16 +90,36 @@ def check_the_files_it_ships(numbarnn):
 def check_the_version(numbarnn):
     expected = f"numbarnn {numbarnn.__version__}"
     assert numbarnn.__version__ == importlib.metadata.version("numbarnn")
-    for command in ([sys.executable, "-m", "numbarnn", "--version"], [Path(sys.executable).parent / "numbarnn",
-                                                                      "--version"]):
+    for command in (
+        [sys.executable, "-m", "numbarnn", "--version"],
+        [Path(sys.executable).parent / "numbarnn", "--version"],
+    ):
         printed = subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip()
         assert printed == expected, f"{command}: {printed!r} != {expected!r}"
 
 
 def check_the_demo():
     """A few updates of the main job (the console script's demo, on the bundled corpus)."""
-    command = [sys.executable, "-m", "numbarnn", "demo", "--steps", "3", "--hidden", "32", "--batch", "8",
-               "--seq-len", "16", "--samples", "1", "--sample-length", "20", "--progress", "lines"]
+    command = [
+        sys.executable,
+        "-m",
+        "numbarnn",
+        "demo",
+        "--steps",
+        "3",
+        "--hidden",
+        "32",
+        "--batch",
+        "8",
+        "--seq-len",
+        "16",
+        "--samples",
+        "1",
+        "--sample-length",
+        "20",
+        "--progress",
+        "lines",
+    ]
     result = subprocess.run(command, capture_output=True, text=True)
     assert result.returncode == 0, f"{command} failed:\n{result.stdout}\n{result.stderr}"
     assert "finished 3 updates" in result.stdout and "--- sample after 3 updates" in result.stdout, result.stdout
@@ -118,15 +151,19 @@ def check_against_torch():
     reference(x_reference)[0].square().sum().backward()
     output, _ = drop_in(x_drop_in)
     output.square().sum().backward()
-    np.testing.assert_allclose(output.detach().numpy(), expected.detach().numpy(), rtol=RTOL, atol=ATOL,
-                               err_msg="numbarnn.torch output")
+    np.testing.assert_allclose(
+        output.detach().numpy(), expected.detach().numpy(), rtol=RTOL, atol=ATOL, err_msg="numbarnn.torch output"
+    )
     pairs = [("input", x_drop_in.grad, x_reference.grad)] + [
         (name, dict(drop_in.named_parameters())[name].grad, parameter.grad)
-        for name, parameter in reference.named_parameters()]
+        for name, parameter in reference.named_parameters()
+    ]
     for name, actual, wanted in pairs:
         np.testing.assert_allclose(actual.numpy(), wanted.numpy(), rtol=RTOL, atol=ATOL, err_msg=f"grad {name}")
-    print(f"numbarnn.RNN and numbarnn.torch.RNN agree with torch.nn.RNN (torch {torch.__version__}): output, h_n and "
-          f"{len(pairs)} gradients")
+    print(
+        f"numbarnn.RNN and numbarnn.torch.RNN agree with torch.nn.RNN (torch {torch.__version__}): output, h_n and "
+        f"{len(pairs)} gradients"
+    )
 
 
 if __name__ == "__main__":

@@ -71,8 +71,9 @@ class Scorer:
         try:
             self.rnn, self.forward = make_module(cell), numbarnn.dask.forward
             generator = da.random.default_rng(SEED)
-            x = generator.standard_normal((STEPS, SEQUENCES, INPUT_SIZE), dtype=np.float32,
-                                          chunks=(STEPS, BATCH_CHUNK, INPUT_SIZE))
+            x = generator.standard_normal(
+                (STEPS, SEQUENCES, INPUT_SIZE), dtype=np.float32, chunks=(STEPS, BATCH_CHUNK, INPUT_SIZE)
+            )
             self.x = x.persist()
             wait(self.x)
             self.score()  # every worker compiles or loads the kernels before the clock starts
@@ -126,8 +127,19 @@ def _time_share_without_dask(workers, start_at, repeats, cell):
 
 def _ceiling(workers, repeats, cell):
     start_at = time.time() + 3  # every process has imported numbarnn and warmed up by then
-    command = [sys.executable, "-m", "benchmarks.bench_dask", "--child-without-dask", str(workers), "--start-at",
-               str(start_at), "--repeats", str(repeats), "--cell", cell]
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks.bench_dask",
+        "--child-without-dask",
+        str(workers),
+        "--start-at",
+        str(start_at),
+        "--repeats",
+        str(repeats),
+        "--cell",
+        cell,
+    ]
     processes = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True) for _ in range(workers)]
     return max(json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in processes)
 
@@ -151,23 +163,42 @@ def main(argv=None):
     medians, ceilings = {1: [], 2: []}, {1: [], 2: []}
     for _ in range(args.rounds):
         for workers in (1, 2):  # alternating: slow phases of the shared machine hit both sizes alike
-            output = subprocess.run([sys.executable, "-m", "benchmarks.bench_dask", "--child", str(workers),
-                                     "--repeats", str(args.repeats), "--cell", args.cell],
-                                    capture_output=True, text=True, check=True)
+            output = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "benchmarks.bench_dask",
+                    "--child",
+                    str(workers),
+                    "--repeats",
+                    str(args.repeats),
+                    "--cell",
+                    args.cell,
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             medians[workers].append(json.loads(output.stdout.strip().splitlines()[-1]))
             ceilings[workers].append(_ceiling(workers, args.repeats, args.cell))
     for workers, values in medians.items():
         seconds = statistics.median(values)
-        print(f"{workers} worker(s): {seconds * 1e3:7.1f} ms per scoring, {SEQUENCES / seconds:8.0f} sequences/s "
-              f"(per-process medians: {', '.join(f'{v * 1e3:.1f}' for v in values)} ms)")
+        print(
+            f"{workers} worker(s): {seconds * 1e3:7.1f} ms per scoring, {SEQUENCES / seconds:8.0f} sequences/s "
+            f"(per-process medians: {', '.join(f'{v * 1e3:.1f}' for v in values)} ms)"
+        )
     for index in range(args.rounds):  # adjacent in time, so one noisy phase shows as one noisy round
-        print(f"round {index + 1}: 2 workers / 1 worker {medians[1][index] / medians[2][index]:.2f}x, "
-              f"without Dask {ceilings[1][index] / ceilings[2][index]:.2f}x")
+        print(
+            f"round {index + 1}: 2 workers / 1 worker {medians[1][index] / medians[2][index]:.2f}x, "
+            f"without Dask {ceilings[1][index] / ceilings[2][index]:.2f}x"
+        )
     speedup = statistics.median(medians[1]) / statistics.median(medians[2])
     ceiling = statistics.median(ceilings[1]) / statistics.median(ceilings[2])
     print(f"2 workers / 1 worker throughput: {speedup:.2f}x")
-    print(f"without Dask, 2 processes / 1 process: {ceiling:.2f}x (the machine's ceiling at the time; medians "
-          f"{statistics.median(ceilings[1]) * 1e3:.1f} and {statistics.median(ceilings[2]) * 1e3:.1f} ms)")
+    print(
+        f"without Dask, 2 processes / 1 process: {ceiling:.2f}x (the machine's ceiling at the time; medians "
+        f"{statistics.median(ceilings[1]) * 1e3:.1f} and {statistics.median(ceilings[2]) * 1e3:.1f} ms)"
+    )
 
 
 if __name__ == "__main__":

@@ -18,8 +18,11 @@ PARAM_NAMES = ["rows", "shape", "dtype"]
 def _operands(rows, shape, dtype):
     k, n = (int(size) for size in shape.split("x"))
     rng = np.random.default_rng(0)
-    return (rng.standard_normal((rows, k)).astype(dtype), rng.standard_normal((k, n)).astype(dtype),
-            np.empty((rows, n), dtype))
+    return (
+        rng.standard_normal((rows, k)).astype(dtype),
+        rng.standard_normal((k, n)).astype(dtype),
+        np.empty((rows, n), dtype),
+    )
 
 
 class PanelProduct:

@@ -18,8 +18,9 @@ class Forward:
     param_names = ["num_layers", "bidirectional", "hidden_size", "dtype"]
 
     def setup(self, num_layers, bidirectional, hidden_size, dtype):
-        self.rnn = numbarnn.RNN(INPUT_SIZE, hidden_size, num_layers, bidirectional=bidirectional, dtype=dtype,
-                                seed=SEED).eval()
+        self.rnn = numbarnn.RNN(
+            INPUT_SIZE, hidden_size, num_layers, bidirectional=bidirectional, dtype=dtype, seed=SEED
+        ).eval()
         self.x = random_array((STEPS, BATCH, INPUT_SIZE), dtype)
         self.rnn(self.x)
 
@@ -34,8 +35,9 @@ class TrainingStep:
     param_names = ["num_layers", "bidirectional", "hidden_size", "dtype"]
 
     def setup(self, num_layers, bidirectional, hidden_size, dtype):
-        self.rnn = numbarnn.RNN(INPUT_SIZE, hidden_size, num_layers, bidirectional=bidirectional, dtype=dtype,
-                                seed=SEED)
+        self.rnn = numbarnn.RNN(
+            INPUT_SIZE, hidden_size, num_layers, bidirectional=bidirectional, dtype=dtype, seed=SEED
+        )
         directions = 2 if bidirectional else 1
         self.x = random_array((STEPS, BATCH, INPUT_SIZE), dtype)
         self.grad_output = random_array((STEPS, BATCH, directions * hidden_size), dtype, seed=SEED + 1)
@@ -58,12 +60,14 @@ class TrainingMemory:
     steps, batch, input_size, hidden_size, num_layers = 100, 64, 256, 512, 2
 
     def setup(self, bidirectional):
-        self.rnn = numbarnn.RNN(self.input_size, self.hidden_size, self.num_layers, bidirectional=bidirectional,
-                                seed=SEED)
+        self.rnn = numbarnn.RNN(
+            self.input_size, self.hidden_size, self.num_layers, bidirectional=bidirectional, seed=SEED
+        )
         directions = 2 if bidirectional else 1
         self.x = random_array((self.steps, self.batch, self.input_size), np.float32)
-        self.grad_output = random_array((self.steps, self.batch, directions * self.hidden_size), np.float32,
-                                        seed=SEED + 1)
+        self.grad_output = random_array(
+            (self.steps, self.batch, directions * self.hidden_size), np.float32, seed=SEED + 1
+        )
         # Warm the JIT on a tiny problem with the same layer structure so the timed-size buffers are first
         # allocated inside the measured call.
         small = numbarnn.RNN(4, 3, self.num_layers, bidirectional=bidirectional, seed=SEED)

@@ -25,22 +25,31 @@ def _available_cores():
 
 
 def _numbarnn_rnn(config):
-    return numbarnn.RNN(config.input_size, config.hidden_size, config.num_layers,
-                        bidirectional=config.bidirectional, dtype=DTYPE, seed=SEED)
+    return numbarnn.RNN(
+        config.input_size,
+        config.hidden_size,
+        config.num_layers,
+        bidirectional=config.bidirectional,
+        dtype=DTYPE,
+        seed=SEED,
+    )
 
 
 def _sequence_data(config):
     """(x, grad_output): an (L, N, H_in) input and an (L, N, D*H_out) output gradient, seeded."""
     x = random_array((config.steps, config.batch, config.input_size), DTYPE)
-    grad_output = random_array((config.steps, config.batch, config.directions * config.hidden_size), DTYPE,
-                               seed=SEED + 1)
+    grad_output = random_array(
+        (config.steps, config.batch, config.directions * config.hidden_size), DTYPE, seed=SEED + 1
+    )
     return x, grad_output
 
 
 def _step_data():
     """(x, h_0): one step's (N, H_in) input and a (1, N, H) state for the single-step configuration."""
-    return (random_array((STEP_CONFIG.batch, STEP_CONFIG.input_size), DTYPE),
-            random_array((1, STEP_CONFIG.batch, STEP_CONFIG.hidden_size), DTYPE, seed=SEED + 1))
+    return (
+        random_array((STEP_CONFIG.batch, STEP_CONFIG.input_size), DTYPE),
+        random_array((1, STEP_CONFIG.batch, STEP_CONFIG.hidden_size), DTYPE, seed=SEED + 1),
+    )
 
 
 class _Torch:
@@ -58,8 +67,13 @@ class _Torch:
 
     def _torch_rnn(self, config):
         torch = self.torch
-        rnn = torch.nn.RNN(config.input_size, config.hidden_size, config.num_layers,
-                           bidirectional=config.bidirectional, dtype=getattr(torch, DTYPE))
+        rnn = torch.nn.RNN(
+            config.input_size,
+            config.hidden_size,
+            config.num_layers,
+            bidirectional=config.bidirectional,
+            dtype=getattr(torch, DTYPE),
+        )
         rnn.load_state_dict({key: torch.from_numpy(value) for key, value in _numbarnn_rnn(config).state_dict().items()})
         return rnn
 
@@ -172,8 +186,12 @@ class TorchCellStep(_Torch):
     def setup(self):
         torch = self._start_torch()
         self.cell = torch.nn.RNNCell(STEP_CONFIG.input_size, STEP_CONFIG.hidden_size, dtype=getattr(torch, DTYPE))
-        self.cell.load_state_dict({key.removesuffix("_l0"): torch.from_numpy(value)
-                                   for key, value in _numbarnn_rnn(STEP_CONFIG).state_dict().items()})
+        self.cell.load_state_dict(
+            {
+                key.removesuffix("_l0"): torch.from_numpy(value)
+                for key, value in _numbarnn_rnn(STEP_CONFIG).state_dict().items()
+            }
+        )
         x, h_0 = _step_data()
         self.x, self.h = torch.from_numpy(x), torch.from_numpy(h_0[0])
         self.time_cell_step()
@@ -188,12 +206,12 @@ class NumbarnnCellStep:
 
     def setup(self):
         self.cell = numbarnn.RNNCell(STEP_CONFIG.input_size, STEP_CONFIG.hidden_size, dtype=DTYPE).eval()
-        self.cell.load_state_dict({key.removesuffix("_l0"): value
-                                   for key, value in _numbarnn_rnn(STEP_CONFIG).state_dict().items()})
+        self.cell.load_state_dict(
+            {key.removesuffix("_l0"): value for key, value in _numbarnn_rnn(STEP_CONFIG).state_dict().items()}
+        )
         x, h_0 = _step_data()
         self.x, self.h = x, h_0[0]
         self.time_cell_step()
 
     def time_cell_step(self):
         self.h = self.cell(self.x, self.h)
-

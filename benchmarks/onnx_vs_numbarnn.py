@@ -47,8 +47,10 @@ def main(argv=None):
     if args.worker:
         print(json.dumps(run_worker(args.worker, args.directory, args.threads, args.repeats)))
         return 0
-    print(f"ONNX Runtime vs numbarnn, inference, float32, tanh; threads {args.threads}; {args.rounds} fresh processes "
-          f"per library (alternating), {args.repeats} samples each; median of the per-process medians")
+    print(
+        f"ONNX Runtime vs numbarnn, inference, float32, tanh; threads {args.threads}; {args.rounds} fresh processes "
+        f"per library (alternating), {args.repeats} samples each; median of the per-process medians"
+    )
     print("config (L, N, H_in, H_out, layers, bidirectional) | onnxruntime ms | numbarnn ms | ort ÷ numbarnn")
     for name in args.configs:
         with tempfile.TemporaryDirectory(prefix=f"onnx-vs-numbarnn-{name}-") as directory:
@@ -83,11 +85,27 @@ def write_problem(config, directory):
 def spawn_worker(library, directory, threads, repeats):
     """Median seconds per call measured in a fresh process."""
     here = os.path.dirname(os.path.abspath(__file__))
-    environment = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(here),
-                                                                os.environ.get("PYTHONPATH", "")]))
-    result = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", library, "--directory", directory,
-                             "--threads", str(threads), "--repeats", str(repeats)],
-                            capture_output=True, text=True, env=environment, check=False)
+    environment = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(here), os.environ.get("PYTHONPATH", "")])
+    )
+    result = subprocess.run(
+        [
+            sys.executable,
+            os.path.abspath(__file__),
+            "--worker",
+            library,
+            "--directory",
+            directory,
+            "--threads",
+            str(threads),
+            "--repeats",
+            str(repeats),
+        ],
+        capture_output=True,
+        text=True,
+        env=environment,
+        check=False,
+    )
     if result.returncode != 0:
         raise RuntimeError(f"{library} worker failed:\n{result.stderr}")
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -106,8 +124,9 @@ def run_worker(library, directory, threads, repeats):
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
-        session = onnxruntime.InferenceSession(os.path.join(directory, "model.onnx"), options,
-                                               providers=["CPUExecutionProvider"])
+        session = onnxruntime.InferenceSession(
+            os.path.join(directory, "model.onnx"), options, providers=["CPUExecutionProvider"]
+        )
         feeds = {"input": x, "h_0": h_0}
 
         def call():
@@ -129,6 +148,7 @@ def run_worker(library, directory, threads, repeats):
         def call():
             rnn.step(x_t, h_0)
     else:
+
         def call():
             rnn(x, h_0)
 

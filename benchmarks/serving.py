@@ -134,8 +134,11 @@ def numbarnn_throughput(requests):
 
     best, free_ratios = {}, []
     for _ in range(THROUGHPUT_REPEATS):
-        rates = {(name, threads): rate(work, threads) for name, work in (("numbarnn", serve), ("control", control))
-                 for threads in (1, 2)}
+        rates = {
+            (name, threads): rate(work, threads)
+            for name, work in (("numbarnn", serve), ("control", control))
+            for threads in (1, 2)
+        }
         for (name, threads), value in rates.items():
             key = f"{name} requests/s, {threads} thread{'s' if threads > 1 else ''}"
             best[key] = max(best.get(key, 0.0), value)
@@ -184,11 +187,11 @@ def profile_step(requests):
     return {
         "profile: whole rnn.step(x, h)": per_call_seconds(lambda s: rnn.step(x, s)[1], h),
         "profile: run_step alone (dispatch + arithmetic)": per_call_seconds(kernel, None),
-        "profile: numba dispatch of an empty kernel with the step kernel's arguments": per_call_seconds(dispatch_only,
-                                                                                                       None),
+        "profile: numba dispatch of an empty kernel with the step kernel's arguments": per_call_seconds(
+            dispatch_only, None
+        ),
         "profile: argument checks (as_array x2)": per_call_seconds(checks, None),
-        "profile: the kernel's arguments (step_buffers: state copy, output)":
-            per_call_seconds(arguments, None),
+        "profile: the kernel's arguments (step_buffers: state copy, output)": per_call_seconds(arguments, None),
     }
 
 
@@ -206,8 +209,13 @@ def worker(kind, requests):
 def run_worker(kind, requests):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     environment = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    finished = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", kind, "--requests",
-                               str(requests)], env=environment, capture_output=True, text=True, check=True)
+    finished = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), "--worker", kind, "--requests", str(requests)],
+        env=environment,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(finished.stdout.strip().splitlines()[-1])
 
 
@@ -237,12 +245,21 @@ def main():
         shown = f"{value:,.0f}" if "requests/s" in name else f"{value * 1e6:.2f} us"
         print(f"{name:<96} {shown:>12}")
     for name in ("numbarnn", "control"):
-        ratios = [two / one for one, two in zip(runs[f"{name} requests/s, 1 thread"],
-                                                runs[f"{name} requests/s, 2 threads"], strict=True)]
-        print(f"{name + ' best 2 threads / best 1 thread (per process: ' + ', '.join(f'{r:.2f}' for r in ratios) + ')':<96}"
-              f" {statistics.median(ratios):>11.2f}x")
-    label = f"numbarnn 2 threads / 1 thread in the {len(free_ratios)} repetitions where the control found both cores free"
+        ratios = [
+            two / one
+            for one, two in zip(
+                runs[f"{name} requests/s, 1 thread"], runs[f"{name} requests/s, 2 threads"], strict=True
+            )
+        ]
+        print(
+            f"{name + ' best 2 threads / best 1 thread (per process: ' + ', '.join(f'{r:.2f}' for r in ratios) + ')':<96}"
+            f" {statistics.median(ratios):>11.2f}x"
+        )
+    label = (
+        f"numbarnn 2 threads / 1 thread in the {len(free_ratios)} repetitions where the control found both cores free"
+    )
     print(f"{label:<96} {statistics.median(free_ratios) if free_ratios else float('nan'):>11.2f}x")
+
 
 if __name__ == "__main__":
     main()

@@ -50,11 +50,13 @@ def main(argv=None):
     if args.worker:
         print(json.dumps(run_worker(args.worker, args.configs, args.threads, args.repeats)))
         return 0
-    print(f"torch.nn.RNN vs numbarnn.torch.RNN, float32, tanh; threads {args.threads}; {args.rounds} fresh processes "
-          f"per library (alternating), {args.repeats} samples each; median of the per-process medians")
+    print(
+        f"torch.nn.RNN vs numbarnn.torch.RNN, float32, tanh; threads {args.threads}; {args.rounds} fresh processes "
+        f"per library (alternating), {args.repeats} samples each; median of the per-process medians"
+    )
     medians = {"torch": [], "numbarnn": []}
     for round_number in range(args.rounds):
-        for library in (["torch", "numbarnn"] if round_number % 2 == 0 else ["numbarnn", "torch"]):
+        for library in ["torch", "numbarnn"] if round_number % 2 == 0 else ["numbarnn", "torch"]:
             medians[library].append(spawn_worker(library, args))
     print("case | torch ms (process range) | numbarnn ms (process range) | torch ÷ numbarnn | target")
     for case in medians["torch"][0]:
@@ -74,11 +76,27 @@ def describe(times):
 
 def spawn_worker(library, args):
     here = os.path.dirname(os.path.abspath(__file__))
-    environment = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(here),
-                                                                os.environ.get("PYTHONPATH", "")]))
-    result = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", library, "--threads",
-                             str(args.threads), "--repeats", str(args.repeats), "--configs", *args.configs],
-                            capture_output=True, text=True, env=environment, check=False)
+    environment = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(here), os.environ.get("PYTHONPATH", "")])
+    )
+    result = subprocess.run(
+        [
+            sys.executable,
+            os.path.abspath(__file__),
+            "--worker",
+            library,
+            "--threads",
+            str(args.threads),
+            "--repeats",
+            str(args.repeats),
+            "--configs",
+            *args.configs,
+        ],
+        capture_output=True,
+        text=True,
+        env=environment,
+        check=False,
+    )
     if result.returncode != 0:
         raise RuntimeError(f"{library} worker failed:\n{result.stderr}")
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -91,7 +109,7 @@ def run_worker(library, configs, threads, repeats):
     from numbarnn.cli.bench_worker import median_seconds_per_call  # as `numbarnn bench` samples
 
     torch.set_num_threads(threads)
-    accelerate = (lambda module: module)
+    accelerate = lambda module: module
     if library == "numbarnn":
         import numbarnn.torch
 

@@ -19,8 +19,15 @@ from ._jit import JIT_OPTIONS, jit
 # Beyond this magnitude float32 tanh rounds to +-1.
 _TANH_CLAMP = 7.90531110763549805
 _TANH_SMALL = 4e-4  # below this tanh(x) == x to float32 precision
-_ALPHA = (4.89352455891786e-03, 6.37261928875436e-04, 1.48572235717979e-05, 5.12229709037114e-08,
-          -8.60467152213735e-11, 2.00018790482477e-13, -2.76076847742355e-16)
+_ALPHA = (
+    4.89352455891786e-03,
+    6.37261928875436e-04,
+    1.48572235717979e-05,
+    5.12229709037114e-08,
+    -8.60467152213735e-11,
+    2.00018790482477e-13,
+    -2.76076847742355e-16,
+)
 _BETA = (4.89352518554385e-03, 2.26843463243900e-03, 1.18534705686654e-04, 1.19825839466702e-06)
 
 # float64: Cephes tanh.c for |x| < 0.625 (x + x^3 P(x^2) / Q(x^2)); above, exp(2|x|) = 2^k exp(r).
@@ -67,9 +74,11 @@ def _tanh_overload(x):
 def _power_of_two(typingctx, exponent):
     """2.0 ** exponent for an int32 exponent in [0, 1023], from its bit pattern: no table and no libm call, so a
     loop calling it still vectorises."""
+
     def codegen(context, builder, signature, args):
         biased = builder.add(builder.sext(args[0], ir.IntType(64)), ir.Constant(ir.IntType(64), 1023))
         return builder.bitcast(builder.shl(biased, ir.Constant(ir.IntType(64), 52)), ir.DoubleType())
+
     return types.float64(types.int32), codegen
 
 

@@ -22,8 +22,25 @@ from ._panels import pack_panels, panel_matmul, panels_in
 
 
 @jit(inline=True)
-def direction_backward(cell, grad_y, y, saved, h_prev, c_prev, w_hh_panels, w_hr_panels, step_offsets, reverse,
-                       column, carry, carry_c, dz, dz_in, tmp, dh_proj):
+def direction_backward(
+    cell,
+    grad_y,
+    y,
+    saved,
+    h_prev,
+    c_prev,
+    w_hh_panels,
+    w_hr_panels,
+    step_offsets,
+    reverse,
+    column,
+    carry,
+    carry_c,
+    dz,
+    dz_in,
+    tmp,
+    dh_proj,
+):
     """Reverse-time loop of one direction over one block's rows.
 
     ``grad_y``/``y`` (R_b, D * P) are the gradient and value of the layer output (this direction's columns start at
@@ -39,9 +56,23 @@ def direction_backward(cell, grad_y, y, saved, h_prev, c_prev, w_hh_panels, w_hr
         r0 = step_offsets[t]
         n = step_offsets[t + 1] - r0
         r1 = r0 + n
-        backward_epilogue(cell, grad_y[r0:r1], y[r0:r1], column, carry[:n], carry_c[:n], saved[r0:r1],
-                          h_prev[r0:r1], c_prev[r0:r1], dz[r0:r1], dz_in[r0:r1], tmp[:n], dh_proj[r0:r1],
-                          w_hh_panels, w_hr_panels)
+        backward_epilogue(
+            cell,
+            grad_y[r0:r1],
+            y[r0:r1],
+            column,
+            carry[:n],
+            carry_c[:n],
+            saved[r0:r1],
+            h_prev[r0:r1],
+            c_prev[r0:r1],
+            dz[r0:r1],
+            dz_in[r0:r1],
+            tmp[:n],
+            dh_proj[r0:r1],
+            w_hh_panels,
+            w_hr_panels,
+        )
 
 
 @jit(inline=True)
@@ -121,17 +152,39 @@ def task_backward(l, task, params, offsets, packing, forward, buffers, num_direc
     pack_projection(cell, params, offsets, row, state, hidden, w_hr_panels, False)
     dh_proj = buffers.dh_proj[d][r0:r1]
     h_prev = forward.h_prev[l, d][r0:r1]
-    direction_backward(cell, grad_y[r0:r1], layer_output(l, num_layers, forward)[r0:r1],
-                       forward.saved[l, d][r0:r1], h_prev, forward.c_prev[l, d][r0:r1], w_hh_panels, w_hr_panels,
-                       packing.step_offsets[b], d == 1, d * state, buffers.grad_h[row][n0:n1],
-                       buffers.grad_c[row][n0:n1], dz, dz_input, buffers.step_tmp[d][n0:n1], dh_proj)
+    direction_backward(
+        cell,
+        grad_y[r0:r1],
+        layer_output(l, num_layers, forward)[r0:r1],
+        forward.saved[l, d][r0:r1],
+        h_prev,
+        forward.c_prev[l, d][r0:r1],
+        w_hh_panels,
+        w_hr_panels,
+        packing.step_offsets[b],
+        d == 1,
+        d * state,
+        buffers.grad_h[row][n0:n1],
+        buffers.grad_c[row][n0:n1],
+        dz,
+        dz_input,
+        buffers.step_tmp[d][n0:n1],
+        dh_proj,
+    )
     target = block_gradients(b, grads, buffers)
     scratch = buffers.weight_tmp[task]
     accumulate_weight_gradient(dz, h_prev, target, offsets[row, W_HH], scratch[: gates * state].reshape((gates, state)))
-    accumulate_weight_gradient(dz_input, inputs, target, offsets[row, W_IH],
-                               scratch[: gates * width].reshape((gates, width)))
-    projection_gradient(cell, dh_proj, forward.h_full[min(l, forward.h_full.shape[0] - 1), d][r0:r1], target,
-                        offsets[row, W_HR], scratch[: state * hidden].reshape((state, hidden)))
+    accumulate_weight_gradient(
+        dz_input, inputs, target, offsets[row, W_IH], scratch[: gates * width].reshape((gates, width))
+    )
+    projection_gradient(
+        cell,
+        dh_proj,
+        forward.h_full[min(l, forward.h_full.shape[0] - 1), d][r0:r1],
+        target,
+        offsets[row, W_HR],
+        scratch[: state * hidden].reshape((state, hidden)),
+    )
     accumulate_bias_gradient(dz_input, dz, buffers.dz_in.shape[1] > 0, target, offsets, row, scratch[:gates])
     if l > 0 or buffers.grad_x.shape[0] > 0:
         w_ih_panels = panels_in(buffers.w_ih_panels[task], gates, width, w_hh_panels.shape[2])
@@ -149,8 +202,11 @@ def finish_block_gradient(l, b, packing, forward, buffers, num_directions, width
     destination = buffers.grad_x[r0:r1] if l == 0 else buffers.grad_layer[r0:r1]
     if num_directions == 2:
         partials = buffers.grad_input_tmp
-        add_2d(partials[0][r0 * width : r1 * width].reshape((r1 - r0, width)),
-               partials[1][r0 * width : r1 * width].reshape((r1 - r0, width)), destination)
+        add_2d(
+            partials[0][r0 * width : r1 * width].reshape((r1 - r0, width)),
+            partials[1][r0 * width : r1 * width].reshape((r1 - r0, width)),
+            destination,
+        )
     if l > 0 and forward.dropout_scale.shape[0] > 0:
         multiply_2d(destination, forward.dropout_scale[l - 1][r0:r1], destination)
 
@@ -218,5 +274,4 @@ def rnn_backward(params, offsets, packing, forward, buffers, num_directions, rel
 
 def rnn_backward_parallel(params, offsets, packing, forward, buffers, num_directions, relu, grads):
     """:func:`recurrent_backward_parallel` of an Elman RNN."""
-    recurrent_backward_parallel(params, offsets, packing, forward, buffers, num_directions, RnnCell(bool(relu)),
-                                grads)
+    recurrent_backward_parallel(params, offsets, packing, forward, buffers, num_directions, RnnCell(bool(relu)), grads)

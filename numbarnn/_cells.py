@@ -68,6 +68,7 @@ def sigmoid(x):
 def _sigmoid_overload(x):
     def impl(x):
         return _HALF + _HALF * tanh(_HALF * x)
+
     return impl
 
 
@@ -79,8 +80,9 @@ def forward_epilogue(cell, z, tmp, b_ih, b_hh, h, c, saved, h_full, first, w_hr_
     (H columns; it has no rows without a projection) and h = h_full W_hr^T against ``w_hr_panels``."""
 
 
-def backward_epilogue(cell, grad_y, y, column, carry, carry_c, saved, h_prev, c_prev, dz, dz_in, tmp, dh_proj,
-                      w_hh_panels, w_hr_panels):
+def backward_epilogue(
+    cell, grad_y, y, column, carry, carry_c, saved, h_prev, c_prev, dz, dz_in, tmp, dh_proj, w_hh_panels, w_hr_panels
+):
     """One reverse step: from the gradient of the step's outputs (``grad_y[:, column:]`` plus the carried gradient
     of h, ``carry`` (n, P)), write the pre-activation gradients of the recurrent side ``dz`` (n, G * H) and, for
     the GRU, of the input side ``dz_in``, then leave the gradient of h_{t-1} in ``carry`` (and of c_{t-1} in
@@ -94,6 +96,7 @@ def backward_epilogue(cell, grad_y, y, column, carry, carry_c, saved, h_prev, c_
 @overload(forward_epilogue, jit_options=JIT_OPTIONS)
 def _forward_epilogue(cell, z, tmp, b_ih, b_hh, h, c, saved, h_full, first, w_hr_panels, out, column):
     if _is(cell, RnnCell):
+
         def rnn(cell, z, tmp, b_ih, b_hh, h, c, saved, h_full, first, w_hr_panels, out, column):
             relu = cell.relu
             for i in range(z.shape[0]):
@@ -101,6 +104,7 @@ def _forward_epilogue(cell, z, tmp, b_ih, b_hh, h, c, saved, h_full, first, w_hr
                     v = activate((z[i, j] + b_ih[j]) + (tmp[i, j] + b_hh[j]), relu)
                     h[i, j] = v
                     out[i, column + j] = v
+
         return rnn
 
     # The gated cells' epilogues run as several short loops over a row, each reading and writing a few arrays: one
@@ -109,6 +113,7 @@ def _forward_epilogue(cell, z, tmp, b_ih, b_hh, h, c, saved, h_full, first, w_hr
     # Each value is computed with the same operations in the same order as before (where LLVM fuses a multiply and
     # an add differs with the loop, results can differ in the last bit).
     if _is(cell, GruCell):
+
         def gru(cell, z, tmp, b_ih, b_hh, h, c, saved, h_full, first, w_hr_panels, out, column):
             hidden = h.shape[1]
             for i in range(z.shape[0]):
@@ -125,9 +130,11 @@ def _forward_epilogue(cell, z, tmp, b_ih, b_hh, h, c, saved, h_full, first, w_hr
                     v = n[j] + u[j] * (h_i[j] - n[j])  # torch's order of operations (aten's GRUCell)
                     h_i[j] = v
                     out_i[column + j] = v
+
         return gru
 
     if _is(cell, LstmCell):
+
         def lstm(cell, z, tmp, b_ih, b_hh, h, c, saved, h_full, first, w_hr_panels, out, column):
             hidden = c.shape[1]
             projected = h_full.shape[0] > 0
@@ -154,26 +161,61 @@ def _forward_epilogue(cell, z, tmp, b_ih, b_hh, h, c, saved, h_full, first, w_hr
             for i in range(z.shape[0]):
                 for j in range(h.shape[1]):
                     out[i, column + j] = h[i, j]
+
         return lstm
     return None
 
 
 @overload(backward_epilogue, jit_options=JIT_OPTIONS)
-def _backward_epilogue(cell, grad_y, y, column, carry, carry_c, saved, h_prev, c_prev, dz, dz_in, tmp, dh_proj,
-                       w_hh_panels, w_hr_panels):
+def _backward_epilogue(
+    cell, grad_y, y, column, carry, carry_c, saved, h_prev, c_prev, dz, dz_in, tmp, dh_proj, w_hh_panels, w_hr_panels
+):
     if _is(cell, RnnCell):
-        def rnn(cell, grad_y, y, column, carry, carry_c, saved, h_prev, c_prev, dz, dz_in, tmp, dh_proj,
-                w_hh_panels, w_hr_panels):
+
+        def rnn(
+            cell,
+            grad_y,
+            y,
+            column,
+            carry,
+            carry_c,
+            saved,
+            h_prev,
+            c_prev,
+            dz,
+            dz_in,
+            tmp,
+            dh_proj,
+            w_hh_panels,
+            w_hr_panels,
+        ):
             relu = cell.relu
             for i in range(dz.shape[0]):
                 for j in range(dz.shape[1]):
                     dz[i, j] = activation_backward(grad_y[i, column + j] + carry[i, j], y[i, column + j], relu)
             panel_matmul(dz, w_hh_panels, carry)
+
         return rnn
 
     if _is(cell, GruCell):
-        def gru(cell, grad_y, y, column, carry, carry_c, saved, h_prev, c_prev, dz, dz_in, tmp, dh_proj,
-                w_hh_panels, w_hr_panels):
+
+        def gru(
+            cell,
+            grad_y,
+            y,
+            column,
+            carry,
+            carry_c,
+            saved,
+            h_prev,
+            c_prev,
+            dz,
+            dz_in,
+            tmp,
+            dh_proj,
+            w_hh_panels,
+            w_hr_panels,
+        ):
             hidden = carry.shape[1]
             for i in range(dz.shape[0]):  # short loops, so that they vectorise (see the forward epilogues)
                 grad_y_i, carry_i, h_prev_i, g = grad_y[i], carry[i], h_prev[i], tmp[i]
@@ -197,11 +239,28 @@ def _backward_epilogue(cell, grad_y, y, column, carry, carry_c, saved, h_prev, c
             for i in range(dz.shape[0]):
                 for j in range(hidden):
                     carry[i, j] += tmp[i, j]
+
         return gru
 
     if _is(cell, LstmCell):
-        def lstm(cell, grad_y, y, column, carry, carry_c, saved, h_prev, c_prev, dz, dz_in, tmp, dh_proj,
-                 w_hh_panels, w_hr_panels):
+
+        def lstm(
+            cell,
+            grad_y,
+            y,
+            column,
+            carry,
+            carry_c,
+            saved,
+            h_prev,
+            c_prev,
+            dz,
+            dz_in,
+            tmp,
+            dh_proj,
+            w_hh_panels,
+            w_hr_panels,
+        ):
             hidden = carry_c.shape[1]
             rows = dz.shape[0]
             if dh_proj.shape[0] > 0:  # h = h_full W_hr^T: the gradient of h_full is dh W_hr
@@ -225,6 +284,7 @@ def _backward_epilogue(cell, grad_y, y, column, carry, carry_c, saved, h_prev, c
                     dz[i, 3 * hidden + j] = dh * tc * go * (_ONE - go)
                     carry_c[i, j] = dc * gf
             panel_matmul(dz, w_hh_panels, carry)
+
         return lstm
     return None
 
@@ -237,13 +297,16 @@ def save_state(cell, h, c, h_prev, c_prev):
 @overload(save_state, jit_options=JIT_OPTIONS, inline="always")
 def _save_state(cell, h, c, h_prev, c_prev):
     if _is(cell, LstmCell):
+
         def lstm(cell, h, c, h_prev, c_prev):
             copy_2d(h, h_prev)
             copy_2d(c, c_prev)
+
         return lstm
 
     def others(cell, h, c, h_prev, c_prev):
         copy_2d(h, h_prev)
+
     return others
 
 
@@ -255,6 +318,7 @@ def pack_projection(cell, params, offsets, row, state_width, hidden_size, panels
 @overload(pack_projection, jit_options=JIT_OPTIONS, inline="always")
 def _pack_projection(cell, params, offsets, row, state_width, hidden_size, panels, transposed):
     if _is(cell, LstmCell):
+
         def lstm(cell, params, offsets, row, state_width, hidden_size, panels, transposed):
             o_hr = offsets[row, W_HR]
             if o_hr != NO_BIAS:
@@ -263,6 +327,7 @@ def _pack_projection(cell, params, offsets, row, state_width, hidden_size, panel
                     pack_panels(w_hr.T, panels)
                 else:
                     pack_panels(w_hr, panels)
+
         return lstm
     return lambda cell, params, offsets, row, state_width, hidden_size, panels, transposed: None
 
@@ -274,10 +339,12 @@ def projection_gradient(cell, dh_proj, h_full, grads, offset, product):
 @overload(projection_gradient, jit_options=JIT_OPTIONS, inline="always")
 def _projection_gradient(cell, dh_proj, h_full, grads, offset, product):
     if _is(cell, LstmCell):
+
         def lstm(cell, dh_proj, h_full, grads, offset, product):
             if dh_proj.shape[0] > 0:
                 np.dot(dh_proj.T, h_full, product)
                 add_into_flat(grads, offset, product)
+
         return lstm
     return lambda cell, dh_proj, h_full, grads, offset, product: None
 

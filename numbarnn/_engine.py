@@ -16,9 +16,20 @@ from ._cells import GATES, cell_marker
 from ._forward import recurrent_forward, recurrent_forward_parallel
 from ._packing import pack, unpack
 from ._threads import run_kernel
-from ._workspace import (Spec, backward_buffers, block_count, block_total, equal_length_packing, forward_buffers,
-                         identity_order, is_single_block, length_packing, packing_rows, partial_blocks,
-                         state_size)
+from ._workspace import (
+    Spec,
+    backward_buffers,
+    block_count,
+    block_total,
+    equal_length_packing,
+    forward_buffers,
+    identity_order,
+    is_single_block,
+    length_packing,
+    packing_rows,
+    partial_blocks,
+    state_size,
+)
 
 __all__ = ["Spec", "Record", "forward", "backward", "step_record"]
 
@@ -46,15 +57,15 @@ def buffer_key(packing, dropped):
 
 def make_packing(spec, steps, batch, lengths):
     """The packing of a (L, N) batch; ``lengths`` is None or already checked (each in 1...L)."""
-    blocks = block_count(batch, steps, spec.input_size, spec.hidden_size, spec.num_layers, spec.num_directions,
-                         GATES[spec.cell])
+    blocks = block_count(
+        batch, steps, spec.input_size, spec.hidden_size, spec.num_layers, spec.num_directions, GATES[spec.cell]
+    )
     if lengths is None or (lengths == steps).all():
         return equal_length_packing(steps, batch, blocks)
     return length_packing(lengths, steps, blocks)
 
 
-def forward(spec, params, offsets, x, h_0, lengths, *, training, batch_first, draw_dropout=None, spare=None,
-            pool=None):
+def forward(spec, params, offsets, x, h_0, lengths, *, training, batch_first, draw_dropout=None, spare=None, pool=None):
     """Run the stack over ``x``.
 
     Parameters
@@ -110,8 +121,17 @@ def forward(spec, params, offsets, x, h_0, lengths, *, training, batch_first, dr
         sort_states(c_0, packing, buffers.c_n)
     if dropped:
         draw_dropout(buffers.dropout_scale)
-    run_kernel(recurrent_forward, recurrent_forward_parallel, block_total(packing) * spec.num_directions,
-               params, offsets, packing, buffers, spec.num_directions, cell_marker(spec.cell, spec.relu))
+    run_kernel(
+        recurrent_forward,
+        recurrent_forward_parallel,
+        block_total(packing) * spec.num_directions,
+        params,
+        offsets,
+        packing,
+        buffers,
+        spec.num_directions,
+        cell_marker(spec.cell, spec.relu),
+    )
     output = from_rows(buffers.top_out, packing, steps, batch, batch_first, in_place and not training)
     h_n = unsort_states(buffers.h_n, packing, copy=training)
     if lstm:
@@ -142,8 +162,15 @@ def take_scratch(pool, key, spec, packing, dropped, x_rows, output_is_rows):
 
 def give_scratch(pool, key, buffers, reads_input, output_is_rows):
     """Give an inference call's buffers back to ``pool``, without the arrays it returned or read from its caller."""
-    pool.give(key, buffers._replace(x_rows=None if reads_input else buffers.x_rows,
-                                    top_out=None if output_is_rows else buffers.top_out, h_n=None, c_n=None))
+    pool.give(
+        key,
+        buffers._replace(
+            x_rows=None if reads_input else buffers.x_rows,
+            top_out=None if output_is_rows else buffers.top_out,
+            h_n=None,
+            c_n=None,
+        ),
+    )
 
 
 def backward(params, offsets, record, grad_output, grad_h_n, grads, *, need_input_grad, batch_first, spare=None):
@@ -176,9 +203,13 @@ def backward(params, offsets, record, grad_output, grad_h_n, grads, *, need_inpu
             grad_h_0 = grad_h_0, np.zeros((spec.num_layers * spec.num_directions, 0, spec.hidden_size), spec.dtype)
         return (np.zeros(shape, spec.dtype) if need_input_grad else None), grad_h_0, spare
     buffers = spare
-    if (buffers is None or buffers.grad_output.shape[0] != packing_rows(packing) or buffers.grad_h.shape[1] != batch
-            or buffers.grad_partial.shape[0] != partial_blocks(packing)
-            or (buffers.grad_x.shape[0] > 0) != need_input_grad):
+    if (
+        buffers is None
+        or buffers.grad_output.shape[0] != packing_rows(packing)
+        or buffers.grad_h.shape[1] != batch
+        or buffers.grad_partial.shape[0] != partial_blocks(packing)
+        or (buffers.grad_x.shape[0] > 0) != need_input_grad
+    ):
         buffers = backward_buffers(spec, packing, params.size, need_input_grad)
     in_place = is_single_block(packing, steps)
     if grad_output is None:
@@ -188,9 +219,19 @@ def backward(params, offsets, record, grad_output, grad_h_n, grads, *, need_inpu
     sort_states(grad_h_n, packing, buffers.grad_h)
     if lstm:
         sort_states(grad_c_n, packing, buffers.grad_c)
-    run_kernel(recurrent_backward, recurrent_backward_parallel, block_total(packing) * spec.num_directions,
-               params, offsets, packing, forward_buffers_, buffers, spec.num_directions,
-               cell_marker(spec.cell, spec.relu), grads)
+    run_kernel(
+        recurrent_backward,
+        recurrent_backward_parallel,
+        block_total(packing) * spec.num_directions,
+        params,
+        offsets,
+        packing,
+        forward_buffers_,
+        buffers,
+        spec.num_directions,
+        cell_marker(spec.cell, spec.relu),
+        grads,
+    )
     grad_input = from_rows(buffers.grad_x, packing, steps, batch, batch_first, False) if need_input_grad else None
     grad_h_0 = unsort_states(buffers.grad_h, packing, copy=True)
     if lstm:

@@ -23,8 +23,10 @@ from ._panels import pack_panels, panel_matmul, panels_in
 def weight_views(params, offsets, row, gate_rows, input_width, state_width):
     """``(w_ih, w_hh)`` of one (layer, direction) row of the offset table, as (G * H, width) and (G * H, P) views."""
     o_ih, o_hh = offsets[row, W_IH], offsets[row, W_HH]
-    return (params[o_ih : o_ih + gate_rows * input_width].reshape((gate_rows, input_width)),
-            params[o_hh : o_hh + gate_rows * state_width].reshape((gate_rows, state_width)))
+    return (
+        params[o_ih : o_ih + gate_rows * input_width].reshape((gate_rows, input_width)),
+        params[o_hh : o_hh + gate_rows * state_width].reshape((gate_rows, state_width)),
+    )
 
 
 @jit(inline=True)
@@ -73,8 +75,27 @@ def apply_dropout(l, buffers, r0, r1):
 
 
 @jit(inline=True)
-def direction_forward(cell, inputs, w_ih_panels, w_hh_panels, w_hr_panels, b_ih, b_hh, step_offsets, reverse, z,
-                      step_tmp, h, c, h_prev, c_prev, saved, h_full, out, column):
+def direction_forward(
+    cell,
+    inputs,
+    w_ih_panels,
+    w_hh_panels,
+    w_hr_panels,
+    b_ih,
+    b_hh,
+    step_offsets,
+    reverse,
+    z,
+    step_tmp,
+    h,
+    c,
+    h_prev,
+    c_prev,
+    saved,
+    h_full,
+    out,
+    column,
+):
     """Run one direction of one layer over one block's rows.
 
     ``z`` receives the input projection; ``w_ih_panels`` and ``w_hh_panels`` hold W_ih.T and W_hh.T packed by
@@ -94,8 +115,21 @@ def direction_forward(cell, inputs, w_ih_panels, w_hh_panels, w_hr_panels, b_ih,
             save_state(cell, h[:n], c[:n], h_prev[r0 : r0 + n], c_prev[r0 : r0 + n])
         panel_matmul(h[:n], w_hh_panels, step_tmp[:n])
         # in training the saved gates are kept at the step's rows, in inference the scratch's first rows serve
-        forward_epilogue(cell, z[r0 : r0 + n], step_tmp[:n], b_ih, b_hh, h[:n], c[:n], saved, h_full,
-                         r0 if training else 0, w_hr_panels, out[r0 : r0 + n], column)
+        forward_epilogue(
+            cell,
+            z[r0 : r0 + n],
+            step_tmp[:n],
+            b_ih,
+            b_hh,
+            h[:n],
+            c[:n],
+            saved,
+            h_full,
+            r0 if training else 0,
+            w_hr_panels,
+            out[r0 : r0 + n],
+            column,
+        )
 
 
 @jit  # not inlined: both drivers call the one compiled body (see the epilogues in numbarnn._cells)
@@ -118,11 +152,27 @@ def task_forward(l, task, params, offsets, packing, buffers, num_directions, cel
     pack_projection(cell, params, offsets, row, state, hidden, w_hr_panels, True)
     out = layer_output(l, offsets.shape[0] // num_directions, buffers)
     # h_prev and c_prev have no rows in inference, and slicing keeps them empty
-    direction_forward(cell, inputs[r0:r1], w_ih_panels, w_hh_panels, w_hr_panels, b_ih, b_hh,
-                      packing.step_offsets[b], d == 1, buffers.z[d][r0:r1], buffers.step_tmp[d][n0:n1],
-                      buffers.h_n[row][n0:n1], buffers.c_n[row][n0:n1], buffers.h_prev[l, d][r0:r1],
-                      buffers.c_prev[l, d][r0:r1], task_rows(buffers.saved, l, d, training, r0, r1, n0, n1),
-                      task_rows(buffers.h_full, l, d, training, r0, r1, n0, n1), out[r0:r1], d * state)
+    direction_forward(
+        cell,
+        inputs[r0:r1],
+        w_ih_panels,
+        w_hh_panels,
+        w_hr_panels,
+        b_ih,
+        b_hh,
+        packing.step_offsets[b],
+        d == 1,
+        buffers.z[d][r0:r1],
+        buffers.step_tmp[d][n0:n1],
+        buffers.h_n[row][n0:n1],
+        buffers.c_n[row][n0:n1],
+        buffers.h_prev[l, d][r0:r1],
+        buffers.c_prev[l, d][r0:r1],
+        task_rows(buffers.saved, l, d, training, r0, r1, n0, n1),
+        task_rows(buffers.h_full, l, d, training, r0, r1, n0, n1),
+        out[r0:r1],
+        d * state,
+    )
 
 
 @jit

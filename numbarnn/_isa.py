@@ -70,9 +70,11 @@ class Tile:
 
     def describe(self):
         widths = ", ".join(f"{self.panel_width(dtype)} {dtype}" for dtype in ("float32", "float64"))
-        return (f"{self.isa}: {self.vector_bits}-bit vectors, {self.registers} registers, "
-                f"{'fused multiply-add' if self.fma else 'multiply then add (no FMA)'}; "
-                f"tile {self.rows} rows x {self.vectors} vectors, panels of {widths} columns")
+        return (
+            f"{self.isa}: {self.vector_bits}-bit vectors, {self.registers} registers, "
+            f"{'fused multiply-add' if self.fma else 'multiply then add (no FMA)'}; "
+            f"tile {self.rows} rows x {self.vectors} vectors, panels of {widths} columns"
+        )
 
 
 def target():
@@ -137,8 +139,7 @@ def _x86_vector_unit(target):
 
     ll.initialize_native_target()
     ll.initialize_native_asmprinter()
-    machine = ll.Target.from_triple(target.triple).create_target_machine(cpu=target.cpu_name,
-                                                                          features=target.features)
+    machine = ll.Target.from_triple(target.triple).create_target_machine(cpu=target.cpu_name, features=target.features)
     assembly = machine.emit_assembly(ll.parse_assembly(_PROBE))
     vector_bits = 512 if "%zmm" in assembly else 256 if "%ymm" in assembly else 128
     return vector_bits, "vfmadd" in assembly
@@ -168,7 +169,7 @@ def caches():
     on Arm, so sysfs is read directly.)
     """
     l2 = _linux_l2() if sys.platform.startswith("linux") else _macos_l2() if sys.platform == "darwin" else None
-    if l2 and 64 * 1024 <= l2 <= 1024 ** 3:
+    if l2 and 64 * 1024 <= l2 <= 1024**3:
         return Caches(l2, True)
     return Caches(DEFAULT_L2_BYTES, False)
 
@@ -186,14 +187,13 @@ def _linux_l2(root=Path("/sys/devices/system/cpu/cpu0/cache")):
 def _parse_size(text):
     """'512K' / '1M' / '524288' (sysfs) in bytes."""
     text = text.strip().upper()
-    scale = {"K": 1024, "M": 1024 ** 2, "G": 1024 ** 3}.get(text[-1:], 1)
+    scale = {"K": 1024, "M": 1024**2, "G": 1024**3}.get(text[-1:], 1)
     return int(text.rstrip("KMGB")) * scale
 
 
 def _sysctl(name):
     try:
-        return int(subprocess.run(["sysctl", "-n", name], capture_output=True, text=True, timeout=5,
-                                  check=True).stdout)
+        return int(subprocess.run(["sysctl", "-n", name], capture_output=True, text=True, timeout=5, check=True).stdout)
     except (OSError, ValueError, subprocess.SubprocessError):
         return None
 

@@ -103,15 +103,17 @@ def _micro_kernel(module, element, index, rows, float64, panel_count=1):
     def lane_index(lane):
         return ir.Constant(ir.IntType(32), lane)
 
-    fmuladd = cgutils.get_or_insert_function(module, ir.FunctionType(vector, [vector] * 3),
-                                             f"llvm.fmuladd.v{lanes}f{64 if float64 else 32}")
+    fmuladd = cgutils.get_or_insert_function(
+        module, ir.FunctionType(vector, [vector] * 3), f"llvm.fmuladd.v{lanes}f{64 if float64 else 32}"
+    )
     zero = ir.Constant(vector, [ir.Constant(element, 0.0)] * lanes)
     broadcast_mask = ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes)
     # allocas in the entry block: LLVM's mem2reg keeps them in registers
     if panel_count > 1:  # one row, panel_count panels: their accumulators side by side as one row's
         accumulators = [[cgutils.alloca_once_value(builder, zero) for _ in range(panel_count * vectors)]]
-        panel_starts = [builder.gep(panel_pointer, [builder.mul(constant(q * vectors * lanes), k)])
-                        for q in range(panel_count)]
+        panel_starts = [
+            builder.gep(panel_pointer, [builder.mul(constant(q * vectors * lanes), k)]) for q in range(panel_count)
+        ]
     else:
         accumulators = [[cgutils.alloca_once_value(builder, zero) for _ in range(vectors)] for _ in range(rows)]
         panel_starts = [panel_pointer]
@@ -152,8 +154,10 @@ def _micro_kernel(module, element, index, rows, float64, panel_count=1):
                     for lane in range(lanes):
                         column = v * lanes + lane
                         with builder.if_then(builder.icmp_signed("<", constant(column), columns)):
-                            builder.store(builder.extract_element(values, lane_index(lane)),
-                                          builder.gep(out_rows[r], [constant(column)]))
+                            builder.store(
+                                builder.extract_element(values, lane_index(lane)),
+                                builder.gep(out_rows[r], [constant(column)]),
+                            )
     builder.ret_void()
     return function
 
@@ -169,8 +173,19 @@ def _tile(typingctx, rows, a, a_offset, lda, panels, panel_offset, out, out_offs
         return None
 
     def codegen(context, builder, signature, args):
-        rows_value, a_value, a_offset, lda_value, panels_value, panel_offset, out_value, out_offset, ldo_value, \
-            k_value, columns_value = args
+        (
+            rows_value,
+            a_value,
+            a_offset,
+            lda_value,
+            panels_value,
+            panel_offset,
+            out_value,
+            out_offset,
+            ldo_value,
+            k_value,
+            columns_value,
+        ) = args
 
         def data(position, value, offset):
             array = context.make_array(signature.args[position])(context, builder, value)
@@ -185,8 +200,7 @@ def _tile(typingctx, rows, a, a_offset, lda, panels, panel_offset, out, out_offs
             switch.add_case(ir.Constant(rows_value.type, count), block)
             builder.position_at_end(block)
             kernel = _micro_kernel(builder.module, element, k_value.type, count, dtype == types.float64)
-            builder.call(kernel, [pointers[0], lda_value, pointers[1], pointers[2], ldo_value, k_value,
-                                  columns_value])
+            builder.call(kernel, [pointers[0], lda_value, pointers[1], pointers[2], ldo_value, k_value, columns_value])
             builder.branch(done)
         builder.position_at_end(done)
         return context.get_dummy_value()
@@ -214,10 +228,21 @@ def _row_tile(typingctx, a, a_offset, panels, panel_offset, out, out_offset, k):
             array = context.make_array(signature.args[position])(context, builder, value)
             return builder.gep(array.data, [offset])
 
-        kernel = _micro_kernel(builder.module, context.get_value_type(dtype), k_value.type, 1,
-                               dtype == types.float64, ROW_PANELS)
-        builder.call(kernel, [data(0, a_value, a_offset), k_value, data(2, panels_value, panel_offset),
-                              data(4, out_value, out_offset), k_value, k_value, k_value])
+        kernel = _micro_kernel(
+            builder.module, context.get_value_type(dtype), k_value.type, 1, dtype == types.float64, ROW_PANELS
+        )
+        builder.call(
+            kernel,
+            [
+                data(0, a_value, a_offset),
+                k_value,
+                data(2, panels_value, panel_offset),
+                data(4, out_value, out_offset),
+                k_value,
+                k_value,
+                k_value,
+            ],
+        )
         return context.get_dummy_value()
 
     return types.none(a, a_offset, panels, panel_offset, out, out_offset, k), codegen
@@ -282,15 +307,18 @@ def _check_operands(a, panels, out):
     n = out.shape[1]
     width = _PANEL_BYTES // a.itemsize
     if panels.shape[2] != width:
-        raise PanelOperandError("panels must be {} columns wide on this CPU's instruction set (size them with "
-                                "numbarnn._panels.panel_shape), got {}", width, panels.shape[2])
+        raise PanelOperandError(
+            "panels must be {} columns wide on this CPU's instruction set (size them with "
+            "numbarnn._panels.panel_shape), got {}",
+            width,
+            panels.shape[2],
+        )
     if panels.shape[1] != k:
         raise PanelOperandError("a is (M, K) with K = {} but the panels hold {} rows", k, panels.shape[1])
     if out.shape[0] != m:
         raise PanelOperandError("out must have a's {} rows, got {}", m, out.shape[0])
     if panels.shape[0] != -(-n // width):
-        raise PanelOperandError("out has {} columns, which need {} panels, got {}", n, -(-n // width),
-                                panels.shape[0])
+        raise PanelOperandError("out has {} columns, which need {} panels, got {}", n, -(-n // width), panels.shape[0])
     if not (_is_c_contiguous(a) and _is_c_contiguous(panels) and _is_c_contiguous(out)):
         raise PanelOperandError("a, panels and out must be C-contiguous (copy a strided view first)")
 

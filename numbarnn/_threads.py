@@ -44,8 +44,12 @@ def _scipy_blas_controllers(controller):
 
     scipy_root = os.path.dirname(os.path.dirname(os.path.abspath(scipy.__file__)))
     blas = [lib for lib in controller.lib_controllers if lib.user_api == "blas"]
-    bundled = [lib for lib in blas if os.path.basename(os.path.dirname(lib.filepath)) in ("scipy.libs", ".dylibs")
-               and os.path.abspath(lib.filepath).startswith(scipy_root)]
+    bundled = [
+        lib
+        for lib in blas
+        if os.path.basename(os.path.dirname(lib.filepath)) in ("scipy.libs", ".dylibs")
+        and os.path.abspath(lib.filepath).startswith(scipy_root)
+    ]
     return bundled or blas
 
 

@@ -51,17 +51,21 @@ def as_array(value: Any, name: str, dtype: np.dtype[Any]) -> npt.NDArray[Any]:
 def check_lengths_type(lengths, batch):
     """An integer array (NumPy, or anything with ``dtype`` and ``shape`` such as a dask array) of shape (N,)."""
     if lengths.dtype.kind not in "iu":
-        raise TypeError(f"lengths must be an array of integers, got dtype {lengths.dtype}; "
-                        "convert it with lengths.astype(np.int64)")
+        raise TypeError(
+            f"lengths must be an array of integers, got dtype {lengths.dtype}; convert it with lengths.astype(np.int64)"
+        )
     if lengths.shape != (batch,):
-        raise ValueError(f"lengths must have shape ({batch},), one length per sequence of the batch, "
-                         f"got shape {lengths.shape}")
+        raise ValueError(
+            f"lengths must have shape ({batch},), one length per sequence of the batch, got shape {lengths.shape}"
+        )
 
 
 def check_lengths_range(lengths, steps):
     """Every length in 1...L, with torch's message for lengths <= 0."""
     if (lengths <= 0).any():
-        raise ValueError("Length of all samples has to be greater than 0, but found an element in 'lengths' that is "
-                         f"<= 0: {lengths.min()}")
+        raise ValueError(
+            "Length of all samples has to be greater than 0, but found an element in 'lengths' that is "
+            f"<= 0: {lengths.min()}"
+        )
     if (lengths > steps).any():
         raise ValueError(f"lengths must be at most the sequence length L={steps}, got {lengths.max()}")

@@ -28,8 +28,11 @@ Packing = namedtuple("Packing", ["order", "block_batch", "block_rows", "step_off
 
 # What the kernels need to know of a module: sizes, dtype, activation (RNN), cell ("rnn", "gru" or "lstm") and an
 # LSTM's projection size (0: none).
-Spec = namedtuple("Spec", ["input_size", "hidden_size", "num_layers", "num_directions", "dtype", "relu", "cell",
-                           "proj_size"], defaults=("rnn", 0))
+Spec = namedtuple(
+    "Spec",
+    ["input_size", "hidden_size", "num_layers", "num_directions", "dtype", "relu", "cell", "proj_size"],
+    defaults=("rnn", 0),
+)
 
 
 def state_size(spec):
@@ -37,56 +40,65 @@ def state_size(spec):
     return spec.proj_size if spec.proj_size > 0 else spec.hidden_size
 
 
-ForwardBuffers = namedtuple("ForwardBuffers", [
-    "x_rows",         # (R, H_in) packed input
-    "dropout_scale",  # (num_layers - 1, R, D * P) inter-layer masks divided by 1 - p, or 0 layers without dropout
-    "layer_in",       # (num_layers - 1, R, D * P) dropped-out inputs of layers 1..., or 0 layers without dropout
-    "layer_out",      # (K, R, D * P) outputs of all but the last layer; layer l writes layer_out[l % K]
-    "h_prev",         # (num_layers, D, R, P) state each step starts from (training), or (num_layers, D, 0, P)
-    "z",              # (D, R, G * H) input projections
-    "step_tmp",       # (D, N, G * H) the per-step product h_{t-1} W_hh^T
-    "w_hh_panels",    # (B * D, *panel_shape(P, G * H)) each task's W_hh^T packed into panels (numbarnn._panels)
-    "w_ih_panels",    # (B * D, size of panel_shape(max(H_in, D * P), G * H)) each task's W_ih^T in panels, flat
-    "bias_zeros",     # (G * H,) zeros, read in place of the biases of a module without them
-    "top_out",        # (R, D * P) the last layer's output rows
-    "h_n",            # (num_layers * D, N, P) h_0 on entry, h_n on exit, batch in packed order
-    "c_n",            # (num_layers * D, N, H) an LSTM's c_0 on entry, c_n on exit; (num_layers * D, 0, H) otherwise
-    "c_prev",         # (num_layers, D, R, H) an LSTM's c each step starts from (training), else no rows
-    "saved",          # (num_layers, D, R, S * H) the gates the backward reads (training), or (1, D, N, S * H) scratch
-    "h_full",         # (num_layers or 1, D, R or N, H) an LSTM projection's o * tanh(c), else (1, D, 0, H)
-    "w_hr_panels",    # (B * D, *panel_shape(H, P)) each task's W_hr^T in panels (projection), else no panels
-])
+ForwardBuffers = namedtuple(
+    "ForwardBuffers",
+    [
+        "x_rows",  # (R, H_in) packed input
+        "dropout_scale",  # (num_layers - 1, R, D * P) inter-layer masks divided by 1 - p, or 0 layers without dropout
+        "layer_in",  # (num_layers - 1, R, D * P) dropped-out inputs of layers 1..., or 0 layers without dropout
+        "layer_out",  # (K, R, D * P) outputs of all but the last layer; layer l writes layer_out[l % K]
+        "h_prev",  # (num_layers, D, R, P) state each step starts from (training), or (num_layers, D, 0, P)
+        "z",  # (D, R, G * H) input projections
+        "step_tmp",  # (D, N, G * H) the per-step product h_{t-1} W_hh^T
+        "w_hh_panels",  # (B * D, *panel_shape(P, G * H)) each task's W_hh^T packed into panels (numbarnn._panels)
+        "w_ih_panels",  # (B * D, size of panel_shape(max(H_in, D * P), G * H)) each task's W_ih^T in panels, flat
+        "bias_zeros",  # (G * H,) zeros, read in place of the biases of a module without them
+        "top_out",  # (R, D * P) the last layer's output rows
+        "h_n",  # (num_layers * D, N, P) h_0 on entry, h_n on exit, batch in packed order
+        "c_n",  # (num_layers * D, N, H) an LSTM's c_0 on entry, c_n on exit; (num_layers * D, 0, H) otherwise
+        "c_prev",  # (num_layers, D, R, H) an LSTM's c each step starts from (training), else no rows
+        "saved",  # (num_layers, D, R, S * H) the gates the backward reads (training), or (1, D, N, S * H) scratch
+        "h_full",  # (num_layers or 1, D, R or N, H) an LSTM projection's o * tanh(c), else (1, D, 0, H)
+        "w_hr_panels",  # (B * D, *panel_shape(H, P)) each task's W_hr^T in panels (projection), else no panels
+    ],
+)
 
-BackwardBuffers = namedtuple("BackwardBuffers", [
-    "grad_output",     # (R, D * P) gradient of the top output rows
-    "grad_h",          # (num_layers * D, N, P) gradient of h_n on entry, of h_0 on exit, batch in packed order
-    "grad_x",          # (R, H_in) gradient of the input rows, or (0, H_in) to skip it
-    "grad_layer",      # (R, D * P) gradient flowing between layers
-    "dz",              # (D, R, G * H) gradient of the pre-activations (of the recurrent side, for the GRU)
-    "grad_input_tmp",  # (D, R * max(H_in, D * P)) each direction's partial input gradient (bidirectional), or (D, 0)
-    "weight_tmp",      # (B * D, G * H * max(H_in, D * P, P)) each task's weight-gradient product
-    "w_hh_panels",     # (B * D, *panel_shape(G * H, P)) each task's W_hh packed into panels (numbarnn._panels)
-    "w_ih_panels",     # (B * D, size of panel_shape(G * H, max(H_in, D * P))) each task's W_ih in panels, flat
-    "grad_partial",    # (B, P_total) each block's parameter gradients, summed into the module's after the pass
-    "grad_c",          # (num_layers * D, N, H) an LSTM's gradient of c_n on entry, of c_0 on exit; else no rows
-    "dz_in",           # (D, R, G * H) the GRU's input-side pre-activation gradient (n differs), else no rows
-    "step_tmp",        # (D, N, H) per-step scratch of the gated cells, else no rows
-    "dh_proj",         # (D, R, P) an LSTM projection's output gradient, else no rows
-    "w_hr_panels",     # (B * D, *panel_shape(P, H)) each task's W_hr in panels (projection), else no panels
-])
+BackwardBuffers = namedtuple(
+    "BackwardBuffers",
+    [
+        "grad_output",  # (R, D * P) gradient of the top output rows
+        "grad_h",  # (num_layers * D, N, P) gradient of h_n on entry, of h_0 on exit, batch in packed order
+        "grad_x",  # (R, H_in) gradient of the input rows, or (0, H_in) to skip it
+        "grad_layer",  # (R, D * P) gradient flowing between layers
+        "dz",  # (D, R, G * H) gradient of the pre-activations (of the recurrent side, for the GRU)
+        "grad_input_tmp",  # (D, R * max(H_in, D * P)) per-direction partial input gradient (bidirectional) or (D, 0)
+        "weight_tmp",  # (B * D, G * H * max(H_in, D * P, P)) each task's weight-gradient product
+        "w_hh_panels",  # (B * D, *panel_shape(G * H, P)) each task's W_hh packed into panels (numbarnn._panels)
+        "w_ih_panels",  # (B * D, size of panel_shape(G * H, max(H_in, D * P))) each task's W_ih in panels, flat
+        "grad_partial",  # (B, P_total) each block's parameter gradients, summed into the module's after the pass
+        "grad_c",  # (num_layers * D, N, H) an LSTM's gradient of c_n on entry, of c_0 on exit; else no rows
+        "dz_in",  # (D, R, G * H) the GRU's input-side pre-activation gradient (n differs), else no rows
+        "step_tmp",  # (D, N, H) per-step scratch of the gated cells, else no rows
+        "dh_proj",  # (D, R, P) an LSTM projection's output gradient, else no rows
+        "w_hr_panels",  # (B * D, *panel_shape(P, H)) each task's W_hr in panels (projection), else no panels
+    ],
+)
 
-StepBuffers = namedtuple("StepBuffers", [
-    # the arguments of the step kernels (numbarnn._step), in their order:
-    "x",        # (N, H_in) the step's input, C-contiguous
-    "h",        # (num_layers, N, P) the states before the step on entry, after it on exit
-    "c",        # (num_layers, N, H) an LSTM's cell states, likewise; for the other cells ``h`` again (never read)
-    "out",      # (N, P) the last layer's new state
-    "saved",    # (N, S * H) the last layer's gates, for a cell's backward (training), else None
-    "h_full",   # (N, H) an LSTM projection's o * tanh(c) (training with a projection), no rows (training), else None
-    # what a training cell's backward also reads (numbarnn._engine.step_record):
-    "h_prev",   # (N, P) a one-layer cell's state before the step (training), else None
-    "c_prev",   # (N, H) an LSTM cell's c before the step (training), no rows (training, other cells), else None
-])
+StepBuffers = namedtuple(
+    "StepBuffers",
+    [
+        # the arguments of the step kernels (numbarnn._step), in their order:
+        "x",  # (N, H_in) the step's input, C-contiguous
+        "h",  # (num_layers, N, P) the states before the step on entry, after it on exit
+        "c",  # (num_layers, N, H) an LSTM's cell states, likewise; for the other cells ``h`` again (never read)
+        "out",  # (N, P) the last layer's new state
+        "saved",  # (N, S * H) the last layer's gates, for a cell's backward (training), else None
+        "h_full",  # (N, H) an LSTM projection's o * tanh(c) (training with a projection), no rows (training), else None
+        # what a training cell's backward also reads (numbarnn._engine.step_record):
+        "h_prev",  # (N, P) a one-layer cell's state before the step (training), else None
+        "c_prev",  # (N, H) an LSTM cell's c before the step (training), no rows (training, other cells), else None
+    ],
+)
 
 # Below this many multiply-adds per call a second block costs more (a parallel region, smaller products) than it
 # saves; the tiny benchmark configuration (L=100, N=1, H=64) is far below it.
@@ -194,17 +206,26 @@ def forward_buffers(spec, packing, training, dropped, x_rows=None):
         z=empty((directions, rows, gates), dtype),
         step_tmp=empty((directions, batch, gates), dtype),
         w_hh_panels=empty((blocks * directions, *panel_shape(state, gates, dtype)), dtype),
-        w_ih_panels=empty((blocks * directions, int(np.prod(panel_shape(max(input_size, width), gates, dtype)))),
-                          dtype),
+        w_ih_panels=empty(
+            (blocks * directions, int(np.prod(panel_shape(max(input_size, width), gates, dtype)))), dtype
+        ),
         bias_zeros=np.zeros(gates, dtype),
         top_out=empty((rows, width), dtype),
         h_n=empty((layers * directions, batch, state), dtype),
         c_n=empty((layers * directions, batch if lstm else 0, hidden), dtype),
         c_prev=empty((layers, directions, rows if training and lstm else 0, hidden), dtype),
-        saved=empty((layers, directions, rows, SAVED[spec.cell] * hidden) if training
-                    else (1, directions, batch, SAVED[spec.cell] * hidden), dtype),
-        h_full=empty((layers if training else 1, directions, rows if training else batch, hidden) if projected
-                     else (1, directions, 0, hidden), dtype),
+        saved=empty(
+            (layers, directions, rows, SAVED[spec.cell] * hidden)
+            if training
+            else (1, directions, batch, SAVED[spec.cell] * hidden),
+            dtype,
+        ),
+        h_full=empty(
+            (layers if training else 1, directions, rows if training else batch, hidden)
+            if projected
+            else (1, directions, 0, hidden),
+            dtype,
+        ),
         w_hr_panels=empty((blocks * directions, *panel_shape(hidden, spec.proj_size, dtype)), dtype),
     )
 
@@ -226,11 +247,13 @@ def backward_buffers(spec, packing, parameter_count, need_input_grad):
         grad_layer=empty((rows, width), dtype),
         dz=empty((directions, rows, gates), dtype),
         grad_input_tmp=empty((directions, rows * max(input_size, width) if directions == 2 else 0), dtype),
-        weight_tmp=empty((blocks * directions, max(gates * max(input_size, width, state), spec.proj_size * hidden)),
-                         dtype),
+        weight_tmp=empty(
+            (blocks * directions, max(gates * max(input_size, width, state), spec.proj_size * hidden)), dtype
+        ),
         w_hh_panels=empty((blocks * directions, *panel_shape(gates, state, dtype)), dtype),
-        w_ih_panels=empty((blocks * directions, int(np.prod(panel_shape(gates, max(input_size, width), dtype)))),
-                          dtype),
+        w_ih_panels=empty(
+            (blocks * directions, int(np.prod(panel_shape(gates, max(input_size, width), dtype)))), dtype
+        ),
         grad_partial=empty((partial_blocks(packing), parameter_count), dtype),
         grad_c=empty((layers * directions, batch if lstm else 0, hidden), dtype),
         dz_in=empty((directions, rows if spec.cell == "gru" else 0, gates), dtype),
@@ -266,9 +289,16 @@ def step_buffers(spec, x, h, c, keep):
     if not keep:
         return _new_tuple(StepBuffers, (np.ascontiguousarray(x), h, c, out, None, None, None, None))
     empty = np.empty
-    return StepBuffers(np.array(x, order="C"), h, c, out, empty((batch, SAVED[spec.cell] * hidden), dtype),
-                       empty((batch if spec.proj_size else 0, hidden), dtype), h[0].copy(),
-                       c[0].copy() if lstm else empty((0, hidden), dtype))
+    return StepBuffers(
+        np.array(x, order="C"),
+        h,
+        c,
+        out,
+        empty((batch, SAVED[spec.cell] * hidden), dtype),
+        empty((batch if spec.proj_size else 0, hidden), dtype),
+        h[0].copy(),
+        c[0].copy() if lstm else empty((0, hidden), dtype),
+    )
 
 
 class ScratchPool:
@@ -299,7 +329,7 @@ class ScratchPool:
         """Keep ``buffers`` (without any array the call returned or read from its caller) for a later call."""
         with self._lock:
             self._free.append((key, buffers))
-            del self._free[:-self.KEEP]
+            del self._free[: -self.KEEP]
 
     def clear(self):
         """Drop every kept buffer."""

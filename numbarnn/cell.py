@@ -29,8 +29,12 @@ TAPE_WARNING_LENGTH = 10_000
 
 _HX_NAMES = {False: ("hx",), True: ("hx[0]", "hx[1]")}  # what the messages call hx's parts (by _lstm)
 
-_TORCH_NAMES = {"weight_ih_l0": "weight_ih", "weight_hh_l0": "weight_hh", "bias_ih_l0": "bias_ih",
-                "bias_hh_l0": "bias_hh"}
+_TORCH_NAMES = {
+    "weight_ih_l0": "weight_ih",
+    "weight_hh_l0": "weight_hh",
+    "bias_ih_l0": "bias_ih",
+    "bias_hh_l0": "bias_hh",
+}
 
 
 class CellBase(Module, Generic[State]):
@@ -52,8 +56,9 @@ class CellBase(Module, Generic[State]):
         self.input_size = check_size(input_size, "input_size")
         self.hidden_size = check_size(hidden_size, "hidden_size")
         self.bias = bool(bias)
-        entries, self._offsets, total = build_layout(self.input_size, self.hidden_size, 1, 1, self.bias,
-                                                     GATES[self._CELL])
+        entries, self._offsets, total = build_layout(
+            self.input_size, self.hidden_size, 1, 1, self.bias, GATES[self._CELL]
+        )
         entries = [(_TORCH_NAMES[name], offset, shape) for name, offset, shape in entries]
         self._init_parameters(entries, total, dtype, 1.0 / np.sqrt(self.hidden_size), np.random.default_rng(seed))
         self._tape = []
@@ -132,8 +137,9 @@ class CellBase(Module, Generic[State]):
                 raise ValueError(f"{self._NAME}: Expected hidden to be 1D or 2D, got {ndim}D instead")
             return (hx,)
         if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-            raise TypeError(f"LSTMCell: hx must be a tuple (h, c) of two arrays, as for torch.nn.LSTMCell, "
-                            f"got {type(hx).__name__}")
+            raise TypeError(
+                f"LSTMCell: hx must be a tuple (h, c) of two arrays, as for torch.nn.LSTMCell, got {type(hx).__name__}"
+            )
         for index, part in enumerate(hx):
             ndim = np.asarray(part).ndim
             if ndim not in (1, 2):
@@ -144,14 +150,17 @@ class CellBase(Module, Generic[State]):
         """Part ``index`` of ``hx`` checked against the input: (N, H), or (H,) for an unbatched input."""
         part = as_array(part, _HX_NAMES[self._lstm][index], self.dtype)
         if part.ndim != (2 if batched else 1):
-            raise ValueError(f"{self._NAME}: input is {2 if batched else 1}-D but {_HX_NAMES[self._lstm][index]} is "
-                             f"{part.ndim}-D; give both batched (N, H) or both unbatched (H,)")
+            raise ValueError(
+                f"{self._NAME}: input is {2 if batched else 1}-D but {_HX_NAMES[self._lstm][index]} is "
+                f"{part.ndim}-D; give both batched (N, H) or both unbatched (H,)"
+            )
         rows = part.shape[0] if batched else 1
         if rows != batch:
             raise ValueError(f"Input batch size {batch} doesn't match hidden{index} batch size {rows}")
         if part.shape[-1] != self.hidden_size:
-            raise ValueError(f"hidden{index} has inconsistent hidden_size: got {part.shape[-1]}, expected "
-                             f"{self.hidden_size}")
+            raise ValueError(
+                f"hidden{index} has inconsistent hidden_size: got {part.shape[-1]}, expected {self.hidden_size}"
+            )
         return part
 
     def backward(self, grad_h: StateGradLike) -> tuple[FloatArray, State]:
@@ -186,8 +195,10 @@ class CellBase(Module, Generic[State]):
         batch, hidden = step.out.shape
         if self._lstm:
             if not isinstance(grad_h, (tuple, list)) or len(grad_h) != 2:
-                raise TypeError("LSTMCell.backward takes the tuple (grad_h, grad_c) of the gradients of h' and c', "
-                                f"got {type(grad_h).__name__}")
+                raise TypeError(
+                    "LSTMCell.backward takes the tuple (grad_h, grad_c) of the gradients of h' and c', "
+                    f"got {type(grad_h).__name__}"
+                )
             names: tuple[str, ...] = ("grad_h", "grad_c")
             parts = list(grad_h)
         else:
@@ -209,8 +220,16 @@ class CellBase(Module, Generic[State]):
                 self._tape_owner = None
         record = engine.step_record(self._spec, step)
         grad_h_n = (None, parts[1]) if self._lstm else None
-        grad_x, grad_hx, _ = engine.backward(self._param_flat, self._offsets, record, parts[0], grad_h_n,
-                                             self._grad_flat, need_input_grad=True, batch_first=False)
+        grad_x, grad_hx, _ = engine.backward(
+            self._param_flat,
+            self._offsets,
+            record,
+            parts[0],
+            grad_h_n,
+            self._grad_flat,
+            need_input_grad=True,
+            batch_first=False,
+        )
         grad_hx = tuple(p[0] if batched else p[0, 0] for p in (grad_hx if self._lstm else (grad_hx,)))
         grad_x = grad_x[0] if batched else grad_x[0, 0]
         # State: (h, c) for an LSTM cell, else h (a type checker cannot tell from _lstm)
@@ -277,7 +296,8 @@ _TRAINING_DOC = """    training : bool
 
 
 class RNNCell(CellBase["FloatArray"]):
-    __doc__ = r"""One Elman RNN step, :math:`h' = \tanh(x W_{ih}^T + b_{ih} + h W_{hh}^T + b_{hh})`, like
+    __doc__ = (
+        r"""One Elman RNN step, :math:`h' = \tanh(x W_{ih}^T + b_{ih} + h W_{hh}^T + b_{hh})`, like
     ``torch.nn.RNNCell``.
 
     Parameters
@@ -299,16 +319,27 @@ class RNNCell(CellBase["FloatArray"]):
     ----------
     weight_ih (H_out, H_in), weight_hh (H_out, H_out), bias_ih, bias_hh (H_out,) : ndarray
         Also in ``params``; their gradients in ``grads``.
-""" + _TRAINING_DOC
+"""
+        + _TRAINING_DOC
+    )
 
-    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, nonlinearity: str = "tanh", *,
-                 dtype: npt.DTypeLike = np.float32, seed: int | np.random.Generator | None = None) -> None:
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        bias: bool = True,
+        nonlinearity: str = "tanh",
+        *,
+        dtype: npt.DTypeLike = np.float32,
+        seed: int | np.random.Generator | None = None,
+    ) -> None:
         self.nonlinearity = check_nonlinearity(nonlinearity)
         self._setup(input_size, hidden_size, bias, dtype, seed)
 
 
 class LSTMCell(CellBase["tuple[FloatArray, FloatArray]"]):
-    __doc__ = r"""One LSTM step, like ``torch.nn.LSTMCell``: gates i, f, g, o of
+    __doc__ = (
+        r"""One LSTM step, like ``torch.nn.LSTMCell``: gates i, f, g, o of
     :math:`x W_{ih}^T + b_{ih} + h W_{hh}^T + b_{hh}`, :math:`c' = f c + i g`, :math:`h' = o \tanh(c')`.
     ``cell(x, (h, c))`` returns ``(h', c')``; ``cell.backward((grad_h, grad_c))`` returns
     ``grad_x, (grad_h, grad_c)``.
@@ -330,18 +361,28 @@ class LSTMCell(CellBase["tuple[FloatArray, FloatArray]"]):
     ----------
     weight_ih (4H, H_in), weight_hh (4H, H), bias_ih, bias_hh (4H,) : ndarray
         Also in ``params``; their gradients in ``grads``.
-""" + _TRAINING_DOC
+"""
+        + _TRAINING_DOC
+    )
 
     _CELL = "lstm"
     _NAME = "LSTMCell"
 
-    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, *, dtype: npt.DTypeLike = np.float32,
-                 seed: int | np.random.Generator | None = None) -> None:
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        bias: bool = True,
+        *,
+        dtype: npt.DTypeLike = np.float32,
+        seed: int | np.random.Generator | None = None,
+    ) -> None:
         self._setup(input_size, hidden_size, bias, dtype, seed)
 
 
 class GRUCell(CellBase["FloatArray"]):
-    __doc__ = r"""One GRU step, like ``torch.nn.GRUCell``: gates r, z, n with
+    __doc__ = (
+        r"""One GRU step, like ``torch.nn.GRUCell``: gates r, z, n with
     :math:`n = \tanh(W_{in} x + b_{in} + r \odot (W_{hn} h + b_{hn}))`, :math:`h' = (1 - z) n + z h`.
 
     Parameters
@@ -361,11 +402,20 @@ class GRUCell(CellBase["FloatArray"]):
     ----------
     weight_ih (3H, H_in), weight_hh (3H, H), bias_ih, bias_hh (3H,) : ndarray
         Also in ``params``; their gradients in ``grads``.
-""" + _TRAINING_DOC
+"""
+        + _TRAINING_DOC
+    )
 
     _CELL = "gru"
     _NAME = "GRUCell"
 
-    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, *, dtype: npt.DTypeLike = np.float32,
-                 seed: int | np.random.Generator | None = None) -> None:
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        bias: bool = True,
+        *,
+        dtype: npt.DTypeLike = np.float32,
+        seed: int | np.random.Generator | None = None,
+    ) -> None:
         self._setup(input_size, hidden_size, bias, dtype, seed)

@@ -29,8 +29,9 @@ def _vector_norm(vector, norm_type):
     return float(np.sum(np.abs(vector) ** norm_type) ** (1.0 / norm_type))
 
 
-def clip_grad_norm_(modules: Module | Iterable[Module], max_norm: float, norm_type: float | str = 2.0,
-                    error_if_nonfinite: bool = False) -> float:
+def clip_grad_norm_(
+    modules: Module | Iterable[Module], max_norm: float, norm_type: float | str = 2.0, error_if_nonfinite: bool = False
+) -> float:
     """Scale all gradients of ``modules`` in place so that their total norm is at most ``max_norm``.
 
     The total norm is the norm of all gradients seen as one vector. As in torch, every gradient is multiplied by

@@ -56,10 +56,14 @@ if TYPE_CHECKING:
 __all__ = ["forward", "limit_threads"]
 
 
-def forward(rnn: RecurrentBase[Any], input: da.Array,
-            h_0: npt.ArrayLike | da.Array | tuple[npt.ArrayLike | da.Array, npt.ArrayLike | da.Array] | None = None,
-            lengths: npt.ArrayLike | da.Array | None = None, *,
-            numba_threads: int | None = 1) -> tuple[da.Array, da.Array | tuple[da.Array, da.Array]]:
+def forward(
+    rnn: RecurrentBase[Any],
+    input: da.Array,
+    h_0: npt.ArrayLike | da.Array | tuple[npt.ArrayLike | da.Array, npt.ArrayLike | da.Array] | None = None,
+    lengths: npt.ArrayLike | da.Array | None = None,
+    *,
+    numba_threads: int | None = 1,
+) -> tuple[da.Array, da.Array | tuple[da.Array, da.Array]]:
     """Run ``rnn`` over a chunked ``dask.array`` input; lazy, equal to ``rnn(input.compute(), h_0, lengths)``.
 
     Parameters
@@ -108,8 +112,10 @@ def forward(rnn: RecurrentBase[Any], input: da.Array,
 
     rows, widths = rnn.num_layers * rnn.num_directions, rnn._state_widths()
     if state is not None:
-        state = [(part if batched else part[:, None]).rechunk((rows, batch_chunks, width))
-                 for part, width in zip(state, widths, strict=True)]
+        state = [
+            (part if batched else part[:, None]).rechunk((rows, batch_chunks, width))
+            for part, width in zip(state, widths, strict=True)
+        ]
     if lengths_array is not None:
         lengths_array = lengths_array.rechunk((batch_chunks,))
 
@@ -132,8 +138,16 @@ def forward(rnn: RecurrentBase[Any], input: da.Array,
             x_key = (x.name, j, k, 0) if batch_first else (x.name, k, j, 0)
             run_key = (run_name, k, j)
             # the task returns (output, h_n) or an LSTM's (output, h_n, c_n)
-            run_layer[run_key] = (_run_block, module_key, x_key, block_lengths, start, steps, numba_threads,
-                                  *state_keys)
+            run_layer[run_key] = (
+                _run_block,
+                module_key,
+                x_key,
+                block_lengths,
+                start,
+                steps,
+                numba_threads,
+                *state_keys,
+            )
             output_index = (j, k, 0) if batch_first else (k, j, 0)
             output_key = (output_name, *output_index)
             output_layer[output_key] = (operator.getitem, run_key, 0)
@@ -148,14 +162,17 @@ def forward(rnn: RecurrentBase[Any], input: da.Array,
     run_graph = HighLevelGraph.from_collections(run_name, run_layer, dependencies=dependencies)
     # One layer per array named after it, as dask.array expects, each on the run layer.
     layers = {**run_graph.layers, output_name: output_layer, **part_layers}
-    graph = HighLevelGraph(layers, {**run_graph.dependencies, output_name: {run_name},
-                                    **{name: {run_name} for name in part_names}})
+    graph = HighLevelGraph(
+        layers, {**run_graph.dependencies, output_name: {run_name}, **{name: {run_name} for name in part_names}}
+    )
 
     width = rnn.num_directions * rnn._state_size
     output_chunks = (batch_chunks, time_chunks, (width,)) if batch_first else (time_chunks, batch_chunks, (width,))
     output = da.Array(graph, output_name, output_chunks, dtype=rnn.dtype)
-    parts = [da.Array(graph, name, ((rows,), batch_chunks, (part_width,)), dtype=rnn.dtype)
-             for name, part_width in zip(part_names, widths, strict=True)]
+    parts = [
+        da.Array(graph, name, ((rows,), batch_chunks, (part_width,)), dtype=rnn.dtype)
+        for name, part_width in zip(part_names, widths, strict=True)
+    ]
     if not batched:
         output = output[0] if batch_first else output[:, 0]
         parts = [part[:, 0] for part in parts]
@@ -172,8 +189,16 @@ def _run_block(rnn, x, lengths, start, total_steps, numba_threads, *state):
 
     def kind(with_lengths):
         """What decides which kernels a call compiles (or loads from the cache)."""
-        return (rnn._CELL, rnn.nonlinearity, rnn.proj_size > 0, rnn.bidirectional, rnn.dtype.str, batch_first,
-                with_lengths, not state)
+        return (
+            rnn._CELL,
+            rnn.nonlinearity,
+            rnn.proj_size > 0,
+            rnn.bidirectional,
+            rnn.dtype.str,
+            batch_first,
+            with_lengths,
+            not state,
+        )
 
     with limit_threads(numba_threads):
         if lengths is not None:
@@ -192,8 +217,11 @@ def _run_block(rnn, x, lengths, start, total_steps, numba_threads, *state):
         output_shape = (block_batch, block_steps, width) if batch_first else (block_steps, block_batch, width)
         output = np.zeros(output_shape, rnn.dtype)
         rows = rnn.num_layers * rnn.num_directions
-        parts = ([part.copy() for part in state] if state
-                 else [np.zeros((rows, block_batch, part_width), rnn.dtype) for part_width in rnn._state_widths()])
+        parts = (
+            [part.copy() for part in state]
+            if state
+            else [np.zeros((rows, block_batch, part_width), rnn.dtype) for part_width in rnn._state_widths()]
+        )
         live = np.flatnonzero(run > 0)
         if live.size:
             live_x = x[live] if batch_first else x[:, live]
@@ -225,8 +253,9 @@ def _check_module(rnn):
         )
 
 
-def _check_arguments(rnn: RecurrentBase[Any], input: Any, h_0: Any,
-                     lengths: Any) -> tuple[da.Array, list[da.Array] | None, da.Array | None]:
+def _check_arguments(
+    rnn: RecurrentBase[Any], input: Any, h_0: Any, lengths: Any
+) -> tuple[da.Array, list[da.Array] | None, da.Array | None]:
     """The module's own checks (torch's, in torch's order, with its messages) on stand-ins for the dask arrays:
     read-only zero-strided arrays of their shapes and dtypes, which take no memory and compute nothing.
 
@@ -274,8 +303,9 @@ def _stand_in(array):
 
 def _check_known_shape(array, name):
     if any(np.isnan(size) for size in array.shape):
-        raise ValueError(f"{name} must have known chunk sizes, got shape {array.shape}; "
-                         f"call {name}.compute_chunk_sizes() first")
+        raise ValueError(
+            f"{name} must have known chunk sizes, got shape {array.shape}; call {name}.compute_chunk_sizes() first"
+        )
 
 
 # -- threads -----------------------------------------------------------------------------------------------------
@@ -332,4 +362,3 @@ def _lock_path():
     package = os.path.dirname(os.path.abspath(__file__))
     digest = hashlib.sha256(package.encode()).hexdigest()[:16]
     return os.path.join(tempfile.gettempdir(), f"numbarnn-compile-{digest}.lock")
-

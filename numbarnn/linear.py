@@ -53,8 +53,15 @@ class Linear(Module):
     weight: FloatArray
     bias: FloatArray | None
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, *, dtype: npt.DTypeLike = np.float32,
-                 seed: int | np.random.Generator | None = None) -> None:
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        *,
+        dtype: npt.DTypeLike = np.float32,
+        seed: int | np.random.Generator | None = None,
+    ) -> None:
         self.in_features = check_size(in_features, "in_features")
         self.out_features = check_size(out_features, "out_features")
         self.bias_enabled = bool(bias)
@@ -103,8 +110,9 @@ class Linear(Module):
         leading = x.shape[:-1]
         x_rows = np.ascontiguousarray(x.reshape(-1, self.in_features))
         out = np.empty((x_rows.shape[0], self.out_features), self.dtype)
-        dense_forward(x_rows, self.params["weight"], self.params["bias"] if self.bias_enabled else _NO_BIAS[self.dtype],
-                      out)
+        dense_forward(
+            x_rows, self.params["weight"], self.params["bias"] if self.bias_enabled else _NO_BIAS[self.dtype], out
+        )
         out_shape = leading + (self.out_features,)
         self._saved_input = (x_rows, out_shape) if self.training else None
         return out.reshape(out_shape)
@@ -146,9 +154,15 @@ class Linear(Module):
         weight = self.params["weight"]
         grad_input = np.empty((grad_rows.shape[0], self.in_features), self.dtype)
         # The weight product goes into a reused buffer first, so accumulating into grads allocates nothing per call.
-        dense_backward(x_rows, grad_rows, weight, self.grads["weight"],
-                       self.grads["bias"] if self.bias_enabled else _NO_BIAS[self.dtype],
-                       self._weight_step_buffer(), grad_input)
+        dense_backward(
+            x_rows,
+            grad_rows,
+            weight,
+            self.grads["weight"],
+            self.grads["bias"] if self.bias_enabled else _NO_BIAS[self.dtype],
+            self._weight_step_buffer(),
+            grad_input,
+        )
         return grad_input.reshape(out_shape[:-1] + (self.in_features,))
 
     def _weight_step_buffer(self):

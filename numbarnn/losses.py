@@ -36,8 +36,9 @@ def _check_float_array(value: npt.ArrayLike, name: str) -> npt.NDArray[np.floati
     return array
 
 
-def softmax_cross_entropy(logits: npt.ArrayLike, targets: npt.ArrayLike, reduction: str = "mean",
-                          ignore_index: int = -100) -> tuple[np.floating[Any] | FloatArray, FloatArray]:
+def softmax_cross_entropy(
+    logits: npt.ArrayLike, targets: npt.ArrayLike, reduction: str = "mean", ignore_index: int = -100
+) -> tuple[np.floating[Any] | FloatArray, FloatArray]:
     r"""Cross-entropy of a softmax over the last axis against class indices, and its gradient.
 
     Equals ``torch.nn.functional.cross_entropy(logits.moveaxis(-1, 1), targets, reduction=reduction,
@@ -120,8 +121,9 @@ def softmax_cross_entropy(logits: npt.ArrayLike, targets: npt.ArrayLike, reducti
     return loss, grad.reshape(logits.shape)
 
 
-def mse_loss(pred: npt.ArrayLike, target: npt.ArrayLike,
-             reduction: str = "mean") -> tuple[np.floating[Any] | FloatArray, FloatArray]:
+def mse_loss(
+    pred: npt.ArrayLike, target: npt.ArrayLike, reduction: str = "mean"
+) -> tuple[np.floating[Any] | FloatArray, FloatArray]:
     r"""Mean squared error :math:`(p - y)^2` and its gradient with respect to ``pred``, like
     ``torch.nn.functional.mse_loss``.
 

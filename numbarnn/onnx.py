@@ -63,8 +63,23 @@ _ACTIVATIONS = {"tanh": "Tanh", "relu": "Relu"}  # an RNN's nonlinearity -> its 
 _NONLINEARITIES = {value: key for key, value in _ACTIVATIONS.items()}
 
 # Nodes load() accepts around the recurrent nodes: they reshape, slice, build shapes or zeros, or copy.
-_GLUE_OPS = {"Transpose", "Squeeze", "Unsqueeze", "Reshape", "Concat", "Slice", "Gather", "Shape", "Constant",
-             "ConstantOfShape", "Expand", "Identity", "Cast", "Split", "Flatten"}
+_GLUE_OPS = {
+    "Transpose",
+    "Squeeze",
+    "Unsqueeze",
+    "Reshape",
+    "Concat",
+    "Slice",
+    "Gather",
+    "Shape",
+    "Constant",
+    "ConstantOfShape",
+    "Expand",
+    "Identity",
+    "Cast",
+    "Split",
+    "Flatten",
+}
 # Nodes that only move data along one path (the data is their first input): load() follows RNN inputs through them.
 _PASS_THROUGH_OPS = {"Transpose", "Squeeze", "Unsqueeze", "Reshape", "Identity", "Cast", "Flatten"}
 _HEAD_OPS = {"MatMul", "Gemm", "Add"}
@@ -82,8 +97,15 @@ class ONNXMappingError(ValueError):
 
 
 # -- export ------------------------------------------------------------------------------------------------------
-def export(path: PathLike, rnn: RecurrentBase[Any], head: Linear | None = None, *, opset: int | None = None,
-           h_0: bool = False, lengths: bool = False) -> onnx.ModelProto:
+def export(
+    path: PathLike,
+    rnn: RecurrentBase[Any],
+    head: Linear | None = None,
+    *,
+    opset: int | None = None,
+    h_0: bool = False,
+    lengths: bool = False,
+) -> onnx.ModelProto:
     """Write ``rnn`` (and ``head`` applied to its output) to the ONNX file ``path``.
 
     Parameters
@@ -134,7 +156,8 @@ def export(path: PathLike, rnn: RecurrentBase[Any], head: Linear | None = None, 
         raise ValueError(
             f"cannot export an LSTM with proj_size={rnn.proj_size}: ONNX's LSTM operator has no projection "
             "(weight_hr), so no ONNX graph of LSTM nodes computes it; export an LSTM with proj_size=0, or keep this "
-            "model in numbarnn (numbarnn.save / numbarnn.load) or torch")
+            "model in numbarnn (numbarnn.save / numbarnn.load) or torch"
+        )
     if head is not None:
         if not isinstance(head, Linear):
             raise TypeError(f"head must be a numbarnn.Linear (or None), got {type(head).__name__}")
@@ -146,13 +169,19 @@ def export(path: PathLike, rnn: RecurrentBase[Any], head: Linear | None = None, 
     opset = DEFAULT_OPSET if opset is None else opset
     newest = onnx.defs.onnx_opset_version()
     if isinstance(opset, bool) or not isinstance(opset, (int, np.integer)) or not MIN_OPSET <= opset <= newest:
-        raise ValueError(f"opset must be an int from {MIN_OPSET} to {newest} (the newest this onnx {onnx.__version__}"
-                         f" knows), got {opset!r}")
+        raise ValueError(
+            f"opset must be an int from {MIN_OPSET} to {newest} (the newest this onnx {onnx.__version__}"
+            f" knows), got {opset!r}"
+        )
     float64 = [m for m in (rnn, head) if m is not None and m.dtype == np.float64]
     if float64:
         names = " and ".join(type(m).__name__ for m in float64)
-        warnings.warn(f"the {names} is float64; numbarnn.onnx.export writes float32 (what ONNX runtimes run RNNs "
-                      "in), so its parameters are rounded to float32", UserWarning, stacklevel=2)
+        warnings.warn(
+            f"the {names} is float64; numbarnn.onnx.export writes float32 (what ONNX runtimes run RNNs "
+            "in), so its parameters are rounded to float32",
+            UserWarning,
+            stacklevel=2,
+        )
     model = _build_model(rnn, head, int(opset), bool(h_0), bool(lengths))
     onnx.checker.check_model(model, full_check=True)
     onnx.save(model, os.fspath(path))
@@ -189,8 +218,9 @@ def _build_model(rnn, head, opset, with_h_0, with_lengths):
         order: [D, G * H, ...]."""
         return np.stack([_permute_gates(params[f"{kind}_l{layer}{s}"], operator.gates) for s in suffixes])
 
-    attributes = dict(operator.attributes, hidden_size=hidden,
-                      direction="bidirectional" if directions == 2 else "forward")
+    attributes = dict(
+        operator.attributes, hidden_size=hidden, direction="bidirectional" if directions == 2 else "forward"
+    )
     if op == "RNN":
         attributes["activations"] = [_ACTIVATIONS[rnn.nonlinearity]] * directions
     x = "input"
@@ -215,11 +245,17 @@ def _build_model(rnn, head, opset, with_h_0, with_lengths):
                     continue
                 starts = constant(f"{name}_l{layer}_start", [layer * directions], np.int64)
                 ends = constant(f"{name}_l{layer}_end", [(layer + 1) * directions], np.int64)
-                initial[index] = node("Slice", [name, starts, ends, state_axis], [f"{name}_l{layer}"],
-                                      f"{name}_l{layer}_slice")
-        node_inputs = [x, constant(f"W_l{layer}", stacked("weight_ih", layer)),
-                       constant(f"R_l{layer}", stacked("weight_hh", layer)), constant(f"B_l{layer}", biases),
-                       "lengths" if with_lengths else "", *initial]
+                initial[index] = node(
+                    "Slice", [name, starts, ends, state_axis], [f"{name}_l{layer}"], f"{name}_l{layer}_slice"
+                )
+        node_inputs = [
+            x,
+            constant(f"W_l{layer}", stacked("weight_ih", layer)),
+            constant(f"R_l{layer}", stacked("weight_hh", layer)),
+            constant(f"B_l{layer}", biases),
+            "lengths" if with_lengths else "",
+            *initial,
+        ]
         while node_inputs[-1] == "":  # trailing optional inputs are left out rather than named ""
             node_inputs.pop()
         y = f"Y_l{layer}"
@@ -231,8 +267,9 @@ def _build_model(rnn, head, opset, with_h_0, with_lengths):
         if directions == 1:
             x = node("Squeeze", [y, squeeze_axes], [f"output_l{layer}"], f"output_l{layer}_squeeze")
         else:
-            swapped = node("Transpose", [y], [f"Y_l{layer}_time_batch_direction"], f"Y_l{layer}_transpose",
-                           perm=[0, 2, 1, 3])
+            swapped = node(
+                "Transpose", [y], [f"Y_l{layer}_time_batch_direction"], f"Y_l{layer}_transpose", perm=[0, 2, 1, 3]
+            )
             x = node("Reshape", [swapped, merged_shape], [f"output_l{layer}"], f"output_l{layer}_reshape")
     if rnn.batch_first:
         node("Transpose", [x], ["output"], "output_to_batch_first", perm=[1, 0, 2])
@@ -247,18 +284,17 @@ def _build_model(rnn, head, opset, with_h_0, with_lengths):
     outputs += [helper.make_tensor_value_info(name, TensorProto.FLOAT, state_shape) for name in final_names]
     if head is not None:
         # logits = output @ weight.T + bias over the last axis (Gemm takes 2-D input only)
-        product = node("MatMul", ["output", constant("head_weight_t", head.weight.T)], ["head_product"],
-                       "head_matmul")
+        product = node("MatMul", ["output", constant("head_weight_t", head.weight.T)], ["head_product"], "head_matmul")
         if head.bias_enabled:
             node("Add", [product, constant("head_bias", head.bias)], ["logits"], "head_add")
         else:
             node("Identity", [product], ["logits"], "head_identity")
-        outputs.append(helper.make_tensor_value_info("logits", TensorProto.FLOAT,
-                                                     batch_dims + [head.out_features]))
+        outputs.append(helper.make_tensor_value_info("logits", TensorProto.FLOAT, batch_dims + [head.out_features]))
     graph = helper.make_graph(nodes, f"numbarnn_{op.lower()}", inputs, outputs, initializers)
     opset_ids = [helper.make_opsetid("", opset)]
-    model = helper.make_model(graph, opset_imports=opset_ids, producer_name="numbarnn",
-                              ir_version=helper.find_min_ir_version_for(opset_ids))
+    model = helper.make_model(
+        graph, opset_imports=opset_ids, producer_name="numbarnn", ir_version=helper.find_min_ir_version_for(opset_ids)
+    )
     # The constructor arguments, as numbarnn.save records them ("rnn" for the RNN, LSTM or GRU alike: the graph's
     # operator says which).
     description = {"rnn": _CONSTRUCTORS[op][1](rnn)}
@@ -412,16 +448,22 @@ class _GraphReader:
             if node.domain not in ("", "ai.onnx"):
                 self.fail(f"operator domain {node.domain!r}: numbarnn.onnx.load reads standard ONNX operators", node)
             if node.op_type not in _GLUE_OPS | _HEAD_OPS | set(_OPERATORS):
-                hint = (" (an unrolled recurrence, as torch.onnx.export's dynamo exporter writes; export with "
-                        "dynamo=False to get ONNX RNN, LSTM or GRU nodes)"
-                        if node.op_type in ("Tanh", "Relu", "Sigmoid") else "")
+                hint = (
+                    " (an unrolled recurrence, as torch.onnx.export's dynamo exporter writes; export with "
+                    "dynamo=False to get ONNX RNN, LSTM or GRU nodes)"
+                    if node.op_type in ("Tanh", "Relu", "Sigmoid")
+                    else ""
+                )
                 self.fail(
                     f"numbarnn.onnx.load maps ONNX RNN, LSTM and GRU nodes, the glue around them "
-                    f"({', '.join(sorted(_GLUE_OPS))}) and a MatMul + Add or Gemm head{hint}", node)
+                    f"({', '.join(sorted(_GLUE_OPS))}) and a MatMul + Add or Gemm head{hint}",
+                    node,
+                )
         rnn_nodes = [node for node in self.nodes if node.op_type in _OPERATORS]
         if not rnn_nodes:
-            self.fail("the graph has no recurrent node (ONNX RNN, LSTM or GRU); numbarnn.onnx.load reads graphs of "
-                      "those")
+            self.fail(
+                "the graph has no recurrent node (ONNX RNN, LSTM or GRU); numbarnn.onnx.load reads graphs of those"
+            )
         layers = [self.read_layer(node) for node in rnn_nodes]
         first = layers[0]
         op = first["op"]
@@ -429,15 +471,19 @@ class _GraphReader:
         for layer in layers[1:]:
             for key in ("op", "nonlinearity", "directions", "hidden_size", "dtype"):
                 if layer[key] != first[key]:
-                    self.fail(f"its {key} is {layer[key]}, but the first recurrent node's is {first[key]}; a numbarnn "
-                              f"{op} has one value for all layers", layer["node"])
+                    self.fail(
+                        f"its {key} is {layer[key]}, but the first recurrent node's is {first[key]}; a numbarnn "
+                        f"{op} has one value for all layers",
+                        layer["node"],
+                    )
         directions, hidden = first["directions"], first["hidden_size"]
         main_input, batch_first = self.check_chain(rnn_nodes, directions)
         for layer in layers:
             expected = first["input_size"] if layer is first else directions * hidden
             if layer["input_size"] != expected:
-                self.fail(f"its W has input size {layer['input_size']}, but the layer below gives {expected}",
-                          layer["node"])
+                self.fail(
+                    f"its W has input size {layer['input_size']}, but the layer below gives {expected}", layer["node"]
+                )
             self.check_initial_state(layer["node"], main_input)
         description = self.metadata()
         rnn_description = description.get("rnn", {})
@@ -446,8 +492,13 @@ class _GraphReader:
         if bias and not any_bias and rnn_description.get("bias") is False:
             bias = False  # export writes zeros for a module without bias
         dropout = rnn_description.get("dropout", 0.0) if isinstance(rnn_description.get("dropout"), float) else 0.0
-        arguments = dict(bias=bias, batch_first=batch_first, dropout=dropout if len(layers) > 1 else 0.0,
-                         bidirectional=directions == 2, dtype=first["dtype"])
+        arguments = dict(
+            bias=bias,
+            batch_first=batch_first,
+            dropout=dropout if len(layers) > 1 else 0.0,
+            bidirectional=directions == 2,
+            dtype=first["dtype"],
+        )
         if op == "RNN":
             arguments["nonlinearity"] = first["nonlinearity"]
         rnn = operator.module(first["input_size"], hidden, len(layers), **arguments)
@@ -463,8 +514,9 @@ class _GraphReader:
                 for kind, value in values.items():
                     params[f"{kind}_l{number}{suffix}"][...] = _permute_gates(value[direction], to_torch)
         result = {"rnn": rnn.eval()}
-        head = self.read_head(rnn_nodes[-1], directions * hidden, first["dtype"], directions,
-                              description.get("head", {}))
+        head = self.read_head(
+            rnn_nodes[-1], directions * hidden, first["dtype"], directions, description.get("head", {})
+        )
         if head is not None:
             result["head"] = head.eval()
         return result
@@ -488,13 +540,19 @@ class _GraphReader:
             if name in attributes:
                 self.fail(f"attribute {name!r}: numbarnn's {op} has no clipping or activation parameters", node)
         if attributes.get("layout", 0) != 0:
-            self.fail(f"layout=1 (batch-major {op}): numbarnn.onnx.load reads layout=0 nodes, with any batch_first "
-                      "Transpose around them (what exporters write, as ONNX Runtime runs only layout 0)", node)
+            self.fail(
+                f"layout=1 (batch-major {op}): numbarnn.onnx.load reads layout=0 nodes, with any batch_first "
+                "Transpose around them (what exporters write, as ONNX Runtime runs only layout 0)",
+                node,
+            )
         for name, expected in operator.attributes.items():
             given = attributes.get(name, 0)  # 0 is the ONNX default of input_forget and linear_before_reset
             if given != expected:
-                why = (" (the reset gate applied to h before R, where torch's GRU applies it to h R^T + b_hn)"
-                       if name == "linear_before_reset" else "")
+                why = (
+                    " (the reset gate applied to h before R, where torch's GRU applies it to h R^T + b_hn)"
+                    if name == "linear_before_reset"
+                    else ""
+                )
                 self.fail(f"{name}={given}{why}: numbarnn's {op} is torch's, which is {name}={expected}", node)
         direction = attributes.get("direction", b"forward").decode()
         if direction not in ("forward", "bidirectional"):
@@ -504,14 +562,19 @@ class _GraphReader:
         if op == "RNN":
             activations = [a.decode() for a in attributes.get("activations", [b"Tanh"] * directions)]
             if len(set(activations)) != 1 or activations[0] not in _NONLINEARITIES:
-                self.fail(f"activations={activations}: numbarnn applies one nonlinearity, Tanh or Relu, to every "
-                          "direction", node)
+                self.fail(
+                    f"activations={activations}: numbarnn applies one nonlinearity, Tanh or Relu, to every direction",
+                    node,
+                )
             nonlinearity = _NONLINEARITIES[activations[0]]
         elif "activations" in attributes:
             activations = [a.decode() for a in attributes["activations"]]
             if activations != list(operator.activations) * directions:
-                self.fail(f"activations={activations}: numbarnn's {op} is torch's, activations "
-                          f"{list(operator.activations) * directions}", node)
+                self.fail(
+                    f"activations={activations}: numbarnn's {op} is torch's, activations "
+                    f"{list(operator.activations) * directions}",
+                    node,
+                )
         inputs = list(node.input) + [""] * (8 - len(node.input))
         values = {}
         for key, name in zip("WRB", inputs[1:4]):
@@ -520,13 +583,15 @@ class _GraphReader:
                 continue
             values[key] = self.constant(name)
             if values[key] is None:
-                self.fail(f"its {key} ({name!r}) is computed at run time; numbarnn.onnx.load needs constant weights "
-                          "(initializers or Constant nodes)", node)
+                self.fail(
+                    f"its {key} ({name!r}) is computed at run time; numbarnn.onnx.load needs constant weights "
+                    "(initializers or Constant nodes)",
+                    node,
+                )
         if op == "LSTM" and inputs[7]:
             peepholes = self.constant(inputs[7])
             if peepholes is None or np.any(peepholes):
-                self.fail(f"its P ({inputs[7]!r}) holds peephole weights; torch's and numbarnn's LSTM have none",
-                          node)
+                self.fail(f"its P ({inputs[7]!r}) holds peephole weights; torch's and numbarnn's LSTM have none", node)
         weight, recurrent, bias = values["W"], values["R"], values["B"]
         if weight is None or recurrent is None:
             self.fail("it has no W or R input", node)
@@ -534,16 +599,28 @@ class _GraphReader:
             self.fail(f"W has shape {weight.shape}, expected [{directions}, {gates} * hidden_size, input_size]", node)
         hidden = int(attributes.get("hidden_size", weight.shape[1] // gates))
         if weight.shape[1] != gates * hidden or recurrent.shape != (directions, gates * hidden, hidden):
-            self.fail(f"W {weight.shape} and R {recurrent.shape} do not fit hidden_size={hidden} "
-                      f"({gates} gate{'s' * (gates > 1)})", node)
+            self.fail(
+                f"W {weight.shape} and R {recurrent.shape} do not fit hidden_size={hidden} "
+                f"({gates} gate{'s' * (gates > 1)})",
+                node,
+            )
         if bias is not None and bias.shape != (directions, 2 * gates * hidden):
             self.fail(f"B has shape {bias.shape}, expected [{directions}, {2 * gates * hidden}]", node)
         dtype = weight.dtype
         if dtype not in (np.float32, np.float64) or recurrent.dtype != dtype:
             self.fail(f"weights of dtype {dtype}: numbarnn runs float32 and float64", node)
-        return {"node": node, "op": op, "nonlinearity": nonlinearity, "directions": directions,
-                "hidden_size": hidden, "input_size": int(weight.shape[2]), "dtype": np.dtype(dtype),
-                "W": weight, "R": recurrent, "B": bias}
+        return {
+            "node": node,
+            "op": op,
+            "nonlinearity": nonlinearity,
+            "directions": directions,
+            "hidden_size": hidden,
+            "input_size": int(weight.shape[2]),
+            "dtype": np.dtype(dtype),
+            "W": weight,
+            "R": recurrent,
+            "B": bias,
+        }
 
     def check_chain(self, rnn_nodes, directions):
         """Each recurrent node reads the one before it (layout-converted as numbarnn does); the first reads the
@@ -551,18 +628,27 @@ class _GraphReader:
         kind, what, perms = self.trace(rnn_nodes[0].input[0])
         if kind != "input":
             source = self.describe(what) if kind == "node" else repr(what)
-            self.fail(f"its input X comes from {source}, not from a graph input; numbarnn.onnx.load maps an RNN "
-                      "whose first layer reads the graph's input", rnn_nodes[0])
+            self.fail(
+                f"its input X comes from {source}, not from a graph input; numbarnn.onnx.load maps an RNN "
+                "whose first layer reads the graph's input",
+                rnn_nodes[0],
+            )
         if perms not in ([], [(1, 0, 2)]):
-            self.fail(f"its input reaches it through Transpose perms {perms}; numbarnn maps none (time-major input) "
-                      "or [1, 0, 2] (batch_first)", rnn_nodes[0])
+            self.fail(
+                f"its input reaches it through Transpose perms {perms}; numbarnn maps none (time-major input) "
+                "or [1, 0, 2] (batch_first)",
+                rnn_nodes[0],
+            )
         main_input, batch_first = what, perms == [(1, 0, 2)]
         for below, node in zip(rnn_nodes, rnn_nodes[1:]):
             kind, what, perms = self.trace(node.input[0])
             if kind != "rnn" or what != (below, 0):
                 source = self.describe(what[0] if kind == "rnn" else what) if kind in ("rnn", "node") else repr(what)
-                self.fail(f"its input X comes from {source}, not from the Y output of the node before it, "
-                          f"{self.describe(below)}", node)
+                self.fail(
+                    f"its input X comes from {source}, not from the Y output of the node before it, "
+                    f"{self.describe(below)}",
+                    node,
+                )
             self.check_output_perms(perms, directions, node, allowed=set())
         return main_input, batch_first
 
@@ -572,8 +658,11 @@ class _GraphReader:
         merged = [p for p in perms if p == (0, 2, 1, 3)]
         other = [p for p in perms if p != (0, 2, 1, 3) and p not in allowed]
         if other or len(merged) > 1 or (directions == 2 and not merged):
-            self.fail(f"the RNN's Y reaches it through Transpose perms {perms}; numbarnn's layout needs "
-                      "Y [L, D, N, H] -> Transpose [0, 2, 1, 3] -> Reshape to (L, N, D * H)", node)
+            self.fail(
+                f"the RNN's Y reaches it through Transpose perms {perms}; numbarnn's layout needs "
+                "Y [L, D, N, H] -> Transpose [0, 2, 1, 3] -> Reshape to (L, N, D * H)",
+                node,
+            )
 
     def check_initial_state(self, node, main_input):
         # initial_h is input 5, an LSTM's initial_c input 6
@@ -585,38 +674,49 @@ class _GraphReader:
                 continue  # fed at run time: the caller's h_0 (c_0)
             # Otherwise it is built from constants (and the input's shape): every float constant in it must be zero.
             constants = [(name, self.constant(name)) for name in tensors if name in self.initializers]
-            constants += [(ancestor.output[0], self.constant(ancestor.output[0])) for ancestor in ancestors
-                          if ancestor.op_type == "Constant"]
-            constants += [(ancestor.output[0], numpy_helper.to_array(helper.get_attribute_value(attribute)))
-                          for ancestor in ancestors if ancestor.op_type == "ConstantOfShape"
-                          for attribute in ancestor.attribute if attribute.name == "value"]
+            constants += [
+                (ancestor.output[0], self.constant(ancestor.output[0]))
+                for ancestor in ancestors
+                if ancestor.op_type == "Constant"
+            ]
+            constants += [
+                (ancestor.output[0], numpy_helper.to_array(helper.get_attribute_value(attribute)))
+                for ancestor in ancestors
+                if ancestor.op_type == "ConstantOfShape"
+                for attribute in ancestor.attribute
+                if attribute.name == "value"
+            ]
             for name, value in constants:
                 if value is not None and value.dtype.kind == "f" and np.any(value):
-                    self.fail(f"its initial_{state} is a non-zero constant (from {name!r}); numbarnn's "
-                              f"{node.op_type} starts from zeros or from the {state}_0 given at call time", node)
+                    self.fail(
+                        f"its initial_{state} is a non-zero constant (from {name!r}); numbarnn's "
+                        f"{node.op_type} starts from zeros or from the {state}_0 given at call time",
+                        node,
+                    )
 
     def read_head(self, last_rnn, width, dtype, directions, head_description):
         products = [node for node in self.nodes if node.op_type in ("MatMul", "Gemm")]
         adds = [node for node in self.nodes if node.op_type == "Add"]
         if not products:
             if adds:
-                self.fail("an Add without a MatMul before it; numbarnn.onnx.load maps Add only as a head's bias",
-                          adds[0])
+                self.fail(
+                    "an Add without a MatMul before it; numbarnn.onnx.load maps Add only as a head's bias", adds[0]
+                )
             return None
         if len(products) > 1:
-            self.fail("a second MatMul/Gemm: numbarnn.onnx.load maps one Linear head on the RNN's output",
-                      products[1])
+            self.fail("a second MatMul/Gemm: numbarnn.onnx.load maps one Linear head on the RNN's output", products[1])
         product = products[0]
         attributes = {a.name: helper.get_attribute_value(a) for a in product.attribute}
         data, weight_name = product.input[0], product.input[1]
         weight = self.constant(weight_name)
         if weight is None or weight.ndim != 2:
-            self.fail("its second input is not a constant matrix; numbarnn.onnx.load maps a Linear head with "
-                      "fixed weights", product)
+            self.fail(
+                "its second input is not a constant matrix; numbarnn.onnx.load maps a Linear head with fixed weights",
+                product,
+            )
         bias = None
         if product.op_type == "Gemm":
-            if attributes.get("transA", 0) or attributes.get("alpha", 1.0) != 1.0 or \
-                    attributes.get("beta", 1.0) != 1.0:
+            if attributes.get("transA", 0) or attributes.get("alpha", 1.0) != 1.0 or attributes.get("beta", 1.0) != 1.0:
                 self.fail("Gemm with transA, alpha or beta: a Linear head is x @ weight.T + bias", product)
             weight = weight if attributes.get("transB", 0) else weight.T
             if len(product.input) > 2 and product.input[2]:
@@ -632,8 +732,9 @@ class _GraphReader:
             other = [name for name in add.input if name != product.output[0]]
             value = self.constant(other[0]) if len(other) == 1 else None
             if value is None or bias is not None or value.size != weight.shape[0]:
-                self.fail(f"an Add of something other than a bias of {weight.shape[0]} values to the head's product",
-                          add)
+                self.fail(
+                    f"an Add of something other than a bias of {weight.shape[0]} values to the head's product", add
+                )
             bias = value.reshape(-1)
             bias_adds.append(add)
         kind, what, perms = self.trace(data)
@@ -645,8 +746,11 @@ class _GraphReader:
                 where = f"the output of {self.describe(what[0])}, which is not the last layer"
             else:
                 where = self.describe(what) if kind == "node" else repr(what)
-            self.fail(f"the head reads {where}; numbarnn.onnx.load maps a head applied to every step of the last "
-                      "RNN layer's output", product)
+            self.fail(
+                f"the head reads {where}; numbarnn.onnx.load maps a head applied to every step of the last "
+                "RNN layer's output",
+                product,
+            )
         self.check_output_perms(perms, directions, product, allowed={(1, 0, 2)})
         if weight.shape[1] != width:
             self.fail(f"its weight takes {weight.shape[1]} features, but the RNN's output has {width}", product)

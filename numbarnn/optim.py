@@ -27,9 +27,7 @@ def _as_module_list(modules: Module | Iterable[Module]) -> list[Module]:
     try:
         modules = list(modules)
     except TypeError:
-        raise TypeError(
-            f"modules must be a numbarnn module or a list of them, got {type(modules).__name__}"
-        ) from None
+        raise TypeError(f"modules must be a numbarnn module or a list of them, got {type(modules).__name__}") from None
     if not modules:
         raise ValueError("optimizer got an empty list of modules; pass the modules to train, e.g. [rnn, linear]")
     for index, module in enumerate(modules):
@@ -116,8 +114,15 @@ class SGD(Optimizer):
         Needs ``momentum > 0`` and ``dampening == 0``.
     """
 
-    def __init__(self, modules: Module | Iterable[Module], lr: float, momentum: float = 0.0, dampening: float = 0.0,
-                 weight_decay: float = 0.0, nesterov: bool = False) -> None:
+    def __init__(
+        self,
+        modules: Module | Iterable[Module],
+        lr: float,
+        momentum: float = 0.0,
+        dampening: float = 0.0,
+        weight_decay: float = 0.0,
+        nesterov: bool = False,
+    ) -> None:
         _check_non_negative(lr, "learning rate")
         _check_non_negative(momentum, "momentum value")
         _check_non_negative(weight_decay, "weight_decay value")
@@ -131,8 +136,13 @@ class SGD(Optimizer):
         self._scratch = self._state_buffer()
 
     def _settings(self):
-        return dict(lr=self.lr, momentum=self.momentum, dampening=self.dampening, weight_decay=self.weight_decay,
-                    nesterov=self.nesterov)
+        return dict(
+            lr=self.lr,
+            momentum=self.momentum,
+            dampening=self.dampening,
+            weight_decay=self.weight_decay,
+            nesterov=self.nesterov,
+        )
 
     def _update(self, index, param, grad):
         grad = self._gradient_with_weight_decay(index, param, grad)
@@ -178,8 +188,14 @@ class Adam(Optimizer):
         :math:`\lambda`.
     """
 
-    def __init__(self, modules: Module | Iterable[Module], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 0.0) -> None:
+    def __init__(
+        self,
+        modules: Module | Iterable[Module],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+    ) -> None:
         _check_non_negative(lr, "learning rate")
         _check_non_negative(eps, "epsilon value")
         beta1, beta2 = betas
@@ -243,8 +259,15 @@ class Adagrad(Optimizer):
         :math:`\epsilon`, added to the denominator.
     """
 
-    def __init__(self, modules: Module | Iterable[Module], lr: float = 1e-2, lr_decay: float = 0.0,
-                 weight_decay: float = 0.0, initial_accumulator_value: float = 0.0, eps: float = 1e-10) -> None:
+    def __init__(
+        self,
+        modules: Module | Iterable[Module],
+        lr: float = 1e-2,
+        lr_decay: float = 0.0,
+        weight_decay: float = 0.0,
+        initial_accumulator_value: float = 0.0,
+        eps: float = 1e-10,
+    ) -> None:
         _check_non_negative(lr, "learning rate")
         _check_non_negative(lr_decay, "lr_decay value")
         _check_non_negative(weight_decay, "weight_decay value")
@@ -259,8 +282,13 @@ class Adagrad(Optimizer):
         self._scratch = self._state_buffer()
 
     def _settings(self):
-        return dict(lr=self.lr, lr_decay=self.lr_decay, weight_decay=self.weight_decay,
-                    initial_accumulator_value=self.initial_accumulator_value, eps=self.eps)
+        return dict(
+            lr=self.lr,
+            lr_decay=self.lr_decay,
+            weight_decay=self.weight_decay,
+            initial_accumulator_value=self.initial_accumulator_value,
+            eps=self.eps,
+        )
 
     def _update(self, index, param, grad):
         grad = self._gradient_with_weight_decay(index, param, grad)

@@ -34,8 +34,7 @@ class RecurrentBase(Module, Generic[State]):
 
     _CELL = "rnn"
     _NAME = "RNN"
-    _TRANSIENT = {"_record": None, "_spare_backward": None, "_training_lock": threading.Lock,
-                  "_scratch": ScratchPool}
+    _TRANSIENT = {"_record": None, "_spare_backward": None, "_training_lock": threading.Lock, "_scratch": ScratchPool}
     nonlinearity: str = "tanh"
     proj_size: int = 0
     # Set by _setup from the constructor's arguments (annotations only: no class attributes).
@@ -48,8 +47,9 @@ class RecurrentBase(Module, Generic[State]):
     bidirectional: bool
     num_directions: int
 
-    def _setup(self, input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, proj_size,
-               dtype, seed):
+    def _setup(
+        self, input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, proj_size, dtype, seed
+    ):
         self.check_dropout(dropout, num_layers)
         self.input_size = check_size(input_size, "input_size")
         self.hidden_size = check_size(hidden_size, "hidden_size")
@@ -62,8 +62,14 @@ class RecurrentBase(Module, Generic[State]):
         self.num_directions = 2 if self.bidirectional else 1
         rng = np.random.default_rng(seed)
         entries, self._offsets, total = build_layout(
-            self.input_size, self.hidden_size, self.num_layers, self.num_directions, self.bias, GATES[self._CELL],
-            self.proj_size)
+            self.input_size,
+            self.hidden_size,
+            self.num_layers,
+            self.num_directions,
+            self.bias,
+            GATES[self._CELL],
+            self.proj_size,
+        )
         self._init_parameters(entries, total, dtype, 1.0 / np.sqrt(self.hidden_size), rng)
         self._dropout_rng = rng
         self._record = None  # what the last training forward left for backward (it owns its buffers)
@@ -75,8 +81,16 @@ class RecurrentBase(Module, Generic[State]):
     def _spec(self):
         """What the kernels need to know of the module, built on first use: its sizes and nonlinearity are fixed at
         construction (as torch's ``mode`` is), and building it at each ``step`` cost ~1 µs of a ~5 µs call."""
-        return Spec(self.input_size, self.hidden_size, self.num_layers, self.num_directions, self.dtype,
-                    self.nonlinearity == "relu", self._CELL, self.proj_size)
+        return Spec(
+            self.input_size,
+            self.hidden_size,
+            self.num_layers,
+            self.num_directions,
+            self.dtype,
+            self.nonlinearity == "relu",
+            self._CELL,
+            self.proj_size,
+        )
 
     @property
     def _state_size(self):
@@ -132,20 +146,34 @@ class RecurrentBase(Module, Generic[State]):
         if not self._lstm:
             return (state,)
         if not isinstance(state, (tuple, list)) or len(state) != 2:
-            raise TypeError(f"{self._NAME}: {name} must be a tuple (h, c) of two arrays, as for torch.nn.LSTM, "
-                            f"got {type(state).__name__}")
+            raise TypeError(
+                f"{self._NAME}: {name} must be a tuple (h, c) of two arrays, as for torch.nn.LSTM, "
+                f"got {type(state).__name__}"
+            )
         return tuple(state)
 
     def _state_result(self, parts):
         return tuple(parts) if self._lstm else parts[0]
 
     # -- forward -----------------------------------------------------------------------------------------------
-    def __call__(self, input: npt.ArrayLike, h_0: StateLike | None = None, lengths: npt.ArrayLike | None = None, *,
-                 hx: StateLike | None = None) -> tuple[FloatArray, State]:
+    def __call__(
+        self,
+        input: npt.ArrayLike,
+        h_0: StateLike | None = None,
+        lengths: npt.ArrayLike | None = None,
+        *,
+        hx: StateLike | None = None,
+    ) -> tuple[FloatArray, State]:
         return self.forward(input, h_0, lengths, hx=hx)
 
-    def forward(self, input: npt.ArrayLike, h_0: StateLike | None = None, lengths: npt.ArrayLike | None = None, *,
-                hx: StateLike | None = None) -> tuple[FloatArray, State]:
+    def forward(
+        self,
+        input: npt.ArrayLike,
+        h_0: StateLike | None = None,
+        lengths: npt.ArrayLike | None = None,
+        *,
+        hx: StateLike | None = None,
+    ) -> tuple[FloatArray, State]:
         """Run the network over a sequence.
 
         Parameters
@@ -186,21 +214,40 @@ class RecurrentBase(Module, Generic[State]):
             lengths = self.check_lengths(lengths, steps, batch, batched)
         if state is not None:
             layers = self.num_layers * self.num_directions
-            state = self._state_result([part.reshape(layers, batch, width)
-                                        for part, width in zip(state, self._state_widths(), strict=True)])
+            state = self._state_result(
+                [part.reshape(layers, batch, width) for part, width in zip(state, self._state_widths(), strict=True)]
+            )
         batch_first = batched and self.batch_first
         if not self.training:
             if self._record is not None:
                 self._record = None  # the most recent forward keeps nothing: a backward now would be a mistake
-            output, h_n, _ = engine.forward(self._spec, self._param_flat, self._offsets, x, state, lengths,
-                                            training=False, batch_first=batch_first, pool=self._scratch)
+            output, h_n, _ = engine.forward(
+                self._spec,
+                self._param_flat,
+                self._offsets,
+                x,
+                state,
+                lengths,
+                training=False,
+                batch_first=batch_first,
+                pool=self._scratch,
+            )
         else:
             with self._exclusive_training("forward"):
                 dropout = self._draw_dropout_masks if self.dropout > 0 and self.num_layers > 1 else None
                 spare = self._record if self._record is not None and self._record.consumed else None
-                output, h_n, record = engine.forward(self._spec, self._param_flat, self._offsets, x, state, lengths,
-                                                     training=True, batch_first=batch_first, draw_dropout=dropout,
-                                                     spare=spare)
+                output, h_n, record = engine.forward(
+                    self._spec,
+                    self._param_flat,
+                    self._offsets,
+                    x,
+                    state,
+                    lengths,
+                    training=True,
+                    batch_first=batch_first,
+                    draw_dropout=dropout,
+                    spare=spare,
+                )
                 record.batched = batched
                 self._record = record
         if not batched:
@@ -232,9 +279,11 @@ class RecurrentBase(Module, Generic[State]):
         :meth:`forward`). Safe to call from several threads at once.
         """
         if self.bidirectional:
-            raise ValueError(f"step() runs one time step forward, but a bidirectional {self._NAME}'s reverse "
-                             f"direction needs the whole sequence; call {self._NAME.lower()}(input) on the full "
-                             "sequence instead")
+            raise ValueError(
+                f"step() runs one time step forward, but a bidirectional {self._NAME}'s reverse "
+                f"direction needs the whole sequence; call {self._NAME.lower()}(input) on the full "
+                "sequence instead"
+            )
         x = as_array(input, "input", self.dtype)
         if x.ndim not in (1, 2):
             raise ValueError(f"step: Expected input to be 1D (H_in,) or 2D (N, H_in), got {x.ndim}D instead")
@@ -262,8 +311,10 @@ class RecurrentBase(Module, Generic[State]):
     def _step_states(self, h, batch, batched):
         """An LSTM ``step``'s ``h``, the tuple (h, c), checked, each part as (num_layers, N, width)."""
         h, c = self._state_parts(h, "h")
-        return (self._step_state(h, "h[0]", "hidden[0]", self._state_size, batch, batched),
-                self._step_state(c, "h[1]", "hidden[1]", self.hidden_size, batch, batched))
+        return (
+            self._step_state(h, "h[0]", "hidden[0]", self._state_size, batch, batched),
+            self._step_state(c, "h[1]", "hidden[1]", self.hidden_size, batch, batched),
+        )
 
     def _step_state(self, part, name, label, width, batch, batched):
         part = as_array(part, name, self.dtype)
@@ -273,8 +324,13 @@ class RecurrentBase(Module, Generic[State]):
         return part if batched else part[:, None]
 
     # -- backward ----------------------------------------------------------------------------------------------
-    def backward(self, grad_output: npt.ArrayLike | None = None, grad_h_n: StateGradLike | None = None, *,
-                 need_input_grad: bool = True) -> tuple[FloatArray | None, State]:
+    def backward(
+        self,
+        grad_output: npt.ArrayLike | None = None,
+        grad_h_n: StateGradLike | None = None,
+        *,
+        need_input_grad: bool = True,
+    ) -> tuple[FloatArray | None, State]:
         """Backpropagate through the most recent training-mode forward pass.
 
         Parameter gradients are *added* to :attr:`grads` (as torch's ``.grad`` accumulates); call
@@ -320,8 +376,9 @@ class RecurrentBase(Module, Generic[State]):
             if grad_h_n is not None:
                 parts = []
                 names = ("grad_h_n[0]", "grad_h_n[1]") if self._lstm else ("grad_h_n",)
-                for part, size, name in zip(self._state_parts(grad_h_n, "grad_h_n"), self._state_widths(), names,
-                                            strict=True):
+                for part, size, name in zip(
+                    self._state_parts(grad_h_n, "grad_h_n"), self._state_widths(), names, strict=True
+                ):
                     if part is not None:
                         state_shape = (layers * directions, batch, size)
                         shape = state_shape if record.batched else (layers * directions, size)
@@ -330,9 +387,16 @@ class RecurrentBase(Module, Generic[State]):
                 grad_h_n = self._state_result(parts)
             record.consumed = True  # only now: a backward rejected for a bad gradient leaves the pass usable
             grad_input, grad_h_0, self._spare_backward = engine.backward(
-                self._param_flat, self._offsets, record, grad_output, grad_h_n, self._grad_flat,
-                need_input_grad=need_input_grad, batch_first=record.batched and self.batch_first,
-                spare=self._spare_backward)
+                self._param_flat,
+                self._offsets,
+                record,
+                grad_output,
+                grad_h_n,
+                self._grad_flat,
+                need_input_grad=need_input_grad,
+                batch_first=record.batched and self.batch_first,
+                spare=self._spare_backward,
+            )
         if not record.batched:
             grad_parts = grad_h_0 if self._lstm else (grad_h_0,)
             grad_input = None if grad_input is None else grad_input[:, 0]
@@ -376,8 +440,10 @@ class RecurrentBase(Module, Generic[State]):
         None)."""
         x = np.asarray(input)
         if x.ndim not in (2, 3):
-            raise ValueError(f"{self._NAME}: Expected input to be 2D or 3D, got {x.ndim}D"
-                             + (" tensor instead" if self._CELL == "rnn" else " instead"))
+            raise ValueError(
+                f"{self._NAME}: Expected input to be 2D or 3D, got {x.ndim}D"
+                + (" tensor instead" if self._CELL == "rnn" else " instead")
+            )
         batched = x.ndim == 3
         parts = None
         if h_0 is not None:
@@ -386,8 +452,10 @@ class RecurrentBase(Module, Generic[State]):
             if any(part.ndim != dims for part in parts):
                 kind = "batched 3-D" if batched else "unbatched 2-D"
                 if self._lstm:
-                    raise ValueError(f"For {kind} input, hx and cx should also be {dims}-D but got "
-                                     f"({parts[0].ndim}-D, {parts[1].ndim}-D) tensors")
+                    raise ValueError(
+                        f"For {kind} input, hx and cx should also be {dims}-D but got "
+                        f"({parts[0].ndim}-D, {parts[1].ndim}-D) tensors"
+                    )
                 raise ValueError(f"For {kind} input, hx should also be {dims}-D but got {parts[0].ndim}-D tensor")
         x = as_array(input, "input", self.dtype)  # the original object: the fix it names depends on it
         if x.shape[-1] != self.input_size:
@@ -518,9 +586,20 @@ class RNN(RecurrentBase["FloatArray"]):
         arithmetic); :meth:`train` releases them.
     """
 
-    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
-                 bias: bool = True, batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, *,
-                 dtype: npt.DTypeLike = np.float32, seed: int | np.random.Generator | None = None) -> None:
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        nonlinearity: str = "tanh",
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        *,
+        dtype: npt.DTypeLike = np.float32,
+        seed: int | np.random.Generator | None = None,
+    ) -> None:
         self.nonlinearity = check_nonlinearity(nonlinearity)
         self._setup(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, 0, dtype, seed)
 
@@ -577,11 +656,23 @@ class LSTM(RecurrentBase["tuple[FloatArray, FloatArray]"]):
     _CELL = "lstm"
     _NAME = "LSTM"
 
-    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
-                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0, *,
-                 dtype: npt.DTypeLike = np.float32, seed: int | np.random.Generator | None = None) -> None:
-        self._setup(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, proj_size, dtype,
-                    seed)
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        proj_size: int = 0,
+        *,
+        dtype: npt.DTypeLike = np.float32,
+        seed: int | np.random.Generator | None = None,
+    ) -> None:
+        self._setup(
+            input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, proj_size, dtype, seed
+        )
 
 
 class GRU(RecurrentBase["FloatArray"]):
@@ -632,9 +723,19 @@ class GRU(RecurrentBase["FloatArray"]):
     _CELL = "gru"
     _NAME = "GRU"
 
-    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
-                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, *,
-                 dtype: npt.DTypeLike = np.float32, seed: int | np.random.Generator | None = None) -> None:
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        *,
+        dtype: npt.DTypeLike = np.float32,
+        seed: int | np.random.Generator | None = None,
+    ) -> None:
         self._setup(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, 0, dtype, seed)
 
 

@@ -36,21 +36,51 @@ class CheckpointError(ValueError):
 
 # class -> its constructor arguments, read back from the attributes the constructor sets
 _CONSTRUCTORS = {
-    "RNN": (RNN, lambda m: dict(input_size=m.input_size, hidden_size=m.hidden_size, num_layers=m.num_layers,
-                                nonlinearity=m.nonlinearity, bias=m.bias, batch_first=m.batch_first,
-                                dropout=m.dropout, bidirectional=m.bidirectional)),
-    "LSTM": (LSTM, lambda m: dict(input_size=m.input_size, hidden_size=m.hidden_size, num_layers=m.num_layers,
-                                  bias=m.bias, batch_first=m.batch_first, dropout=m.dropout,
-                                  bidirectional=m.bidirectional, proj_size=m.proj_size)),
-    "GRU": (GRU, lambda m: dict(input_size=m.input_size, hidden_size=m.hidden_size, num_layers=m.num_layers,
-                                bias=m.bias, batch_first=m.batch_first, dropout=m.dropout,
-                                bidirectional=m.bidirectional)),
-    "RNNCell": (RNNCell, lambda m: dict(input_size=m.input_size, hidden_size=m.hidden_size, bias=m.bias,
-                                        nonlinearity=m.nonlinearity)),
+    "RNN": (
+        RNN,
+        lambda m: dict(
+            input_size=m.input_size,
+            hidden_size=m.hidden_size,
+            num_layers=m.num_layers,
+            nonlinearity=m.nonlinearity,
+            bias=m.bias,
+            batch_first=m.batch_first,
+            dropout=m.dropout,
+            bidirectional=m.bidirectional,
+        ),
+    ),
+    "LSTM": (
+        LSTM,
+        lambda m: dict(
+            input_size=m.input_size,
+            hidden_size=m.hidden_size,
+            num_layers=m.num_layers,
+            bias=m.bias,
+            batch_first=m.batch_first,
+            dropout=m.dropout,
+            bidirectional=m.bidirectional,
+            proj_size=m.proj_size,
+        ),
+    ),
+    "GRU": (
+        GRU,
+        lambda m: dict(
+            input_size=m.input_size,
+            hidden_size=m.hidden_size,
+            num_layers=m.num_layers,
+            bias=m.bias,
+            batch_first=m.batch_first,
+            dropout=m.dropout,
+            bidirectional=m.bidirectional,
+        ),
+    ),
+    "RNNCell": (
+        RNNCell,
+        lambda m: dict(input_size=m.input_size, hidden_size=m.hidden_size, bias=m.bias, nonlinearity=m.nonlinearity),
+    ),
     "LSTMCell": (LSTMCell, lambda m: dict(input_size=m.input_size, hidden_size=m.hidden_size, bias=m.bias)),
     "GRUCell": (GRUCell, lambda m: dict(input_size=m.input_size, hidden_size=m.hidden_size, bias=m.bias)),
-    "Linear": (Linear, lambda m: dict(in_features=m.in_features, out_features=m.out_features,
-                                      bias=m.bias_enabled)),
+    "Linear": (Linear, lambda m: dict(in_features=m.in_features, out_features=m.out_features, bias=m.bias_enabled)),
 }
 
 
@@ -135,8 +165,9 @@ def load(path: PathLike) -> dict[str, Module]:
     modules = {}
     for name, entry in header["modules"].items():
         modules[name] = _rebuild(path, name, entry, arrays)
-    extra = sorted(set(arrays) - {f"{name}/{key}" for name, entry in header["modules"].items()
-                                  for key in entry["parameters"]})
+    extra = sorted(
+        set(arrays) - {f"{name}/{key}" for name, entry in header["modules"].items() for key in entry["parameters"]}
+    )
     if extra:
         raise CheckpointError(f"{path}: holds arrays its description does not list: {', '.join(extra)}")
     return modules
@@ -166,8 +197,7 @@ def _read(path):
     with open(path, "rb") as file:  # our own file object: np.load leaks the one it opens on a bad zip directory
         if file.read(len(ZIP_MAGIC)) != ZIP_MAGIC:
             raise CheckpointError(
-                f"{path}: not a numbarnn checkpoint: it does not start like the .npz (zip) archive numbarnn.save "
-                "writes"
+                f"{path}: not a numbarnn checkpoint: it does not start like the .npz (zip) archive numbarnn.save writes"
             )
         file.seek(0)
         try:

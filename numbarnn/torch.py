@@ -66,11 +66,18 @@ class _Plan:
         # Buffers of finished calls, reused by the next calls of the same shape: fresh large buffers cost page faults
         # on every call (measured: a 3-4 ms training step of the demo's model took 2-3 ms more without reuse).
         # Lists, so that taking one (list.pop) is atomic when several threads call the module.
-        self.spare_records = []   # forward records whose graphs are gone (at most 2: a loop keeps one alive)
+        self.spare_records = []  # forward records whose graphs are gone (at most 2: a loop keeps one alive)
         self.spare_backward = []  # backward scratch buffers (at most 1)
         self.scratch = ScratchPool()  # for calls that keep nothing for a backward (no_grad, inference_mode)
-        entries, self.offsets, self.total = build_layout(spec.input_size, spec.hidden_size, spec.num_layers,
-                                                         spec.num_directions, bias, GATES[spec.cell], spec.proj_size)
+        entries, self.offsets, self.total = build_layout(
+            spec.input_size,
+            spec.hidden_size,
+            spec.num_layers,
+            spec.num_directions,
+            bias,
+            GATES[spec.cell],
+            spec.proj_size,
+        )
         self.slices = [(offset, offset + int(np.prod(shape)), shape) for _, offset, shape in entries]
 
     def take(self, spares):
@@ -197,10 +204,17 @@ class _NumbaRNNFunction(torch.autograd.Function):
         params, lengths, batch_first, dropout = options
         lstm = plan.spec.cell == "lstm"
         output, h_n, record = engine.forward(
-            plan.spec, params, plan.offsets, _time_major(x.detach().numpy(), batch_first),
-            (_as_numpy(h_0), _as_numpy(c_0)) if lstm else _as_numpy(h_0), lengths,
-            training=True, batch_first=batch_first, draw_dropout=_dropout_drawer(dropout) if dropout else None,
-            spare=plan.take(plan.spare_records))
+            plan.spec,
+            params,
+            plan.offsets,
+            _time_major(x.detach().numpy(), batch_first),
+            (_as_numpy(h_0), _as_numpy(c_0)) if lstm else _as_numpy(h_0),
+            lengths,
+            training=True,
+            batch_first=batch_first,
+            draw_dropout=_dropout_drawer(dropout) if dropout else None,
+            spare=plan.take(plan.spare_records),
+        )
         ctx.save_for_backward(x, h_0, c_0, *weights)
         ctx.set_materialize_grads(False)  # an unused output's gradient stays None: the engine reads None as zeros
         ctx.plan, ctx.params, ctx.record, ctx.batch_first, ctx.lengths = plan, params, record, batch_first, lengths
@@ -223,18 +237,30 @@ class _NumbaRNNFunction(torch.autograd.Function):
         lstm = plan.spec.cell == "lstm"
         grad_state = (_as_numpy(grad_h_n), _as_numpy(grad_c_n)) if lstm else _as_numpy(grad_h_n)
         grad_input, grad_h_0, scratch = engine.backward(
-            ctx.params, plan.offsets, ctx.record, grad_output, grad_state, grads,
-            need_input_grad=ctx.needs_input_grad[2], batch_first=batch_first,
-            spare=plan.take(plan.spare_backward))
+            ctx.params,
+            plan.offsets,
+            ctx.record,
+            grad_output,
+            grad_state,
+            grads,
+            need_input_grad=ctx.needs_input_grad[2],
+            batch_first=batch_first,
+            spare=plan.take(plan.spare_backward),
+        )
         if scratch is not None and not plan.spare_backward:
             plan.spare_backward.append(scratch)  # returned arrays are copies: the scratch is free again
         needs = ctx.needs_input_grad
         grad_h_0, grad_c_0 = grad_h_0 if lstm else (grad_h_0, None)
         weight_grads = [g if need else None for g, need in zip(plan.split(grads), needs[5:])]
         del weights
-        return (None, None, None if grad_input is None else torch.from_numpy(grad_input),
-                torch.from_numpy(grad_h_0) if needs[3] else None,
-                torch.from_numpy(grad_c_0) if needs[4] else None, *weight_grads)
+        return (
+            None,
+            None,
+            None if grad_input is None else torch.from_numpy(grad_input),
+            torch.from_numpy(grad_h_0) if needs[3] else None,
+            torch.from_numpy(grad_c_0) if needs[4] else None,
+            *weight_grads,
+        )
 
 
 def _batched(grad):
@@ -260,16 +286,30 @@ def _differentiable_backward(ctx, result_grads):
     create_graph = torch.is_grad_enabled()  # torch runs a backward in grad mode exactly when create_graph=True
     with torch.enable_grad():
         x, h_0, c_0, *weights = saved
-        output, h_n, c_n = _torch_forward(record.spec, x.transpose(0, 1) if batch_first else x, h_0, c_0, weights,
-                                          ctx.lengths, _dropout_scales(record))
+        output, h_n, c_n = _torch_forward(
+            record.spec,
+            x.transpose(0, 1) if batch_first else x,
+            h_0,
+            c_0,
+            weights,
+            ctx.lengths,
+            _dropout_scales(record),
+        )
         if batch_first:
             output = output.transpose(0, 1)
         pairs = [(result, grad) for result, grad in zip((output, h_n, c_n), result_grads) if grad is not None]
         wanted = [tensor for tensor, need in zip(saved, needs) if need]
         if not pairs or not wanted:
             return [None] * len(saved)
-        grads = iter(torch.autograd.grad([result for result, _ in pairs], wanted, [grad for _, grad in pairs],
-                                         create_graph=create_graph, allow_unused=True))
+        grads = iter(
+            torch.autograd.grad(
+                [result for result, _ in pairs],
+                wanted,
+                [grad for _, grad in pairs],
+                create_graph=create_graph,
+                allow_unused=True,
+            )
+        )
     return [next(grads) if need else None for need in needs]
 
 
@@ -279,8 +319,10 @@ def _dropout_scales(record):
     buffers = record.buffers
     if buffers is None or buffers.dropout_scale.shape[0] == 0:
         return None
-    return [torch.from_numpy(engine.from_rows(scale, record.packing, record.steps, record.batch, False, False))
-            for scale in buffers.dropout_scale]
+    return [
+        torch.from_numpy(engine.from_rows(scale, record.packing, record.steps, record.batch, False, False))
+        for scale in buffers.dropout_scale
+    ]
 
 
 def _torch_forward(spec, x, h_0, c_0, weights, lengths, scales):
@@ -295,8 +337,9 @@ def _torch_forward(spec, x, h_0, c_0, weights, lengths, scales):
     per_direction = len(weights) // (spec.num_layers * directions)  # w_ih, w_hh, [b_ih, b_hh], [w_hr]
     has_bias = per_direction - (spec.proj_size > 0) == 4
     cell_step = _TORCH_STEPS[spec.cell]
-    running = None if lengths is None else \
-        (torch.arange(steps)[:, None] < torch.as_tensor(lengths)[None, :])[:, :, None]  # (L, N, 1)
+    running = (
+        None if lengths is None else (torch.arange(steps)[:, None] < torch.as_tensor(lengths)[None, :])[:, :, None]
+    )  # (L, N, 1)
     layer_input, finals, cells = x, [], []
     for layer in range(spec.num_layers):
         if layer and scales is not None:
@@ -304,14 +347,14 @@ def _torch_forward(spec, x, h_0, c_0, weights, lengths, scales):
         outputs = []
         for direction in range(directions):
             row = layer * directions + direction
-            w_ih, w_hh, *rest = weights[row * per_direction:(row + 1) * per_direction]
+            w_ih, w_hh, *rest = weights[row * per_direction : (row + 1) * per_direction]
             b_ih, b_hh = rest[:2] if has_bias else (None, None)
             w_hr = rest[-1] if spec.proj_size > 0 else None
             projected = torch.nn.functional.linear(layer_input, w_ih, b_ih)
             h = x.new_zeros(batch, state) if h_0 is None else h_0[row]
             c = None if not lstm else x.new_zeros(batch, hidden) if c_0 is None else c_0[row]
             step_outputs = [None] * steps
-            for t in (range(steps) if direction == 0 else range(steps - 1, -1, -1)):
+            for t in range(steps) if direction == 0 else range(steps - 1, -1, -1):
                 new_h, new_c = cell_step(spec, projected[t], torch.nn.functional.linear(h, w_hh, b_hh), h, c, w_hr)
                 if running is None:
                     h = step_outputs[t] = new_h
@@ -362,16 +405,27 @@ def _run(module, plan, x, hx, weights, lengths, batch_first, dropout):
     _follow_torch_threads()
     params = _parameters_array(module, plan, weights)
     h_0, c_0 = hx if type(hx) is tuple else (hx, None)
-    if torch.is_grad_enabled() and (x.requires_grad or (h_0 is not None and h_0.requires_grad)
-                                    or (c_0 is not None and c_0.requires_grad)
-                                    or any(w.requires_grad for w in weights)):
+    if torch.is_grad_enabled() and (
+        x.requires_grad
+        or (h_0 is not None and h_0.requires_grad)
+        or (c_0 is not None and c_0.requires_grad)
+        or any(w.requires_grad for w in weights)
+    ):
         results = _NumbaRNNFunction.apply(plan, (params, lengths, batch_first, dropout), x, h_0, c_0, *weights)
         return (results[0], results[1:]) if len(results) == 3 else results
     lstm = plan.spec.cell == "lstm"
     output, h_n, _ = engine.forward(
-        plan.spec, params, plan.offsets, _time_major(x.detach().numpy(), batch_first),
-        (_as_numpy(h_0), _as_numpy(c_0)) if lstm else _as_numpy(h_0), lengths, training=False,
-        batch_first=batch_first, draw_dropout=_dropout_drawer(dropout) if dropout else None, pool=plan.scratch)
+        plan.spec,
+        params,
+        plan.offsets,
+        _time_major(x.detach().numpy(), batch_first),
+        (_as_numpy(h_0), _as_numpy(c_0)) if lstm else _as_numpy(h_0),
+        lengths,
+        training=False,
+        batch_first=batch_first,
+        draw_dropout=_dropout_drawer(dropout) if dropout else None,
+        pool=plan.scratch,
+    )
     if lstm:
         return torch.from_numpy(output), (torch.from_numpy(h_n[0]), torch.from_numpy(h_n[1]))
     return torch.from_numpy(output), torch.from_numpy(h_n)
@@ -420,9 +474,11 @@ class _DropIn:
                 f"torch.jit.script cannot compile {type(self).__name__}, a subclass of numbarnn.torch."
                 f"{_DROP_INS[self._TORCH_CLASS].__name__}: its forward runs numbarnn's Python kernels, and numbarnn "
                 f"scripts only its own classes (as torch's {self._TORCH_CLASS.__name__}). Derive it from "
-                f"torch.nn.{self._TORCH_CLASS.__name__} to script it.")
-        state = {name: copy.copy(value) if isinstance(value, dict) else value
-                 for name, value in self.__getstate__().items()}
+                f"torch.nn.{self._TORCH_CLASS.__name__} to script it."
+            )
+        state = {
+            name: copy.copy(value) if isinstance(value, dict) else value for name, value in self.__getstate__().items()
+        }
         twin = self._TORCH_CLASS.__new__(self._TORCH_CLASS)
         twin.__setstate__(state)
         return twin
@@ -458,8 +514,16 @@ class _SequenceDropIn(_DropIn):
         return _plain_autograd()
 
     def _numbarnn_spec(self, dtype):
-        return Spec(self.input_size, self.hidden_size, self.num_layers, 2 if self.bidirectional else 1, dtype,
-                    self.mode == "RNN_RELU", self._CELL, self.proj_size), self.bias
+        return Spec(
+            self.input_size,
+            self.hidden_size,
+            self.num_layers,
+            2 if self.bidirectional else 1,
+            dtype,
+            self.mode == "RNN_RELU",
+            self._CELL,
+            self.proj_size,
+        ), self.bias
 
 
 _AUTOGRAD_DOC = """
@@ -550,9 +614,14 @@ def _rnn_forward(module, input, hx):
         return _packed_forward(module, input, hx, weights, dropout)
     lstm = module._CELL == "lstm"
     dims = input.dim()
-    if (dims not in (2, 3) or input.size(0 if dims == 2 or not module.batch_first else 1) == 0
-            or (hx is not None and ((type(hx) is tuple) != lstm or len(_states(hx)) != 1 + lstm
-                                    or not _state_dims(hx, dims)))):
+    if (
+        dims not in (2, 3)
+        or input.size(0 if dims == 2 or not module.batch_first else 1) == 0
+        or (
+            hx is not None
+            and ((type(hx) is tuple) != lstm or len(_states(hx)) != 1 + lstm or not _state_dims(hx, dims))
+        )
+    ):
         return module._TORCH_CLASS.forward(module, input, hx)  # raises torch's error for what was given
     batched = dims == 3
     batch_first = module.batch_first
@@ -566,8 +635,9 @@ def _rnn_forward(module, input, hx):
         module.check_forward_args(input, hx, None)
     output, h_n = _run(module, module._numbarnn_plan(input.dtype), input, hx, weights, None, batch_first, dropout)
     if not batched:
-        return output.squeeze(0 if batch_first else 1), \
-            tuple(state.squeeze(1) for state in h_n) if lstm else h_n.squeeze(1)
+        return output.squeeze(0 if batch_first else 1), tuple(
+            state.squeeze(1) for state in h_n
+        ) if lstm else h_n.squeeze(1)
     return output, h_n
 
 
@@ -586,8 +656,9 @@ def _packed_forward(module, packed, hx, weights, dropout):
     padded = data.new_zeros(steps * batch, data.size(1)).index_copy(0, rows, data).view(steps, batch, data.size(1))
     output, h_n = _run(module, module._numbarnn_plan(data.dtype), padded, hx, weights, lengths, False, dropout)
     output = output.reshape(steps * batch, -1).index_select(0, rows)
-    return PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices), \
-        module.permute_hidden(h_n, unsorted_indices)
+    return PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices), module.permute_hidden(
+        h_n, unsorted_indices
+    )
 
 
 class _CellDropIn(_DropIn):
@@ -598,9 +669,13 @@ class _CellDropIn(_DropIn):
 
     def forward(self, input, hx=None):
         dtype = input.dtype
-        if (dtype not in _NUMPY_DTYPES or input.device.type != "cpu"
-                or getattr(self, "nonlinearity", "tanh") not in ("tanh", "relu")
-                or self.weight_ih.dtype != dtype or self.weight_ih.device.type != "cpu"):
+        if (
+            dtype not in _NUMPY_DTYPES
+            or input.device.type != "cpu"
+            or getattr(self, "nonlinearity", "tanh") not in ("tanh", "relu")
+            or self.weight_ih.dtype != dtype
+            or self.weight_ih.device.type != "cpu"
+        ):
             return super().forward(input, hx)
         if hx is not None:
             for state in hx if type(hx) is tuple else (hx,):
@@ -611,8 +686,9 @@ class _CellDropIn(_DropIn):
         return _cell_forward(self, input, hx)
 
     def _numbarnn_spec(self, dtype):
-        return Spec(self.input_size, self.hidden_size, 1, 1, dtype, getattr(self, "nonlinearity", "") == "relu",
-                    self._CELL), self.bias
+        return Spec(
+            self.input_size, self.hidden_size, 1, 1, dtype, getattr(self, "nonlinearity", "") == "relu", self._CELL
+        ), self.bias
 
 
 class RNNCell(_CellDropIn, _TORCH_RNN_CELL):
@@ -655,14 +731,21 @@ def _cell_shapes_fit(cell, input, hx):
     if hx is None:
         return True
     if cell._CELL == "lstm":
-        return type(hx) is tuple and len(hx) == 2 and _cell_state_fits(cell, hx[0], input) \
+        return (
+            type(hx) is tuple
+            and len(hx) == 2
+            and _cell_state_fits(cell, hx[0], input)
             and _cell_state_fits(cell, hx[1], input)
+        )
     return type(hx) is not tuple and _cell_state_fits(cell, hx, input)
 
 
 def _cell_state_fits(cell, state, input):
-    return state.dim() == input.dim() and state.size(-1) == cell.hidden_size \
+    return (
+        state.dim() == input.dim()
+        and state.size(-1) == cell.hidden_size
         and (input.dim() == 1 or state.size(0) == input.size(0))
+    )
 
 
 @torch.compiler.disable
@@ -676,11 +759,14 @@ def _cell_forward(cell, input, hx):
     weights = [getattr(cell, name) for name in (_CELL_NAMES if cell.bias else _CELL_NAMES[:2])]
     plan = cell._numbarnn_plan(x.dtype)
     lstm = cell._CELL == "lstm"
-    if torch.is_grad_enabled() and (x.requires_grad or (hx is not None and any(state.requires_grad
-                                                                                for state in _states(hx)))
-                                    or any(w.requires_grad for w in weights)):
-        _, h_n = _run(cell, plan, x.unsqueeze(0), None if hx is None else _unsqueeze_states(hx, 0), weights, None,
-                      False, 0.0)
+    if torch.is_grad_enabled() and (
+        x.requires_grad
+        or (hx is not None and any(state.requires_grad for state in _states(hx)))
+        or any(w.requires_grad for w in weights)
+    ):
+        _, h_n = _run(
+            cell, plan, x.unsqueeze(0), None if hx is None else _unsqueeze_states(hx, 0), weights, None, False, 0.0
+        )
         new = tuple(state[0] for state in h_n) if lstm else h_n[0]
     else:
         new = _cell_step(plan, x, hx, _parameters_array(cell, plan, weights))  # serial: no threads to set
@@ -694,8 +780,13 @@ def _cell_step(plan, x, hx, params):
     LSTM's new (h, c))."""
     spec = plan.spec
     h, c = (hx, None) if type(hx) is not tuple else hx
-    buffers = step_buffers(spec, x.detach().numpy(), None if h is None else h.detach().numpy()[None],
-                           None if c is None else c.detach().numpy()[None], False)
+    buffers = step_buffers(
+        spec,
+        x.detach().numpy(),
+        None if h is None else h.detach().numpy()[None],
+        None if c is None else c.detach().numpy()[None],
+        False,
+    )
     run_step(spec, params, plan.offsets, buffers)
     if spec.cell == "lstm":
         return torch.from_numpy(buffers.out), torch.from_numpy(buffers.c[0])
@@ -731,13 +822,22 @@ def accelerate(model):
         elif type(module) in _DROP_IN_CLASSES:
             found = True
     if not found:
-        warnings.warn(f"numbarnn.torch.accelerate: {type(model).__name__} holds no torch.nn.RNN, LSTM, GRU, RNNCell, "
-                      "LSTMCell or GRUCell (subclasses are left alone), so nothing was switched and nothing runs "
-                      "faster; use numbarnn.torch's classes in its definition instead", stacklevel=2)
+        warnings.warn(
+            f"numbarnn.torch.accelerate: {type(model).__name__} holds no torch.nn.RNN, LSTM, GRU, RNNCell, "
+            "LSTMCell or GRUCell (subclasses are left alone), so nothing was switched and nothing runs "
+            "faster; use numbarnn.torch's classes in its definition instead",
+            stacklevel=2,
+        )
     return model
 
 
 # torch's class -> its drop-in
-_DROP_INS = {_TORCH_RNN: RNN, _TORCH_RNN_CELL: RNNCell, _TORCH_LSTM: LSTM, _TORCH_GRU: GRU,
-             _TORCH_LSTM_CELL: LSTMCell, _TORCH_GRU_CELL: GRUCell}
+_DROP_INS = {
+    _TORCH_RNN: RNN,
+    _TORCH_RNN_CELL: RNNCell,
+    _TORCH_LSTM: LSTM,
+    _TORCH_GRU: GRU,
+    _TORCH_LSTM_CELL: LSTMCell,
+    _TORCH_GRU_CELL: GRUCell,
+}
 _DROP_IN_CLASSES = frozenset(_DROP_INS.values())

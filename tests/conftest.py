@@ -46,10 +46,13 @@ def dask_client(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         for name, value in environment.items():
             patch.setenv(name, value)
-        with dask.config.set({"distributed.nanny.pre-spawn-environ": environment}), \
-                distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                         dashboard_address=None) as cluster, \
-                distributed.Client(cluster) as client:
+        with (
+            dask.config.set({"distributed.nanny.pre-spawn-environ": environment}),
+            distributed.LocalCluster(
+                n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+            ) as cluster,
+            distributed.Client(cluster) as client,
+        ):
             patch.undo()  # the workers have started: the rest of the session keeps its own environment
             yield client, cache_dir
 
@@ -72,15 +75,19 @@ _early_directories = []
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "early(work): run work(directory, environment) in the background from the "
-                                       "start of the session; the test reads its result from the early_work fixture")
+    config.addinivalue_line(
+        "markers",
+        "early(work): run work(directory, environment) in the background from the "
+        "start of the session; the test reads its result from the early_work fixture",
+    )
 
 
 def _skipped(item):
     """Whether a skip or skipif marker (with a boolean condition) skips the test: its work is not started."""
     return any(item.iter_markers("skip")) or any(
         marker.args and not isinstance(marker.args[0], str) and bool(marker.args[0])
-        for marker in item.iter_markers("skipif"))
+        for marker in item.iter_markers("skipif")
+    )
 
 
 def pytest_collection_finish(session):

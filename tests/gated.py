@@ -20,13 +20,33 @@ def _torch_module(kind, args, seed):
     return getattr(torch.nn, kind)(*args[:-1], dtype=torch_dtype(args[-1]))
 
 
-def make_pair(kind, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
-              bidirectional=False, proj_size=0, dtype=np.float64, seed=0):
+def make_pair(
+    kind,
+    input_size,
+    hidden_size,
+    num_layers=1,
+    bias=True,
+    batch_first=False,
+    dropout=0.0,
+    bidirectional=False,
+    proj_size=0,
+    dtype=np.float64,
+    seed=0,
+):
     """A fresh numbarnn module (``kind`` "LSTM" or "GRU") and torch's (shared between tests, never modified), with
     torch's weights; both in training mode."""
     extra = (proj_size,) if kind == "LSTM" else ()
-    args = (input_size, hidden_size, num_layers, bias, batch_first, float(dropout), bidirectional, *extra,
-            np.dtype(dtype))
+    args = (
+        input_size,
+        hidden_size,
+        num_layers,
+        bias,
+        batch_first,
+        float(dropout),
+        bidirectional,
+        *extra,
+        np.dtype(dtype),
+    )
     reference = _torch_module(kind, args, seed).train()
     module = getattr(numbarnn, kind)(*args[:-1], dtype=dtype, seed=seed + 1)
     module.load_state_dict(reference.state_dict())
@@ -84,26 +104,33 @@ def torch_reference(reference, x, state, grad_output, grad_state, lengths=None):
         output_t, final = reference(x_t, hx)
     else:
         steps = x_t.shape[1] if reference.batch_first else x_t.shape[0]
-        packed = torch.nn.utils.rnn.pack_padded_sequence(x_t, torch.as_tensor(np.asarray(lengths)),
-                                                         batch_first=reference.batch_first, enforce_sorted=False)
+        packed = torch.nn.utils.rnn.pack_padded_sequence(
+            x_t, torch.as_tensor(np.asarray(lengths)), batch_first=reference.batch_first, enforce_sorted=False
+        )
         packed_output, final = reference(packed, hx)
-        output_t, _ = torch.nn.utils.rnn.pad_packed_sequence(packed_output, batch_first=reference.batch_first,
-                                                             total_length=steps)
+        output_t, _ = torch.nn.utils.rnn.pad_packed_sequence(
+            packed_output, batch_first=reference.batch_first, total_length=steps
+        )
     final_parts = list(final) if isinstance(final, tuple) else [final]
     loss = (output_t * torch.tensor(grad_output, dtype=dtype)).sum()
     for part, grad in zip(final_parts, parts_of(grad_state), strict=True):
         loss = loss + (part * torch.tensor(grad, dtype=dtype)).sum()
     loss.backward()
     grads = {name: p.grad.numpy() for name, p in reference.named_parameters()}
-    return (output_t.detach().numpy(), [p.detach().numpy() for p in final_parts], x_t.grad.numpy(),
-            [p.grad.numpy() for p in parts_t], grads)
+    return (
+        output_t.detach().numpy(),
+        [p.detach().numpy() for p in final_parts],
+        x_t.grad.numpy(),
+        [p.grad.numpy() for p in parts_t],
+        grads,
+    )
 
 
-def compare(module, reference, x, state, grad_output, grad_state, dtype, lengths=None, eval_too=True,
-            nonzero=True):
+def compare(module, reference, x, state, grad_output, grad_state, dtype, lengths=None, eval_too=True, nonzero=True):
     """numbarnn's forward (in eval and training mode) and backward against torch's; every output and gradient."""
-    output_e, final_e, grad_x_e, grad_state_e, grads_e = torch_reference(reference, x, state, grad_output,
-                                                                          grad_state, lengths)
+    output_e, final_e, grad_x_e, grad_state_e, grads_e = torch_reference(
+        reference, x, state, grad_output, grad_state, lengths
+    )
     modes = ("eval", "train") if eval_too else ("train",)
     for mode in modes:
         getattr(module, mode)()

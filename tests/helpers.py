@@ -86,25 +86,63 @@ def torch_dtype(dtype):
 
 
 @functools.lru_cache(maxsize=None)
-def _torch_rnn(input_size, hidden_size, num_layers, nonlinearity, bias, batch_first, dropout, bidirectional, dtype,
-               seed):
+def _torch_rnn(
+    input_size, hidden_size, num_layers, nonlinearity, bias, batch_first, dropout, bidirectional, dtype, seed
+):
     # Cached: many tests share a configuration, and torch.manual_seed plus construction cost more than the test.
     # Callers never change the weights (torch_run only reads them and resets .grad).
     torch.manual_seed(seed)
-    return torch.nn.RNN(input_size, hidden_size, num_layers, nonlinearity=nonlinearity, bias=bias,
-                        batch_first=batch_first, dropout=dropout, bidirectional=bidirectional,
-                        dtype=torch_dtype(dtype))
+    return torch.nn.RNN(
+        input_size,
+        hidden_size,
+        num_layers,
+        nonlinearity=nonlinearity,
+        bias=bias,
+        batch_first=batch_first,
+        dropout=dropout,
+        bidirectional=bidirectional,
+        dtype=torch_dtype(dtype),
+    )
 
 
-def make_rnn_pair(input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True, batch_first=False,
-                  dropout=0.0, bidirectional=False, dtype=np.float64, seed=0):
+def make_rnn_pair(
+    input_size,
+    hidden_size,
+    num_layers=1,
+    nonlinearity="tanh",
+    bias=True,
+    batch_first=False,
+    dropout=0.0,
+    bidirectional=False,
+    dtype=np.float64,
+    seed=0,
+):
     """A fresh ``numbarnn.RNN`` and a ``torch.nn.RNN`` (shared between tests, do not modify its weights) built
     with the same arguments, numbarnn holding torch's weights; torch's module is in training mode."""
-    reference = _torch_rnn(input_size, hidden_size, num_layers, nonlinearity, bias, batch_first, float(dropout),
-                           bidirectional, np.dtype(dtype), seed).train()
-    rnn = numbarnn.RNN(input_size, hidden_size, num_layers, nonlinearity=nonlinearity, bias=bias,
-                       batch_first=batch_first, dropout=dropout, bidirectional=bidirectional, dtype=dtype,
-                       seed=seed + 1)
+    reference = _torch_rnn(
+        input_size,
+        hidden_size,
+        num_layers,
+        nonlinearity,
+        bias,
+        batch_first,
+        float(dropout),
+        bidirectional,
+        np.dtype(dtype),
+        seed,
+    ).train()
+    rnn = numbarnn.RNN(
+        input_size,
+        hidden_size,
+        num_layers,
+        nonlinearity=nonlinearity,
+        bias=bias,
+        batch_first=batch_first,
+        dropout=dropout,
+        bidirectional=bidirectional,
+        dtype=dtype,
+        seed=seed + 1,
+    )
     rnn.load_state_dict(reference.state_dict())
     return rnn, reference
 
@@ -134,11 +172,13 @@ def torch_run(reference, x, h_0=None, grad_output=None, grad_h_n=None, lengths=N
         output_t, h_n_t = reference(x_t, h_0_t)
     else:
         steps = x_t.shape[1] if reference.batch_first else x_t.shape[0]
-        packed = torch.nn.utils.rnn.pack_padded_sequence(x_t, torch.as_tensor(np.asarray(lengths)),
-                                                         batch_first=reference.batch_first, enforce_sorted=False)
+        packed = torch.nn.utils.rnn.pack_padded_sequence(
+            x_t, torch.as_tensor(np.asarray(lengths)), batch_first=reference.batch_first, enforce_sorted=False
+        )
         packed_output, h_n_t = reference(packed, h_0_t)
-        output_t, _ = torch.nn.utils.rnn.pad_packed_sequence(packed_output, batch_first=reference.batch_first,
-                                                             total_length=steps)
+        output_t, _ = torch.nn.utils.rnn.pad_packed_sequence(
+            packed_output, batch_first=reference.batch_first, total_length=steps
+        )
     output, h_n = output_t.detach().numpy(), h_n_t.detach().numpy()
     if grad_output is None and grad_h_n is None:
         return output, h_n, None, None, None
@@ -148,8 +188,10 @@ def torch_run(reference, x, h_0=None, grad_output=None, grad_h_n=None, lengths=N
     if grad_h_n is not None:
         loss = loss + (h_n_t * torch.tensor(np.asarray(grad_h_n), dtype=dtype)).sum()
     loss.backward()
-    grads = {name: (np.zeros(tuple(p.shape), p.detach().numpy().dtype) if p.grad is None else p.grad.numpy())
-             for name, p in reference.named_parameters()}
+    grads = {
+        name: (np.zeros(tuple(p.shape), p.detach().numpy().dtype) if p.grad is None else p.grad.numpy())
+        for name, p in reference.named_parameters()
+    }
     return output, h_n, x_t.grad.numpy(), h_0_t.grad.numpy(), grads
 
 
@@ -180,14 +222,21 @@ def standard_normal(rng, shape, dtype):
 def assert_bitwise_equal(actual, expected, name=""):
     """Same shape, dtype and bytes: stricter than ``==`` (tells -0.0 from 0.0, and NaN payloads apart)."""
     actual, expected = np.ascontiguousarray(actual), np.ascontiguousarray(expected)
-    assert (actual.shape, actual.dtype) == (expected.shape, expected.dtype), (name, actual.shape, expected.shape,
-                                                                              actual.dtype, expected.dtype)
+    assert (actual.shape, actual.dtype) == (expected.shape, expected.dtype), (
+        name,
+        actual.shape,
+        expected.shape,
+        actual.dtype,
+        expected.dtype,
+    )
     if actual.tobytes() != expected.tobytes():
         bits = f"u{actual.itemsize}"
         differ = np.flatnonzero(actual.reshape(-1).view(bits) != expected.reshape(-1).view(bits))
         first = differ[0]
-        raise AssertionError(f"{name}: {differ.size} of {actual.size} values differ in their bits, the first at flat "
-                             f"index {first}: {actual.reshape(-1)[first]!r} != {expected.reshape(-1)[first]!r}")
+        raise AssertionError(
+            f"{name}: {differ.size} of {actual.size} values differ in their bits, the first at flat "
+            f"index {first}: {actual.reshape(-1)[first]!r} != {expected.reshape(-1)[first]!r}"
+        )
 
 
 def pairwise_cases(options):
@@ -195,6 +244,7 @@ def pairwise_cases(options):
 
     Greedy: add the full-product row that covers the most still-uncovered pairs until none is left. Deterministic.
     """
+
     def pairs(case):
         return {((a, case[a]), (b, case[b])) for a, b in itertools.combinations(options, 2)}
 

@@ -123,8 +123,9 @@ def rnn_backward(cache, params, num_layers, bidirectional, nonlinearity, grad_ou
                     y = outputs[t, n, columns]
                     grad_pre = activation_backward(grad_outputs[t, n, columns] + grad_h, y, nonlinearity)
                     previous_step = t + 1 if direction == 1 else t - 1
-                    previous_state = h_0[row, n] if previous_step in (-1, lengths[n]) else \
-                        outputs[previous_step, n, columns]
+                    previous_state = (
+                        h_0[row, n] if previous_step in (-1, lengths[n]) else outputs[previous_step, n, columns]
+                    )
                     grads[parameter_name("weight_ih", layer, direction)] += np.outer(grad_pre, inputs[t, n])
                     grads[parameter_name("weight_hh", layer, direction)] += np.outer(grad_pre, previous_state)
                     if has_bias:

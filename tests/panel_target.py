@@ -69,9 +69,12 @@ def main():
     from numbarnn import _panels
 
     target = _isa.target()
-    report = {"tile": vars(_isa.tile()), "target": vars(target),
-              "matches_numba": (target.triple, target.cpu_name, target.features)
-              == cpu_target.target_context.codegen().magic_tuple()}
+    report = {
+        "tile": vars(_isa.tile()),
+        "target": vars(target),
+        "matches_numba": (target.triple, target.cpu_name, target.features)
+        == cpu_target.target_context.codegen().magic_tuple(),
+    }
     assembly = {}
     for dtype in ("float32", "float64"):
         signature = f"({dtype}[:, ::1], {dtype}[:, :, ::1], {dtype}[:, ::1])"
@@ -83,8 +86,9 @@ def main():
             assembly[dtype] = _panels.panel_matmul.inspect_asm(compiled)
     text = "\n".join(assembly.values())
     report["libm_fma_calls"] = LIBM_FMA.findall(text)
-    report["instructions"] = {name: name in text for name in ("zmm", "ymm", "xmm", "vfmadd", "mulps", "addps",
-                                                              "fmla", "fmul", "fadd")}
+    report["instructions"] = {
+        name: name in text for name in ("zmm", "ymm", "xmm", "vfmadd", "mulps", "addps", "fmla", "fmul", "fadd")
+    }
     if args.run is not None:
         report["worst_error_over_bound"] = worst_errors(_panels, args.run)
     print(json.dumps(report))

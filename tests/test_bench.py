@@ -62,9 +62,25 @@ def two_rounds():
     configuration); run once, shared by the tests that read it."""
     with tempfile.TemporaryDirectory() as directory:
         path = Path(directory) / "bench.json"
-        exit_code, out, err = run_bench(["--configs", "tiny", "step", "--custom-config", CUSTOM, "--repeats", "2",
-                                         "--rounds", "2", "--threads", "1", "--gemm-size", "128", "--json",
-                                         str(path)])
+        exit_code, out, err = run_bench(
+            [
+                "--configs",
+                "tiny",
+                "step",
+                "--custom-config",
+                CUSTOM,
+                "--repeats",
+                "2",
+                "--rounds",
+                "2",
+                "--threads",
+                "1",
+                "--gemm-size",
+                "128",
+                "--json",
+                str(path),
+            ]
+        )
         assert exit_code == 0, err
         return out, err, json.loads(path.read_text())
 
@@ -75,9 +91,26 @@ def gated_round():
     custom configuration); run once, shared by the tests that read it."""
     with tempfile.TemporaryDirectory() as directory:
         path = Path(directory) / "bench.json"
-        exit_code, out, err = run_bench(["--cell", "lstm,gru", "--configs", "step", "--custom-config", CUSTOM,
-                                         "--repeats", "1", "--rounds", "1", "--threads", "1", "--gemm-size", "64",
-                                         "--json", str(path)])
+        exit_code, out, err = run_bench(
+            [
+                "--cell",
+                "lstm,gru",
+                "--configs",
+                "step",
+                "--custom-config",
+                CUSTOM,
+                "--repeats",
+                "1",
+                "--rounds",
+                "1",
+                "--threads",
+                "1",
+                "--gemm-size",
+                "64",
+                "--json",
+                str(path),
+            ]
+        )
         assert exit_code == 0, err
         return out, json.loads(path.read_text())
 
@@ -134,12 +167,16 @@ def test_the_table_shows_medians_of_the_processes_medians_and_their_ratios():
         key = bench.config_key("rnn", name)
         for task in ("fwd", "train"):
             for library in bench.LIBRARIES:
-                per_process = [statistics.median(process["timings"][key][task])
-                               for process in data["processes"] if process["library"] == library]
+                per_process = [
+                    statistics.median(process["timings"][key][task])
+                    for process in data["processes"]
+                    if process["library"] == library
+                ]
                 assert summary[key][task][library] == statistics.median(per_process)
                 assert summary[key][task][f"{library}_spread"] == max(per_process) / min(per_process)
-                assert number(row[f"{library} {task} ms"]) == pytest.approx(summary[key][task][library] * 1e3,
-                                                                              rel=PRINTED)
+                assert number(row[f"{library} {task} ms"]) == pytest.approx(
+                    summary[key][task][library] * 1e3, rel=PRINTED
+                )
             torch_ms, numbarnn_ms = number(row[f"torch {task} ms"]), number(row[f"numbarnn {task} ms"])
             assert number(row[f"{task} ratio"]) == pytest.approx(torch_ms / numbarnn_ms, rel=RECOMPUTED)
         config = bench.CONFIGS.get(name) or bench._custom_config(CUSTOM)
@@ -160,15 +197,18 @@ def test_the_step_table_compares_single_steps_and_cells_in_microseconds():
     out, _, data = two_rounds()
     (row,) = as_dicts(markdown_tables(out)[1])
     step = data["summary"]["configs"][bench.config_key("rnn", bench.STEP_NAME)]
-    for task, torch_column, numbarnn_column in (("step", "torch RNN (L=1) us", "numbarnn step us"),
-                                                ("cell", "torch RNNCell us", "numbarnn RNNCell us")):
+    for task, torch_column, numbarnn_column in (
+        ("step", "torch RNN (L=1) us", "numbarnn step us"),
+        ("cell", "torch RNNCell us", "numbarnn RNNCell us"),
+    ):
         assert number(row[torch_column]) == pytest.approx(step[task]["torch"] * 1e6, rel=PRINTED)
         assert number(row[numbarnn_column]) == pytest.approx(step[task]["numbarnn"] * 1e6, rel=PRINTED)
         assert number(row[f"{task} ratio"]) == pytest.approx(
-            number(row[torch_column]) / number(row[numbarnn_column]), rel=RECOMPUTED)
+            number(row[torch_column]) / number(row[numbarnn_column]), rel=RECOMPUTED
+        )
     assert float(row["rel err"]) < FLOAT32_FORWARD_TOLERANCE
     numbarnn_process = next(process for process in data["processes"] if process["library"] == "numbarnn")
-    assert f'RNN.{numbarnn_process["notes"][bench.config_key("rnn", bench.STEP_NAME)]["step call"]}' in out
+    assert f"RNN.{numbarnn_process['notes'][bench.config_key('rnn', bench.STEP_NAME)]['step call']}" in out
 
 
 @pytest.mark.slow
@@ -198,7 +238,8 @@ def test_each_gated_cell_is_timed_against_its_torch_counterpart(cell):
     flops = bench._custom_config(CUSTOM).forward_flops(gates)
     assert flops == gates * bench._custom_config(CUSTOM).forward_flops()
     assert number(row["numbarnn fwd GFLOP/s"]) == pytest.approx(
-        flops / (number(row["numbarnn fwd ms"]) * 1e-3) / 1e9, rel=RECOMPUTED)
+        flops / (number(row["numbarnn fwd ms"]) * 1e-3) / 1e9, rel=RECOMPUTED
+    )
     assert float(row["fwd rel err"]) < FLOAT32_FORWARD_TOLERANCE  # both loaded the same weights and data
     (step_row,) = as_dicts(step_table)
     assert float(step_row["rel err"]) < FLOAT32_FORWARD_TOLERANCE  # the step and the cell carry (h, c) alike
@@ -214,8 +255,11 @@ def test_the_report_says_torch_lstm_runs_onednn_only_when_torch_says_so():
     gru_notes = torch_process["notes"][bench.config_key("gru", bench.CUSTOM_NAME)]
     assert lstm_notes["torch.backends.mkldnn.is_available()"] == torch.backends.mkldnn.is_available()
     assert "aten::gru" in gru_notes["forward ops"] and not any("mkldnn" in op for op in gru_notes["forward ops"])
-    onednn = (lstm_notes["torch.backends.mkldnn.is_available()"] and lstm_notes["torch.backends.mkldnn.enabled"]
-              and "aten::mkldnn_rnn_layer" in lstm_notes["forward ops"])
+    onednn = (
+        lstm_notes["torch.backends.mkldnn.is_available()"]
+        and lstm_notes["torch.backends.mkldnn.enabled"]
+        and "aten::mkldnn_rnn_layer" in lstm_notes["forward ops"]
+    )
     assert ("torch's float32 CPU LSTM runs oneDNN:" in out) == onednn
     assert ("runs torch's own kernels here, not oneDNN" in out) == (not onednn)
 
@@ -223,8 +267,11 @@ def test_the_report_says_torch_lstm_runs_onednn_only_when_torch_says_so():
 def test_the_onednn_line_follows_the_torch_workers_profile():
     args = parse(["--cell", "lstm", "--dtype", "float64"])
     configs = {bench.CUSTOM_NAME: bench._custom_config(CUSTOM)}
-    notes = {"torch.backends.mkldnn.is_available()": True, "torch.backends.mkldnn.enabled": True,
-             "forward ops": ["aten::lstm"]}  # float64: torch's own kernel
+    notes = {
+        "torch.backends.mkldnn.is_available()": True,
+        "torch.backends.mkldnn.enabled": True,
+        "forward ops": ["aten::lstm"],
+    }  # float64: torch's own kernel
     reports = [{"library": "torch", "notes": {bench.config_key("lstm", bench.CUSTOM_NAME): notes}}]
     line = bench.torch_kernels_line(args, configs, reports, ["lstm"])
     assert "float64 CPU LSTM runs torch's own kernels here, not oneDNN" in line and "aten::lstm" in line
@@ -239,6 +286,7 @@ def test_the_onednn_line_follows_the_torch_workers_profile():
 def test_the_report_names_the_machine_the_method_and_the_threads():
     out, _, data = two_rounds()
     import torch
+
     assert "each library timed alone in its own fresh Python process; 2 rounds" in out
     assert "alternating which goes first" in out and "median over the 2 processes of each process's median" in out
     assert "threads: 1 for both libraries" in out and "torch.get_num_threads()=1" in out
@@ -253,9 +301,24 @@ def test_the_report_names_the_machine_the_method_and_the_threads():
 
 @pytest.mark.slow
 def test_bench_float64_relu_runs_the_same_weights_in_both_libraries():
-    exit_code, out, err = run_bench(["--custom-config", "5,2,3,4,1,yes", "--repeats", "1", "--rounds", "1",
-                                     "--threads", "1", "--dtype", "float64", "--nonlinearity", "relu",
-                                     "--gemm-size", "64"])
+    exit_code, out, err = run_bench(
+        [
+            "--custom-config",
+            "5,2,3,4,1,yes",
+            "--repeats",
+            "1",
+            "--rounds",
+            "1",
+            "--threads",
+            "1",
+            "--dtype",
+            "float64",
+            "--nonlinearity",
+            "relu",
+            "--gemm-size",
+            "64",
+        ]
+    )
     assert exit_code == 0, err
     (row,) = as_dicts(markdown_tables(out)[0])
     assert float(row["fwd rel err"]) < FLOAT64_FORWARD_TOLERANCE
@@ -265,8 +328,9 @@ def test_bench_float64_relu_runs_the_same_weights_in_both_libraries():
 @pytest.mark.slow
 def test_the_step_alone_needs_no_gemm_ceiling(tmp_path):
     path = tmp_path / "bench.json"
-    exit_code, out, err = run_bench(["--configs", "step", "--repeats", "1", "--rounds", "1", "--threads", "1",
-                                     "--json", str(path)])
+    exit_code, out, err = run_bench(
+        ["--configs", "step", "--repeats", "1", "--rounds", "1", "--threads", "1", "--json", str(path)]
+    )
     assert exit_code == 0, err
     assert [process["library"] for process in json.loads(path.read_text())["processes"]] == ["torch", "numbarnn"]
     (step_table,) = markdown_tables(out)
@@ -277,17 +341,32 @@ def test_the_step_alone_needs_no_gemm_ceiling(tmp_path):
 @pytest.mark.slow
 def test_a_failing_worker_is_reported_with_its_stderr(tmp_path):
     spec = tmp_path / "spec.json"
-    spec.write_text(json.dumps({"threads": 1, "dtype": "float32", "nonlinearity": "tanh", "repeats": 1,
-                                "gemm_size": 8, "data_dir": str(tmp_path), "configs": {"tiny": {}}}))
+    spec.write_text(
+        json.dumps(
+            {
+                "threads": 1,
+                "dtype": "float32",
+                "nonlinearity": "tanh",
+                "repeats": 1,
+                "gemm_size": 8,
+                "data_dir": str(tmp_path),
+                "configs": {"tiny": {}},
+            }
+        )
+    )
     with pytest.raises(bench.WorkerError, match=r"(?s)the torch worker \(test\) failed with exit code 1.*tiny\.npz"):
-        bench.run_worker("torch", spec, save_outputs=False, progress=Progress(1, "process", file=io.StringIO()),
-                         label="test")
+        bench.run_worker(
+            "torch", spec, save_outputs=False, progress=Progress(1, "process", file=io.StringIO()), label="test"
+        )
 
 
 def test_vector_extensions_agree_with_the_kernels_cpu_flags():
     # LLVM's detection (what the report prints) against the operating system's, for the x86 extensions both name
-    flags_line = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")),
-                      None) if Path("/proc/cpuinfo").exists() else None
+    flags_line = (
+        next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), None)
+        if Path("/proc/cpuinfo").exists()
+        else None
+    )
     if flags_line is None:
         pytest.skip("no x86 flags in /proc/cpuinfo on this machine")
     flags = set(flags_line.split(":", 1)[1].split())
@@ -303,8 +382,13 @@ def test_forward_flops_count_every_layer_and_direction():
 
 
 def test_numbers_keep_four_significant_digits():
-    assert [bench._significant(value) for value in (0.060123, 1.23456, 12.3456, 1234.56, 123456.0)] == \
-        ["0.06012", "1.235", "12.35", "1235", "123456"]
+    assert [bench._significant(value) for value in (0.060123, 1.23456, 12.3456, 1234.56, 123456.0)] == [
+        "0.06012",
+        "1.235",
+        "12.35",
+        "1235",
+        "123456",
+    ]
 
 
 def test_bench_without_torch_explains_how_to_install_it(monkeypatch):
@@ -327,18 +411,32 @@ def test_bench_arguments():
     assert bench.selected_cells(parse(["--cell", "gru,LSTM", "--cell", "gru"])) == ["gru", "lstm"]
     assert bench.selected_cells(parse(["--cell", "all"])) == ["rnn", "lstm", "gru"]
     assert bench.selected_cells(parse(["--cell", "gru", "all"])) == ["gru", "rnn", "lstm"]
-    for bad in (["--configs", "huge"], ["--threads", "0"], ["--repeats", "-1"], ["--rounds", "0"],
-                ["--custom-config", "1,2,3"], ["--cell", "transformer"], ["--cell"]):
+    for bad in (
+        ["--configs", "huge"],
+        ["--threads", "0"],
+        ["--repeats", "-1"],
+        ["--rounds", "0"],
+        ["--custom-config", "1,2,3"],
+        ["--cell", "transformer"],
+        ["--cell"],
+    ):
         with pytest.raises(SystemExit):
             parse(bad)
 
 
 def test_help_does_not_import_torch():
     # `python -m numbarnn --help` imports every subcommand module; bench leaves torch to its worker processes.
-    code = ("import sys, numbarnn.cli.bench, numbarnn.cli.bench_worker; "
-            "print('torch' in sys.modules, 'threadpoolctl' in sys.modules)")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                            env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)))
+    code = (
+        "import sys, numbarnn.cli.bench, numbarnn.cli.bench_worker; "
+        "print('torch' in sys.modules, 'threadpoolctl' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)),
+    )
     assert result.stdout.split() == ["False", "False"]
 
 
@@ -368,16 +466,24 @@ def _smallest_parameters(cls):
 
 def test_asv_suite_is_found():
     names = {param.id for param in _asv_benchmarks()}
-    assert {"bench_rnn.Forward.time_forward", "bench_rnn.TrainingStep.time_training_step",
-            "bench_rnn.TrainingMemory.peakmem_training_step", "bench_rnn.CellLoop.time_training_loop",
-            "bench_rnn.Lengths.time_forward", "bench_startup.FirstForward.timeraw_import_and_first_forward"} <= names
+    assert {
+        "bench_rnn.Forward.time_forward",
+        "bench_rnn.TrainingStep.time_training_step",
+        "bench_rnn.TrainingMemory.peakmem_training_step",
+        "bench_rnn.CellLoop.time_training_loop",
+        "bench_rnn.Lengths.time_forward",
+        "bench_startup.FirstForward.timeraw_import_and_first_forward",
+    } <= names
     # each library is its own benchmark (asv runs each in its own process), over the bench configurations
-    for torch_name, numbarnn_name, method in (("TorchForward", "NumbarnnForward", "time_forward"),
-                                              ("TorchTrainingStep", "NumbarnnTrainingStep", "time_training_step"),
-                                              ("TorchStep", "NumbarnnStep", "time_step"),
-                                              ("TorchCellStep", "NumbarnnCellStep", "time_cell_step")):
+    for torch_name, numbarnn_name, method in (
+        ("TorchForward", "NumbarnnForward", "time_forward"),
+        ("TorchTrainingStep", "NumbarnnTrainingStep", "time_training_step"),
+        ("TorchStep", "NumbarnnStep", "time_step"),
+        ("TorchCellStep", "NumbarnnCellStep", "time_cell_step"),
+    ):
         assert {f"bench_vs_torch.{torch_name}.{method}", f"bench_vs_torch.{numbarnn_name}.{method}"} <= names
     from benchmarks import bench_vs_torch
+
     assert bench_vs_torch.TorchForward.params == bench_vs_torch.NumbarnnForward.params == [list(bench.CONFIGS)]
 
 

@@ -23,8 +23,10 @@ def test_each_cell_gets_a_cold_then_a_warm_process_on_the_same_cache(monkeypatch
     monkeypatch.setattr(bench_startup, "measure_demo", lambda rounds: 7.5)
     exit_code, out, err = run_bench(["--startup", "--cell", "rnn", "gru", "--rounds", "2"])
     assert exit_code == 0, err
-    assert [arguments for arguments, _ in calls] == [["RNN", "cold"], ["RNN", "warm"]] * 2 + \
-        [["GRU", "cold"], ["GRU", "warm"]] * 2
+    assert [arguments for arguments, _ in calls] == [["RNN", "cold"], ["RNN", "warm"]] * 2 + [
+        ["GRU", "cold"],
+        ["GRU", "warm"],
+    ] * 2
     cold_dirs, warm_dirs = [d for (a, d) in calls if a[1] == "cold"], [d for (a, d) in calls if a[1] == "warm"]
     assert cold_dirs == warm_dirs  # each warm process reads the cache its cold process filled
     assert len(set(cold_dirs)) == len(cold_dirs)  # and every cold process starts from a new, empty one

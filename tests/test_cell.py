@@ -22,11 +22,13 @@ import numbarnn.cell
 INPUT_SIZE, HIDDEN_SIZE, BATCH, STEPS = 3, 4, 3, 5
 
 
-def make_cell_pair(input_size=INPUT_SIZE, hidden_size=HIDDEN_SIZE, bias=True, nonlinearity="tanh", dtype=np.float64,
-                   seed=0):
+def make_cell_pair(
+    input_size=INPUT_SIZE, hidden_size=HIDDEN_SIZE, bias=True, nonlinearity="tanh", dtype=np.float64, seed=0
+):
     torch.manual_seed(seed)
-    reference = torch.nn.RNNCell(input_size, hidden_size, bias=bias, nonlinearity=nonlinearity,
-                                 dtype=torch_dtype(dtype))
+    reference = torch.nn.RNNCell(
+        input_size, hidden_size, bias=bias, nonlinearity=nonlinearity, dtype=torch_dtype(dtype)
+    )
     cell = numbarnn.RNNCell(input_size, hidden_size, bias=bias, nonlinearity=nonlinearity, dtype=dtype, seed=seed)
     cell.load_state_dict(reference.state_dict())
     return cell, reference
@@ -44,9 +46,15 @@ STEP_GRID = list(itertools.product([True, False], ["tanh", "relu"], [True, False
 
 
 @pytest.mark.parametrize(
-    "batched,nonlinearity,bias,dtype,hx_given", STEP_GRID,
-    ids=["-".join(["batched" if b else "unbatched", nl, "bias" if bi else "nobias", np.dtype(d).name,
-                   "hx" if h else "nohx"]) for b, nl, bi, d, h in STEP_GRID])
+    "batched,nonlinearity,bias,dtype,hx_given",
+    STEP_GRID,
+    ids=[
+        "-".join(
+            ["batched" if b else "unbatched", nl, "bias" if bi else "nobias", np.dtype(d).name, "hx" if h else "nohx"]
+        )
+        for b, nl, bi, d, h in STEP_GRID
+    ],
+)
 def test_one_step_matches_torch(batched, nonlinearity, bias, dtype, hx_given, rng):
     cell, reference = make_cell_pair(bias=bias, nonlinearity=nonlinearity, dtype=dtype)
     batch_shape = (BATCH,) if batched else ()

@@ -27,8 +27,11 @@ def test_grid_reaches_partial_panels_and_blocks(pool, cell, monkeypatch):
         panels = {panels_of(sizes[1], np.dtype(dtype)) for _, sizes, _ in grid}
         assert any(full >= 1 and partial == 0 for full, partial in panels), (dtype, panels)
         assert any(full >= 1 and partial == 1 for full, partial in panels), (dtype, panels)
-    blocked = [config for module, sizes, config in grid
-               if module in check.SEQUENCE_MODULES and check.block_count(module, sizes, config, steps) >= 2]
+    blocked = [
+        config
+        for module, sizes, config in grid
+        if module in check.SEQUENCE_MODULES and check.block_count(module, sizes, config, steps) >= 2
+    ]
     assert any(config.layers > 1 and config.lengths for config in blocked), blocked
     assert any(not config.bidirectional for config in blocked), blocked
     if pool >= 4:
@@ -56,7 +59,8 @@ def test_small_grid_has_every_combination_of_arguments(cell):
             expected -= {(3, check.SMALL_PROJ_SIZE)}
         assert pairs == expected, (first, second)
     assert {config for module, _, config in grid if module == cell_class} == set(
-        itertools.product(activations, (True, False)))
+        itertools.product(activations, (True, False))
+    )
 
 
 def test_fast_path_settings_agree_with_torch(block_pool, monkeypatch, capsys):
@@ -78,17 +82,24 @@ def test_fast_path_settings_agree_with_torch(block_pool, monkeypatch, capsys):
     assert f"all {len(rows)} settings agree with torch" in out
 
 
-@pytest.mark.parametrize(("arguments", "cells"), [([], list(check.CELLS)), (["--cell", "gru"], ["gru"]),
-                                                  (["--cell", "lstm,rnn"], ["lstm", "rnn"]),
-                                                  (["--cell", "all"], list(check.CELLS))])
+@pytest.mark.parametrize(
+    ("arguments", "cells"),
+    [
+        ([], list(check.CELLS)),
+        (["--cell", "gru"], ["gru"]),
+        (["--cell", "lstm,rnn"], ["lstm", "rnn"]),
+        (["--cell", "all"], list(check.CELLS)),
+    ],
+)
 def test_cell_option_chooses_the_cells_as_bench_does(arguments, cells, monkeypatch, capsys):
     chosen = []
     monkeypatch.setattr(check, "settings", lambda batch, selected: chosen.append(selected) or [])
     assert main(["check", *arguments]) == 0
     assert chosen == [cells, cells]  # once per dtype
     assert capsys.readouterr().out.startswith(
-        "numbarnn check: " + ", ".join(f"numbarnn.{check.MODULES[cell][0]} vs torch.nn.{check.MODULES[cell][0]}"
-                                       for cell in cells))
+        "numbarnn check: "
+        + ", ".join(f"numbarnn.{check.MODULES[cell][0]} vs torch.nn.{check.MODULES[cell][0]}" for cell in cells)
+    )
 
 
 def test_unknown_cell_is_refused_with_the_choices(capsys):

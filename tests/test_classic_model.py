@@ -132,8 +132,9 @@ def train_character_model():
         clip_grad_norm_([rnn, head], 5.0)
         optimizer.step()
         losses.append(float(loss))
-    return dict(rnn=rnn, head=head, losses=losses, validation=validation, size=size,
-                baseline=unigram_entropy(train, size))
+    return dict(
+        rnn=rnn, head=head, losses=losses, validation=validation, size=size, baseline=unigram_entropy(train, size)
+    )
 
 
 def test_training_beats_the_unigram_baseline(trained_model):
@@ -141,8 +142,9 @@ def test_training_beats_the_unigram_baseline(trained_model):
     assert losses[0] > baseline  # a fresh model knows less than the character frequencies
     # Knowing the frequencies alone gives `baseline` (~3.1 nats); using context must do clearly better.
     assert np.mean(losses[-20:]) < baseline - 0.8
-    held_out = held_out_loss(trained_model["rnn"], trained_model["head"], trained_model["validation"],
-                             trained_model["size"])
+    held_out = held_out_loss(
+        trained_model["rnn"], trained_model["head"], trained_model["validation"], trained_model["size"]
+    )
     assert held_out < baseline - 0.8
 
 
@@ -152,8 +154,7 @@ def test_trained_model_survives_save_and_load(trained_model, tmp_path):
     save(path, rnn=rnn, head=head)
     loaded = load(path)
     size, validation = trained_model["size"], trained_model["validation"]
-    assert held_out_loss(loaded["rnn"], loaded["head"], validation, size) == held_out_loss(rnn, head, validation,
-                                                                                          size)
+    assert held_out_loss(loaded["rnn"], loaded["head"], validation, size) == held_out_loss(rnn, head, validation, size)
     data = path.read_bytes()
     path.write_bytes(data[: len(data) - 100])
     with pytest.raises(CheckpointError, match=str(path)):

@@ -37,8 +37,9 @@ def run(args, cache, environ=os.environ):
     # checks, and the cold compile takes about half as long (the parallel drivers' cold compile is most of the rest;
     # that the command runs those where numba has threads is checked in-process, on the session's cache, below).
     environment = dict(environ, NUMBA_CACHE_DIR=str(cache), PYTHONPATH=str(ROOT), NUMBA_NUM_THREADS="1")
-    return subprocess.run([sys.executable, *args], env=environment, cwd=cache, capture_output=True, text=True,
-                          timeout=600)
+    return subprocess.run(
+        [sys.executable, *args], env=environment, cwd=cache, capture_output=True, text=True, timeout=600
+    )
 
 
 def compile_then_use(directory, environ):
@@ -46,8 +47,11 @@ def compile_then_use(directory, environ):
     ``(directory, the command's CompletedProcess, the cache index files it wrote, USER's CompletedProcess or None if
     the command failed)``.
     Started early (conftest.py): it runs in the background while the session runs other tests."""
-    done = run(["-m", "numbarnn", "compile", "--cells", "rnn", "--dtypes", "float64", "--progress", "lines"],
-               directory, environ)
+    done = run(
+        ["-m", "numbarnn", "compile", "--cells", "rnn", "--dtypes", "float64", "--progress", "lines"],
+        directory,
+        environ,
+    )
     written = sorted(directory.rglob("*.nbi"))
     user = run(["-c", USER], directory, environ) if done.returncode == 0 else None
     return directory, done, written, user
@@ -71,15 +75,21 @@ def test_compile_fills_the_cache_a_later_process_loads(early_work):
 def test_compile_runs_the_parallel_drivers_where_the_batch_splits(block_pool, monkeypatch):
     """Its batch is large enough to split into blocks (with two numba threads or more, the parallel drivers run):
     every recurrent kernel call of a cell's training forward, backward and eval forward gets at least two tasks."""
-    calls = spy_on(monkeypatch, numbarnn._engine, "run_kernel",
-                   lambda args, kwargs, result: (args[0].py_func.__name__, args[2]))
+    calls = spy_on(
+        monkeypatch, numbarnn._engine, "run_kernel", lambda args, kwargs, result: (args[0].py_func.__name__, args[2])
+    )
     compile_command.compile_cell("rnn", "float64")
     several = [kernel for kernel, tasks in calls if tasks >= 2]
     assert sorted(several) == ["recurrent_backward", "recurrent_forward", "recurrent_forward"], calls
 
 
 def test_compile_rejects_an_unknown_cell():
-    done = subprocess.run([sys.executable, "-m", "numbarnn", "compile", "--cells", "transformer"],
-                          capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "numbarnn", "compile", "--cells", "transformer"],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        timeout=120,
+    )
     assert done.returncode == 2
     assert "invalid choice: 'transformer'" in done.stderr

@@ -33,8 +33,10 @@ DISTINCT_INPUTS = 16  # each thread walks them from its own starting point, so t
 
 # "blocks": large enough that the batch is split into blocks, which with the directions are the parallel kernels'
 # tasks (when numba has several threads); "small": one block, the serial kernels unless bidirectional.
-SIZES = {"blocks": dict(input_size=16, hidden_size=64, steps=50, batch=8),
-         "small": dict(input_size=3, hidden_size=5, steps=4, batch=3)}
+SIZES = {
+    "blocks": dict(input_size=16, hidden_size=64, steps=50, batch=8),
+    "small": dict(input_size=3, hidden_size=5, steps=4, batch=3),
+}
 
 OPTIONS = {
     "num_layers": [1, 2, 3],
@@ -48,8 +50,10 @@ CASES = pairwise_cases(OPTIONS)
 
 
 def _case_id(case):
-    return "-".join([case["size"], f"L{case['num_layers']}", np.dtype(case["dtype"]).name]
-                    + [name for name in ("bidirectional", "lengths", "batch_first") if case[name]])
+    return "-".join(
+        [case["size"], f"L{case['num_layers']}", np.dtype(case["dtype"]).name]
+        + [name for name in ("bidirectional", "lengths", "batch_first") if case[name]]
+    )
 
 
 def run_in_threads(work, threads=THREADS, calls=CALLS_PER_THREAD, distinct=DISTINCT_INPUTS):
@@ -87,13 +91,21 @@ def rnn_case(case, seed=0):
     """An eval-mode module for ``case`` and a function of an input index that calls it on its own data."""
     size = SIZES[case["size"]]
     steps, batch, dtype = size["steps"], size["batch"], case["dtype"]
-    rnn = numbarnn.RNN(size["input_size"], size["hidden_size"], case["num_layers"], batch_first=case["batch_first"],
-                       bidirectional=case["bidirectional"], dtype=dtype, seed=seed).eval()
+    rnn = numbarnn.RNN(
+        size["input_size"],
+        size["hidden_size"],
+        case["num_layers"],
+        batch_first=case["batch_first"],
+        bidirectional=case["bidirectional"],
+        dtype=dtype,
+        seed=seed,
+    ).eval()
     rng = np.random.default_rng(seed)
     shape = (batch, steps, size["input_size"]) if case["batch_first"] else (steps, batch, size["input_size"])
     xs = rng.standard_normal((DISTINCT_INPUTS, *shape)).astype(dtype)
-    h_0s = rng.standard_normal((DISTINCT_INPUTS, rnn.num_layers * rnn.num_directions, batch,
-                                size["hidden_size"])).astype(dtype)
+    h_0s = rng.standard_normal(
+        (DISTINCT_INPUTS, rnn.num_layers * rnn.num_directions, batch, size["hidden_size"])
+    ).astype(dtype)
     lengths = rng.integers(1, steps + 1, (DISTINCT_INPUTS, batch)) if case["lengths"] else None
 
     def call(i):
@@ -108,8 +120,9 @@ def test_eval_rnn_called_from_threads_equals_serial_calls(case):
     size = SIZES[case["size"]]
     if case["size"] == "blocks" and numba.config.NUMBA_NUM_THREADS > 1:  # the case exercises what it is meant to:
         # several tasks (blocks x directions), run by the parallel kernels
-        blocks = block_count(size["batch"], size["steps"], size["input_size"], size["hidden_size"], rnn.num_layers,
-                             rnn.num_directions)
+        blocks = block_count(
+            size["batch"], size["steps"], size["input_size"], size["hidden_size"], rnn.num_layers, rnn.num_directions
+        )
         assert blocks * rnn.num_directions >= 2
     assert_concurrent_equals_serial(call)
 
@@ -130,17 +143,20 @@ def test_eval_rnn_cell_called_from_threads_equals_serial_calls(dtype, batched, r
 def test_step_called_from_threads_equals_serial_calls(dtype, num_layers, batched, rng):
     rnn = numbarnn.RNN(32, 64, num_layers, dtype=dtype, seed=4).eval()
     xs = rng.standard_normal((DISTINCT_INPUTS, 4, 32) if batched else (DISTINCT_INPUTS, 32)).astype(dtype)
-    hs = rng.standard_normal((DISTINCT_INPUTS, num_layers, 4, 64) if batched
-                             else (DISTINCT_INPUTS, num_layers, 64)).astype(dtype)
+    hs = rng.standard_normal(
+        (DISTINCT_INPUTS, num_layers, 4, 64) if batched else (DISTINCT_INPUTS, num_layers, 64)
+    ).astype(dtype)
     assert_concurrent_equals_serial(lambda i: rnn.step(xs[i], None if i % 2 else hs[i]))
 
 
 def test_different_modules_called_from_threads_at_once_equal_serial_calls(rng):
     """Modules of every kind share nothing they write: a thread pool mixing them gives the serial results."""
-    _, call_big = rnn_case(dict(size="blocks", num_layers=2, bidirectional=True, lengths=True, batch_first=False,
-                                  dtype=np.float32), seed=1)
-    _, call_small = rnn_case(dict(size="small", num_layers=1, bidirectional=False, lengths=False, batch_first=True,
-                                  dtype=np.float64), seed=2)
+    _, call_big = rnn_case(
+        dict(size="blocks", num_layers=2, bidirectional=True, lengths=True, batch_first=False, dtype=np.float32), seed=1
+    )
+    _, call_small = rnn_case(
+        dict(size="small", num_layers=1, bidirectional=False, lengths=False, batch_first=True, dtype=np.float64), seed=2
+    )
     cell = numbarnn.RNNCell(16, 64, nonlinearity="relu", seed=5).eval()
     xs = rng.standard_normal((DISTINCT_INPUTS, 8, 16)).astype(np.float32)
     hs = rng.standard_normal((DISTINCT_INPUTS, 2, 8, 64)).astype(np.float32)
@@ -171,9 +187,12 @@ def test_copies_trained_in_threads_at_once_equal_serial_training(rng):
 
 # -- one module trained from two threads --------------------------------------------------------------------------
 
+
 def _training_error(what):
-    return (rf"{what}\(\) in training mode while another thread is training this module.*copy\.deepcopy\(rnn\)"
-            r".*rnn\.eval\(\)")
+    return (
+        rf"{what}\(\) in training mode while another thread is training this module.*copy\.deepcopy\(rnn\)"
+        r".*rnn\.eval\(\)"
+    )
 
 
 @pytest.mark.parametrize("held", ["forward", "backward"])
@@ -222,7 +241,8 @@ def test_second_thread_training_the_same_module_gets_the_documented_error(held, 
     rnn.zero_grad()
     output, h_n = rnn(x)
     for position, (value, reference_value) in enumerate(
-            zip((output, h_n, *rnn.backward(grad_output), rnn._grad_flat), expected, strict=True)):
+        zip((output, h_n, *rnn.backward(grad_output), rnn._grad_flat), expected, strict=True)
+    ):
         assert_bitwise_equal(value, reference_value, f"after the error, result {position}")
 
 
@@ -355,15 +375,27 @@ def test_workqueue_layer_runs_concurrent_parallel_calls_without_aborting(tmp_pat
     namespace = {"__name__": "workqueue_script"}
     exec(compile(WORKQUEUE_SCRIPT, "WORKQUEUE_SCRIPT", "exec"), namespace)
     here = namespace["serial_results"]()  # the default layer's results; compiles what the child will load
-    environment = dict(os.environ, NUMBA_THREADING_LAYER="workqueue", PYTHONPATH=str(ROOT),
-                       NUMBA_NUM_THREADS=str(numba.config.NUMBA_NUM_THREADS))
+    environment = dict(
+        os.environ,
+        NUMBA_THREADING_LAYER="workqueue",
+        PYTHONPATH=str(ROOT),
+        NUMBA_NUM_THREADS=str(numba.config.NUMBA_NUM_THREADS),
+    )
     path = tmp_path / "serial.npz"
-    finished = subprocess.run([sys.executable, "-c", WORKQUEUE_SCRIPT, str(path)], env=environment, cwd=tmp_path,
-                              capture_output=True, text=True, timeout=300, check=False)
+    finished = subprocess.run(
+        [sys.executable, "-c", WORKQUEUE_SCRIPT, str(path)],
+        env=environment,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert finished.returncode == 0, (finished.returncode, finished.stdout, finished.stderr[-3000:])
     assert "Concurrent access has been detected" not in finished.stderr
-    assert finished.stdout.startswith(f"layer=workqueue threads={numba.config.NUMBA_NUM_THREADS} compared="), \
+    assert finished.stdout.startswith(f"layer=workqueue threads={numba.config.NUMBA_NUM_THREADS} compared="), (
         finished.stdout
+    )
     with np.load(path) as child:
         assert sorted(child.files) == sorted(here)
         for key, value in here.items():

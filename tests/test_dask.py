@@ -88,18 +88,35 @@ def gated_tolerance(dtype, cell, proj_size=0):
     return bound
 
 
-def make_case(rng, *, cell="RNN", proj_size=0, dtype=np.float64, batch_first=False, bidirectional=False,
-              nonlinearity="tanh", time_chunks=TIME_CHUNKS, batch_chunks=BATCH_CHUNKS, with_h_0=True,
-              with_lengths=False):
+def make_case(
+    rng,
+    *,
+    cell="RNN",
+    proj_size=0,
+    dtype=np.float64,
+    batch_first=False,
+    bidirectional=False,
+    nonlinearity="tanh",
+    time_chunks=TIME_CHUNKS,
+    batch_chunks=BATCH_CHUNKS,
+    with_h_0=True,
+    with_lengths=False,
+):
     """A module (``cell``: "RNN", "LSTM" or "GRU") in eval mode, a NumPy input and its dask.array with the given
     chunks, h_0 (an LSTM's tuple (h_0, c_0)) and lengths (NumPy)."""
     options = {"nonlinearity": nonlinearity} if cell == "RNN" else {"proj_size": proj_size} if proj_size else {}
-    rnn = getattr(numbarnn, cell)(INPUT_SIZE, HIDDEN_SIZE, NUM_LAYERS, batch_first=batch_first,
-                                  bidirectional=bidirectional, dtype=dtype, seed=int(rng.integers(1 << 30)),
-                                  **options).eval()
+    rnn = getattr(numbarnn, cell)(
+        INPUT_SIZE,
+        HIDDEN_SIZE,
+        NUM_LAYERS,
+        batch_first=batch_first,
+        bidirectional=bidirectional,
+        dtype=dtype,
+        seed=int(rng.integers(1 << 30)),
+        **options,
+    ).eval()
     shape = (BATCH, STEPS, INPUT_SIZE) if batch_first else (STEPS, BATCH, INPUT_SIZE)
-    chunks = (batch_chunks, time_chunks, (INPUT_SIZE,)) if batch_first else (time_chunks, batch_chunks,
-                                                                               (INPUT_SIZE,))
+    chunks = (batch_chunks, time_chunks, (INPUT_SIZE,)) if batch_first else (time_chunks, batch_chunks, (INPUT_SIZE,))
     x = standard_normal(rng, shape, dtype)
     h_0 = None
     if with_h_0:
@@ -121,11 +138,13 @@ def max_errors(rnn, x, h_0, lengths, output, h_n):
     expected_output, expected_h_n = rnn(x, h_0, lengths)
     assert output.shape == expected_output.shape
     assert len(state_parts(h_n)) == len(state_parts(expected_h_n))
-    assert all(part.shape == expected.shape
-               for part, expected in zip(state_parts(h_n), state_parts(expected_h_n), strict=True))
+    assert all(
+        part.shape == expected.shape for part, expected in zip(state_parts(h_n), state_parts(expected_h_n), strict=True)
+    )
     return np.abs(output - expected_output).max(), max(
-        np.abs(part - expected).max() for part, expected in zip(state_parts(h_n), state_parts(expected_h_n),
-                                                                 strict=True))
+        np.abs(part - expected).max()
+        for part, expected in zip(state_parts(h_n), state_parts(expected_h_n), strict=True)
+    )
 
 
 def compute_sync(*arrays):
@@ -136,12 +155,14 @@ def compute_sync(*arrays):
 CHUNKINGS = {"batch": ((STEPS,), BATCH_CHUNKS), "time": (TIME_CHUNKS, (BATCH,)), "both": (TIME_CHUNKS, BATCH_CHUNKS)}
 
 
-@pytest.mark.parametrize(("chunking", "batch_first", "with_lengths"),
-                         list(itertools.product(CHUNKINGS, [False, True], [False, True])))
+@pytest.mark.parametrize(
+    ("chunking", "batch_first", "with_lengths"), list(itertools.product(CHUNKINGS, [False, True], [False, True]))
+)
 def test_chunked_forward_equals_one_call(rng, chunking, batch_first, with_lengths):
     time_chunks, batch_chunks = CHUNKINGS[chunking]
-    rnn, x, x_dask, h_0, lengths = make_case(rng, batch_first=batch_first, time_chunks=time_chunks,
-                                             batch_chunks=batch_chunks, with_lengths=with_lengths)
+    rnn, x, x_dask, h_0, lengths = make_case(
+        rng, batch_first=batch_first, time_chunks=time_chunks, batch_chunks=batch_chunks, with_lengths=with_lengths
+    )
     output, h_n = numbarnn.dask.forward(rnn, x_dask, h_0, lengths)
     assert isinstance(output, da.Array) and isinstance(h_n, da.Array)
     sequence_chunks = (batch_chunks, time_chunks) if batch_first else (time_chunks, batch_chunks)
@@ -151,12 +172,14 @@ def test_chunked_forward_equals_one_call(rng, chunking, batch_first, with_length
     assert max(errors) <= tolerance(np.float64), errors
 
 
-@pytest.mark.parametrize(("dtype", "nonlinearity", "bidirectional"),
-                         [(np.float32, "tanh", False), (np.float32, "relu", True), (np.float64, "relu", False),
-                          (np.float64, "tanh", True)])
+@pytest.mark.parametrize(
+    ("dtype", "nonlinearity", "bidirectional"),
+    [(np.float32, "tanh", False), (np.float32, "relu", True), (np.float64, "relu", False), (np.float64, "tanh", True)],
+)
 def test_dtypes_nonlinearities_and_directions(rng, dtype, nonlinearity, bidirectional):
-    rnn, x, x_dask, h_0, lengths = make_case(rng, dtype=dtype, nonlinearity=nonlinearity,
-                                             bidirectional=bidirectional, with_lengths=True)
+    rnn, x, x_dask, h_0, lengths = make_case(
+        rng, dtype=dtype, nonlinearity=nonlinearity, bidirectional=bidirectional, with_lengths=True
+    )
     output, h_n = numbarnn.dask.forward(rnn, x_dask, h_0, lengths)
     if bidirectional:  # the reverse direction needs whole sequences: time chunks are merged
         assert output.chunks[0] == (STEPS,)
@@ -166,8 +189,9 @@ def test_dtypes_nonlinearities_and_directions(rng, dtype, nonlinearity, bidirect
 
 def test_h_0_and_lengths_as_dask_arrays_with_other_chunks(rng):
     rnn, x, x_dask, h_0, lengths = make_case(rng, with_lengths=True)
-    output, h_n = numbarnn.dask.forward(rnn, x_dask, da.from_array(h_0, chunks=(1, 4, 5)),
-                                        da.from_array(lengths, chunks=4))
+    output, h_n = numbarnn.dask.forward(
+        rnn, x_dask, da.from_array(h_0, chunks=(1, 4, 5)), da.from_array(lengths, chunks=4)
+    )
     errors = max_errors(rnn, x, h_0, lengths, *compute_sync(output, h_n))
     assert max(errors) <= tolerance(np.float64), errors
 
@@ -190,8 +214,14 @@ def test_unbatched_input_runs_as_a_batch_of_one(rng, batch_first):
 
 
 # -- the gated cells ------------------------------------------------------------------------------------------------
-GATED_CHUNKINGS = [("batch", False, True), ("time", True, False), ("time", False, True), ("both", False, True),
-                   ("both", True, True), ("both", False, False)]
+GATED_CHUNKINGS = [
+    ("batch", False, True),
+    ("time", True, False),
+    ("time", False, True),
+    ("both", False, True),
+    ("both", True, True),
+    ("both", False, False),
+]
 
 
 @pytest.mark.parametrize(("cell", "proj_size"), GATED, ids=GATED_IDS)
@@ -199,9 +229,15 @@ GATED_CHUNKINGS = [("batch", False, True), ("time", True, False), ("time", False
 def test_gated_chunked_forward_equals_one_call(rng, cell, proj_size, chunking, batch_first, with_lengths):
     """Time chunks carry the whole state (an LSTM's h and c) from one task to the next."""
     time_chunks, batch_chunks = CHUNKINGS[chunking]
-    rnn, x, x_dask, h_0, lengths = make_case(rng, cell=cell, proj_size=proj_size, batch_first=batch_first,
-                                             time_chunks=time_chunks, batch_chunks=batch_chunks,
-                                             with_lengths=with_lengths)
+    rnn, x, x_dask, h_0, lengths = make_case(
+        rng,
+        cell=cell,
+        proj_size=proj_size,
+        batch_first=batch_first,
+        time_chunks=time_chunks,
+        batch_chunks=batch_chunks,
+        with_lengths=with_lengths,
+    )
     output, h_n = numbarnn.dask.forward(rnn, x_dask, h_0, lengths)
     assert isinstance(output, da.Array)
     assert isinstance(h_n, tuple) == (cell == "LSTM")  # the state as the module returns it
@@ -216,11 +252,20 @@ def test_gated_chunked_forward_equals_one_call(rng, cell, proj_size, chunking, b
 
 
 @pytest.mark.parametrize(("cell", "proj_size"), GATED, ids=GATED_IDS)
-@pytest.mark.parametrize(("dtype", "bidirectional", "with_h_0"),
-                         [(np.float32, False, False), (np.float32, True, True), (np.float64, True, False)])
+@pytest.mark.parametrize(
+    ("dtype", "bidirectional", "with_h_0"),
+    [(np.float32, False, False), (np.float32, True, True), (np.float64, True, False)],
+)
 def test_gated_dtypes_directions_and_default_state(rng, cell, proj_size, dtype, bidirectional, with_h_0):
-    rnn, x, x_dask, h_0, lengths = make_case(rng, cell=cell, proj_size=proj_size, dtype=dtype,
-                                             bidirectional=bidirectional, with_h_0=with_h_0, with_lengths=True)
+    rnn, x, x_dask, h_0, lengths = make_case(
+        rng,
+        cell=cell,
+        proj_size=proj_size,
+        dtype=dtype,
+        bidirectional=bidirectional,
+        with_h_0=with_h_0,
+        with_lengths=True,
+    )
     output, h_n = numbarnn.dask.forward(rnn, x_dask, h_0, lengths)
     if bidirectional:  # the reverse direction needs whole sequences: time chunks are merged
         assert output.chunks[0] == (STEPS,)
@@ -261,8 +306,7 @@ def test_result_is_lazy_and_keeps_the_weights_of_the_call(rng):
 
 def _module_keys(graph):
     """The keys whose value is a numbarnn module (newer dask wraps literal values in a DataNode)."""
-    return [key for key, value in dict(graph).items()
-            if isinstance(getattr(value, "value", value), RecurrentBase)]
+    return [key for key, value in dict(graph).items() if isinstance(getattr(value, "value", value), RecurrentBase)]
 
 
 @pytest.mark.parametrize("cell", ["RNN", "LSTM"])
@@ -304,8 +348,9 @@ def test_forward_tasks_run_with_one_numba_thread_and_single_threaded_scipy_blas(
     rnn = RecordingRNN(INPUT_SIZE, HIDDEN_SIZE, dtype=np.float64, seed=0).eval()
     x = standard_normal(rng, (STEPS, BATCH, INPUT_SIZE), np.float64)
     # Two threads share the one copy of the module, as the threads of a Dask worker do.
-    output, h_n = dask.compute(*numbarnn.dask.forward(rnn, da.from_array(x, chunks=(5, 3, INPUT_SIZE))),
-                               scheduler="threads", num_workers=2)
+    output, h_n = dask.compute(
+        *numbarnn.dask.forward(rnn, da.from_array(x, chunks=(5, 3, INPUT_SIZE))), scheduler="threads", num_workers=2
+    )
     assert seen == [(1, {1})] * 4
     errors = max_errors(rnn, x, None, None, output, h_n)
     assert max(errors) <= tolerance(np.float64), errors
@@ -324,43 +369,65 @@ def test_other_modules_and_numpy_input_are_refused(rng):
     rnn, x, x_dask, _, _ = make_case(rng)
     with pytest.raises(TypeError, match=r"runs a numbarnn.RNN, LSTM or GRU, got numbarnn.cell.RNNCell"):
         numbarnn.dask.forward(numbarnn.RNNCell(INPUT_SIZE, HIDDEN_SIZE).eval(), x_dask)
-    with pytest.raises(TypeError, match=r"got torch.nn.modules.rnn.LSTM; for a torch module, build the numbarnn "
-                                        r"module with the same arguments and copy its weights with load_state_dict"):
+    with pytest.raises(
+        TypeError,
+        match=r"got torch.nn.modules.rnn.LSTM; for a torch module, build the numbarnn "
+        r"module with the same arguments and copy its weights with load_state_dict",
+    ):
         numbarnn.dask.forward(torch.nn.LSTM(INPUT_SIZE, HIDDEN_SIZE).eval(), x_dask)
-    with pytest.raises(TypeError, match=r"dask.array.Array input, got numpy.ndarray; wrap it with "
-                                        r"dask.array.from_array\(input, chunks=...\)"):
+    with pytest.raises(
+        TypeError,
+        match=r"dask.array.Array input, got numpy.ndarray; wrap it with "
+        r"dask.array.from_array\(input, chunks=...\)",
+    ):
         numbarnn.dask.forward(rnn, x)
 
 
-@pytest.mark.parametrize(("change", "error", "match"), [
-    (lambda x, h, n: (x.astype(np.float32), h, n), ValueError,
-     r"input must have the type float64, got type float32; convert it with input.astype\(np.float64\)"),
-    (lambda x, h, n: (x[..., :2], h, n), ValueError, "input_size. Expected 3, got 2"),
-    (lambda x, h, n: (x[0], h, None), ValueError, "For unbatched 2-D input, hx should also be 2-D but got 3-D"),
-    (lambda x, h, n: (x[None], h, n), ValueError, "Expected input to be 2D or 3D, got 4D"),
-    (lambda x, h, n: (x, h[:, :2], n), ValueError, r"Expected hidden size \(2, 6, 8\), got \[2, 2, 8\]"),
-    (lambda x, h, n: (x, h.astype(np.float32), n), ValueError, "h_0 must have the type float64, got type float32"),
-    (lambda x, h, n: (x, h, n.astype(float)), TypeError, "lengths must be an array of integers, got dtype float64"),
-    (lambda x, h, n: (x, h, n[:2]), ValueError, r"lengths must have shape \(6,\), one length per sequence"),
-    (lambda x, h, n: (x, h, n - 1), ValueError, "Length of all samples has to be greater than 0"),
-    (lambda x, h, n: (x, h, n + 1), ValueError, "lengths must be at most the sequence length L=10, got 11"),
-    (lambda x, h, n: (x[:, 0], h[:, 0], n), ValueError, "lengths needs batched 3-D input, got unbatched 2-D input"),
-])
+@pytest.mark.parametrize(
+    ("change", "error", "match"),
+    [
+        (
+            lambda x, h, n: (x.astype(np.float32), h, n),
+            ValueError,
+            r"input must have the type float64, got type float32; convert it with input.astype\(np.float64\)",
+        ),
+        (lambda x, h, n: (x[..., :2], h, n), ValueError, "input_size. Expected 3, got 2"),
+        (lambda x, h, n: (x[0], h, None), ValueError, "For unbatched 2-D input, hx should also be 2-D but got 3-D"),
+        (lambda x, h, n: (x[None], h, n), ValueError, "Expected input to be 2D or 3D, got 4D"),
+        (lambda x, h, n: (x, h[:, :2], n), ValueError, r"Expected hidden size \(2, 6, 8\), got \[2, 2, 8\]"),
+        (lambda x, h, n: (x, h.astype(np.float32), n), ValueError, "h_0 must have the type float64, got type float32"),
+        (lambda x, h, n: (x, h, n.astype(float)), TypeError, "lengths must be an array of integers, got dtype float64"),
+        (lambda x, h, n: (x, h, n[:2]), ValueError, r"lengths must have shape \(6,\), one length per sequence"),
+        (lambda x, h, n: (x, h, n - 1), ValueError, "Length of all samples has to be greater than 0"),
+        (lambda x, h, n: (x, h, n + 1), ValueError, "lengths must be at most the sequence length L=10, got 11"),
+        (lambda x, h, n: (x[:, 0], h[:, 0], n), ValueError, "lengths needs batched 3-D input, got unbatched 2-D input"),
+    ],
+)
 def test_bad_arguments_are_refused_when_the_graph_is_built(rng, change, error, match):
     rnn, _, x_dask, h_0, lengths = make_case(rng, with_lengths=True)
     with pytest.raises(error, match=match):
         numbarnn.dask.forward(rnn, *change(x_dask, h_0, lengths))
 
 
-@pytest.mark.parametrize(("change", "error", "match"), [
-    (lambda h, c: h, TypeError, r"LSTM: hx must be a tuple \(h, c\) of two arrays, as for torch.nn.LSTM, got ndarray"),
-    (lambda h, c: (h, c[..., :3]), ValueError, r"Expected hidden\[1\] size \(2, 6, 8\), got \[2, 6, 3\]"),
-    (lambda h, c: (h[..., :3], c), ValueError, r"Expected hidden\[0\] size \(2, 6, 5\), got \[2, 6, 3\]"),
-    (lambda h, c: (h, c.astype(np.float32)), ValueError, "c_0 must have the type float64, got type float32"),
-    (lambda h, c: (h, c[0]), ValueError, r"hx and cx should also be 3-D but got \(3-D, 2-D\) tensors"),
-    (lambda h, c: (h, da.from_array(c[..., :3])), ValueError,
-     r"Expected hidden\[1\] size \(2, 6, 8\), got \[2, 6, 3\]"),
-])
+@pytest.mark.parametrize(
+    ("change", "error", "match"),
+    [
+        (
+            lambda h, c: h,
+            TypeError,
+            r"LSTM: hx must be a tuple \(h, c\) of two arrays, as for torch.nn.LSTM, got ndarray",
+        ),
+        (lambda h, c: (h, c[..., :3]), ValueError, r"Expected hidden\[1\] size \(2, 6, 8\), got \[2, 6, 3\]"),
+        (lambda h, c: (h[..., :3], c), ValueError, r"Expected hidden\[0\] size \(2, 6, 5\), got \[2, 6, 3\]"),
+        (lambda h, c: (h, c.astype(np.float32)), ValueError, "c_0 must have the type float64, got type float32"),
+        (lambda h, c: (h, c[0]), ValueError, r"hx and cx should also be 3-D but got \(3-D, 2-D\) tensors"),
+        (
+            lambda h, c: (h, da.from_array(c[..., :3])),
+            ValueError,
+            r"Expected hidden\[1\] size \(2, 6, 8\), got \[2, 6, 3\]",
+        ),
+    ],
+)
 def test_bad_lstm_states_are_refused_with_the_modules_messages(rng, change, error, match):
     rnn, _, x_dask, (h_0, c_0), _ = make_case(rng, cell="LSTM", proj_size=PROJ_SIZE)
     state = change(h_0, c_0)
@@ -380,11 +447,15 @@ def test_dask_lengths_out_of_range_fail_the_computation(rng):
 
 
 def test_thread_counts_must_be_positive_ints(rng):
-    with pytest.raises(ValueError, match="numba_threads must be a positive int or None, got 0"), \
-            numbarnn.dask.limit_threads(numba_threads=0):
+    with (
+        pytest.raises(ValueError, match="numba_threads must be a positive int or None, got 0"),
+        numbarnn.dask.limit_threads(numba_threads=0),
+    ):
         pass
-    with pytest.raises(ValueError, match=r"numba_threads must be a positive int or None, got 1.5"), \
-            numbarnn.dask.limit_threads(numba_threads=1.5):
+    with (
+        pytest.raises(ValueError, match=r"numba_threads must be a positive int or None, got 1.5"),
+        numbarnn.dask.limit_threads(numba_threads=1.5),
+    ):
         pass
 
 
@@ -405,10 +476,16 @@ def test_cluster_results_equal_local_on_a_cold_cache(dask_client, rng):
     cases = [  # (name, make_case arguments, (h_0, lengths) as dask arrays?)
         ("time and batch chunks, lengths, h_0, tanh, float64", {"with_lengths": True}, True),
         ("time chunks only, no lengths, float64", {"time_chunks": TIME_CHUNKS, "batch_chunks": (BATCH,)}, False),
-        ("batch chunks, batch_first, relu, float32",
-         {"dtype": np.float32, "batch_first": True, "nonlinearity": "relu", "time_chunks": (STEPS,)}, False),
-        ("LSTM with proj_size: (h, c) across time chunks and processes, lengths, float64",
-         {"cell": "LSTM", "proj_size": PROJ_SIZE, "with_lengths": True}, True),
+        (
+            "batch chunks, batch_first, relu, float32",
+            {"dtype": np.float32, "batch_first": True, "nonlinearity": "relu", "time_chunks": (STEPS,)},
+            False,
+        ),
+        (
+            "LSTM with proj_size: (h, c) across time chunks and processes, lengths, float64",
+            {"cell": "LSTM", "proj_size": PROJ_SIZE, "with_lengths": True},
+            True,
+        ),
     ]
     built = []
     for name, arguments, as_dask in cases:
@@ -422,8 +499,11 @@ def test_cluster_results_equal_local_on_a_cold_cache(dask_client, rng):
     results = client.compute([result for *_, result in built], sync=True)
     for (name, rnn, x, h_0, lengths, _), (output, h_n) in zip(built, results, strict=True):
         errors = max_errors(rnn, x, h_0, lengths, output, h_n)
-        bound = (tolerance(rnn.dtype) if isinstance(rnn, numbarnn.RNN)
-                 else gated_tolerance(rnn.dtype, type(rnn).__name__, rnn.proj_size))
+        bound = (
+            tolerance(rnn.dtype)
+            if isinstance(rnn, numbarnn.RNN)
+            else gated_tolerance(rnn.dtype, type(rnn).__name__, rnn.proj_size)
+        )
         assert max(errors) <= bound, (name, errors)
     # Both workers ran tasks, and compiled into the fresh cache directory rather than somewhere else.
     kinds = client.run(lambda: len(__import__("numbarnn.dask").dask._seen_kinds))

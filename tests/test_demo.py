@@ -13,8 +13,23 @@ from numbarnn.linear import Linear
 from numbarnn.rnn import RNN
 from numbarnn.serialization import load, load_metadata
 
-TINY = ["demo", "--steps", "12", "--hidden", "16", "--batch", "4", "--seq-len", "16", "--sample-length", "30",
-        "--samples", "2", "--progress", "lines"]
+TINY = [
+    "demo",
+    "--steps",
+    "12",
+    "--hidden",
+    "16",
+    "--batch",
+    "4",
+    "--seq-len",
+    "16",
+    "--sample-length",
+    "30",
+    "--samples",
+    "2",
+    "--progress",
+    "lines",
+]
 
 
 def number_after(label, text):
@@ -52,9 +67,33 @@ def test_tiny_run_reports_loss_baseline_speed_samples_and_writes_files(tmp_path,
 def test_custom_data_and_adagrad(tmp_path, capsys):
     data = tmp_path / "abc.txt"
     data.write_text("abcab\n" * 400, encoding="utf-8")
-    args = ["demo", "--data", str(data), "--steps", "30", "--hidden", "8", "--batch", "3", "--seq-len", "8",
-            "--samples", "1", "--sample-length", "12", "--prime", "a", "--optimizer", "adagrad", "--layers", "2",
-            "--nonlinearity", "relu", "--progress", "lines"]
+    args = [
+        "demo",
+        "--data",
+        str(data),
+        "--steps",
+        "30",
+        "--hidden",
+        "8",
+        "--batch",
+        "3",
+        "--seq-len",
+        "8",
+        "--samples",
+        "1",
+        "--sample-length",
+        "12",
+        "--prime",
+        "a",
+        "--optimizer",
+        "adagrad",
+        "--layers",
+        "2",
+        "--nonlinearity",
+        "relu",
+        "--progress",
+        "lines",
+    ]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "vocabulary of 4" in out and "Adagrad" in out and "RNN(4, 8, num_layers=2) with relu" in out
@@ -73,13 +112,16 @@ def test_max_seconds_stops_early(capsys):
     assert "stopping after 1 updates" in out and "finished 1 updates" in out
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--data", "/nonexistent/corpus.txt"], "--data: no such file: /nonexistent/corpus.txt"),
-    (["--prime", "\u00e9"], "--prime has characters the text does not contain"),
-    (["--batch", "100000"], "the text is too short for --batch 100000 streams"),
-    (["--steps", "0"], "--steps must be at least 1, got 0"),
-    (["--temperature", "0"], "--temperature must be positive"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--data", "/nonexistent/corpus.txt"], "--data: no such file: /nonexistent/corpus.txt"),
+        (["--prime", "\u00e9"], "--prime has characters the text does not contain"),
+        (["--batch", "100000"], "the text is too short for --batch 100000 streams"),
+        (["--steps", "0"], "--steps must be at least 1, got 0"),
+        (["--temperature", "0"], "--temperature must be positive"),
+    ],
+)
 def test_usage_errors(extra, message, capsys):
     assert main(TINY + extra) == 2
     captured = capsys.readouterr()
@@ -111,8 +153,26 @@ def test_truncated_bptt_carries_the_state_between_chunks(monkeypatch):
 
     monkeypatch.setattr(RNN, "forward", forward)
     monkeypatch.setattr(RNN, "backward", backward)
-    assert main(["demo", "--steps", "3", "--hidden", "8", "--batch", "2", "--seq-len", "5", "--samples", "0",
-                 "--progress", "lines"]) == 0
+    assert (
+        main(
+            [
+                "demo",
+                "--steps",
+                "3",
+                "--hidden",
+                "8",
+                "--batch",
+                "2",
+                "--seq-len",
+                "5",
+                "--samples",
+                "0",
+                "--progress",
+                "lines",
+            ]
+        )
+        == 0
+    )
     forwards = [call for call in calls if call[0] == "forward"]
     assert len(forwards) == 3 and forwards[0][1] is None
     for previous, current in itertools.pairwise(forwards):

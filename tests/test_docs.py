@@ -31,9 +31,13 @@ def public_names(module_name):
     module = importlib.import_module(module_name)
     if hasattr(module, "__all__"):
         return {f"{module_name}.{name}" for name in module.__all__ if not inspect.ismodule(getattr(module, name))}
-    return {f"{module_name}.{name}" for name, value in vars(module).items()
-            if not name.startswith("_") and (inspect.isfunction(value) or inspect.isclass(value))
-            and value.__module__ == module_name}
+    return {
+        f"{module_name}.{name}"
+        for name, value in vars(module).items()
+        if not name.startswith("_")
+        and (inspect.isfunction(value) or inspect.isclass(value))
+        and value.__module__ == module_name
+    }
 
 
 @pytest.mark.parametrize("module_name", ["numbarnn", "numbarnn.torch", "numbarnn.onnx", "numbarnn.dask"])

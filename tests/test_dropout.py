@@ -36,15 +36,22 @@ def torch_layer_by_layer(rnn, x, h_0, masks, grad_output, grad_h_n, lengths=None
     h_0_t = torch.tensor(h_0, requires_grad=True)
     layer_input, final_states, layers = x_t, [], []
     for k in range(rnn.num_layers):
-        layer = torch.nn.RNN(layer_input.shape[-1], rnn.hidden_size, nonlinearity=rnn.nonlinearity, bias=rnn.bias,
-                             bidirectional=rnn.bidirectional, dtype=torch.float64)
-        own = {name: name.replace(f"_l{k}", "_l0") for name in rnn.params
-               if name.endswith((f"_l{k}", f"_l{k}_reverse"))}
+        layer = torch.nn.RNN(
+            layer_input.shape[-1],
+            rnn.hidden_size,
+            nonlinearity=rnn.nonlinearity,
+            bias=rnn.bias,
+            bidirectional=rnn.bidirectional,
+            dtype=torch.float64,
+        )
+        own = {
+            name: name.replace(f"_l{k}", "_l0") for name in rnn.params if name.endswith((f"_l{k}", f"_l{k}_reverse"))
+        }
         layer.load_state_dict({short: torch.tensor(rnn.params[name]) for name, short in own.items()})
         layers.append((layer, own))
         if k > 0:
             layer_input = layer_input * torch.tensor(masks[k - 1])
-        h_0_k = h_0_t[k * directions:(k + 1) * directions]
+        h_0_k = h_0_t[k * directions : (k + 1) * directions]
         if lengths is None:
             layer_input, h_n_k = layer(layer_input, h_0_k)
         else:
@@ -128,8 +135,16 @@ def test_p_equal_to_one_cuts_the_input_off_the_upper_layers(bidirectional, rng):
 @pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
 @pytest.mark.parametrize("num_layers,bidirectional", [(2, False), (3, True)])
 def test_gradients_through_the_masks_match_torch(num_layers, bidirectional, nonlinearity, lengths, rng):
-    rnn = numbarnn.RNN(INPUT_SIZE, HIDDEN_SIZE, num_layers, nonlinearity, dropout=0.4, bidirectional=bidirectional,
-                       dtype=np.float64, seed=2)
+    rnn = numbarnn.RNN(
+        INPUT_SIZE,
+        HIDDEN_SIZE,
+        num_layers,
+        nonlinearity,
+        dropout=0.4,
+        bidirectional=bidirectional,
+        dtype=np.float64,
+        seed=2,
+    )
     directions = 2 if bidirectional else 1
     x = rng.standard_normal((STEPS, BATCH, INPUT_SIZE))
     h_0 = rng.standard_normal((num_layers * directions, BATCH, HIDDEN_SIZE))
@@ -141,8 +156,9 @@ def test_gradients_through_the_masks_match_torch(num_layers, bidirectional, nonl
     grad_x, grad_h_0 = rnn.backward(grad_output, grad_h_n)
 
     expected = torch_layer_by_layer(rnn, x, h_0, masks, grad_output, grad_h_n, lengths)
-    for name, actual, wanted in zip(["output", "h_n", "grad_x", "grad_h_0"], [output, h_n, grad_x, grad_h_0],
-                                    expected[:4], strict=True):
+    for name, actual, wanted in zip(
+        ["output", "h_n", "grad_x", "grad_h_0"], [output, h_n, grad_x, grad_h_0], expected[:4], strict=True
+    ):
         assert_close(actual, wanted, np.float64, name)
     assert sorted(expected[4]) == sorted(rnn.grads)
     for name, wanted in expected[4].items():

@@ -23,6 +23,7 @@ def torch_message(make_error):
 
 # -- constructors --------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("nonlinearity", ["sigmoid", "Tanh", "", None])
 def test_unknown_nonlinearity(nonlinearity):
     expected = torch_message(lambda: torch.nn.RNN(3, 4, nonlinearity=nonlinearity))
@@ -129,6 +130,7 @@ def test_dtype_spellings_are_accepted(dtype):
 
 # -- RNN.forward ---------------------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def modules():
     """The same two-layer module in numbarnn (float32) and torch, for comparing messages."""
@@ -171,8 +173,10 @@ def test_nested_lists_are_float64_and_rejected_by_a_float32_module(modules):
 
 def test_h_0_dtype_must_match(modules):
     rnn, _ = modules
-    with pytest.raises(ValueError, match=re.escape("h_0 must have the type float32, got type float64; convert it "
-                                                   "with h_0.astype(np.float32)")):
+    with pytest.raises(
+        ValueError,
+        match=re.escape("h_0 must have the type float32, got type float64; convert it with h_0.astype(np.float32)"),
+    ):
         rnn(zeros(4, 2, 3), np.zeros((2, 2, 5)))
 
 
@@ -190,11 +194,14 @@ def test_input_size_must_match(modules, shape):
         rnn(zeros(*shape))
 
 
-@pytest.mark.parametrize("input_shape,h_0_shape", [
-    ((4, 2, 3), (2, 3, 5)),  # batch size
-    ((4, 2, 3), (1, 2, 5)),  # layers
-    ((4, 2, 3), (2, 2, 4)),  # hidden size
-])
+@pytest.mark.parametrize(
+    "input_shape,h_0_shape",
+    [
+        ((4, 2, 3), (2, 3, 5)),  # batch size
+        ((4, 2, 3), (1, 2, 5)),  # layers
+        ((4, 2, 3), (2, 2, 4)),  # hidden size
+    ],
+)
 def test_hidden_shape_must_match(modules, input_shape, h_0_shape):
     rnn, reference = modules
     expected = torch_message(lambda: reference(torch.zeros(input_shape), torch.zeros(h_0_shape)))
@@ -231,15 +238,27 @@ def test_empty_sequence(batch_first, batched):
 
 # -- RNN lengths ---------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("lengths,match", [
-    ([4, 2], re.escape("lengths must have shape (3,), one length per sequence of the batch, got shape (2,)")),
-    ([[4, 2, 1]], re.escape("lengths must have shape (3,), one length per sequence of the batch, got shape (1, 3)")),
-    (4, re.escape("lengths must have shape (3,), one length per sequence of the batch, got shape ()")),
-    ([4, 0, 1], "^" + re.escape("Length of all samples has to be greater than 0, but found an element in 'lengths' "
-                                "that is <= 0")),
-    ([4, -1, 2], "that is <= 0: -1$"),
-    ([5, 2, 1], re.escape("lengths must be at most the sequence length L=4, got 5")),
-])
+
+@pytest.mark.parametrize(
+    "lengths,match",
+    [
+        ([4, 2], re.escape("lengths must have shape (3,), one length per sequence of the batch, got shape (2,)")),
+        (
+            [[4, 2, 1]],
+            re.escape("lengths must have shape (3,), one length per sequence of the batch, got shape (1, 3)"),
+        ),
+        (4, re.escape("lengths must have shape (3,), one length per sequence of the batch, got shape ()")),
+        (
+            [4, 0, 1],
+            "^"
+            + re.escape(
+                "Length of all samples has to be greater than 0, but found an element in 'lengths' that is <= 0"
+            ),
+        ),
+        ([4, -1, 2], "that is <= 0: -1$"),
+        ([5, 2, 1], re.escape("lengths must be at most the sequence length L=4, got 5")),
+    ],
+)
 def test_lengths_values_and_shape(lengths, match):
     with pytest.raises(ValueError, match=match):
         numbarnn.RNN(3, 5)(zeros(4, 3, 3), lengths=lengths)
@@ -247,8 +266,11 @@ def test_lengths_values_and_shape(lengths, match):
 
 @pytest.mark.parametrize("lengths", [np.array([4.0, 2.0, 1.0]), [4, 2.5, 1], np.array([True, True, True])])
 def test_lengths_must_be_integers(lengths):
-    with pytest.raises(TypeError, match=r"^lengths must be an array of integers, got dtype \w+; convert it with "
-                                        r"lengths\.astype\(np\.int64\)$"):
+    with pytest.raises(
+        TypeError,
+        match=r"^lengths must be an array of integers, got dtype \w+; convert it with "
+        r"lengths\.astype\(np\.int64\)$",
+    ):
         numbarnn.RNN(3, 5)(zeros(4, 3, 3), lengths=lengths)
 
 
@@ -258,6 +280,7 @@ def test_lengths_need_batched_input():
 
 
 # -- RNN.backward --------------------------------------------------------------------------------------------------
+
 
 def trained_rnn(**kwargs):
     rnn = numbarnn.RNN(3, 5, 2, dtype=np.float64, seed=0, **kwargs)
@@ -290,6 +313,7 @@ def test_backward_twice_for_one_forward():
 # Each rejected backward() below gets its own forward pass, so that these tests check the messages only
 # (whether a rejected call uses up the forward pass is test_a_rejected_backward_leaves_the_forward_pass_usable).
 
+
 @pytest.mark.parametrize("batch_first", [False, True])
 def test_backward_gradient_shapes(batch_first):
     rnn, _ = trained_rnn(batch_first=batch_first)
@@ -297,12 +321,15 @@ def test_backward_gradient_shapes(batch_first):
     x = np.ones((2, 4, 3) if batch_first else (4, 2, 3))
     wrong = (4, 2, 5) if batch_first else (2, 4, 5)
     rnn(x)
-    with pytest.raises(ValueError, match=re.escape(f"grad_output must have shape {output_shape} (the shape of the "
-                                                   f"forward result), got {wrong}")):
+    with pytest.raises(
+        ValueError,
+        match=re.escape(f"grad_output must have shape {output_shape} (the shape of the forward result), got {wrong}"),
+    ):
         rnn.backward(np.ones(wrong))
     rnn(x)
-    with pytest.raises(ValueError, match=re.escape("grad_h_n must have shape (2, 2, 5) (the shape of the forward "
-                                                   "result), got (2, 5)")):
+    with pytest.raises(
+        ValueError, match=re.escape("grad_h_n must have shape (2, 2, 5) (the shape of the forward result), got (2, 5)")
+    ):
         rnn.backward(None, np.ones((2, 5)))
 
 
@@ -319,12 +346,20 @@ def test_backward_gradient_shapes_unbatched():
 def test_backward_gradient_dtypes():
     rnn, x = trained_rnn()
     rnn(x)
-    with pytest.raises(ValueError, match=re.escape("grad_output must have the type float64, got type float32; "
-                                                   "convert it with grad_output.astype(np.float64)")):
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            "grad_output must have the type float64, got type float32; convert it with grad_output.astype(np.float64)"
+        ),
+    ):
         rnn.backward(np.ones((4, 2, 5), np.float32))
     rnn(x)
-    with pytest.raises(ValueError, match=re.escape("grad_h_n must have the type float64, got type int64; "
-                                                   "convert it with grad_h_n.astype(np.float64)")):
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            "grad_h_n must have the type float64, got type int64; convert it with grad_h_n.astype(np.float64)"
+        ),
+    ):
         rnn.backward(None, np.ones((2, 2, 5), np.int64))
 
 
@@ -351,18 +386,22 @@ def test_a_rejected_forward_keeps_the_previous_record():
 
 # -- RNNCell -------------------------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def cells():
     return numbarnn.RNNCell(3, 4), torch.nn.RNNCell(3, 4)
 
 
-@pytest.mark.parametrize("input_shape,hx_shape", [
-    ((1, 2, 3), None),   # input rank
-    ((2, 3), (1, 2, 4)),  # hidden rank
-    ((2, 4), None),       # input_size
-    ((2, 3), (3, 4)),     # batch size
-    ((2, 3), (2, 5)),     # hidden_size
-])
+@pytest.mark.parametrize(
+    "input_shape,hx_shape",
+    [
+        ((1, 2, 3), None),  # input rank
+        ((2, 3), (1, 2, 4)),  # hidden rank
+        ((2, 4), None),  # input_size
+        ((2, 3), (3, 4)),  # batch size
+        ((2, 3), (2, 5)),  # hidden_size
+    ],
+)
 def test_cell_forward_errors_have_torchs_messages(cells, input_shape, hx_shape):
     cell, reference = cells
     hx_t = None if hx_shape is None else torch.zeros(hx_shape)
@@ -374,18 +413,26 @@ def test_cell_forward_errors_have_torchs_messages(cells, input_shape, hx_shape):
 @pytest.mark.parametrize("input_shape,hx_shape,ranks", [((2, 3), (4,), (2, 1)), ((3,), (1, 4), (1, 2))])
 def test_cell_input_and_hx_must_both_be_batched_or_unbatched(cells, input_shape, hx_shape, ranks):
     cell, _ = cells
-    with pytest.raises(ValueError, match=re.escape(f"RNNCell: input is {ranks[0]}-D but hx is {ranks[1]}-D; give "
-                                                   "both batched (N, H) or both unbatched (H,)")):
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            f"RNNCell: input is {ranks[0]}-D but hx is {ranks[1]}-D; give both batched (N, H) or both unbatched (H,)"
+        ),
+    ):
         cell(zeros(*input_shape), zeros(*hx_shape))
 
 
 def test_cell_dtypes(cells):
     cell, _ = cells
-    with pytest.raises(ValueError, match=re.escape("input must have the type float32, got type float64; convert it "
-                                                   "with input.astype(np.float32)")):
+    with pytest.raises(
+        ValueError,
+        match=re.escape("input must have the type float32, got type float64; convert it with input.astype(np.float32)"),
+    ):
         cell(np.zeros((2, 3)))
-    with pytest.raises(ValueError, match=re.escape("hx must have the type float32, got type float64; convert it "
-                                                   "with hx.astype(np.float32)")):
+    with pytest.raises(
+        ValueError,
+        match=re.escape("hx must have the type float32, got type float64; convert it with hx.astype(np.float32)"),
+    ):
         cell(zeros(2, 3), np.zeros((2, 4)))
 
 
@@ -402,11 +449,19 @@ def test_cell_backward_without_a_recorded_call():
 def test_cell_backward_shape_and_dtype_and_a_rejected_call_keeps_the_tape():
     cell = numbarnn.RNNCell(3, 4)
     cell(zeros(2, 3))
-    with pytest.raises(ValueError, match=re.escape("grad_h must have shape (2, 4) (the shape of the output of the call "
-                                                   "being backpropagated), got (4,)")):
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            "grad_h must have shape (2, 4) (the shape of the output of the call being backpropagated), got (4,)"
+        ),
+    ):
         cell.backward(zeros(4))
-    with pytest.raises(ValueError, match=re.escape("grad_h must have the type float32, got type float64; convert it "
-                                                   "with grad_h.astype(np.float32)")):
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            "grad_h must have the type float32, got type float64; convert it with grad_h.astype(np.float32)"
+        ),
+    ):
         cell.backward(np.zeros((2, 4)))
     grad_x, grad_hx = cell.backward(zeros(2, 4))  # the call is still on the tape
     assert grad_x.shape == (2, 3) and grad_hx.shape == (2, 4)
@@ -421,6 +476,7 @@ def test_cell_backward_twice_for_one_call():
 
 
 # -- empty batches -------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("batch_first", [False, True])
 @pytest.mark.parametrize("bidirectional", [False, True])

@@ -40,8 +40,7 @@ def central_difference(array, evaluate):
 @pytest.mark.parametrize("lengths", [None, [3, 2], [1, 3]], ids=["full", "sorted", "unsorted-with-1"])
 def test_every_gradient_matches_central_differences(lengths, nonlinearity):
     rng = np.random.default_rng(7)
-    rnn = numbarnn.RNN(INPUT_SIZE, HIDDEN_SIZE, NUM_LAYERS, nonlinearity, bidirectional=True, dtype=np.float64,
-                       seed=3)
+    rnn = numbarnn.RNN(INPUT_SIZE, HIDDEN_SIZE, NUM_LAYERS, nonlinearity, bidirectional=True, dtype=np.float64, seed=3)
     # Larger weights than the default init so that every term matters (no near-zero gradients to hide behind).
     for value in rnn.params.values():
         value[...] = rng.uniform(-1, 1, value.shape)

@@ -41,8 +41,17 @@ def case_id(case):
 
 
 def build(case, rng, dtype=np.float64, batch=BATCH, steps=STEPS, dropout=0.0):
-    gru, reference = make_pair("GRU", 7, case["hidden_size"], case["num_layers"], case["bias"], case["batch_first"],
-                               dropout, case["bidirectional"], dtype=dtype)
+    gru, reference = make_pair(
+        "GRU",
+        7,
+        case["hidden_size"],
+        case["num_layers"],
+        case["bias"],
+        case["batch_first"],
+        dropout,
+        case["bidirectional"],
+        dtype=dtype,
+    )
     batched = case["batched"] or case["lengths"]  # lengths need a batch axis
     problem = random_problem(gru, rng, steps, batch if batched else None, dtype, case["state_given"])
     lengths = rng.integers(1, steps + 1, batch) if case["lengths"] and batched else None
@@ -67,8 +76,16 @@ def test_matches_torch_float64(case, rng):
 @pytest.mark.parametrize("lengths", [None, [5, 2, 4]])
 def test_matches_torch_float32(lengths, rng):
     # One block, one direction: float32 compiles the serial kernels only (the parallel ones are covered in float64).
-    case = dict(hidden_size=17, num_layers=2, bidirectional=False, batch_first=False, bias=True, lengths=False,
-                batched=True, state_given=True)
+    case = dict(
+        hidden_size=17,
+        num_layers=2,
+        bidirectional=False,
+        batch_first=False,
+        bias=True,
+        lengths=False,
+        batched=True,
+        state_given=True,
+    )
     gru, reference, problem, _ = build(case, rng, np.float32)
     compare(gru, reference, *problem, np.float32, lengths=None if lengths is None else np.array(lengths))
 
@@ -76,8 +93,16 @@ def test_matches_torch_float32(lengths, rng):
 def test_batch_split_into_blocks_matches_torch(rng):
     """A batch large enough to be split into blocks (run by the parallel kernels), with lengths and two layers."""
     steps, batch, hidden = 12, 9, 64
-    case = dict(hidden_size=hidden, num_layers=2, bidirectional=False, batch_first=False, bias=True, lengths=True,
-                batched=True, state_given=False)
+    case = dict(
+        hidden_size=hidden,
+        num_layers=2,
+        bidirectional=False,
+        batch_first=False,
+        bias=True,
+        lengths=True,
+        batched=True,
+        state_given=False,
+    )
     gru, reference, problem, lengths = build(case, rng, batch=batch, steps=steps)
     if numba.config.NUMBA_NUM_THREADS > 1:  # the test exercises what it is meant to: several blocks
         assert block_count(batch, steps, 7, hidden, 2, 1, gates=3) >= 2
@@ -96,8 +121,9 @@ def test_dropout_matches_torch_through_the_same_masks(rng):
     layers = []
     for k in range(2):
         layer = torch.nn.GRU(6 if k == 0 else 32, 16, bidirectional=True, dtype=torch.float64)
-        layer.load_state_dict({name.replace(f"_l{k}", "_l0"): value for name, value in reference.state_dict().items()
-                               if f"_l{k}" in name})
+        layer.load_state_dict(
+            {name.replace(f"_l{k}", "_l0"): value for name, value in reference.state_dict().items() if f"_l{k}" in name}
+        )
         layers.append(layer)
     middle, h_a = layers[0](x_t, h_0_t[:2])
     top, h_b = layers[1](middle * torch.tensor(mask), h_0_t[2:])
@@ -112,8 +138,16 @@ def test_dropout_matches_torch_through_the_same_masks(rng):
 
 
 def test_gradients_accumulate_and_zero_batch(rng):
-    case = dict(hidden_size=16, num_layers=1, bidirectional=False, batch_first=False, bias=True, lengths=False,
-                batched=True, state_given=True)
+    case = dict(
+        hidden_size=16,
+        num_layers=1,
+        bidirectional=False,
+        batch_first=False,
+        bias=True,
+        lengths=False,
+        batched=True,
+        state_given=True,
+    )
     gru, _, (x, h_0, grad_output, grad_h_n), _ = build(case, rng)
     gru(x, h_0)
     gru.backward(grad_output, grad_h_n)

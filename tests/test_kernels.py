@@ -25,8 +25,14 @@ from numbarnn._forward import rnn_forward, rnn_forward_parallel
 from numbarnn._layout import build_layout, named_views
 from numbarnn._packing import pack, unpack
 from numbarnn._panels import ROW_PANELS, TILE_ROWS, pack_panels, panel_matmul, panel_shape, panel_width, rows_per_block
-from numbarnn._workspace import (Spec, backward_buffers, equal_length_packing, forward_buffers, length_packing,
-                                 packing_rows)
+from numbarnn._workspace import (
+    Spec,
+    backward_buffers,
+    equal_length_packing,
+    forward_buffers,
+    length_packing,
+    packing_rows,
+)
 
 STEPS, BATCH, INPUT_SIZE, HIDDEN_SIZE = 5, 5, 4, 3
 # Deliberately not sorted, with a length-1 sequence, two of full length, and blocks of unequal size when dealt out.
@@ -106,11 +112,26 @@ class KernelProblem:
     def naive(self, nonlinearity):
         """The reference results, computed in float64 for both dtypes."""
         masks = None if self.masks is None else [m.astype(np.float64) for m in self.masks]
-        output, h_n, cache = naive.rnn_forward(self.x.astype(np.float64), self.h_0.astype(np.float64), self.named,
-                                               self.num_layers, self.bidirectional, nonlinearity, self.lengths, masks)
-        grad_x, grad_h_0, grads = naive.rnn_backward(cache, self.named, self.num_layers, self.bidirectional,
-                                                     nonlinearity, self.grad_output.astype(np.float64),
-                                                     self.grad_h_n.astype(np.float64), masks)
+        output, h_n, cache = naive.rnn_forward(
+            self.x.astype(np.float64),
+            self.h_0.astype(np.float64),
+            self.named,
+            self.num_layers,
+            self.bidirectional,
+            nonlinearity,
+            self.lengths,
+            masks,
+        )
+        grad_x, grad_h_0, grads = naive.rnn_backward(
+            cache,
+            self.named,
+            self.num_layers,
+            self.bidirectional,
+            nonlinearity,
+            self.grad_output.astype(np.float64),
+            self.grad_h_n.astype(np.float64),
+            masks,
+        )
         return output, h_n, grad_x, grad_h_0, grads
 
 
@@ -121,16 +142,36 @@ def unsort(states, order):
 
 
 # (num_layers, bidirectional, bias, nonlinearity, dtype, lengths, dropout, blocks); dropout needs a second layer.
-KERNEL_GRID = [case for case in itertools.product([1, 2, 3], [False, True], [True, False], ["tanh", "relu"], DTYPES,
-                                                  [None, UNSORTED_LENGTHS], [False, True], [1, 2])
-               if case[0] > 1 or not case[6]]
+KERNEL_GRID = [
+    case
+    for case in itertools.product(
+        [1, 2, 3],
+        [False, True],
+        [True, False],
+        ["tanh", "relu"],
+        DTYPES,
+        [None, UNSORTED_LENGTHS],
+        [False, True],
+        [1, 2],
+    )
+    if case[0] > 1 or not case[6]
+]
 
 
 def kernel_id(case):
     layers, bidirectional, bias, nonlinearity, dtype, lengths, dropout, blocks = case
-    return "-".join([f"L{layers}", "bi" if bidirectional else "uni", "bias" if bias else "nobias", nonlinearity,
-                     np.dtype(dtype).name, "lengths" if lengths is not None else "full",
-                     "dropout" if dropout else "nodropout", f"B{blocks}"])
+    return "-".join(
+        [
+            f"L{layers}",
+            "bi" if bidirectional else "uni",
+            "bias" if bias else "nobias",
+            nonlinearity,
+            np.dtype(dtype).name,
+            "lengths" if lengths is not None else "full",
+            "dropout" if dropout else "nodropout",
+            f"B{blocks}",
+        ]
+    )
 
 
 def test_the_grid_covers_every_option_with_both_block_counts():
@@ -195,6 +236,7 @@ def test_inference_buffers_give_the_training_result(num_layers, dtype, lengths, 
 
 # -- packing -------------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("blocks", [1, 2, 3])
 @pytest.mark.parametrize("lengths", [[4, 4, 4], [1, 4, 2], [3, 1, 3], [1, 1, 1]])
 def test_pack_and_unpack_follow_their_definition(lengths, blocks, rng):
@@ -207,7 +249,7 @@ def test_pack_and_unpack_follow_their_definition(lengths, blocks, rng):
     # Block by block, time-major inside a block, each block's sequences by decreasing length.
     expected_rows = []
     for b in range(blocks):
-        members = packing.order[packing.block_batch[b]:packing.block_batch[b + 1]]
+        members = packing.order[packing.block_batch[b] : packing.block_batch[b + 1]]
         assert (np.diff(lengths[members]) <= 0).all()
         expected_rows += [source[t, n] for t in range(steps) for n in members if lengths[n] > t]
     assert_array_equal(packed, np.array(expected_rows))
@@ -226,6 +268,7 @@ def test_pack_and_unpack_follow_their_definition(lengths, blocks, rng):
 
 
 # -- activations ---------------------------------------------------------------------------------------------------
+
 
 @numba.njit(cache=True)
 def apply_activation(values, relu, out):
@@ -248,13 +291,17 @@ def activation(values, relu):
 def float32_test_points():
     clamp = np.float32(7.90531110763549805)
     small = np.float32(4e-4)
-    positive = np.concatenate([
-        np.linspace(0, 20, 200_001, dtype=np.float32),
-        np.float32(10.0) ** np.arange(-45, 2, 0.01, dtype=np.float32),  # denormals to 100
-        [np.float32(1e30), np.finfo(np.float32).max],
-        np.nextafter(clamp, np.float32([-np.inf, np.inf])), [clamp],  # both sides of the clamp
-        np.nextafter(small, np.float32([-np.inf, np.inf])), [small],  # both sides of the small-argument cut
-    ]).astype(np.float32)
+    positive = np.concatenate(
+        [
+            np.linspace(0, 20, 200_001, dtype=np.float32),
+            np.float32(10.0) ** np.arange(-45, 2, 0.01, dtype=np.float32),  # denormals to 100
+            [np.float32(1e30), np.finfo(np.float32).max],
+            np.nextafter(clamp, np.float32([-np.inf, np.inf])),
+            [clamp],  # both sides of the clamp
+            np.nextafter(small, np.float32([-np.inf, np.inf])),
+            [small],  # both sides of the small-argument cut
+        ]
+    ).astype(np.float32)
     return np.concatenate([positive, -positive])
 
 
@@ -285,13 +332,18 @@ def test_tanh_non_finite_values(dtype):
 
 
 def test_float64_tanh_is_within_two_eps_of_numpy_tanh():
-    values = np.concatenate([np.linspace(-25, 25, 100_001), 10.0 ** np.arange(-320, 2, 0.5),
-                             np.nextafter(0.625, [0, 1]), np.nextafter(22.0, [0, 100])])  # both branch edges
+    values = np.concatenate(
+        [
+            np.linspace(-25, 25, 100_001),
+            10.0 ** np.arange(-320, 2, 0.5),
+            np.nextafter(0.625, [0, 1]),
+            np.nextafter(22.0, [0, 100]),
+        ]
+    )  # both branch edges
     values = np.concatenate([values, -values])
     # The float64 approximation is documented as within 2 ulp: below 0.625 Cephes' rational function (1 ulp),
     # above it 1 - 2 / (exp(2|x|) + 1) with the exp correct to 1 ulp, whose error the subtraction does not grow.
-    np.testing.assert_allclose(activation(values, False), np.tanh(values), rtol=2 * np.finfo(np.float64).eps,
-                               atol=0)
+    np.testing.assert_allclose(activation(values, False), np.tanh(values), rtol=2 * np.finfo(np.float64).eps, atol=0)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -321,12 +373,33 @@ def test_activation_backward_from_outputs(dtype):
 # 0..11, M below and above the tile) and spans several row blocks at K = 256; N covers full panels only, a partial
 # last panel, and fewer columns than one panel, for every panel width (8 to 32 float32, 4 to 16 float64); one row
 # (ROW_PANELS panels at a time) with whole groups only, and with further panels after them.
-PANEL_SHAPES = [(1, 1, 1), (2, 3, 5), (3, 7, 8), (4, 16, 16), (5, 9, 17), (6, 33, 24), (7, 64, 64), (8, 5, 40),
-                (9, 20, 33), (10, 3, 7), (11, 12, 3), (13, 128, 130), (32, 256, 256), (0, 4, 4), (131, 256, 20),
-                (1, 3, 16), (1, 5, 32), (1, 17, 64), (1, 40, 128), (1, 64, 133)]
+PANEL_SHAPES = [
+    (1, 1, 1),
+    (2, 3, 5),
+    (3, 7, 8),
+    (4, 16, 16),
+    (5, 9, 17),
+    (6, 33, 24),
+    (7, 64, 64),
+    (8, 5, 40),
+    (9, 20, 33),
+    (10, 3, 7),
+    (11, 12, 3),
+    (13, 128, 130),
+    (32, 256, 256),
+    (0, 4, 4),
+    (131, 256, 20),
+    (1, 3, 16),
+    (1, 5, 32),
+    (1, 17, 64),
+    (1, 40, 128),
+    (1, 64, 133),
+]
 TILE_HEIGHTS = sorted(set(_isa.ROWS_BY_REGISTERS.values()))
-PANEL_WIDTHS = {dtype: sorted({_isa.VECTORS_PER_PANEL * bits // 8 // np.dtype(dtype).itemsize
-                               for bits in (128, 256, 512)}) for dtype in DTYPES}
+PANEL_WIDTHS = {
+    dtype: sorted({_isa.VECTORS_PER_PANEL * bits // 8 // np.dtype(dtype).itemsize for bits in (128, 256, 512)})
+    for dtype in DTYPES
+}
 
 
 def test_panel_shapes_cover_every_tile_and_panel_remainder():
@@ -435,12 +508,14 @@ def test_isa_target_is_numbas():
 # AArch64 build is LLVM IR compiled through llvmlite for an AArch64 triple.
 TARGET_BUILDS = {
     "generic": ({"NUMBA_CPU_NAME": "generic"}, ("sse2", 128, 6), ("mulps", "addps"), True),
-    "haswell": ({"NUMBA_CPU_NAME": "haswell", "NUMBA_CPU_FEATURES": ""}, ("avx2", 256, 6), ("ymm", "vfmadd"),
-                False),
-    "skylake-avx512": ({"NUMBA_CPU_NAME": "skylake-avx512", "NUMBA_CPU_FEATURES": ""}, ("avx512", 512, 12),
-                       ("zmm", "vfmadd"), False),
-    "znver4": ({"NUMBA_CPU_NAME": "znver4", "NUMBA_CPU_FEATURES": ""}, ("avx512", 512, 12), ("zmm", "vfmadd"),
-               False),
+    "haswell": ({"NUMBA_CPU_NAME": "haswell", "NUMBA_CPU_FEATURES": ""}, ("avx2", 256, 6), ("ymm", "vfmadd"), False),
+    "skylake-avx512": (
+        {"NUMBA_CPU_NAME": "skylake-avx512", "NUMBA_CPU_FEATURES": ""},
+        ("avx512", 512, 12),
+        ("zmm", "vfmadd"),
+        False,
+    ),
+    "znver4": ({"NUMBA_CPU_NAME": "znver4", "NUMBA_CPU_FEATURES": ""}, ("avx512", 512, 12), ("zmm", "vfmadd"), False),
     "aarch64": ({"NUMBA_OPT": "0"}, ("neon", 128, 12), ("fmla",), False),
 }
 
@@ -455,12 +530,14 @@ def build_every_target(directory, environ):
     for name, (environment, _, _, run) in TARGET_BUILDS.items():
         env = {key: value for key, value in environ.items() if not key.startswith("NUMBA_CPU")}
         # a cache of its own: code for another target must never reach the project's cache
-        env.update(environment, NUMBA_CACHE_DIR=str(directory / name),
-                   PYTHONPATH=os.pathsep.join(filter(None, [root, environ.get("PYTHONPATH")])))
+        env.update(
+            environment,
+            NUMBA_CACHE_DIR=str(directory / name),
+            PYTHONPATH=os.pathsep.join(filter(None, [root, environ.get("PYTHONPATH")])),
+        )
         command = [sys.executable, "-W", "ignore", str(script)]
         command += ["--aarch64"] if name == "aarch64" else ["--run", json.dumps(PANEL_SHAPES)] if run else []
-        processes[name] = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                           text=True)
+        processes[name] = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     outcomes = {name: process.communicate(timeout=600) for name, process in processes.items()}
     return {name: (processes[name].returncode, stdout, stderr) for name, (stdout, stderr) in outcomes.items()}
 

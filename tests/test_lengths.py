@@ -27,9 +27,9 @@ STEPS, BATCH, INPUT_SIZE, HIDDEN_SIZE = 6, 4, 3, 4
 
 LENGTH_PATTERNS = {
     "all-full": [6, 6, 6, 6],
-    "all-equal-short": [3, 3, 3, 3],   # max(lengths) < L: the last steps are padding for everyone
+    "all-equal-short": [3, 3, 3, 3],  # max(lengths) < L: the last steps are padding for everyone
     "unsorted-with-1": [2, 6, 1, 4],
-    "ties-max-short": [5, 1, 5, 2],    # max(lengths) < L, with ties the stable sort must keep apart
+    "ties-max-short": [5, 1, 5, 2],  # max(lengths) < L, with ties the stable sort must keep apart
 }
 
 GRID = list(itertools.product([1, 2, 3], [False, True], [False, True], DTYPES, ["tanh", "relu"]))
@@ -42,8 +42,16 @@ CASES = [config + (PATTERN_NAMES[(i + i // 4) % 4],) for i, config in enumerate(
 
 def case_id(case):
     layers, bidirectional, batch_first, dtype, nonlinearity, pattern = case
-    return "-".join([f"L{layers}", "bi" if bidirectional else "uni", "bf" if batch_first else "tm",
-                     np.dtype(dtype).name, nonlinearity, pattern])
+    return "-".join(
+        [
+            f"L{layers}",
+            "bi" if bidirectional else "uni",
+            "bf" if batch_first else "tm",
+            np.dtype(dtype).name,
+            nonlinearity,
+            pattern,
+        ]
+    )
 
 
 def test_grid_pairs_every_pattern_with_every_value():
@@ -56,7 +64,8 @@ def run_and_compare(rnn, reference, x, h_0, lengths, grad_output, grad_h_n, dtyp
     """Eval and training forward, and the backward, against torch; ``atols``: helpers.scaled_atols for a larger
     problem."""
     expected_output, expected_h_n, expected_grad_x, expected_grad_h_0, expected_grads = torch_run(
-        reference, x, h_0, grad_output, grad_h_n, lengths)
+        reference, x, h_0, grad_output, grad_h_n, lengths
+    )
     values_atol, gradients_atol = atols
     rnn.eval()
     output, h_n = rnn(x, h_0, lengths=lengths)
@@ -77,8 +86,15 @@ def run_and_compare(rnn, reference, x, h_0, lengths, grad_output, grad_h_n, dtyp
 @pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_lengths_match_torch_packed_sequences(case, rng):
     num_layers, bidirectional, batch_first, dtype, nonlinearity, pattern = case
-    rnn, reference = make_rnn_pair(INPUT_SIZE, HIDDEN_SIZE, num_layers, nonlinearity, batch_first=batch_first,
-                                   bidirectional=bidirectional, dtype=dtype)
+    rnn, reference = make_rnn_pair(
+        INPUT_SIZE,
+        HIDDEN_SIZE,
+        num_layers,
+        nonlinearity,
+        batch_first=batch_first,
+        bidirectional=bidirectional,
+        dtype=dtype,
+    )
     lengths = np.array(LENGTH_PATTERNS[pattern])
     x = standard_normal(rng, input_shape(rnn, STEPS, BATCH), dtype)
     h_0 = standard_normal(rng, (num_layers * (2 if bidirectional else 1), BATCH, HIDDEN_SIZE), dtype)
@@ -122,8 +138,9 @@ def test_panel_cases_reach_partial_panels_and_blocks(block_pool):
 def test_lengths_match_torch_at_panel_and_block_sizes(hidden, dtype, block_pool, rng):
     num_layers, bidirectional, nonlinearity = PANEL_STACKS[hidden]
     directions = 2 if bidirectional else 1
-    rnn, reference = make_rnn_pair(PANEL_INPUT_SIZE, hidden, num_layers, nonlinearity, bidirectional=bidirectional,
-                                   dtype=dtype)
+    rnn, reference = make_rnn_pair(
+        PANEL_INPUT_SIZE, hidden, num_layers, nonlinearity, bidirectional=bidirectional, dtype=dtype
+    )
     x = standard_normal(rng, input_shape(rnn, PANEL_STEPS, PANEL_BATCH), dtype)
     h_0 = standard_normal(rng, (num_layers * directions, PANEL_BATCH, hidden), dtype)
     grad_output = standard_normal(rng, output_shape(rnn, PANEL_STEPS, PANEL_BATCH), dtype)
@@ -141,8 +158,16 @@ def test_every_pattern_on_a_deep_bidirectional_stack(pattern, bias, rng):
     rnn, reference = make_rnn_pair(INPUT_SIZE, HIDDEN_SIZE, 3, bias=bias, bidirectional=True)
     x = rng.standard_normal((STEPS, BATCH, INPUT_SIZE))
     h_0 = rng.standard_normal((6, BATCH, HIDDEN_SIZE))
-    run_and_compare(rnn, reference, x, h_0, np.array(LENGTH_PATTERNS[pattern]),
-                    rng.standard_normal((STEPS, BATCH, 2 * HIDDEN_SIZE)), rng.standard_normal(h_0.shape), np.float64)
+    run_and_compare(
+        rnn,
+        reference,
+        x,
+        h_0,
+        np.array(LENGTH_PATTERNS[pattern]),
+        rng.standard_normal((STEPS, BATCH, 2 * HIDDEN_SIZE)),
+        rng.standard_normal(h_0.shape),
+        np.float64,
+    )
 
 
 def test_full_lengths_equal_no_lengths(rng):
@@ -153,8 +178,12 @@ def test_full_lengths_equal_no_lengths(rng):
     grad_x, grad_h_0 = rnn.backward(grad_output)
     packed_output, packed_h_n = rnn(x, lengths=[STEPS] * BATCH)
     packed_grad_x, packed_grad_h_0 = rnn.backward(grad_output)
-    for name, a, b in [("output", packed_output, output), ("h_n", packed_h_n, h_n), ("grad_x", packed_grad_x, grad_x),
-                       ("grad_h_0", packed_grad_h_0, grad_h_0)]:
+    for name, a, b in [
+        ("output", packed_output, output),
+        ("h_n", packed_h_n, h_n),
+        ("grad_x", packed_grad_x, grad_x),
+        ("grad_h_0", packed_grad_h_0, grad_h_0),
+    ]:
         assert_close(a, b, np.float64, name)
 
 
@@ -210,9 +239,17 @@ def test_gradient_at_padded_outputs_is_ignored(rng):
         np.testing.assert_array_equal(grads[name], masked_grads[name])
 
 
-@pytest.mark.parametrize("lengths", [[2, 6, 1, 4], (2, 6, 1, 4), np.array([2, 6, 1, 4], np.int32),
-                                     np.array([2, 6, 1, 4], np.uint8), torch.tensor([2, 6, 1, 4])],
-                         ids=["list", "tuple", "int32", "uint8", "torch"])
+@pytest.mark.parametrize(
+    "lengths",
+    [
+        [2, 6, 1, 4],
+        (2, 6, 1, 4),
+        np.array([2, 6, 1, 4], np.int32),
+        np.array([2, 6, 1, 4], np.uint8),
+        torch.tensor([2, 6, 1, 4]),
+    ],
+    ids=["list", "tuple", "int32", "uint8", "torch"],
+)
 def test_lengths_accept_any_integer_sequence(lengths, rng):
     rnn, reference = make_rnn_pair(INPUT_SIZE, HIDDEN_SIZE, 1)
     rnn.eval()

@@ -44,8 +44,18 @@ def case_id(case):
 
 
 def build(case, rng, dtype=np.float64, batch=BATCH, steps=STEPS):
-    lstm, reference = make_pair("LSTM", 7, case["hidden_size"], case["num_layers"], case["bias"],
-                                case["batch_first"], 0.0, case["bidirectional"], case["proj_size"], dtype=dtype)
+    lstm, reference = make_pair(
+        "LSTM",
+        7,
+        case["hidden_size"],
+        case["num_layers"],
+        case["bias"],
+        case["batch_first"],
+        0.0,
+        case["bidirectional"],
+        case["proj_size"],
+        dtype=dtype,
+    )
     batched = case["batched"] or case["lengths"]  # lengths need a batch axis
     problem = random_problem(lstm, rng, steps, batch if batched else None, dtype, case["state_given"])
     lengths = rng.integers(1, steps + 1, batch) if case["lengths"] and batched else None
@@ -72,8 +82,17 @@ def test_matches_torch_float64(case, rng):
 @pytest.mark.parametrize("lengths", [None, [5, 2, 4]])
 def test_matches_torch_float32(proj_size, lengths, rng):
     # One block, one direction: float32 compiles the serial kernels only (the parallel ones are covered in float64).
-    case = dict(hidden_size=17, num_layers=2, bidirectional=False, batch_first=False, proj_size=proj_size,
-                bias=True, lengths=False, batched=True, state_given=True)
+    case = dict(
+        hidden_size=17,
+        num_layers=2,
+        bidirectional=False,
+        batch_first=False,
+        proj_size=proj_size,
+        bias=True,
+        lengths=False,
+        batched=True,
+        state_given=True,
+    )
     lstm, reference, problem, _ = build(case, rng, np.float32)
     compare(lstm, reference, *problem, np.float32, lengths=None if lengths is None else np.array(lengths))
 
@@ -82,8 +101,17 @@ def test_batch_split_into_blocks_matches_torch(rng):
     """A batch large enough to be split into blocks (run by the parallel kernels), with lengths, two layers and a
     projection (a bidirectional stack gets half as many blocks: one on 2 threads; the directions are its tasks)."""
     steps, batch, hidden = 12, 9, 64
-    case = dict(hidden_size=hidden, num_layers=2, bidirectional=False, batch_first=True, proj_size=24, bias=True,
-                lengths=True, batched=True, state_given=True)
+    case = dict(
+        hidden_size=hidden,
+        num_layers=2,
+        bidirectional=False,
+        batch_first=True,
+        proj_size=24,
+        bias=True,
+        lengths=True,
+        batched=True,
+        state_given=True,
+    )
     lstm, reference, problem, lengths = build(case, rng, batch=batch, steps=steps)
     if numba.config.NUMBA_NUM_THREADS > 1:  # the test exercises what it is meant to: several blocks
         assert block_count(batch, steps, 7, hidden, 2, 1, gates=4) >= 2
@@ -104,8 +132,13 @@ def test_dropout_matches_torch_through_the_same_masks(rng):
     layer_input, finals = x_t, []
     for k in range(3):
         layer = torch.nn.LSTM(6 if k == 0 else 4, 16, proj_size=4, dtype=torch.float64)
-        layer.load_state_dict({name.replace(f"_l{k}", "_l0"): value for name, value in reference.state_dict().items()
-                               if name.endswith(f"_l{k}")})
+        layer.load_state_dict(
+            {
+                name.replace(f"_l{k}", "_l0"): value
+                for name, value in reference.state_dict().items()
+                if name.endswith(f"_l{k}")
+            }
+        )
         layer_output, (h_n, c_n) = layer(layer_input, (h_0[k : k + 1], c_0[k : k + 1]))
         finals.append((h_n, c_n, layer))
         layer_input = layer_output * torch.tensor(masks[k]) if k < 2 else layer_output
@@ -196,8 +229,9 @@ def test_parameters_and_state_dict_are_torchs():
     flat = np.concatenate([v.ravel() for v in lstm.params.values()])
     assert np.abs(flat).max() <= bound and np.abs(flat).max() > 0.95 * bound
     assert repr(lstm) == repr(reference)
-    assert repr(numbarnn.LSTM(5, 16, 1, bias=False, batch_first=True)) == \
-        repr(torch.nn.LSTM(5, 16, 1, bias=False, batch_first=True))
+    assert repr(numbarnn.LSTM(5, 16, 1, bias=False, batch_first=True)) == repr(
+        torch.nn.LSTM(5, 16, 1, bias=False, batch_first=True)
+    )
 
 
 def test_save_load_copy_and_pickle_round_trip(tmp_path, rng):
@@ -214,12 +248,15 @@ def test_save_load_copy_and_pickle_round_trip(tmp_path, rng):
         np.testing.assert_array_equal(loaded["cell"].params[name], cell.params[name])
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda: numbarnn.LSTM(5, 16, proj_size=16), "proj_size has to be smaller than hidden_size"),
-    (lambda: numbarnn.LSTM(5, 16, proj_size=-1), "proj_size should be a positive integer or zero"),
-    (lambda: numbarnn.LSTM(5, 0), "hidden_size must be greater than zero"),
-    (lambda: numbarnn.LSTM(5, 16, dropout=1.5), "dropout should be a number in range"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: numbarnn.LSTM(5, 16, proj_size=16), "proj_size has to be smaller than hidden_size"),
+        (lambda: numbarnn.LSTM(5, 16, proj_size=-1), "proj_size should be a positive integer or zero"),
+        (lambda: numbarnn.LSTM(5, 0), "hidden_size must be greater than zero"),
+        (lambda: numbarnn.LSTM(5, 16, dropout=1.5), "dropout should be a number in range"),
+    ],
+)
 def test_constructor_errors_are_torchs(make, message):
     with pytest.raises(ValueError, match=message):
         make()
@@ -260,8 +297,10 @@ def test_cell_bptt_matches_torch(dtype, batched, hx_given, rng):
     xs = [rng.standard_normal(shape).astype(dtype) for _ in range(3)]
     state_shape = (3, 17) if batched else (17,)
     hx = (rng.standard_normal(state_shape).astype(dtype), rng.standard_normal(state_shape).astype(dtype))
-    grads = [(rng.standard_normal(state_shape).astype(dtype), rng.standard_normal(state_shape).astype(dtype))
-             for _ in range(3)]
+    grads = [
+        (rng.standard_normal(state_shape).astype(dtype), rng.standard_normal(state_shape).astype(dtype))
+        for _ in range(3)
+    ]
     xs_t = [torch.tensor(x, requires_grad=True) for x in xs]
     hx_t = tuple(torch.tensor(p if hx_given else np.zeros_like(p), requires_grad=True) for p in hx)
     state_t, state, loss = hx_t, hx if hx_given else None, 0
@@ -336,10 +375,12 @@ def test_every_gradient_matches_central_differences():
         return gradient
 
     for name in lstm.params:
-        np.testing.assert_allclose(analytic[name], central_difference(lstm.params[name]), rtol=0, atol=2e-7,
-                                   err_msg=name)
+        np.testing.assert_allclose(
+            analytic[name], central_difference(lstm.params[name]), rtol=0, atol=2e-7, err_msg=name
+        )
         assert np.abs(analytic[name]).max() > 1e-3, name
     np.testing.assert_allclose(analytic_x, central_difference(x), rtol=0, atol=2e-7, err_msg="input")
     for index in range(2):
-        np.testing.assert_allclose(analytic_state[index], central_difference(state[index]), rtol=0, atol=2e-7,
-                                   err_msg=f"state[{index}]")
+        np.testing.assert_allclose(
+            analytic_state[index], central_difference(state[index]), rtol=0, atol=2e-7, err_msg=f"state[{index}]"
+        )

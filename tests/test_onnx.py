@@ -57,9 +57,11 @@ GATED_CASES = pairwise_cases(GATED_OPTIONS)
 
 def _case_id(case):
     kind = [case["cell"], f"H{case['hidden_size']}"] if "cell" in case else [case["nonlinearity"]]
-    return "-".join(kind + [f"L{case['num_layers']}"]
-                    + [name for name in ("bidirectional", "bias", "batch_first", "lengths", "h_0", "head")
-                       if case[name]])
+    return "-".join(
+        kind
+        + [f"L{case['num_layers']}"]
+        + [name for name in ("bidirectional", "bias", "batch_first", "lengths", "h_0", "head") if case[name]]
+    )
 
 
 def _session(path):
@@ -72,13 +74,24 @@ def _modules(case, dtype=np.float32):
     """The case's numbarnn.RNN (a case with "cell": LSTM or GRU) in eval mode, and its head or None."""
     cell = case.get("cell", "RNN")
     hidden = case.get("hidden_size", HIDDEN)
-    arguments = dict(bias=case["bias"], batch_first=case["batch_first"], bidirectional=case["bidirectional"],
-                     dropout=case.get("dropout", 0.0), dtype=dtype, seed=7)
+    arguments = dict(
+        bias=case["bias"],
+        batch_first=case["batch_first"],
+        bidirectional=case["bidirectional"],
+        dropout=case.get("dropout", 0.0),
+        dtype=dtype,
+        seed=7,
+    )
     if cell == "RNN":
         arguments["nonlinearity"] = case["nonlinearity"]
     rnn = getattr(numbarnn, cell)(INPUT_SIZE, hidden, case["num_layers"], **arguments).eval()
-    head = numbarnn.Linear(rnn.num_directions * hidden, OUTPUTS, bias=case.get("head_bias", True), dtype=dtype,
-                           seed=8).eval() if case["head"] else None
+    head = (
+        numbarnn.Linear(
+            rnn.num_directions * hidden, OUTPUTS, bias=case.get("head_bias", True), dtype=dtype, seed=8
+        ).eval()
+        if case["head"]
+        else None
+    )
     return rnn, head
 
 
@@ -93,7 +106,8 @@ def _inputs(case, rnn, rng):
     if case["h_0"]:
         for name in _state_names(rnn, "0"):
             feeds[name] = rng.standard_normal((rnn.num_directions * rnn.num_layers, BATCH, rnn.hidden_size)).astype(
-                rnn.dtype)
+                rnn.dtype
+            )
     if case["lengths"]:
         feeds["lengths"] = np.array([STEPS, 2, 1, 4], np.int32)  # unsorted, full length and length 1 included
     return feeds
@@ -111,8 +125,9 @@ def _parts(state):
 
 @pytest.mark.parametrize("options, cases, full_product", [(OPTIONS, CASES, 384), (GATED_OPTIONS, GATED_CASES, 1152)])
 def test_covering_cases_hold_every_pair_of_options(options, cases, full_product):
-    every_pair = {((a, x), (b, y)) for a, b in itertools.combinations(options, 2)
-                  for x in options[a] for y in options[b]}
+    every_pair = {
+        ((a, x), (b, y)) for a, b in itertools.combinations(options, 2) for x in options[a] for y in options[b]
+    }
     covered = set().union(*(_pairs(case, options) for case in cases))
     assert covered == every_pair
     assert len(cases) < 20 and np.prod([len(values) for values in options.values()]) == full_product
@@ -170,8 +185,9 @@ def _gated(case, cell, hidden_size=16):
     """``case`` (an RNN case) for ``cell``: the same options, with the gated cases' keys."""
     if cell == "RNN":
         return case
-    return dict({key: value for key, value in case.items() if key != "nonlinearity"}, cell=cell,
-                hidden_size=hidden_size)
+    return dict(
+        {key: value for key, value in case.items() if key != "nonlinearity"}, cell=cell, hidden_size=hidden_size
+    )
 
 
 def _run(session, feeds):
@@ -205,7 +221,8 @@ def test_float64_module_is_exported_in_float32_with_a_warning(cell, tmp_path, rn
     model = onnx.load(path)
     onnx.checker.check_model(model, full_check=True)
     assert {t.data_type for t in model.graph.initializer if t.name.startswith(("W", "R", "B", "head"))} == {
-        onnx.TensorProto.FLOAT}
+        onnx.TensorProto.FLOAT
+    }
     x = rng.standard_normal((BATCH, STEPS, INPUT_SIZE) if rnn.batch_first else (STEPS, BATCH, INPUT_SIZE))
     results = _run(_session(path), {"input": x.astype(np.float32)})
     expected_output, _ = rnn(x)
@@ -217,21 +234,75 @@ def test_float64_module_is_exported_in_float32_with_a_warning(cell, tmp_path, rn
 _ROUND_TRIP = dict(h_0=True, lengths=True, head_bias=False)  # a head without bias: load must not invent one
 
 
-@pytest.mark.parametrize("case", [
-    dict(CASES[0], **_ROUND_TRIP, num_layers=3, bidirectional=True, bias=False, batch_first=True, head=True,
-         dropout=0.25),
-    dict(CASES[0], **_ROUND_TRIP, num_layers=1, bidirectional=False, bias=True, batch_first=False, head=False),
-    dict(CASES[0], **_ROUND_TRIP, nonlinearity="relu", num_layers=2, bidirectional=False, bias=True, head=True,
-         dropout=0.25),
-    dict(_ROUND_TRIP, cell="LSTM", hidden_size=16, num_layers=3, bidirectional=True, bias=False, batch_first=True,
-         head=True, dropout=0.25),
-    dict(_ROUND_TRIP, cell="LSTM", hidden_size=5, num_layers=1, bidirectional=True, bias=True, batch_first=False,
-         head=False),
-    dict(_ROUND_TRIP, cell="GRU", hidden_size=17, num_layers=2, bidirectional=False, bias=True, batch_first=False,
-         head=True, dropout=0.25),
-    dict(_ROUND_TRIP, cell="GRU", hidden_size=40, num_layers=1, bidirectional=True, bias=False, batch_first=True,
-         head=False),
-], ids=_case_id)
+@pytest.mark.parametrize(
+    "case",
+    [
+        dict(
+            CASES[0],
+            **_ROUND_TRIP,
+            num_layers=3,
+            bidirectional=True,
+            bias=False,
+            batch_first=True,
+            head=True,
+            dropout=0.25,
+        ),
+        dict(CASES[0], **_ROUND_TRIP, num_layers=1, bidirectional=False, bias=True, batch_first=False, head=False),
+        dict(
+            CASES[0],
+            **_ROUND_TRIP,
+            nonlinearity="relu",
+            num_layers=2,
+            bidirectional=False,
+            bias=True,
+            head=True,
+            dropout=0.25,
+        ),
+        dict(
+            _ROUND_TRIP,
+            cell="LSTM",
+            hidden_size=16,
+            num_layers=3,
+            bidirectional=True,
+            bias=False,
+            batch_first=True,
+            head=True,
+            dropout=0.25,
+        ),
+        dict(
+            _ROUND_TRIP,
+            cell="LSTM",
+            hidden_size=5,
+            num_layers=1,
+            bidirectional=True,
+            bias=True,
+            batch_first=False,
+            head=False,
+        ),
+        dict(
+            _ROUND_TRIP,
+            cell="GRU",
+            hidden_size=17,
+            num_layers=2,
+            bidirectional=False,
+            bias=True,
+            batch_first=False,
+            head=True,
+            dropout=0.25,
+        ),
+        dict(
+            _ROUND_TRIP,
+            cell="GRU",
+            hidden_size=40,
+            num_layers=1,
+            bidirectional=True,
+            bias=False,
+            batch_first=True,
+            head=False,
+        ),
+    ],
+    ids=_case_id,
+)
 def test_export_then_load_gives_identical_modules(case, tmp_path, rng):
     rnn, head = _modules(case)
     path = tmp_path / "model.onnx"
@@ -260,7 +331,10 @@ def test_export_then_load_gives_identical_modules(case, tmp_path, rng):
         np.testing.assert_array_equal(actual, expected)
     if head is not None:
         assert (loaded["head"].in_features, loaded["head"].out_features, loaded["head"].bias_enabled) == (
-            head.in_features, head.out_features, head.bias_enabled)
+            head.in_features,
+            head.out_features,
+            head.bias_enabled,
+        )
         np.testing.assert_array_equal(loaded["head"].weight, head.weight)
 
 
@@ -279,32 +353,55 @@ def _torch_export(model, args, path, input_names):
     # torch 2.13's default (dynamo) exporter unrolls the recurrence into MatMul and Tanh nodes (and needs
     # onnxscript); the TorchScript exporter writes ONNX RNN nodes, which is what load() maps.
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="You are using the legacy TorchScript-based ONNX export",
-                                category=DeprecationWarning)
-        warnings.filterwarnings("ignore", message="Exporting a model to ONNX with a batch_size other than 1",
-                                category=UserWarning)
+        warnings.filterwarnings(
+            "ignore", message="You are using the legacy TorchScript-based ONNX export", category=DeprecationWarning
+        )
+        warnings.filterwarnings(
+            "ignore", message="Exporting a model to ONNX with a batch_size other than 1", category=UserWarning
+        )
         # tracing the shape checks of nn.RNN.forward: they hold for the traced input; the dynamic axes keep L, N free
-        warnings.filterwarnings("ignore", message="Converting a tensor to a Python boolean",
-                                category=torch.jit.TracerWarning)
-        torch.onnx.export(model, args, str(path), input_names=input_names, dynamo=False,
-                          dynamic_axes={name: {0: "dim0", 1: "dim1"} for name in input_names[:1]})
+        warnings.filterwarnings(
+            "ignore", message="Converting a tensor to a Python boolean", category=torch.jit.TracerWarning
+        )
+        torch.onnx.export(
+            model,
+            args,
+            str(path),
+            input_names=input_names,
+            dynamo=False,
+            dynamic_axes={name: {0: "dim0", 1: "dim1"} for name in input_names[:1]},
+        )
 
 
-@pytest.mark.parametrize("nonlinearity, num_layers, bidirectional, bias, batch_first, with_h_0, with_head", [
-    ("relu", 2, True, True, True, True, True),
-    ("tanh", 3, False, False, False, False, False),
-    ("tanh", 1, True, True, False, False, True),
-])
-def test_load_reads_torch_onnx_export_of_an_rnn(nonlinearity, num_layers, bidirectional, bias, batch_first,
-                                                with_h_0, with_head, tmp_path, rng):
+@pytest.mark.parametrize(
+    "nonlinearity, num_layers, bidirectional, bias, batch_first, with_h_0, with_head",
+    [
+        ("relu", 2, True, True, True, True, True),
+        ("tanh", 3, False, False, False, False, False),
+        ("tanh", 1, True, True, False, False, True),
+    ],
+)
+def test_load_reads_torch_onnx_export_of_an_rnn(
+    nonlinearity, num_layers, bidirectional, bias, batch_first, with_h_0, with_head, tmp_path, rng
+):
     torch.manual_seed(0)
-    reference = torch.nn.RNN(INPUT_SIZE, HIDDEN, num_layers, nonlinearity=nonlinearity, bias=bias,
-                             batch_first=batch_first, bidirectional=bidirectional)
+    reference = torch.nn.RNN(
+        INPUT_SIZE,
+        HIDDEN,
+        num_layers,
+        nonlinearity=nonlinearity,
+        bias=bias,
+        batch_first=batch_first,
+        bidirectional=bidirectional,
+    )
     directions = 2 if bidirectional else 1
     head = torch.nn.Linear(directions * HIDDEN, OUTPUTS) if with_head else None
     model = _TorchModel(reference, head).eval()
-    x = torch.from_numpy(rng.standard_normal((BATCH, STEPS, INPUT_SIZE) if batch_first else
-                                             (STEPS, BATCH, INPUT_SIZE)).astype(np.float32))
+    x = torch.from_numpy(
+        rng.standard_normal((BATCH, STEPS, INPUT_SIZE) if batch_first else (STEPS, BATCH, INPUT_SIZE)).astype(
+            np.float32
+        )
+    )
     h_0 = torch.from_numpy(rng.standard_normal((directions * num_layers, BATCH, HIDDEN)).astype(np.float32))
     path = tmp_path / "torch.onnx"
     _torch_export(model, (x, h_0) if with_h_0 else (x,), path, ["input", "h_0"] if with_h_0 else ["input"])
@@ -315,7 +412,12 @@ def test_load_reads_torch_onnx_export_of_an_rnn(nonlinearity, num_layers, bidire
     assert set(loaded) == ({"rnn", "head"} if with_head else {"rnn"})
     rnn = loaded["rnn"]
     assert (rnn.nonlinearity, rnn.num_layers, rnn.bidirectional, rnn.bias, rnn.batch_first) == (
-        nonlinearity, num_layers, bidirectional, bias, batch_first)
+        nonlinearity,
+        num_layers,
+        bidirectional,
+        bias,
+        batch_first,
+    )
     output, h_n = rnn(x.numpy(), h_0.numpy() if with_h_0 else None)
     with torch.no_grad():
         expected, expected_h_n = model(x, h_0 if with_h_0 else None)
@@ -323,27 +425,37 @@ def test_load_reads_torch_onnx_export_of_an_rnn(nonlinearity, num_layers, bidire
     assert_close(h_n, expected_h_n, np.float32, "h_n")
 
 
-@pytest.mark.parametrize("cell, hidden, num_layers, bidirectional, bias, batch_first, with_h_0, with_head", [
-    ("LSTM", 16, 2, True, True, True, True, True),
-    ("LSTM", 5, 1, False, False, False, False, False),
-    ("LSTM", 17, 3, False, True, False, False, True),
-    ("GRU", 16, 3, False, True, False, True, False),
-    ("GRU", 5, 2, True, False, True, False, True),
-    ("GRU", 40, 1, True, True, False, True, False),
-])
-def test_load_reads_torch_onnx_export_of_an_lstm_or_gru(cell, hidden, num_layers, bidirectional, bias, batch_first,
-                                                         with_h_0, with_head, tmp_path, rng):
+@pytest.mark.parametrize(
+    "cell, hidden, num_layers, bidirectional, bias, batch_first, with_h_0, with_head",
+    [
+        ("LSTM", 16, 2, True, True, True, True, True),
+        ("LSTM", 5, 1, False, False, False, False, False),
+        ("LSTM", 17, 3, False, True, False, False, True),
+        ("GRU", 16, 3, False, True, False, True, False),
+        ("GRU", 5, 2, True, False, True, False, True),
+        ("GRU", 40, 1, True, True, False, True, False),
+    ],
+)
+def test_load_reads_torch_onnx_export_of_an_lstm_or_gru(
+    cell, hidden, num_layers, bidirectional, bias, batch_first, with_h_0, with_head, tmp_path, rng
+):
     torch.manual_seed(0)
-    reference = getattr(torch.nn, cell)(INPUT_SIZE, hidden, num_layers, bias=bias, batch_first=batch_first,
-                                        bidirectional=bidirectional)
+    reference = getattr(torch.nn, cell)(
+        INPUT_SIZE, hidden, num_layers, bias=bias, batch_first=batch_first, bidirectional=bidirectional
+    )
     directions = 2 if bidirectional else 1
     head = torch.nn.Linear(directions * hidden, OUTPUTS) if with_head else None
     model = _TorchModel(reference, head).eval()
-    x = torch.from_numpy(rng.standard_normal((BATCH, STEPS, INPUT_SIZE) if batch_first else
-                                             (STEPS, BATCH, INPUT_SIZE)).astype(np.float32))
+    x = torch.from_numpy(
+        rng.standard_normal((BATCH, STEPS, INPUT_SIZE) if batch_first else (STEPS, BATCH, INPUT_SIZE)).astype(
+            np.float32
+        )
+    )
     state_names = ["h_0", "c_0"] if cell == "LSTM" else ["h_0"]
-    parts = [torch.from_numpy(rng.standard_normal((directions * num_layers, BATCH, hidden)).astype(np.float32))
-             for _ in state_names]
+    parts = [
+        torch.from_numpy(rng.standard_normal((directions * num_layers, BATCH, hidden)).astype(np.float32))
+        for _ in state_names
+    ]
     state = (tuple(parts) if cell == "LSTM" else parts[0]) if with_h_0 else None
     path = tmp_path / "torch.onnx"
     _torch_export(model, (x, state) if with_h_0 else (x,), path, ["input", *state_names] if with_h_0 else ["input"])
@@ -356,12 +468,18 @@ def test_load_reads_torch_onnx_export_of_an_lstm_or_gru(cell, hidden, num_layers
     module = loaded["rnn"]
     assert type(module) is getattr(numbarnn, cell)
     assert (module.hidden_size, module.num_layers, module.bidirectional, module.bias, module.batch_first) == (
-        hidden, num_layers, bidirectional, bias, batch_first)
+        hidden,
+        num_layers,
+        bidirectional,
+        bias,
+        batch_first,
+    )
     # the weights are torch's, gates back in torch's order (a mix-up of gates would still run, but not match)
     for name, value in reference.state_dict().items():
         np.testing.assert_array_equal(module.params[name], value.numpy(), err_msg=name)
-    output, final = module(x.numpy(), None if state is None else
-                           tuple(p.numpy() for p in state) if cell == "LSTM" else state.numpy())
+    output, final = module(
+        x.numpy(), None if state is None else tuple(p.numpy() for p in state) if cell == "LSTM" else state.numpy()
+    )
     with torch.no_grad():
         expected, expected_final = model(x, state)
     assert_close(loaded["head"](output) if with_head else output, expected, np.float32, "output")
@@ -376,13 +494,21 @@ def test_load_reads_constant_nodes_and_a_gemm_head(tmp_path):
     model = numbarnn.onnx.export(tmp_path / "model.onnx", rnn, head)
     graph = model.graph
     kept = [node for node in graph.node if node.op_type not in ("MatMul", "Add")]
-    constants = [helper.make_node("Constant", [], [tensor.name], value=tensor) for tensor in graph.initializer
-                 if not tensor.name.startswith("head")]
+    constants = [
+        helper.make_node("Constant", [], [tensor.name], value=tensor)
+        for tensor in graph.initializer
+        if not tensor.name.startswith("head")
+    ]
     rows_shape = onnx.numpy_helper.from_array(np.array([-1, 2 * HIDDEN], np.int64), "rows_shape")
-    gemm_head = [helper.make_node("Reshape", ["output", "rows_shape"], ["rows"], name="rows"),
-                 helper.make_node("Gemm", ["rows", "gemm_weight", "gemm_bias"], ["logits"], name="gemm", transB=1)]
-    initializers = [rows_shape, onnx.numpy_helper.from_array(head.weight, "gemm_weight"),
-                    onnx.numpy_helper.from_array(head.bias, "gemm_bias")]
+    gemm_head = [
+        helper.make_node("Reshape", ["output", "rows_shape"], ["rows"], name="rows"),
+        helper.make_node("Gemm", ["rows", "gemm_weight", "gemm_bias"], ["logits"], name="gemm", transB=1),
+    ]
+    initializers = [
+        rows_shape,
+        onnx.numpy_helper.from_array(head.weight, "gemm_weight"),
+        onnx.numpy_helper.from_array(head.bias, "gemm_bias"),
+    ]
     del graph.node[:], graph.initializer[:], model.metadata_props[:]
     graph.node.extend(constants + kept + gemm_head)
     graph.initializer.extend(initializers)
@@ -424,8 +550,11 @@ def _set_attribute(node, name, value=None):
 def test_load_rejects_a_gru_that_resets_before_the_linear_map(tmp_path):
     model = numbarnn.onnx.export(tmp_path / "model.onnx", numbarnn.GRU(INPUT_SIZE, HIDDEN, seed=7))
     _set_attribute(_rnn_node(model, op="GRU"), "linear_before_reset", 0)
-    with pytest.raises(ONNXMappingError, match=r"'gru_l0' \(GRU\): linear_before_reset=0 \(the reset gate applied "
-                                               r"to h before R.*which is linear_before_reset=1"):
+    with pytest.raises(
+        ONNXMappingError,
+        match=r"'gru_l0' \(GRU\): linear_before_reset=0 \(the reset gate applied "
+        r"to h before R.*which is linear_before_reset=1",
+    ):
         numbarnn.onnx.load(model)
     # ONNX's default is 0, so a GRU node without the attribute is not torch's GRU either
     _set_attribute(_rnn_node(model, op="GRU"), "linear_before_reset")
@@ -433,13 +562,20 @@ def test_load_rejects_a_gru_that_resets_before_the_linear_map(tmp_path):
         numbarnn.onnx.load(model)
 
 
-@pytest.mark.parametrize("attribute, value, message", [
-    ("input_forget", 1, r"input_forget=1: numbarnn's LSTM is torch's, which is input_forget=0"),
-    ("activations", ["Sigmoid", "Tanh", "Relu"] * 2, r"activations=\['Sigmoid', 'Tanh', 'Relu', .*torch's, "
-                                                     r"activations \['Sigmoid', 'Tanh', 'Tanh', "),
-    ("clip", 3.0, r"attribute 'clip': numbarnn's LSTM has no clipping"),
-    ("direction", "reverse", "direction='reverse': a numbarnn LSTM runs forward or bidirectional"),
-])
+@pytest.mark.parametrize(
+    "attribute, value, message",
+    [
+        ("input_forget", 1, r"input_forget=1: numbarnn's LSTM is torch's, which is input_forget=0"),
+        (
+            "activations",
+            ["Sigmoid", "Tanh", "Relu"] * 2,
+            r"activations=\['Sigmoid', 'Tanh', 'Relu', .*torch's, "
+            r"activations \['Sigmoid', 'Tanh', 'Tanh', ",
+        ),
+        ("clip", 3.0, r"attribute 'clip': numbarnn's LSTM has no clipping"),
+        ("direction", "reverse", "direction='reverse': a numbarnn LSTM runs forward or bidirectional"),
+    ],
+)
 def test_load_rejects_lstm_attributes_torch_does_not_have(attribute, value, message, tmp_path):
     model = numbarnn.onnx.export(tmp_path / "model.onnx", numbarnn.LSTM(INPUT_SIZE, HIDDEN, bidirectional=True))
     _set_attribute(_rnn_node(model, op="LSTM"), attribute, value)
@@ -468,8 +604,11 @@ def test_load_rejects_layers_of_different_operators(tmp_path):
         if tensor.name in gru_layer:
             tensor.CopyFrom(gru_layer[tensor.name])
     _rnn_node(lstm_model, 1, op="LSTM").CopyFrom(_rnn_node(gru_model, 1, op="GRU"))
-    with pytest.raises(ONNXMappingError, match=r"'gru_l1' \(GRU\): its op is GRU, but the first recurrent node's is "
-                                               r"LSTM"):
+    with pytest.raises(
+        ONNXMappingError,
+        match=r"'gru_l1' \(GRU\): its op is GRU, but the first recurrent node's is "
+        r"LSTM",
+    ):
         numbarnn.onnx.load(lstm_model)
 
 
@@ -483,12 +622,15 @@ def test_load_rejects_a_head_applied_to_a_final_state(cell, state, tmp_path):
         numbarnn.onnx.load(model)
 
 
-@pytest.mark.parametrize("attribute, value, message", [
-    ("direction", "reverse", "direction='reverse': a numbarnn RNN runs forward or bidirectional"),
-    ("clip", 1.0, "attribute 'clip'"),
-    ("activations", ["Sigmoid", "Sigmoid"], r"activations=\['Sigmoid', 'Sigmoid'\]"),
-    ("layout", 1, "layout=1"),
-])
+@pytest.mark.parametrize(
+    "attribute, value, message",
+    [
+        ("direction", "reverse", "direction='reverse': a numbarnn RNN runs forward or bidirectional"),
+        ("clip", 1.0, "attribute 'clip'"),
+        ("activations", ["Sigmoid", "Sigmoid"], r"activations=\['Sigmoid', 'Sigmoid'\]"),
+        ("layout", 1, "layout=1"),
+    ],
+)
 def test_load_rejects_rnn_attributes_numbarnn_does_not_have(exported, attribute, value, message):
     _set_attribute(_rnn_node(exported), attribute, value)
     with pytest.raises(ONNXMappingError, match=r"cannot map node #\d+ 'rnn_l0' \(RNN\): " + message):
@@ -512,9 +654,12 @@ def test_load_rejects_a_nonzero_constant_initial_state(exported):
 
 
 def test_load_rejects_a_graph_without_rnn_nodes():
-    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "empty",
-                              [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
-                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])])
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "empty",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
+    )
     with pytest.raises(ONNXMappingError, match=r"no recurrent node \(ONNX RNN, LSTM or GRU\)"):
         numbarnn.onnx.load(helper.make_model(graph))
 
@@ -524,14 +669,20 @@ def test_load_of_a_missing_file_names_it(tmp_path):
         numbarnn.onnx.load(tmp_path / "missing.onnx")
 
 
-@pytest.mark.parametrize("arguments, error, message", [
-    ((numbarnn.RNNCell(3, 5),), TypeError, "exports a numbarnn.RNN, LSTM or GRU, got RNNCell"),
-    ((numbarnn.LSTMCell(3, 5),), TypeError, "exports a numbarnn.RNN, LSTM or GRU, got LSTMCell"),
-    ((numbarnn.RNN(3, 5), numbarnn.Linear(4, 2)), ValueError, "head.in_features must equal .* 5, got .*=4"),
-    ((numbarnn.RNN(3, 5), "head"), TypeError, "head must be a numbarnn.Linear"),
-    ((numbarnn.GRU(3, 5, bidirectional=True), numbarnn.Linear(5, 2)), ValueError,
-     "the GRU's output width D \\* hidden_size = 10, got .*=5"),
-])
+@pytest.mark.parametrize(
+    "arguments, error, message",
+    [
+        ((numbarnn.RNNCell(3, 5),), TypeError, "exports a numbarnn.RNN, LSTM or GRU, got RNNCell"),
+        ((numbarnn.LSTMCell(3, 5),), TypeError, "exports a numbarnn.RNN, LSTM or GRU, got LSTMCell"),
+        ((numbarnn.RNN(3, 5), numbarnn.Linear(4, 2)), ValueError, "head.in_features must equal .* 5, got .*=4"),
+        ((numbarnn.RNN(3, 5), "head"), TypeError, "head must be a numbarnn.Linear"),
+        (
+            (numbarnn.GRU(3, 5, bidirectional=True), numbarnn.Linear(5, 2)),
+            ValueError,
+            "the GRU's output width D \\* hidden_size = 10, got .*=5",
+        ),
+    ],
+)
 def test_export_rejects_bad_arguments(arguments, error, message, tmp_path):
     with pytest.raises(error, match=message):
         numbarnn.onnx.export(tmp_path / "model.onnx", *arguments)
@@ -539,8 +690,11 @@ def test_export_rejects_bad_arguments(arguments, error, message, tmp_path):
 
 def test_export_rejects_an_lstm_with_a_projection(tmp_path):
     path = tmp_path / "model.onnx"
-    with pytest.raises(ValueError, match=r"cannot export an LSTM with proj_size=4: ONNX's LSTM operator has no "
-                                         r"projection .*export an LSTM with proj_size=0"):
+    with pytest.raises(
+        ValueError,
+        match=r"cannot export an LSTM with proj_size=4: ONNX's LSTM operator has no "
+        r"projection .*export an LSTM with proj_size=0",
+    ):
         numbarnn.onnx.export(path, numbarnn.LSTM(3, 8, proj_size=4))
     assert not path.exists()
 
@@ -562,8 +716,26 @@ def test_export_writes_the_opset_asked_for(opset, cell, tmp_path):
 # -- command line --------------------------------------------------------------------------------------------------
 def test_cli_exports_the_demo_model(tmp_path, capsys, rng):
     checkpoint, exported_path = tmp_path / "demo.npz", tmp_path / "demo.onnx"
-    assert main(["demo", "--steps", "2", "--hidden", "8", "--batch", "2", "--seq-len", "5", "--samples", "0",
-                 "--save", str(checkpoint)]) == 0
+    assert (
+        main(
+            [
+                "demo",
+                "--steps",
+                "2",
+                "--hidden",
+                "8",
+                "--batch",
+                "2",
+                "--seq-len",
+                "5",
+                "--samples",
+                "0",
+                "--save",
+                str(checkpoint),
+            ]
+        )
+        == 0
+    )
     assert main(["export", str(checkpoint), str(exported_path), "--lengths"]) == 0
     assert f"wrote {exported_path}" in capsys.readouterr().out
     onnx.checker.check_model(onnx.load(exported_path), full_check=True)
@@ -586,7 +758,8 @@ def test_cli_exports_an_lstm_or_gru_checkpoint(cell, tmp_path, capsys, rng):
     assert main(["export", str(checkpoint), str(exported_path), "--h0"]) == 0
     state_inputs, state_outputs = _state_names(module, "0"), _state_names(module, "n")
     assert f"inputs input, {', '.join(state_inputs)}; outputs output, {', '.join(state_outputs)}" in (
-        capsys.readouterr().out)
+        capsys.readouterr().out
+    )
     feeds = {"input": rng.standard_normal((STEPS, 2, INPUT_SIZE)).astype(np.float32)}
     feeds.update({name: rng.standard_normal((4, 2, 16)).astype(np.float32) for name in state_inputs})
     results = _run(_session(exported_path), feeds)
@@ -609,20 +782,34 @@ def test_cli_export_explains_a_checkpoint_it_cannot_export(tmp_path, capsys):
 
 
 def test_numbarnn_and_its_command_line_do_not_import_onnx():
-    code = ("import sys, numbarnn, numbarnn.__main__, numbarnn.cli.export; "
-            "print(sorted(m for m in ('onnx', 'onnxruntime') if m in sys.modules))")
+    code = (
+        "import sys, numbarnn, numbarnn.__main__, numbarnn.cli.export; "
+        "print(sorted(m for m in ('onnx', 'onnxruntime') if m in sys.modules))"
+    )
     root = str(pathlib.Path(__file__).resolve().parents[1])  # this checkout's numbarnn, not an installed one
     environment = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                            env=environment)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=environment)
     assert result.stdout.strip() == "[]"
 
 
 @pytest.mark.slow
 def test_speed_script_times_both_libraries_in_fresh_processes():
     root = pathlib.Path(__file__).resolve().parents[1]
-    result = subprocess.run([sys.executable, str(root / "benchmarks" / "onnx_vs_numbarnn.py"), "--configs", "stream",
-                             "--rounds", "2", "--repeats", "1"], capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(root / "benchmarks" / "onnx_vs_numbarnn.py"),
+            "--configs",
+            "stream",
+            "--rounds",
+            "2",
+            "--repeats",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     row = result.stdout.strip().splitlines()[-1]
     name, ort_ms, numbarnn_ms, ratio = (field.strip() for field in row.split("|"))
     assert name.startswith("stream (1, 1,")

@@ -64,8 +64,9 @@ def test_matches_torch_over_several_steps(case, dtype, rng):
         reference.step()
         ours = [value for module in modules for value in module.params.values()]
         for index, (mine, theirs) in enumerate(zip(ours, reference_params, strict=True)):
-            np.testing.assert_allclose(mine, theirs.detach().numpy(), **TOLERANCE[np.dtype(dtype)],
-                                       err_msg=f"parameter {index}")
+            np.testing.assert_allclose(
+                mine, theirs.detach().numpy(), **TOLERANCE[np.dtype(dtype)], err_msg=f"parameter {index}"
+            )
 
 
 def test_updates_the_flat_buffers_in_place(rng):

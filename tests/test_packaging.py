@@ -35,8 +35,9 @@ def test_version_option(capsys):
 
 
 def test_python_m_numbarnn_version():
-    result = subprocess.run([sys.executable, "-m", "numbarnn", "--version"], capture_output=True, text=True,
-                            cwd=REPO_ROOT, check=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "numbarnn", "--version"], capture_output=True, text=True, cwd=REPO_ROOT, check=True
+    )
     assert result.stdout == f"numbarnn {numbarnn.__version__}\n"
 
 

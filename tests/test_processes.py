@@ -68,11 +68,23 @@ def run_processes_at_once(round_directory, cache_directory, environ):
     """Start PROCESSES workers at once on ``cache_directory``, in ``environ`` otherwise; returns their results (dicts
     of arrays) and what they printed."""
     round_directory.mkdir()
-    environment = dict(environ, NUMBA_CACHE_DIR=str(cache_directory), PYTHONPATH=str(ROOT),
-                       NUMBA_NUM_THREADS=str(numba.config.NUMBA_NUM_THREADS))
-    workers = [subprocess.Popen([sys.executable, "-c", WORKER_SCRIPT, str(index), str(round_directory),
-                                 str(PROCESSES)], env=environment, cwd=round_directory, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True) for index in range(PROCESSES)]
+    environment = dict(
+        environ,
+        NUMBA_CACHE_DIR=str(cache_directory),
+        PYTHONPATH=str(ROOT),
+        NUMBA_NUM_THREADS=str(numba.config.NUMBA_NUM_THREADS),
+    )
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER_SCRIPT, str(index), str(round_directory), str(PROCESSES)],
+            env=environment,
+            cwd=round_directory,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for index in range(PROCESSES)
+    ]
     outcomes = [worker.communicate(timeout=300) for worker in workers]
     for index, (worker, (stdout, stderr)) in enumerate(zip(workers, outcomes, strict=True)):
         # Empty stderr: not even a warning that numba could not read or write its cache.
@@ -97,8 +109,10 @@ def cold_then_warm(directory, environ):
     started = time.perf_counter()
     warm, warm_printed = run_processes_at_once(directory / "warm", cache, environ)
     warm_seconds = time.perf_counter() - started
-    printed = (f"{cold_printed}{warm_printed}\n{PROCESSES} processes at once: cold cache {cold_seconds:.1f} s, "
-               f"warm cache {warm_seconds:.1f} s")
+    printed = (
+        f"{cold_printed}{warm_printed}\n{PROCESSES} processes at once: cold cache {cold_seconds:.1f} s, "
+        f"warm cache {warm_seconds:.1f} s"
+    )
     return cold, warm, written, printed
 
 

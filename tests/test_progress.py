@@ -21,8 +21,13 @@ def test_lines_for_the_first_and_last_unit_and_every_tenth():
         progress.update(done, f"loss {done}")
     progress.write("a sample")
     progress.close()
-    assert out.getvalue().splitlines() == ["update  1/25  loss 1", "update 10/25  loss 10", "update 20/25  loss 20",
-                                           "update 25/25  loss 25", "a sample"]
+    assert out.getvalue().splitlines() == [
+        "update  1/25  loss 1",
+        "update 10/25  loss 10",
+        "update 20/25  loss 20",
+        "update 25/25  loss 25",
+        "a sample",
+    ]
 
 
 def test_status_keeps_the_count():
@@ -30,8 +35,10 @@ def test_status_keeps_the_count():
     progress = Progress(3, "process", file=out)
     progress.update(2, "round 1/1, torch")
     progress.set_status("round 1/1, torch (pid 7): tiny fwd")
-    assert out.getvalue().splitlines() == ["process 2/3  round 1/1, torch", "process 2/3  round 1/1, torch (pid 7): "
-                                                                            "tiny fwd"]
+    assert out.getvalue().splitlines() == [
+        "process 2/3  round 1/1, torch",
+        "process 2/3  round 1/1, torch (pid 7): tiny fwd",
+    ]
 
 
 def test_bar_mode_draws_a_tqdm_bar_with_the_status():
@@ -54,6 +61,11 @@ def test_bad_mode_is_a_clear_error():
 def test_import_numbarnn_imports_no_command_line_dependency():
     # tqdm (and matplotlib) belong to the command line; the library never imports them
     code = "import sys, numbarnn; print(sorted(m for m in ('tqdm', 'matplotlib') if m in sys.modules))"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                            env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)))
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)),
+    )
     assert result.stdout.strip() == "[]"

@@ -27,14 +27,22 @@ BATCHES = st.sampled_from([None, 0, 1, 2, 3, 4])
 
 def special_value(name, dtype):
     subnormal = np.finfo(dtype).tiny / 8  # below the smallest normal number: a subnormal of this dtype
-    return {"nan": np.nan, "+inf": np.inf, "-inf": -np.inf, "huge": HUGE, "-huge": -HUGE,
-            "subnormal": subnormal, "-subnormal": -subnormal}[name]
+    return {
+        "nan": np.nan,
+        "+inf": np.inf,
+        "-inf": -np.inf,
+        "huge": HUGE,
+        "-huge": -HUGE,
+        "subnormal": subnormal,
+        "-subnormal": -subnormal,
+    }[name]
 
 
 # Special values written at random positions: (which array, a position taken modulo its size, which value).
 # NaN twice as likely as each other value: it is the one with the most ways to go wrong (masks, selects, NaN * 0).
-specials_strategy = st.lists(st.tuples(st.sampled_from(ARRAYS), st.integers(0, 10_000),
-                                       st.sampled_from(("nan", *SPECIAL_NAMES))), max_size=4)
+specials_strategy = st.lists(
+    st.tuples(st.sampled_from(ARRAYS), st.integers(0, 10_000), st.sampled_from(("nan", *SPECIAL_NAMES))), max_size=4
+)
 
 
 def inject(arrays, specials, dtype):
@@ -64,12 +72,19 @@ def assert_matches_torch(actual, expected, dtype, scale, name):
     assert actual.shape == expected.shape, (name, actual.shape, expected.shape)
     for kind in (np.isnan, np.isposinf, np.isneginf):
         differ = kind(actual) != kind(expected)
-        assert not differ.any(), (f"{name}: {kind.__name__} differs from torch at {np.argwhere(differ)[:4].tolist()}: "
-                                  f"numbarnn {actual[differ][:4]}, torch {expected[differ][:4]}")
+        assert not differ.any(), (
+            f"{name}: {kind.__name__} differs from torch at {np.argwhere(differ)[:4].tolist()}: "
+            f"numbarnn {actual[differ][:4]}, torch {expected[differ][:4]}"
+        )
     finite = np.isfinite(expected)
     # In float64: the scaled atol of a float32 comparison may exceed float32's range (huge input times huge gradient).
-    assert_allclose(actual[finite].astype(np.float64), expected[finite].astype(np.float64), rtol=RTOL[dtype],
-                    atol=ATOL[dtype] * scale, err_msg=name)
+    assert_allclose(
+        actual[finite].astype(np.float64),
+        expected[finite].astype(np.float64),
+        rtol=RTOL[dtype],
+        atol=ATOL[dtype] * scale,
+        err_msg=name,
+    )
 
 
 @st.composite
@@ -77,9 +92,14 @@ def rnn_cases(draw):
     """Module options, shapes, arrays (normal values, some positions replaced by special ones) and lengths."""
     dtype = np.dtype(draw(st.sampled_from(DTYPES)))
     options = dict(
-        num_layers=draw(st.integers(1, 3)), nonlinearity=draw(st.sampled_from(["tanh", "relu"])),
-        bias=draw(st.booleans()), batch_first=draw(st.booleans()), bidirectional=draw(st.booleans()),
-        input_size=draw(st.integers(1, 5)), hidden_size=draw(st.integers(1, 5)), dtype=dtype,
+        num_layers=draw(st.integers(1, 3)),
+        nonlinearity=draw(st.sampled_from(["tanh", "relu"])),
+        bias=draw(st.booleans()),
+        batch_first=draw(st.booleans()),
+        bidirectional=draw(st.booleans()),
+        input_size=draw(st.integers(1, 5)),
+        hidden_size=draw(st.integers(1, 5)),
+        dtype=dtype,
     )
     steps = draw(st.integers(1, 6))
     batch = draw(BATCHES)  # None: unbatched (L, H_in) input
@@ -93,10 +113,12 @@ def rnn_cases(draw):
     else:
         input_shape, output_shape = (steps, batch, options["input_size"]), (steps, batch, directions * hidden)
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    arrays = {"x": rng.standard_normal(input_shape).astype(dtype),
-              "h_0": rng.standard_normal(state_shape).astype(dtype) if draw(st.booleans()) else None,
-              "grad_output": rng.standard_normal(output_shape).astype(dtype) if draw(st.booleans()) else None,
-              "grad_h_n": rng.standard_normal(state_shape).astype(dtype)}
+    arrays = {
+        "x": rng.standard_normal(input_shape).astype(dtype),
+        "h_0": rng.standard_normal(state_shape).astype(dtype) if draw(st.booleans()) else None,
+        "grad_output": rng.standard_normal(output_shape).astype(dtype) if draw(st.booleans()) else None,
+        "grad_h_n": rng.standard_normal(state_shape).astype(dtype),
+    }
     if draw(st.booleans()):  # grad_output only, else both, or grad_h_n only
         arrays["grad_h_n"] = None if arrays["grad_output"] is not None else arrays["grad_h_n"]
     inject(arrays, draw(specials_strategy), dtype)
@@ -138,15 +160,25 @@ def test_rnn_forward_and_backward_match_torch(case):
 @st.composite
 def step_cases(draw):
     dtype = np.dtype(draw(st.sampled_from(DTYPES)))
-    options = dict(num_layers=draw(st.integers(1, 3)), nonlinearity=draw(st.sampled_from(["tanh", "relu"])),
-                   bias=draw(st.booleans()), input_size=draw(st.integers(1, 5)), hidden_size=draw(st.integers(1, 5)),
-                   dtype=dtype)
+    options = dict(
+        num_layers=draw(st.integers(1, 3)),
+        nonlinearity=draw(st.sampled_from(["tanh", "relu"])),
+        bias=draw(st.booleans()),
+        input_size=draw(st.integers(1, 5)),
+        hidden_size=draw(st.integers(1, 5)),
+        dtype=dtype,
+    )
     batch = draw(BATCHES)
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     rows = () if batch is None else (batch,)
-    arrays = {"x": rng.standard_normal((*rows, options["input_size"])).astype(dtype),
-              "h_0": (rng.standard_normal((options["num_layers"], *rows, options["hidden_size"])).astype(dtype)
-                      if draw(st.booleans()) else None)}
+    arrays = {
+        "x": rng.standard_normal((*rows, options["input_size"])).astype(dtype),
+        "h_0": (
+            rng.standard_normal((options["num_layers"], *rows, options["hidden_size"])).astype(dtype)
+            if draw(st.booleans())
+            else None
+        ),
+    }
     inject(arrays, draw(specials_strategy), dtype)
     return options, arrays
 
@@ -171,22 +203,34 @@ def test_step_matches_torch_on_one_step(case):
 
 
 @SETTINGS
-@given(st.sampled_from(DTYPES), st.sampled_from(["tanh", "relu"]), st.booleans(), st.integers(1, 5),
-       st.integers(1, 5), BATCHES, st.booleans(), st.integers(0, 2**32 - 1),
-       specials_strategy)
-def test_rnn_cell_forward_and_backward_match_torch(dtype, nonlinearity, bias, input_size, hidden_size, batch,
-                                                   hx_given, seed, specials):
+@given(
+    st.sampled_from(DTYPES),
+    st.sampled_from(["tanh", "relu"]),
+    st.booleans(),
+    st.integers(1, 5),
+    st.integers(1, 5),
+    BATCHES,
+    st.booleans(),
+    st.integers(0, 2**32 - 1),
+    specials_strategy,
+)
+def test_rnn_cell_forward_and_backward_match_torch(
+    dtype, nonlinearity, bias, input_size, hidden_size, batch, hx_given, seed, specials
+):
     dtype = np.dtype(dtype)
     torch.manual_seed(seed % 1000)
-    reference = torch.nn.RNNCell(input_size, hidden_size, bias=bias, nonlinearity=nonlinearity,
-                                 dtype=torch_dtype(dtype))
+    reference = torch.nn.RNNCell(
+        input_size, hidden_size, bias=bias, nonlinearity=nonlinearity, dtype=torch_dtype(dtype)
+    )
     cell = numbarnn.RNNCell(input_size, hidden_size, bias=bias, nonlinearity=nonlinearity, dtype=dtype)
     cell.load_state_dict(reference.state_dict())
     rng = np.random.default_rng(seed)
     rows = () if batch is None else (batch,)
-    arrays = {"x": rng.standard_normal((*rows, input_size)).astype(dtype),
-              "h_0": rng.standard_normal((*rows, hidden_size)).astype(dtype) if hx_given else None,
-              "grad_output": rng.standard_normal((*rows, hidden_size)).astype(dtype)}
+    arrays = {
+        "x": rng.standard_normal((*rows, input_size)).astype(dtype),
+        "h_0": rng.standard_normal((*rows, hidden_size)).astype(dtype) if hx_given else None,
+        "grad_output": rng.standard_normal((*rows, hidden_size)).astype(dtype),
+    }
     inject(arrays, specials, dtype)
     x, hx, grad = arrays["x"], arrays["h_0"], arrays["grad_output"]
     originals = [None if a is None else a.copy() for a in (x, hx, grad)]
@@ -247,58 +291,102 @@ def _corruptions(rnn, x, h_0, batch, steps, draw):
     wrong_size = rnn.input_size + draw(st.sampled_from([-1, 1, 2])) if rnn.input_size > 1 else 2
     batched = x.ndim == 3
     corruptions = {
-        "input_dtype": (lambda: rnn(x.astype(bad_dtype)),
-                        (rf"input must have the type {dtype}, got type {bad_dtype.name}; convert it with "
-                        rf"input\.astype\(np\.{dtype}\)")),
-        "input_ndim": (lambda: rnn(x.reshape(-1) if draw(st.booleans())
-                                   else x.reshape((1,) * (4 - x.ndim) + x.shape)),
-                       r"Expected input to be 2D or 3D, got [14]D tensor instead"),
-        "input_size": (lambda: rnn(np.zeros((*x.shape[:-1], wrong_size), rnn.dtype)),
-                       rf"input\.size\(-1\) must be equal to input_size\. Expected {rnn.input_size}, got {wrong_size}"),
-        "h_0_dtype": (lambda: rnn(x, np.zeros(((rows, batch) if batched else (rows,)) + (rnn.hidden_size,),
-                                              bad_dtype)),
-                      rf"h_0 must have the type {dtype}, got type {bad_dtype.name}; convert it with h_0\.astype"),
-        "h_0_ndim": (lambda: rnn(x, np.zeros((rows, rnn.hidden_size) if batched
-                                             else (rows, 1, rnn.hidden_size), rnn.dtype)),
-                     r"hx should also be [23]-D but got [23]-D tensor"),
-        "h_0_shape": (lambda: rnn(x, np.zeros(((rows + 1, batch) if batched else (rows + 1,)) + (rnn.hidden_size,),
-                                              rnn.dtype)),
-                      r"Expected hidden size \(.*\), got \[.*\]"),
-        "no_steps": (lambda: rnn(np.zeros(x.shape[:-2] + (0, rnn.input_size) if rnn.batch_first or not batched
-                                          else (0, batch, rnn.input_size), rnn.dtype)),
-                     r"Expected sequence length to be larger than 0"),
-        "backward_shape": (lambda: (rnn.train(), rnn(x), rnn.backward(np.zeros((1, 2, 3, 4), rnn.dtype))),
-                           (r"grad_output must have shape \(.*\) \(the shape of the forward result\), "
-                           r"got \(1, 2, 3, 4\)")),
-        "backward_in_eval": (lambda: (rnn.eval(), rnn(x), rnn.backward()),
-                             r"the module is in eval mode.*call rnn\.train\(\)"),
+        "input_dtype": (
+            lambda: rnn(x.astype(bad_dtype)),
+            (
+                rf"input must have the type {dtype}, got type {bad_dtype.name}; convert it with "
+                rf"input\.astype\(np\.{dtype}\)"
+            ),
+        ),
+        "input_ndim": (
+            lambda: rnn(x.reshape(-1) if draw(st.booleans()) else x.reshape((1,) * (4 - x.ndim) + x.shape)),
+            r"Expected input to be 2D or 3D, got [14]D tensor instead",
+        ),
+        "input_size": (
+            lambda: rnn(np.zeros((*x.shape[:-1], wrong_size), rnn.dtype)),
+            rf"input\.size\(-1\) must be equal to input_size\. Expected {rnn.input_size}, got {wrong_size}",
+        ),
+        "h_0_dtype": (
+            lambda: rnn(x, np.zeros(((rows, batch) if batched else (rows,)) + (rnn.hidden_size,), bad_dtype)),
+            rf"h_0 must have the type {dtype}, got type {bad_dtype.name}; convert it with h_0\.astype",
+        ),
+        "h_0_ndim": (
+            lambda: rnn(x, np.zeros((rows, rnn.hidden_size) if batched else (rows, 1, rnn.hidden_size), rnn.dtype)),
+            r"hx should also be [23]-D but got [23]-D tensor",
+        ),
+        "h_0_shape": (
+            lambda: rnn(x, np.zeros(((rows + 1, batch) if batched else (rows + 1,)) + (rnn.hidden_size,), rnn.dtype)),
+            r"Expected hidden size \(.*\), got \[.*\]",
+        ),
+        "no_steps": (
+            lambda: rnn(
+                np.zeros(
+                    x.shape[:-2] + (0, rnn.input_size)
+                    if rnn.batch_first or not batched
+                    else (0, batch, rnn.input_size),
+                    rnn.dtype,
+                )
+            ),
+            r"Expected sequence length to be larger than 0",
+        ),
+        "backward_shape": (
+            lambda: (rnn.train(), rnn(x), rnn.backward(np.zeros((1, 2, 3, 4), rnn.dtype))),
+            (
+                r"grad_output must have shape \(.*\) \(the shape of the forward result\), "
+                r"got \(1, 2, 3, 4\)"
+            ),
+        ),
+        "backward_in_eval": (
+            lambda: (rnn.eval(), rnn(x), rnn.backward()),
+            r"the module is in eval mode.*call rnn\.train\(\)",
+        ),
     }
     if rnn.dtype == np.float32 and x.size:  # a nested list is float64: a float32 module names the conversion
         # (an empty one loses its empty axes, and gets the dimension error instead)
-        corruptions["input_list"] = (lambda: rnn(x.tolist()),
-                                     r"got type float64; convert it with np\.asarray\(input, dtype=np\.float32\)")
+        corruptions["input_list"] = (
+            lambda: rnn(x.tolist()),
+            r"got type float64; convert it with np\.asarray\(input, dtype=np\.float32\)",
+        )
     if batched and batch:
         bad_length = draw(st.sampled_from([0, -1, steps + 1]))
-        corruptions["lengths_value"] = (lambda: rnn(x, lengths=np.full(batch, bad_length)),
-                                        "greater than 0" if bad_length <= 0 else
-                                        rf"lengths must be at most the sequence length L={steps}, got {steps + 1}")
-        corruptions["lengths_shape"] = (lambda: rnn(x, lengths=np.ones(batch + 1, np.int64)),
-                                        rf"lengths must have shape \({batch},\).*got shape \({batch + 1},\)")
-        corruptions["lengths_dtype"] = (lambda: rnn(x, lengths=np.ones(batch)),
-                                        (r"lengths must be an array of integers, got dtype float64.*"
-                                        r"lengths\.astype\(np\.int64\)"))
+        corruptions["lengths_value"] = (
+            lambda: rnn(x, lengths=np.full(batch, bad_length)),
+            "greater than 0"
+            if bad_length <= 0
+            else rf"lengths must be at most the sequence length L={steps}, got {steps + 1}",
+        )
+        corruptions["lengths_shape"] = (
+            lambda: rnn(x, lengths=np.ones(batch + 1, np.int64)),
+            rf"lengths must have shape \({batch},\).*got shape \({batch + 1},\)",
+        )
+        corruptions["lengths_dtype"] = (
+            lambda: rnn(x, lengths=np.ones(batch)),
+            (
+                r"lengths must be an array of integers, got dtype float64.*"
+                r"lengths\.astype\(np\.int64\)"
+            ),
+        )
     if not batched:
         corruptions["lengths_unbatched"] = (lambda: rnn(x, lengths=[1]), r"lengths needs batched 3-D input")
     if rnn.bidirectional:
-        corruptions["step_bidirectional"] = (lambda: rnn.step(x.reshape(-1, rnn.input_size)[:1]),
-                                             r"bidirectional.*call rnn\(input\) on the full sequence")
+        corruptions["step_bidirectional"] = (
+            lambda: rnn.step(x.reshape(-1, rnn.input_size)[:1]),
+            r"bidirectional.*call rnn\(input\) on the full sequence",
+        )
     else:
-        corruptions["step_h_shape"] = (lambda: rnn.step(np.zeros((2, rnn.input_size), rnn.dtype),
-                                                        np.zeros((rnn.num_layers, 3, rnn.hidden_size), rnn.dtype)),
-                                       (rf"Expected hidden size \({rnn.num_layers}, 2, {rnn.hidden_size}\), got "
-                                       rf"\[{rnn.num_layers}, 3, {rnn.hidden_size}\]"))
-        corruptions["step_input_size"] = (lambda: rnn.step(np.zeros(wrong_size, rnn.dtype)),
-                                          rf"Expected {rnn.input_size}, got {wrong_size}")
+        corruptions["step_h_shape"] = (
+            lambda: rnn.step(
+                np.zeros((2, rnn.input_size), rnn.dtype), np.zeros((rnn.num_layers, 3, rnn.hidden_size), rnn.dtype)
+            ),
+            (
+                rf"Expected hidden size \({rnn.num_layers}, 2, {rnn.hidden_size}\), got "
+                rf"\[{rnn.num_layers}, 3, {rnn.hidden_size}\]"
+            ),
+        )
+        corruptions["step_input_size"] = (
+            lambda: rnn.step(np.zeros(wrong_size, rnn.dtype)),
+            rf"Expected {rnn.input_size}, got {wrong_size}",
+        )
     return corruptions
 
 
@@ -328,16 +416,26 @@ def test_bad_cell_arguments_raise_documented_errors(dtype, input_size, hidden_si
     x = np.zeros((batch, input_size), dtype)
     corruptions = {
         "input_ndim": (lambda: cell(x[None]), r"RNNCell: Expected input to be 1D or 2D, got 3D instead"),
-        "input_size": (lambda: cell(np.zeros((batch, input_size + 1), dtype)),
-                       rf"input has inconsistent input_size: got {input_size + 1} expected {input_size}"),
-        "batch": (lambda: cell(x, np.zeros((batch + 1, hidden_size), dtype)),
-                  rf"Input batch size {batch} doesn't match hidden0 batch size {batch + 1}"),
-        "hidden_size": (lambda: cell(x, np.zeros((batch, hidden_size + 1), dtype)),
-                        rf"hidden0 has inconsistent hidden_size: got {hidden_size + 1}, expected {hidden_size}"),
-        "dtype": (lambda: cell(x.astype(_other_float(dtype))),
-                  rf"input must have the type {name}, got type .*; convert it with input\.astype\(np\.{name}\)"),
-        "backward_without_call": (lambda: cell.backward(np.zeros((batch, hidden_size), dtype)),
-                                  r"backward\(\) has no recorded call.*run the forward steps again"),
+        "input_size": (
+            lambda: cell(np.zeros((batch, input_size + 1), dtype)),
+            rf"input has inconsistent input_size: got {input_size + 1} expected {input_size}",
+        ),
+        "batch": (
+            lambda: cell(x, np.zeros((batch + 1, hidden_size), dtype)),
+            rf"Input batch size {batch} doesn't match hidden0 batch size {batch + 1}",
+        ),
+        "hidden_size": (
+            lambda: cell(x, np.zeros((batch, hidden_size + 1), dtype)),
+            rf"hidden0 has inconsistent hidden_size: got {hidden_size + 1}, expected {hidden_size}",
+        ),
+        "dtype": (
+            lambda: cell(x.astype(_other_float(dtype))),
+            rf"input must have the type {name}, got type .*; convert it with input\.astype\(np\.{name}\)",
+        ),
+        "backward_without_call": (
+            lambda: cell.backward(np.zeros((batch, hidden_size), dtype)),
+            r"backward\(\) has no recorded call.*run the forward steps again",
+        ),
     }
     call, message = corruptions[data.draw(st.sampled_from(sorted(corruptions)), label="corruption")]
     with pytest.raises(DOCUMENTED_ERRORS, match=message):

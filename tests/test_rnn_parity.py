@@ -41,18 +41,32 @@ FULL_GRID = [dict(zip(GRID_AXES, values, strict=True)) for values in itertools.p
 
 def grid_id(case):
     return "-".join(
-        [case["nonlinearity"], f"L{case['num_layers']}", "bi" if case["bidirectional"] else "uni",
-         "bias" if case["bias"] else "nobias", "bf" if case["batch_first"] else "tm",
-         "batched" if case["batched"] else "unbatched", np.dtype(case["dtype"]).name,
-         "h0" if case["h_0_given"] else "noh0"]
+        [
+            case["nonlinearity"],
+            f"L{case['num_layers']}",
+            "bi" if case["bidirectional"] else "uni",
+            "bias" if case["bias"] else "nobias",
+            "bf" if case["batch_first"] else "tm",
+            "batched" if case["batched"] else "unbatched",
+            np.dtype(case["dtype"]).name,
+            "h0" if case["h_0_given"] else "noh0",
+        ]
         + ([case["gradient"]] if "gradient" in case else [])
     )
 
 
 def build_case(case, rng, steps=STEPS, batch=BATCH):
     """The pair of modules and the arrays for one grid case."""
-    rnn, reference = make_rnn_pair(INPUT_SIZE, HIDDEN_SIZE, case["num_layers"], case["nonlinearity"], case["bias"],
-                                   case["batch_first"], bidirectional=case["bidirectional"], dtype=case["dtype"])
+    rnn, reference = make_rnn_pair(
+        INPUT_SIZE,
+        HIDDEN_SIZE,
+        case["num_layers"],
+        case["nonlinearity"],
+        case["bias"],
+        case["batch_first"],
+        bidirectional=case["bidirectional"],
+        dtype=case["dtype"],
+    )
     batch = batch if case["batched"] else None
     x = standard_normal(rng, input_shape(rnn, steps, batch), case["dtype"])
     h_0 = standard_normal(rng, state_shape(rnn, batch), case["dtype"]) if case["h_0_given"] else None
@@ -63,7 +77,8 @@ def check_against_torch(rnn, reference, x, h_0, grad_output, grad_h_n, dtype, at
     """Forward and backward against torch; ``atols``: helpers.scaled_atols for a larger problem."""
     output, h_n = rnn(x, h_0)
     expected_output, expected_h_n, expected_grad_x, expected_grad_h_0, expected_grads = torch_run(
-        reference, x, h_0, grad_output, grad_h_n)
+        reference, x, h_0, grad_output, grad_h_n
+    )
     values_atol, gradients_atol = atols
     assert_close(output, expected_output, dtype, "output", values_atol)
     assert_close(h_n, expected_h_n, dtype, "h_n", values_atol)
@@ -93,8 +108,7 @@ def test_forward_matches_torch(case, rng):
 # through the grid instead of multiplying it by 3; every mode still meets every value of every argument
 # (test_gradient_grid_covers_every_pair checks that).
 GRADIENT_MODES = ("output", "h_n", "both")
-GRADIENT_GRID = [dict(case, gradient=GRADIENT_MODES[index % 3])
-                 for index, case in enumerate(FULL_GRID)]
+GRADIENT_GRID = [dict(case, gradient=GRADIENT_MODES[index % 3]) for index, case in enumerate(FULL_GRID)]
 
 
 def test_gradient_grid_covers_every_pair():
@@ -116,7 +130,10 @@ def test_gradients_match_torch(case, rng):
 
 
 EDGE_CASES = [
-    dict(steps=1, batch=3), dict(steps=4, batch=1), dict(steps=1, batch=1), dict(steps=7, batch=4),
+    dict(steps=1, batch=3),
+    dict(steps=4, batch=1),
+    dict(steps=1, batch=1),
+    dict(steps=7, batch=4),
 ]
 
 
@@ -125,8 +142,16 @@ EDGE_CASES = [
 @pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
 @pytest.mark.parametrize("edge", EDGE_CASES, ids=lambda e: f"T{e['steps']}-N{e['batch']}")
 def test_edge_sizes_match_torch(edge, nonlinearity, num_layers, bidirectional, dtype, rng):
-    case = dict(nonlinearity=nonlinearity, num_layers=num_layers, bidirectional=bidirectional, bias=True,
-                batch_first=False, batched=True, dtype=dtype, h_0_given=True)
+    case = dict(
+        nonlinearity=nonlinearity,
+        num_layers=num_layers,
+        bidirectional=bidirectional,
+        bias=True,
+        batch_first=False,
+        batched=True,
+        dtype=dtype,
+        h_0_given=True,
+    )
     rnn, reference, x, h_0, batch = build_case(case, rng, edge["steps"], edge["batch"])
     grad_output = standard_normal(rng, output_shape(rnn, edge["steps"], batch), dtype)
     grad_h_n = standard_normal(rng, state_shape(rnn, batch), dtype)
@@ -141,26 +166,46 @@ def test_edge_sizes_match_torch(edge, nonlinearity, num_layers, bidirectional, d
 # h_0 and grad_h_n are always given. An input size of 24 ends W_ih's panels in the backward (over H_in columns) in
 # a partial float32 panel. L is kept small: the blocks come from the batch.
 PANEL_STEPS, PANEL_INPUT_SIZE = 3, 24
-PANEL_GRID = pairwise_cases(dict(
-    hidden_size=list(PANEL_HIDDEN_SIZES),
-    dtype=DTYPES,
-    num_layers=[1, 2],
-    bidirectional=[False, True],
-    nonlinearity=["tanh", "relu"],
-    batch=[3, 48],
-)) + [dict(hidden_size=hidden, dtype=dtype, num_layers=2, bidirectional=bidirectional, nonlinearity=nonlinearity,
-           batch=48)
-      for dtype in DTYPES for hidden, bidirectional, nonlinearity in [(64, False, "tanh"), (40, True, "relu")]]
+PANEL_GRID = pairwise_cases(
+    dict(
+        hidden_size=list(PANEL_HIDDEN_SIZES),
+        dtype=DTYPES,
+        num_layers=[1, 2],
+        bidirectional=[False, True],
+        nonlinearity=["tanh", "relu"],
+        batch=[3, 48],
+    )
+) + [
+    dict(
+        hidden_size=hidden, dtype=dtype, num_layers=2, bidirectional=bidirectional, nonlinearity=nonlinearity, batch=48
+    )
+    for dtype in DTYPES
+    for hidden, bidirectional, nonlinearity in [(64, False, "tanh"), (40, True, "relu")]
+]
 
 
 def panel_id(case):
-    return "-".join([f"H{case['hidden_size']}", np.dtype(case["dtype"]).name, f"L{case['num_layers']}",
-                     "bi" if case["bidirectional"] else "uni", case["nonlinearity"], f"N{case['batch']}"])
+    return "-".join(
+        [
+            f"H{case['hidden_size']}",
+            np.dtype(case["dtype"]).name,
+            f"L{case['num_layers']}",
+            "bi" if case["bidirectional"] else "uni",
+            case["nonlinearity"],
+            f"N{case['batch']}",
+        ]
+    )
 
 
 def panel_case_blocks(case):
-    return blocks_of(case["batch"], PANEL_STEPS, PANEL_INPUT_SIZE, case["hidden_size"], case["num_layers"],
-                     2 if case["bidirectional"] else 1)
+    return blocks_of(
+        case["batch"],
+        PANEL_STEPS,
+        PANEL_INPUT_SIZE,
+        case["hidden_size"],
+        case["num_layers"],
+        2 if case["bidirectional"] else 1,
+    )
 
 
 def test_panel_grid_reaches_partial_panels_and_blocks(block_pool):
@@ -181,8 +226,14 @@ def test_panel_grid_reaches_partial_panels_and_blocks(block_pool):
 def test_panel_and_block_sizes_match_torch(case, block_pool, rng):
     dtype, hidden, batch = case["dtype"], case["hidden_size"], case["batch"]
     directions = 2 if case["bidirectional"] else 1
-    rnn, reference = make_rnn_pair(PANEL_INPUT_SIZE, hidden, case["num_layers"], case["nonlinearity"],
-                                   bidirectional=case["bidirectional"], dtype=dtype)
+    rnn, reference = make_rnn_pair(
+        PANEL_INPUT_SIZE,
+        hidden,
+        case["num_layers"],
+        case["nonlinearity"],
+        bidirectional=case["bidirectional"],
+        dtype=dtype,
+    )
     x = standard_normal(rng, input_shape(rnn, PANEL_STEPS, batch), dtype)
     h_0 = standard_normal(rng, state_shape(rnn, batch), dtype)
     grad_output = standard_normal(rng, output_shape(rnn, PANEL_STEPS, batch), dtype)
@@ -212,12 +263,12 @@ def test_default_gradients_are_zero_when_none_given(rng):
 
 # -- memory layout and side effects ---------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("mode", ["train", "eval"])
 @pytest.mark.parametrize("batch_first", [False, True])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_non_contiguous_arrays(batch_first, dtype, mode, rng):
-    rnn, reference = make_rnn_pair(INPUT_SIZE, HIDDEN_SIZE, 2, batch_first=batch_first, bidirectional=True,
-                                   dtype=dtype)
+    rnn, reference = make_rnn_pair(INPUT_SIZE, HIDDEN_SIZE, 2, batch_first=batch_first, bidirectional=True, dtype=dtype)
     getattr(rnn, mode)()
     # Every other element along each of the first two axes, and a Fortran-ordered h_0 / grad_h_n.
     x = standard_normal(rng, input_shape(rnn, 2 * STEPS, 2 * BATCH), dtype)[::2, ::2]
@@ -269,6 +320,7 @@ def test_results_do_not_alias_module_buffers(rng):
 
 # -- NaN and inf ---------------------------------------------------------------------------------------------------
 
+
 def nan_inf_case(special, nonlinearity, rng):
     rnn, reference = make_rnn_pair(INPUT_SIZE, HIDDEN_SIZE, 2, nonlinearity, bidirectional=True)
     x = standard_normal(rng, (STEPS, BATCH, INPUT_SIZE), np.float64)
@@ -306,6 +358,7 @@ def test_nan_and_inf_propagate_in_backward_as_in_torch(special, nonlinearity, rn
 
 
 # -- gradient accumulation ----------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_gradients_accumulate_over_backward_calls(dtype, rng):

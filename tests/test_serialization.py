@@ -11,8 +11,18 @@ from numbarnn.serialization import HEADER_KEY, CheckpointError, load, load_metad
 
 MODULES = {
     "rnn": lambda: numbarnn.RNN(3, 4, seed=0),
-    "deep": lambda: numbarnn.RNN(2, 3, num_layers=2, nonlinearity="relu", bias=False, batch_first=True,
-                                 dropout=0.25, bidirectional=True, dtype=np.float64, seed=1),
+    "deep": lambda: numbarnn.RNN(
+        2,
+        3,
+        num_layers=2,
+        nonlinearity="relu",
+        bias=False,
+        batch_first=True,
+        dropout=0.25,
+        bidirectional=True,
+        dtype=np.float64,
+        seed=1,
+    ),
     "cell": lambda: numbarnn.RNNCell(3, 5, nonlinearity="relu", dtype=np.float64, seed=2),
     "cell_no_bias": lambda: numbarnn.RNNCell(2, 2, bias=False, seed=3),
     "head": lambda: Linear(4, 6, seed=4),
@@ -81,8 +91,10 @@ def checkpoint(tmp_path):
 def test_truncated_file(checkpoint):
     data = checkpoint.read_bytes()
     checkpoint.write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match=f"{checkpoint}: not a readable numbarnn checkpoint: the .npz file is "
-                                              "corrupt or truncated"):
+    with pytest.raises(
+        CheckpointError,
+        match=f"{checkpoint}: not a readable numbarnn checkpoint: the .npz file is corrupt or truncated",
+    ):
         load(checkpoint)
 
 
@@ -122,17 +134,22 @@ def test_missing_file(tmp_path):
 
 def test_unknown_class(checkpoint):
     rewrite(checkpoint, lambda header, arrays: header["modules"]["head"].update({"class": "Transformer"}))
-    with pytest.raises(CheckpointError,
-                       match=r"module 'head': unknown class 'Transformer'; this numbarnn can load RNN, "):
+    with pytest.raises(
+        CheckpointError, match=r"module 'head': unknown class 'Transformer'; this numbarnn can load RNN, "
+    ):
         load(checkpoint)
 
 
 def test_shape_mismatch(checkpoint):
     def shrink(header, arrays):
         arrays["rnn/weight_hh_l0"] = arrays["rnn/weight_hh_l0"][:3]
+
     rewrite(checkpoint, shrink)
-    with pytest.raises(CheckpointError, match=r"module 'rnn': parameter 'weight_hh_l0' has shape \(3, 4\) in the "
-                                              r"file, but RNN\(.*\) needs \(4, 4\)"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"module 'rnn': parameter 'weight_hh_l0' has shape \(3, 4\) in the "
+        r"file, but RNN\(.*\) needs \(4, 4\)",
+    ):
         load(checkpoint)
 
 
@@ -156,6 +173,7 @@ def test_missing_and_extra_arrays(checkpoint, tmp_path):
 def test_dtype_mismatch(checkpoint):
     def widen(header, arrays):
         arrays["head/weight"] = arrays["head/weight"].astype(np.float64)
+
     rewrite(checkpoint, widen)
     with pytest.raises(CheckpointError, match="'weight' is stored as float64, but the module's dtype is float32"):
         load(checkpoint)

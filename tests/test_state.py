@@ -124,8 +124,11 @@ def test_size_mismatch_is_an_error():
     rnn = numbarnn.RNN(3, 4, 2, seed=0)
     state = rnn.state_dict()
     state["weight_ih_l0"] = np.zeros((4, 2))
-    with pytest.raises(ValueError, match=r"size mismatch for weight_ih_l0: copying a param with shape \(4, 2\) from "
-                                         r"checkpoint, the shape in current model is \(4, 3\)\."):
+    with pytest.raises(
+        ValueError,
+        match=r"size mismatch for weight_ih_l0: copying a param with shape \(4, 2\) from "
+        r"checkpoint, the shape in current model is \(4, 3\)\.",
+    ):
         rnn.load_state_dict(state)
 
 
@@ -174,6 +177,7 @@ def test_assignment_casts_to_the_module_dtype():
 
 # -- initialisation ------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("module", ["rnn", "cell"])
 @pytest.mark.parametrize("hidden_size", [1, 16, 50])
 def test_initialisation_is_uniform_within_one_over_sqrt_hidden(module, hidden_size):
@@ -213,8 +217,10 @@ def test_same_seed_same_parameters_and_different_seed_different():
 def test_new_modules_start_with_zero_gradients_in_training_mode():
     rnn = numbarnn.RNN(3, 4, 2)
     assert rnn.training
-    assert all(not g.any() and g.shape == p.shape and g.dtype == p.dtype
-               for g, p in zip(rnn.grads.values(), rnn.params.values(), strict=True))
+    assert all(
+        not g.any() and g.shape == p.shape and g.dtype == p.dtype
+        for g, p in zip(rnn.grads.values(), rnn.params.values(), strict=True)
+    )
     assert rnn.eval() is rnn and not rnn.training
     assert rnn.train() is rnn and rnn.training
     assert rnn.train(False) is rnn and not rnn.training
@@ -222,13 +228,17 @@ def test_new_modules_start_with_zero_gradients_in_training_mode():
 
 # -- printed form --------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("config", CONFIGS, ids=config_id)
 def test_rnn_repr_equals_torchs(config):
     assert repr(numbarnn.RNN(3, 4, **config)) == repr(torch.nn.RNN(3, 4, **config))
 
 
-@pytest.mark.parametrize("config", [dict(), dict(bias=False), dict(nonlinearity="relu"),
-                                    dict(bias=False, nonlinearity="relu")], ids=config_id)
+@pytest.mark.parametrize(
+    "config",
+    [dict(), dict(bias=False), dict(nonlinearity="relu"), dict(bias=False, nonlinearity="relu")],
+    ids=config_id,
+)
 def test_cell_repr_equals_torchs(config):
     assert repr(numbarnn.RNNCell(3, 4, **config)) == repr(torch.nn.RNNCell(3, 4, **config))
 
@@ -257,7 +267,7 @@ def test_a_copied_module_owns_its_parameters_and_stays_consistent(copier):
     cell_twin = duplicate(cell)
     cell_twin.weight_hh = np.zeros((4, 4))
     assert np.abs(cell.weight_hh).max() > 0
-    np.testing.assert_array_equal(cell_twin._param_flat[cell_twin._offsets[0, 1]:][:16], 0)
+    np.testing.assert_array_equal(cell_twin._param_flat[cell_twin._offsets[0, 1] :][:16], 0)
     layer = numbarnn.Linear(3, 2, seed=0)
     layer_twin = duplicate(layer)
     layer_twin.weight[...] = 0

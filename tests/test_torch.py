@@ -47,15 +47,29 @@ GRID = pairwise_cases(GRID_OPTIONS)
 
 
 def case_id(case):
-    return "-".join([case["nonlinearity"], f"L{case['num_layers']}", "bi" if case["bidirectional"] else "uni",
-                     "bias" if case["bias"] else "nobias", "bf" if case["batch_first"] else "tm", case["form"],
-                     str(case["dtype"]).removeprefix("torch."), "hx" if case["hx"] else "nohx",
-                     "xgrad" if case["input_grad"] else "noxgrad", case["gradient"]])
+    return "-".join(
+        [
+            case["nonlinearity"],
+            f"L{case['num_layers']}",
+            "bi" if case["bidirectional"] else "uni",
+            "bias" if case["bias"] else "nobias",
+            "bf" if case["batch_first"] else "tm",
+            case["form"],
+            str(case["dtype"]).removeprefix("torch."),
+            "hx" if case["hx"] else "nohx",
+            "xgrad" if case["input_grad"] else "noxgrad",
+            case["gradient"],
+        ]
+    )
 
 
 def test_grid_covers_every_pair_of_options():
-    every_pair = {((a, x), (b, y)) for a, b in itertools.combinations(GRID_OPTIONS, 2)
-                  for x in GRID_OPTIONS[a] for y in GRID_OPTIONS[b]}
+    every_pair = {
+        ((a, x), (b, y))
+        for a, b in itertools.combinations(GRID_OPTIONS, 2)
+        for x in GRID_OPTIONS[a]
+        for y in GRID_OPTIONS[b]
+    }
     covered = {((a, case[a]), (b, case[b])) for case in GRID for a, b in itertools.combinations(GRID_OPTIONS, 2)}
     assert covered == every_pair
     assert len(GRID) < 30  # the full product has 4608 rows
@@ -65,14 +79,21 @@ def assert_close(actual, expected, dtype, name):
     """helpers' tolerances (derived there from the float32 / float64 unit roundoff) on two tensors."""
     assert actual.shape == expected.shape, (name, actual.shape, expected.shape)
     np_dtype = np.dtype(NP_DTYPES[dtype])
-    assert_allclose(actual.detach().numpy(), expected.detach().numpy(), rtol=RTOL[np_dtype], atol=ATOL[np_dtype],
-                    err_msg=name)
+    assert_allclose(
+        actual.detach().numpy(), expected.detach().numpy(), rtol=RTOL[np_dtype], atol=ATOL[np_dtype], err_msg=name
+    )
 
 
 def module_pair(case, dropout=0.0):
     """torch.nn.RNN and numbarnn.torch.RNN with the same constructor arguments and weights."""
-    arguments = {"nonlinearity": case["nonlinearity"], "bias": case["bias"], "batch_first": case["batch_first"],
-                     "bidirectional": case["bidirectional"], "dropout": dropout, "dtype": case["dtype"]}
+    arguments = {
+        "nonlinearity": case["nonlinearity"],
+        "bias": case["bias"],
+        "batch_first": case["batch_first"],
+        "bidirectional": case["bidirectional"],
+        "dropout": dropout,
+        "dtype": case["dtype"],
+    }
     torch.manual_seed(0)
     reference = torch.nn.RNN(INPUT_SIZE, HIDDEN_SIZE, case["num_layers"], **arguments)
     ours = nt.RNN(INPUT_SIZE, HIDDEN_SIZE, case["num_layers"], **arguments)
@@ -91,14 +112,21 @@ def case_inputs(case, reference, generator):
 
         def make_input():  # a fresh graph from x for each module
             return pack_sequence(list(torch.split(x, lengths)), enforce_sorted=form == "packed_sorted")
+
         state_shape = (rows, len(lengths), HIDDEN_SIZE)
     else:
-        shape = (STEPS, INPUT_SIZE) if form == "unbatched" else \
-            (BATCH, STEPS, INPUT_SIZE) if case["batch_first"] else (STEPS, BATCH, INPUT_SIZE)
+        shape = (
+            (STEPS, INPUT_SIZE)
+            if form == "unbatched"
+            else (BATCH, STEPS, INPUT_SIZE)
+            if case["batch_first"]
+            else (STEPS, BATCH, INPUT_SIZE)
+        )
         x = torch.randn(shape, dtype=dtype, generator=generator).requires_grad_(case["input_grad"])
 
         def make_input():
             return x
+
         state_shape = (rows, HIDDEN_SIZE) if form == "unbatched" else (rows, BATCH, HIDDEN_SIZE)
     hx = torch.randn(state_shape, dtype=dtype, generator=generator).requires_grad_() if case["hx"] else None
     return make_input, hx, x
@@ -128,15 +156,17 @@ def test_results_and_gradients_match_torch(case):
                 leaf.grad = None
         output, h_n = module(make_input(), hx)
         loss_of(output, h_n, loss_weights, case["gradient"]).backward()
-        results[name] = (output, h_n, x.grad, None if hx is None else hx.grad,
-                         [p.grad for p in module.parameters()])
+        results[name] = (output, h_n, x.grad, None if hx is None else hx.grad, [p.grad for p in module.parameters()])
     (output, h_n, grad_x, grad_hx, grads), expected = results["numbarnn"], results["torch"]
     dtype = case["dtype"]
     if isinstance(expected[0], PackedSequence):
         assert isinstance(output, PackedSequence)
         for field in ("batch_sizes", "sorted_indices", "unsorted_indices"):
-            assert torch.equal(getattr(output, field), getattr(expected[0], field)) \
-                if getattr(expected[0], field) is not None else getattr(output, field) is None
+            assert (
+                torch.equal(getattr(output, field), getattr(expected[0], field))
+                if getattr(expected[0], field) is not None
+                else getattr(output, field) is None
+            )
         output, expected = output.data, (expected[0].data, *expected[1:])
     assert_close(output, expected[0], dtype, "output")
     assert_close(h_n, expected[1], dtype, "h_n")
@@ -150,9 +180,12 @@ def test_results_and_gradients_match_torch(case):
     with torch.no_grad():  # the inference path (no autograd Function, nothing kept) gives the same results
         output, h_n = ours(make_input(), None if hx is None else hx.detach())
         assert not h_n.requires_grad
-    assert_close(output.data if isinstance(output, PackedSequence) else output,
-                 results["torch"][0].data if isinstance(output, PackedSequence) else results["torch"][0], dtype,
-                 "no_grad output")
+    assert_close(
+        output.data if isinstance(output, PackedSequence) else output,
+        results["torch"][0].data if isinstance(output, PackedSequence) else results["torch"][0],
+        dtype,
+        "no_grad output",
+    )
 
 
 GRADCHECK_CASES = [
@@ -231,8 +264,14 @@ def test_dropout_follows_torch_manual_seed():
 
 def test_dropout_one_drops_everything_like_torch():
     # With p = 1 every mask is zero in both libraries, so their results must agree exactly.
-    case = {"nonlinearity": "tanh", "bias": True, "batch_first": False, "bidirectional": True, "dtype": torch.float64,
-                "num_layers": 2}
+    case = {
+        "nonlinearity": "tanh",
+        "bias": True,
+        "batch_first": False,
+        "bidirectional": True,
+        "dtype": torch.float64,
+        "num_layers": 2,
+    }
     reference, ours = module_pair(case, dropout=1.0)
     x = torch.randn(STEPS, BATCH, INPUT_SIZE, dtype=torch.float64)
     expected, actual = reference(x), ours(x)
@@ -267,11 +306,19 @@ def test_nothing_requiring_grad_keeps_nothing(monkeypatch):
 
 
 def test_two_forwards_then_one_backward_of_their_sum():
-    case = {"nonlinearity": "tanh", "bias": True, "batch_first": False, "bidirectional": False, "dtype": torch.float64,
-                "num_layers": 2}
+    case = {
+        "nonlinearity": "tanh",
+        "bias": True,
+        "batch_first": False,
+        "bidirectional": False,
+        "dtype": torch.float64,
+        "num_layers": 2,
+    }
     reference, ours = module_pair(case)
-    x1, x2 = torch.randn(STEPS, BATCH, INPUT_SIZE, dtype=torch.float64), torch.randn(6, 1, INPUT_SIZE,
-                                                                                       dtype=torch.float64)
+    x1, x2 = (
+        torch.randn(STEPS, BATCH, INPUT_SIZE, dtype=torch.float64),
+        torch.randn(6, 1, INPUT_SIZE, dtype=torch.float64),
+    )
     for module in (reference, ours):
         (module(x1)[0].sum() + module(x2)[1].pow(2).sum()).backward()
     for (name, expected), actual in zip(reference.named_parameters(), ours.parameters(), strict=True):
@@ -279,8 +326,14 @@ def test_two_forwards_then_one_backward_of_their_sum():
 
 
 def test_retain_graph_backward_twice_accumulates_twice():
-    case = {"nonlinearity": "relu", "bias": True, "batch_first": True, "bidirectional": True, "dtype": torch.float64,
-                "num_layers": 2}
+    case = {
+        "nonlinearity": "relu",
+        "bias": True,
+        "batch_first": True,
+        "bidirectional": True,
+        "dtype": torch.float64,
+        "num_layers": 2,
+    }
     reference, ours = module_pair(case)
     x = torch.randn(BATCH, STEPS, INPUT_SIZE, dtype=torch.float64, requires_grad=True)
     grads = {}
@@ -367,14 +420,54 @@ def test_an_in_place_change_of_the_input_before_backward_raises_like_torch(chang
 # float64: second-order gradients sum many more terms (values here up to ~100) than helpers' tolerances are derived
 # for; in float64 those tolerances still hold by orders of magnitude, and the recomputation is the same for both dtypes.
 DOUBLE_BACKWARD_CASES = [
-    {"nonlinearity": "tanh", "num_layers": 2, "bidirectional": True, "bias": True, "batch_first": True,
-     "form": "batched", "dtype": torch.float64, "hx": True, "input_grad": True, "gradient": "both"},
-    {"nonlinearity": "relu", "num_layers": 1, "bidirectional": False, "bias": False, "batch_first": False,
-     "form": "packed_unsorted", "dtype": torch.float64, "hx": False, "input_grad": True, "gradient": "output"},
-    {"nonlinearity": "tanh", "num_layers": 3, "bidirectional": True, "bias": True, "batch_first": False,
-     "form": "packed_sorted", "dtype": torch.float64, "hx": True, "input_grad": True, "gradient": "h_n"},
-    {"nonlinearity": "tanh", "num_layers": 1, "bidirectional": False, "bias": True, "batch_first": True,
-     "form": "unbatched", "dtype": torch.float64, "hx": True, "input_grad": True, "gradient": "both"},
+    {
+        "nonlinearity": "tanh",
+        "num_layers": 2,
+        "bidirectional": True,
+        "bias": True,
+        "batch_first": True,
+        "form": "batched",
+        "dtype": torch.float64,
+        "hx": True,
+        "input_grad": True,
+        "gradient": "both",
+    },
+    {
+        "nonlinearity": "relu",
+        "num_layers": 1,
+        "bidirectional": False,
+        "bias": False,
+        "batch_first": False,
+        "form": "packed_unsorted",
+        "dtype": torch.float64,
+        "hx": False,
+        "input_grad": True,
+        "gradient": "output",
+    },
+    {
+        "nonlinearity": "tanh",
+        "num_layers": 3,
+        "bidirectional": True,
+        "bias": True,
+        "batch_first": False,
+        "form": "packed_sorted",
+        "dtype": torch.float64,
+        "hx": True,
+        "input_grad": True,
+        "gradient": "h_n",
+    },
+    {
+        "nonlinearity": "tanh",
+        "num_layers": 1,
+        "bidirectional": False,
+        "bias": True,
+        "batch_first": True,
+        "form": "unbatched",
+        "dtype": torch.float64,
+        "hx": True,
+        "input_grad": True,
+        "gradient": "both",
+    },
 ]
 
 
@@ -401,8 +494,14 @@ def test_a_gradient_penalty_matches_torch(case):
 
 
 def test_create_graph_gives_the_kernels_first_order_gradients():
-    case = {"nonlinearity": "tanh", "bias": True, "batch_first": False, "bidirectional": True, "dtype": torch.float64,
-            "num_layers": 2}
+    case = {
+        "nonlinearity": "tanh",
+        "bias": True,
+        "batch_first": False,
+        "bidirectional": True,
+        "dtype": torch.float64,
+        "num_layers": 2,
+    }
     _, ours = module_pair(case)
     x = torch.randn(STEPS, BATCH, INPUT_SIZE, dtype=torch.float64, requires_grad=True)
     plain = torch.autograd.grad(ours(x)[0].pow(2).sum(), (x, *ours.parameters()))
@@ -416,8 +515,9 @@ def test_the_cell_supports_double_backward():
     cell = nt.RNNCell(3, 4, dtype=torch.float64)
     x = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
     h = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradgradcheck(lambda x, h, *p: cell(x, h), (x, h, *cell.parameters()),
-                                        check_batched_grad=True)
+    assert torch.autograd.gradgradcheck(
+        lambda x, h, *p: cell(x, h), (x, h, *cell.parameters()), check_batched_grad=True
+    )
 
 
 def test_batched_gradients_match_torch():
@@ -438,9 +538,11 @@ def test_batched_gradients_match_torch():
     for module in (reference, ours):
         output = module(x)[0]
         leaves = (x, *module.parameters())
-        results.append(torch.func.vmap(
-            lambda v, output=output, leaves=leaves: torch.autograd.grad(output, leaves, v, retain_graph=True))(
-            cotangents))
+        results.append(
+            torch.func.vmap(
+                lambda v, output=output, leaves=leaves: torch.autograd.grad(output, leaves, v, retain_graph=True)
+            )(cotangents)
+        )
     for actual, expected in zip(results[1], results[0], strict=True):
         assert_close(actual, expected, torch.float64, "vmap over autograd.grad")
 
@@ -451,8 +553,10 @@ def test_torch_func_transforms_match_torch():
     ours.load_state_dict(reference.state_dict())
     xs, hx = torch.randn(5, 6, 2, 3, dtype=torch.float64), torch.randn(1, 2, 4, dtype=torch.float64)
     # under a transform the drop-in runs torch's forward: results, and errors, are torch's
-    for name, transform in (("grad of hx", lambda m: torch.func.grad(lambda h: m(xs[0], h)[0].sum())(hx)),
-                            ("jacrev", lambda m: torch.func.jacrev(lambda x: m(x)[1])(xs[0]))):
+    for name, transform in (
+        ("grad of hx", lambda m: torch.func.grad(lambda h: m(xs[0], h)[0].sum())(hx)),
+        ("jacrev", lambda m: torch.func.jacrev(lambda x: m(x)[1])(xs[0])),
+    ):
         assert_close(transform(ours), transform(reference), torch.float64, name)
     with pytest.raises(RuntimeError, match="Batching rule not implemented for aten::rnn_tanh") as expected:
         torch.func.vmap(lambda x: reference(x)[0])(xs)
@@ -461,8 +565,14 @@ def test_torch_func_transforms_match_torch():
 
 
 def test_empty_batch_like_torch():
-    case = {"nonlinearity": "tanh", "bias": True, "batch_first": False, "bidirectional": True, "dtype": torch.float32,
-                "num_layers": 2}
+    case = {
+        "nonlinearity": "tanh",
+        "bias": True,
+        "batch_first": False,
+        "bidirectional": True,
+        "dtype": torch.float32,
+        "num_layers": 2,
+    }
     reference, ours = module_pair(case)
     x = torch.randn(STEPS, 0, INPUT_SIZE, requires_grad=True)
     for actual, expected in zip(ours(x), reference(x), strict=True):
@@ -471,12 +581,17 @@ def test_empty_batch_like_torch():
     assert x.grad.shape == x.shape
 
 
-@pytest.mark.parametrize("make_input, message", [
-    (lambda: torch.randn(5, 2, 7), "input.size(-1) must be equal to input_size. Expected 3, got 7"),
-    (lambda: torch.randn(5, 2, 3, 1), "Expected input to be 2D or 3D, got 4D tensor instead"),
-    (lambda: torch.randn(5, 2, 3, dtype=torch.float64),
-     "RNN input dtype (torch.float64) does not match weight dtype (torch.float32)"),
-])
+@pytest.mark.parametrize(
+    "make_input, message",
+    [
+        (lambda: torch.randn(5, 2, 7), "input.size(-1) must be equal to input_size. Expected 3, got 7"),
+        (lambda: torch.randn(5, 2, 3, 1), "Expected input to be 2D or 3D, got 4D tensor instead"),
+        (
+            lambda: torch.randn(5, 2, 3, dtype=torch.float64),
+            "RNN input dtype (torch.float64) does not match weight dtype (torch.float32)",
+        ),
+    ],
+)
 def test_errors_are_torchs(make_input, message):
     x = make_input()
     with pytest.raises((RuntimeError, ValueError), match=re.escape(message)) as expected:
@@ -498,8 +613,9 @@ def run_both(reference, ours, make_arguments):
         arguments = make_arguments()
         outputs = module(*arguments)
         outputs = list(outputs) if isinstance(outputs, tuple) else [outputs]
-        grads = torch.autograd.grad(sum(o.float().sum() for o in outputs),
-                                    [a for a in arguments if a.requires_grad] + list(module.parameters()))
+        grads = torch.autograd.grad(
+            sum(o.float().sum() for o in outputs), [a for a in arguments if a.requires_grad] + list(module.parameters())
+        )
         results.append(outputs + list(grads))
     return results
 
@@ -556,8 +672,10 @@ def test_cell_matches_torch_through_a_loop(dtype, batched):
         assert_close(actual, expected, dtype, "cell")
 
 
-@pytest.mark.parametrize("input_shape, hx_shape", [((2, 7), None), ((2, 3), (3, 4)), ((2, 3), (2, 5)), ((3,), (2, 4)),
-                                                   ((2, 3), (4,)), ((2, 2, 3), None)])
+@pytest.mark.parametrize(
+    "input_shape, hx_shape",
+    [((2, 7), None), ((2, 3), (3, 4)), ((2, 3), (2, 5)), ((3,), (2, 4)), ((2, 3), (4,)), ((2, 2, 3), None)],
+)
 def test_cell_errors_are_torchs(input_shape, hx_shape):
     x = torch.randn(input_shape)
     hx = None if hx_shape is None else torch.randn(hx_shape)
@@ -623,8 +741,7 @@ def test_accelerate_keeps_the_parameters_an_optimiser_holds():
             opt.zero_grad()
             torch.nn.functional.cross_entropy(module(tokens).flatten(0, 1), tokens.flatten()).backward()
             opt.step()
-    for (name, expected), actual, before in zip(reference.named_parameters(), model.parameters(), initial,
-                                                strict=True):
+    for (name, expected), actual, before in zip(reference.named_parameters(), model.parameters(), initial, strict=True):
         assert not torch.equal(actual, before), name  # the optimiser did update the switched module's Parameters
         assert_close(actual, expected, torch.float32, name)
 
@@ -710,8 +827,9 @@ def _ddp_worker(rank, world_size, port, directory):
         shard = slice(rank * DDP_BATCH // world_size, (rank + 1) * DDP_BATCH // world_size)
         # mean over this shard; DDP averages the shards' gradients: the gradient of the mean over the whole batch
         torch.nn.functional.mse_loss(model(x[shard]), target[shard]).backward()
-        torch.save({name: p.grad for name, p in model.module.named_parameters()},
-                   os.path.join(directory, f"grads{rank}.pt"))
+        torch.save(
+            {name: p.grad for name, p in model.module.named_parameters()}, os.path.join(directory, f"grads{rank}.pt")
+        )
     finally:
         dist.destroy_process_group()
 
@@ -740,10 +858,14 @@ def test_distributed_data_parallel_gradients_equal_the_whole_batch(tmp_path):
 
 def test_the_first_call_keeps_torchs_thread_count():
     # numba's omp threading layer sets OpenMP's thread count (which is torch's) when its pool starts: undone.
-    code = ("import torch; torch.set_num_threads(1); import numbarnn.torch as nt; "
-            "nt.RNN(3, 4)(torch.randn(5, 2, 3)); print(torch.get_num_threads())")
-    environment = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(__file__)),
-                                                                os.environ.get("PYTHONPATH", "")]))
+    code = (
+        "import torch; torch.set_num_threads(1); import numbarnn.torch as nt; "
+        "nt.RNN(3, 4)(torch.randn(5, 2, 3)); print(torch.get_num_threads())"
+    )
+    environment = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(__file__)), os.environ.get("PYTHONPATH", "")]),
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=environment)
     assert result.stdout.strip() == "1"
 
@@ -798,6 +920,7 @@ def test_parameters_move_into_one_buffer_and_stay_torchs():
 
 
 # -- copies, scripting, tracing, rebinding torch's classes, idioms after a forward -------------------------------
+
 
 def test_copies_taken_before_during_and_after_training_compute_like_the_original():
     # best-model snapshots, EMA copies and checkpoints: deepcopy, pickle and torch.save of a model whose modules have
@@ -882,8 +1005,11 @@ def test_scripting_a_subclass_of_a_drop_in_names_the_cause_and_the_way_out():
         def forward(self, input, hx=None):
             return 2 * super().forward(input, hx)
 
-    with pytest.raises(TypeError, match=r"subclass of numbarnn\.torch\.RNNCell: its forward runs numbarnn's Python "
-                                        r"kernels.*Derive it from torch\.nn\.RNNCell to script it"):
+    with pytest.raises(
+        TypeError,
+        match=r"subclass of numbarnn\.torch\.RNNCell: its forward runs numbarnn's Python "
+        r"kernels.*Derive it from torch\.nn\.RNNCell to script it",
+    ):
         torch.jit.script(Scaled(3, 4))
 
 
@@ -965,15 +1091,21 @@ def test_hidden_sizes_of_the_panel_kernels_match_torch(hidden_size, dtype):
     # exactly, one and a remainder of 1, several with a remainder, several exactly. Forward and backward, through a
     # bidirectional two-layer stack and a cell, against torch.
     torch.manual_seed(0)
-    pairs = [(torch.nn.RNN(7, hidden_size, num_layers=2, bidirectional=True, dtype=dtype),
-              nt.RNN(7, hidden_size, num_layers=2, bidirectional=True, dtype=dtype), (5, 3, 7)),
-             (torch.nn.RNNCell(7, hidden_size, dtype=dtype), nt.RNNCell(7, hidden_size, dtype=dtype), (3, 7))]
+    pairs = [
+        (
+            torch.nn.RNN(7, hidden_size, num_layers=2, bidirectional=True, dtype=dtype),
+            nt.RNN(7, hidden_size, num_layers=2, bidirectional=True, dtype=dtype),
+            (5, 3, 7),
+        ),
+        (torch.nn.RNNCell(7, hidden_size, dtype=dtype), nt.RNNCell(7, hidden_size, dtype=dtype), (3, 7)),
+    ]
     for reference, ours, shape in pairs:
         ours.load_state_dict(reference.state_dict())
         x = torch.randn(shape, dtype=dtype)
         hx = torch.randn(((4, 3) if len(shape) == 3 else (3,)) + (hidden_size,), dtype=dtype)
-        expected, actual = run_both(reference, ours,
-                                    lambda x=x, hx=hx: (x.clone().requires_grad_(), hx.clone().requires_grad_()))
+        expected, actual = run_both(
+            reference, ours, lambda x=x, hx=hx: (x.clone().requires_grad_(), hx.clone().requires_grad_())
+        )
         for a, e in zip(actual, expected, strict=True):
             assert_close(a, e, dtype, f"{type(ours).__name__}, hidden size {hidden_size}")
 
@@ -1003,8 +1135,14 @@ def test_a_tracing_onnx_export_of_a_drop_in_records_torchs_rnn():
     torch.manual_seed(0)
     model = nt.RNN(3, 4, num_layers=2, bidirectional=True).eval()
     buffer = io.BytesIO()
-    torch.onnx.export(model, (torch.randn(5, 2, 3),), buffer, dynamo=False, input_names=["x"],
-                      dynamic_axes={"x": {0: "steps", 1: "batch"}})
+    torch.onnx.export(
+        model,
+        (torch.randn(5, 2, 3),),
+        buffer,
+        dynamo=False,
+        input_names=["x"],
+        dynamic_axes={"x": {0: "steps", 1: "batch"}},
+    )
     session = onnxruntime.InferenceSession(buffer.getvalue())
     x = torch.randn(7, 3, 3)  # another shape: nothing of the traced call is baked in
     with torch.no_grad():

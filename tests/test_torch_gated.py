@@ -30,8 +30,12 @@ from numbarnn._workspace import block_count, max_blocks
 # torch's float32 LSTM runs oneDNN, which has no projection and says so each call: torch's own kernel then runs
 pytestmark = pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN:UserWarning")
 
-TORCH = {"LSTM": torch.nn.modules.rnn.LSTM, "GRU": torch.nn.modules.rnn.GRU,
-         "LSTMCell": torch.nn.modules.rnn.LSTMCell, "GRUCell": torch.nn.modules.rnn.GRUCell}
+TORCH = {
+    "LSTM": torch.nn.modules.rnn.LSTM,
+    "GRU": torch.nn.modules.rnn.GRU,
+    "LSTMCell": torch.nn.modules.rnn.LSTMCell,
+    "GRUCell": torch.nn.modules.rnn.GRUCell,
+}
 INPUT_SIZE, STEPS, BATCH = 7, 5, 3
 
 # One case per hidden size, the options rotated so that each value of each option occurs for both cells (proj_size
@@ -39,14 +43,31 @@ INPUT_SIZE, STEPS, BATCH = 7, 5, 3
 # blocks.
 CASES = [
     dict(hidden_size=16, form="tensor", batch_first=False, bidirectional=True, num_layers=2, state=True, proj=0),
-    dict(hidden_size=17, form="packed_sorted", batch_first=False, bidirectional=False, num_layers=2, state=False,
-         proj=5),
-    dict(hidden_size=40, form="packed_unsorted", batch_first=True, bidirectional=True, num_layers=1, state=True,
-         proj=7, bias=False),
+    dict(
+        hidden_size=17, form="packed_sorted", batch_first=False, bidirectional=False, num_layers=2, state=False, proj=5
+    ),
+    dict(
+        hidden_size=40,
+        form="packed_unsorted",
+        batch_first=True,
+        bidirectional=True,
+        num_layers=1,
+        state=True,
+        proj=7,
+        bias=False,
+    ),
     dict(hidden_size=64, form="blocks", batch_first=True, bidirectional=False, num_layers=2, state=True, proj=0),
     dict(hidden_size=17, form="unbatched", batch_first=True, bidirectional=True, num_layers=2, state=True, proj=3),
-    dict(hidden_size=40, form="unbatched", batch_first=False, bidirectional=False, num_layers=1, state=False,
-         proj=0, bias=False),
+    dict(
+        hidden_size=40,
+        form="unbatched",
+        batch_first=False,
+        bidirectional=False,
+        num_layers=1,
+        state=False,
+        proj=0,
+        bias=False,
+    ),
 ]
 
 
@@ -66,10 +87,16 @@ def case_id(case):
 
 
 def test_cases_cover_every_option_value():
-    for option, values in {"hidden_size": {16, 17, 40, 64}, "batch_first": {False, True},
-                           "bidirectional": {False, True}, "num_layers": {1, 2}, "state": {False, True},
-                           "proj": {0, 3, 5, 7}, "bias": {False, True},
-                           "form": {"tensor", "packed_sorted", "packed_unsorted", "blocks", "unbatched"}}.items():
+    for option, values in {
+        "hidden_size": {16, 17, 40, 64},
+        "batch_first": {False, True},
+        "bidirectional": {False, True},
+        "num_layers": {1, 2},
+        "state": {False, True},
+        "proj": {0, 3, 5, 7},
+        "bias": {False, True},
+        "form": {"tensor", "packed_sorted", "packed_unsorted", "blocks", "unbatched"},
+    }.items():
         assert {case.get(option, True) for case in CASES} == values, option
 
 
@@ -97,6 +124,7 @@ def problem(kind, case, reference, dtype, generator):
 
         def make_input():
             return pack_sequence(list(torch.split(x, lengths)), enforce_sorted=form == "packed_sorted")
+
         batch = (len(lengths),)
     else:
         batch = () if form == "unbatched" else (48,) if form == "blocks" else (BATCH,)
@@ -105,13 +133,18 @@ def problem(kind, case, reference, dtype, generator):
 
         def make_input():
             return x
+
     hx = None
     if case["state"]:
         h_width = reference.proj_size if kind == "LSTM" and reference.proj_size else reference.hidden_size
         hx = torch.randn((rows, *batch, h_width), dtype=dtype, generator=generator, requires_grad=True)
         if kind == "LSTM":
-            hx = (hx, torch.randn((rows, *batch, reference.hidden_size), dtype=dtype, generator=generator,
-                                  requires_grad=True))
+            hx = (
+                hx,
+                torch.randn(
+                    (rows, *batch, reference.hidden_size), dtype=dtype, generator=generator, requires_grad=True
+                ),
+            )
     return make_input, hx, [x, *([] if hx is None else states(hx))]
 
 
@@ -121,8 +154,10 @@ def results_of(module, make_input, hx, leaves, loss_weights):
     output, h_n = module(make_input(), hx)
     data = output.data if isinstance(output, PackedSequence) else output
     outputs = [data, *states(h_n)]
-    loss = sum((value * weights[:value.numel()].view(value.shape)).sum()
-               for value, weights in zip(outputs, loss_weights[:len(outputs)], strict=True))
+    loss = sum(
+        (value * weights[: value.numel()].view(value.shape)).sum()
+        for value, weights in zip(outputs, loss_weights[: len(outputs)], strict=True)
+    )
     grads = torch.autograd.grad(loss, leaves + list(module.parameters()))
     return output, outputs, grads
 
@@ -130,8 +165,13 @@ def results_of(module, make_input, hx, leaves, loss_weights):
 def compare(actual, expected, names, dtype, atols=None):
     for a, e, name in zip(actual, expected, names, strict=True):
         assert a.shape == e.shape, (name, a.shape, e.shape)
-        atol = ATOL[dtype] if atols is None else atols.parameter_gradients if name.startswith(("weight", "bias")) \
+        atol = (
+            ATOL[dtype]
+            if atols is None
+            else atols.parameter_gradients
+            if name.startswith(("weight", "bias"))
             else atols.values
+        )
         assert_allclose(a.detach().numpy(), e.detach().numpy(), rtol=RTOL[dtype], atol=atol, err_msg=name)
 
 
@@ -142,8 +182,14 @@ NP_DTYPES = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.flo
 @pytest.mark.parametrize("case", CASES, ids=case_id)
 @pytest.mark.parametrize("kind", ["LSTM", "GRU"])
 def test_results_and_gradients_match_torch(kind, case, dtype, numbarnn_calls):
-    arguments = dict(input_size=INPUT_SIZE, hidden_size=case["hidden_size"], num_layers=case["num_layers"],
-                     batch_first=case["batch_first"], bidirectional=case["bidirectional"], bias=case.get("bias", True))
+    arguments = dict(
+        input_size=INPUT_SIZE,
+        hidden_size=case["hidden_size"],
+        num_layers=case["num_layers"],
+        batch_first=case["batch_first"],
+        bidirectional=case["bidirectional"],
+        bias=case.get("bias", True),
+    )
     if kind == "LSTM":
         arguments["proj_size"] = case["proj"]
     reference, ours = module_pair(kind, dtype, **arguments)
@@ -160,19 +206,27 @@ def test_results_and_gradients_match_torch(kind, case, dtype, numbarnn_calls):
     np_dtype = NP_DTYPES[dtype]
     atols = None
     if case["form"] == "blocks":
-        assert block_count(48, STEPS, INPUT_SIZE, case["hidden_size"], case["num_layers"], 1,
-                           GATES[kind.lower()]) == min(max_blocks(), 48) > 1 or max_blocks() == 1
-        atols = scaled_atols(np_dtype, STEPS, 48, INPUT_SIZE, case["hidden_size"],
-                             2 if case["bidirectional"] else 1)
-    names = ["output", "h_n", "c_n"][:len(actual)]
+        assert (
+            block_count(48, STEPS, INPUT_SIZE, case["hidden_size"], case["num_layers"], 1, GATES[kind.lower()])
+            == min(max_blocks(), 48)
+            > 1
+            or max_blocks() == 1
+        )
+        atols = scaled_atols(np_dtype, STEPS, 48, INPUT_SIZE, case["hidden_size"], 2 if case["bidirectional"] else 1)
+    names = ["output", "h_n", "c_n"][: len(actual)]
     compare(actual, expected, names, np_dtype, atols)
-    leaf_names = ["grad_x", "grad_h_0", "grad_c_0"][:len(leaves)]
+    leaf_names = ["grad_x", "grad_h_0", "grad_c_0"][: len(leaves)]
     compare(grads, expected_grads, leaf_names + [name for name, _ in reference.named_parameters()], np_dtype, atols)
     with torch.no_grad():  # the inference path (no autograd Function, nothing kept) gives the same results
         output, h_n = ours(make_input(), hx)
     assert not any(state.requires_grad for state in states(h_n))
-    compare([output.data if isinstance(output, PackedSequence) else output, *states(h_n)], expected,
-            ["no_grad " + name for name in names], np_dtype, atols)
+    compare(
+        [output.data if isinstance(output, PackedSequence) else output, *states(h_n)],
+        expected,
+        ["no_grad " + name for name in names],
+        np_dtype,
+        atols,
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
@@ -186,10 +240,18 @@ def test_cells_match_torch_through_a_loop(kind, dtype, numbarnn_calls):
         reference, ours = module_pair(kind, dtype, input_size=INPUT_SIZE, hidden_size=hidden_size)
         generator = torch.Generator().manual_seed(hidden_size)
         for batch, given in (((BATCH,), True), ((), True), ((BATCH,), False)):
-            xs = [torch.randn((*batch, INPUT_SIZE), dtype=dtype, generator=generator, requires_grad=True)
-                  for _ in range(3)]
-            state = [torch.randn((*batch, hidden_size), dtype=dtype, generator=generator, requires_grad=True)
-                     for _ in range(2 if kind == "LSTMCell" else 1)] if given else []
+            xs = [
+                torch.randn((*batch, INPUT_SIZE), dtype=dtype, generator=generator, requires_grad=True)
+                for _ in range(3)
+            ]
+            state = (
+                [
+                    torch.randn((*batch, hidden_size), dtype=dtype, generator=generator, requires_grad=True)
+                    for _ in range(2 if kind == "LSTMCell" else 1)
+                ]
+                if given
+                else []
+            )
             hx = None if not given else tuple(state) if kind == "LSTMCell" else state[0]
             results = []
             for module in (reference, ours):
@@ -204,13 +266,18 @@ def test_cells_match_torch_through_a_loop(kind, dtype, numbarnn_calls):
                 results.append(outputs + list(grads) + states(step))
             assert len(numbarnn_calls) == 4  # three steps and the no_grad one
             numbarnn_calls.clear()
-            compare(results[1], results[0], [f"{kind} H={hidden_size} batch={batch} given={given} #{i}"
-                                             for i in range(len(results[0]))], np_dtype)
+            compare(
+                results[1],
+                results[0],
+                [f"{kind} H={hidden_size} batch={batch} given={given} #{i}" for i in range(len(results[0]))],
+                np_dtype,
+            )
 
 
 GRADCHECK_MODULES = {
-    "LSTM": dict(input_size=3, hidden_size=4, num_layers=2, bidirectional=True, proj_size=2, batch_first=True,
-                 bias=False),
+    "LSTM": dict(
+        input_size=3, hidden_size=4, num_layers=2, bidirectional=True, proj_size=2, batch_first=True, bias=False
+    ),
     "GRU": dict(input_size=3, hidden_size=4, num_layers=2, bidirectional=True),
     "LSTMCell": dict(input_size=3, hidden_size=4),
     "GRUCell": dict(input_size=3, hidden_size=4),
@@ -227,14 +294,17 @@ def gradcheck_function(kind, module, packed):
         state = [torch.randn(2, 4, dtype=torch.float64, generator=generator) for _ in range(1 + (kind == "LSTMCell"))]
     else:
         rows, width = 4, 2 if kind == "LSTM" else 4
-        x = torch.randn(9, 3, dtype=torch.float64, generator=generator) if packed else \
-            torch.randn((3, 2, 3) if module.batch_first else (2, 3, 3), dtype=torch.float64, generator=generator)
+        x = (
+            torch.randn(9, 3, dtype=torch.float64, generator=generator)
+            if packed
+            else torch.randn((3, 2, 3) if module.batch_first else (2, 3, 3), dtype=torch.float64, generator=generator)
+        )
         state = [torch.randn(rows, 3, width, dtype=torch.float64, generator=generator)]
         if kind == "LSTM":
             state.append(torch.randn(rows, 3, 4, dtype=torch.float64, generator=generator))
 
     def function(x, *rest):
-        state, weights = rest[:len(rest) - len(names)], rest[len(rest) - len(names):]
+        state, weights = rest[: len(rest) - len(names)], rest[len(rest) - len(names) :]
         hx = tuple(state) if kind in ("LSTM", "LSTMCell") else state[0]
         if packed:
             x = pack_sequence(list(torch.split(x, [4, 2, 3])), enforce_sorted=False)
@@ -248,8 +318,9 @@ def gradcheck_function(kind, module, packed):
     return function, leaves
 
 
-@pytest.mark.parametrize("kind, packed", [("LSTM", False), ("LSTM", True), ("GRU", True), ("LSTMCell", False),
-                                          ("GRUCell", False)])
+@pytest.mark.parametrize(
+    "kind, packed", [("LSTM", False), ("LSTM", True), ("GRU", True), ("LSTMCell", False), ("GRUCell", False)]
+)
 def test_gradcheck_with_batched_gradients(kind, packed):
     module = getattr(nt, kind)(dtype=torch.float64, **GRADCHECK_MODULES[kind])
     function, leaves = gradcheck_function(kind, module, packed)
@@ -272,12 +343,18 @@ def test_copies_after_a_forward_compute_like_the_original(kind, how):
     module(x)[0].sum().backward()  # a training call: plans, records and the flat buffer now exist
     with torch.no_grad():
         module(x)
-    copied = {"deepcopy": copy.deepcopy, "pickle": lambda m: pickle.loads(pickle.dumps(m)),
-              "torch.save": saved_and_loaded}[how](module)
+    copied = {
+        "deepcopy": copy.deepcopy,
+        "pickle": lambda m: pickle.loads(pickle.dumps(m)),
+        "torch.save": saved_and_loaded,
+    }[how](module)
     assert type(copied) is type(module)
     expected, actual = module(x), copied(x)
-    for a, e in zip(states(actual[1]) if not kind.endswith("Cell") else states(actual),
-                    states(expected[1]) if not kind.endswith("Cell") else states(expected), strict=True):
+    for a, e in zip(
+        states(actual[1]) if not kind.endswith("Cell") else states(actual),
+        states(expected[1]) if not kind.endswith("Cell") else states(expected),
+        strict=True,
+    ):
         assert torch.equal(a, e)
 
 
@@ -286,8 +363,7 @@ def test_state_tuple_and_its_gradients_reach_both_states():
     reference, ours = module_pair("LSTM", torch.float64, input_size=3, hidden_size=16, num_layers=2)
     generator = torch.Generator().manual_seed(3)
     x = torch.randn(4, 2, 3, dtype=torch.float64, generator=generator)
-    h_0, c_0 = (torch.randn(2, 2, 16, dtype=torch.float64, generator=generator, requires_grad=True)
-                for _ in range(2))
+    h_0, c_0 = (torch.randn(2, 2, 16, dtype=torch.float64, generator=generator, requires_grad=True) for _ in range(2))
     for pick in (0, 1):
         results = []
         for module in (reference, ours):
@@ -304,27 +380,36 @@ def test_other_dtypes_and_devices_run_torchs_own_forward(monkeypatch, kind):
     shape = (2, 3) if cell else (5, 2, 3)
     reference, ours = module_pair(kind, torch.bfloat16, input_size=3, hidden_size=4)
     x = torch.randn(shape, dtype=torch.bfloat16)
-    for a, e in zip(states(ours(x)) if cell else [ours(x)[0], *states(ours(x)[1])],
-                    states(reference(x)) if cell else [reference(x)[0], *states(reference(x)[1])], strict=True):
+    for a, e in zip(
+        states(ours(x)) if cell else [ours(x)[0], *states(ours(x)[1])],
+        states(reference(x)) if cell else [reference(x)[0], *states(reference(x)[1])],
+        strict=True,
+    ):
         assert a.dtype == torch.bfloat16 and torch.equal(a, e)  # torch's own code ran on both: bitwise the same
     x = torch.randn(shape, device="meta")  # meta tensors hold no values: shapes, dtypes and devices are torch's
     expected, actual = TORCH[kind](3, 4, device="meta")(x), getattr(nt, kind)(3, 4, device="meta")(x)
-    for a, e in zip(states(actual) if cell else [actual[0], *states(actual[1])],
-                    states(expected) if cell else [expected[0], *states(expected[1])], strict=True):
+    for a, e in zip(
+        states(actual) if cell else [actual[0], *states(actual[1])],
+        states(expected) if cell else [expected[0], *states(expected[1])],
+        strict=True,
+    ):
         assert (a.device.type, a.dtype, a.shape) == ("meta", e.dtype, e.shape)
 
 
-@pytest.mark.parametrize("kind, arguments", [
-    ("LSTM", lambda: (torch.randn(5, 2, 3), (torch.randn(1, 2, 4),))),            # a one-tensor state
-    ("LSTM", lambda: (torch.randn(5, 2, 3), (torch.randn(1, 2, 4), torch.randn(2, 4)))),  # c_0 2-D
-    ("LSTM", lambda: (torch.randn(5, 2, 3), (torch.randn(1, 3, 4), torch.randn(1, 3, 4)))),  # wrong batch
-    ("LSTM", lambda: (torch.randn(5, 2, 3), (torch.randn(1, 2, 4), torch.randn(1, 2, 5)))),  # wrong c width
-    ("GRU", lambda: (torch.randn(5, 2, 3), torch.randn(1, 2, 5))),
-    ("GRU", lambda: (torch.randn(5, 2, 2, 3),)),
-    ("LSTMCell", lambda: (torch.randn(2, 3), (torch.randn(2, 5), torch.randn(2, 4)))),
-    ("LSTMCell", lambda: (torch.randn(2, 3), (torch.randn(3, 4, 2), torch.randn(2, 4)))),
-    ("GRUCell", lambda: (torch.randn(2, 5),)),
-])
+@pytest.mark.parametrize(
+    "kind, arguments",
+    [
+        ("LSTM", lambda: (torch.randn(5, 2, 3), (torch.randn(1, 2, 4),))),  # a one-tensor state
+        ("LSTM", lambda: (torch.randn(5, 2, 3), (torch.randn(1, 2, 4), torch.randn(2, 4)))),  # c_0 2-D
+        ("LSTM", lambda: (torch.randn(5, 2, 3), (torch.randn(1, 3, 4), torch.randn(1, 3, 4)))),  # wrong batch
+        ("LSTM", lambda: (torch.randn(5, 2, 3), (torch.randn(1, 2, 4), torch.randn(1, 2, 5)))),  # wrong c width
+        ("GRU", lambda: (torch.randn(5, 2, 3), torch.randn(1, 2, 5))),
+        ("GRU", lambda: (torch.randn(5, 2, 2, 3),)),
+        ("LSTMCell", lambda: (torch.randn(2, 3), (torch.randn(2, 5), torch.randn(2, 4)))),
+        ("LSTMCell", lambda: (torch.randn(2, 3), (torch.randn(3, 4, 2), torch.randn(2, 4)))),
+        ("GRUCell", lambda: (torch.randn(2, 5),)),
+    ],
+)
 def test_errors_are_torchs(kind, arguments):
     torch.manual_seed(0)
     with pytest.raises(Exception) as expected:
@@ -356,8 +441,12 @@ def test_accelerate_switches_an_lstm_and_a_gru_and_warns_when_nothing_can_switch
     assert list(model.parameters()) == parameters  # the same Parameter objects, by identity
     actual = model(x)
     for a, e in zip([actual[0], *actual[1]], [expected[0], *expected[1]], strict=True):
-        assert_allclose(a.detach().numpy(), e.detach().numpy(), rtol=RTOL[NP_DTYPES[torch.float32]],
-                        atol=ATOL[NP_DTYPES[torch.float32]])
+        assert_allclose(
+            a.detach().numpy(),
+            e.detach().numpy(),
+            rtol=RTOL[NP_DTYPES[torch.float32]],
+            atol=ATOL[NP_DTYPES[torch.float32]],
+        )
 
     with pytest.warns(UserWarning, match="holds no torch.nn.RNN, LSTM, GRU"):
         nt.accelerate(torch.nn.Sequential(torch.nn.Linear(3, 4)))
@@ -445,8 +534,9 @@ def test_idioms_after_a_forward_keep_matching_torch(kind, numbarnn_calls):
         for module in (reference, ours):
             leaf = x.to(dtype).requires_grad_()
             outputs = flat_results(module(leaf))
-            grads = torch.autograd.grad(sum((o * o.detach().cos()).sum() for o in outputs),
-                                        [leaf, *module.parameters()])
+            grads = torch.autograd.grad(
+                sum((o * o.detach().cos()).sum() for o in outputs), [leaf, *module.parameters()]
+            )
             results.append(outputs + list(grads))
         assert len(numbarnn_calls) == 1, name  # the drop-in's call, not torch's
         numbarnn_calls.clear()

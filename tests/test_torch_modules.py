@@ -49,24 +49,43 @@ class Sample:
 
 def module_inputs(kind, dtype, requires_grad=False):
     """torch's samples for ``kind``: all unbatched (the no-batch-dim support they were written for)."""
+
     def make(*shape):  # torch's make_input: uniform on [-9, 9]
         return make_tensor(shape, device="cpu", dtype=dtype, requires_grad=requires_grad)
 
     if kind == "RNNCell":
-        return [Sample("default", {"input_size": 5, "hidden_size": 10}, (make(5), make(10))),
-                Sample("bias", {"input_size": 5, "hidden_size": 10, "bias": True}, (make(5), make(10))),
-                Sample("relu", {"input_size": 5, "hidden_size": 10, "bias": True, "nonlinearity": "relu"},
-                       (make(5), make(10)))]
+        return [
+            Sample("default", {"input_size": 5, "hidden_size": 10}, (make(5), make(10))),
+            Sample("bias", {"input_size": 5, "hidden_size": 10, "bias": True}, (make(5), make(10))),
+            Sample(
+                "relu", {"input_size": 5, "hidden_size": 10, "bias": True, "nonlinearity": "relu"}, (make(5), make(10))
+            ),
+        ]
     samples = []
-    for nonlinearity, bias, batch_first, bidirectional in itertools.product(("relu", "tanh"), (False, True),
-                                                                            (False, True), (False, True)):
-        arguments = {"input_size": 2, "num_layers": 2, "batch_first": batch_first, "bias": bias,
-                     "bidirectional": bidirectional, "nonlinearity": nonlinearity}
-        name = f"{nonlinearity}-{'bias' if bias else 'nobias'}-{'bf' if batch_first else 'tm'}-" \
-               f"{'bi' if bidirectional else 'uni'}-"
+    for nonlinearity, bias, batch_first, bidirectional in itertools.product(
+        ("relu", "tanh"), (False, True), (False, True), (False, True)
+    ):
+        arguments = {
+            "input_size": 2,
+            "num_layers": 2,
+            "batch_first": batch_first,
+            "bias": bias,
+            "bidirectional": bidirectional,
+            "nonlinearity": nonlinearity,
+        }
+        name = (
+            f"{nonlinearity}-{'bias' if bias else 'nobias'}-{'bf' if batch_first else 'tm'}-"
+            f"{'bi' if bidirectional else 'uni'}-"
+        )
         samples.append(Sample(name, {**arguments, "hidden_size": 2}, (make(3, 2),), batch_first))
-        samples.append(Sample(name + "hx", {**arguments, "hidden_size": 3},
-                              (make(3, 2), make(4 if bidirectional else 2, 3)), batch_first))
+        samples.append(
+            Sample(
+                name + "hx",
+                {**arguments, "hidden_size": 3},
+                (make(3, 2), make(4 if bidirectional else 2, 3)),
+                batch_first,
+            )
+        )
     return samples
 
 
@@ -145,8 +164,11 @@ def test_copies_after_a_forward_compute_the_same(implementation, kind, dtype, ho
     for sample in module_inputs(kind, dtype):
         module = build(cls, sample, dtype, True)
         output = module(*sample.forward)
-        duplicate = {"torch.save": saved_and_loaded, "pickle": lambda m: pickle.loads(pickle.dumps(m)),
-                     "deepcopy": copy.deepcopy}[how](module)
+        duplicate = {
+            "torch.save": saved_and_loaded,
+            "pickle": lambda m: pickle.loads(pickle.dumps(m)),
+            "deepcopy": copy.deepcopy,
+        }[how](module)
         assert type(duplicate) is cls
         assert_close(duplicate(*sample.forward), output, msg=sample.name)
         # the copy owns its Parameters: changing them leaves the original as it was
@@ -198,8 +220,8 @@ def test_non_contiguous_tensors(implementation, kind, dtype, training):
             outputs = flat(module(*args))
             torch.autograd.backward(outputs, grads)
             assert_close(outputs, default_output, msg=sample.name)
-            assert_close([a.grad for a in args], default_grads[:len(args)], atol=1e-4, rtol=0, msg=sample.name)
-            assert_close([p.grad for p in module.parameters()], default_grads[len(args):], msg=sample.name)
+            assert_close([a.grad for a in args], default_grads[: len(args)], atol=1e-4, rtol=0, msg=sample.name)
+            assert_close([p.grad for p in module.parameters()], default_grads[len(args) :], msg=sample.name)
 
 
 # To keep the test time modest (torch checks every sample every way): the checks with one Parameter at a time
@@ -207,9 +229,18 @@ def test_non_contiguous_tensors(implementation, kind, dtype, training):
 # for both implementations) on RNN samples covering every pair of options; every cell sample runs everything.
 CELL_SAMPLES = {"default", "bias", "relu"}
 PARTIAL_SAMPLES = {"tanh-bias-bf-bi-hx", "relu-nobias-tm-uni-"} | CELL_SAMPLES
-GRADGRAD_SAMPLES = {"-".join(case.values()) for case in pairwise_cases(
-    {"nonlinearity": ["relu", "tanh"], "bias": ["nobias", "bias"], "layout": ["tm", "bf"], "directions": ["uni", "bi"],
-     "hx": ["", "hx"]})} | CELL_SAMPLES
+GRADGRAD_SAMPLES = {
+    "-".join(case.values())
+    for case in pairwise_cases(
+        {
+            "nonlinearity": ["relu", "tanh"],
+            "bias": ["nobias", "bias"],
+            "layout": ["tm", "bf"],
+            "directions": ["uni", "bi"],
+            "hx": ["", "hx"],
+        }
+    )
+} | CELL_SAMPLES
 
 
 def gradient_checks(cls, kind, check, training, samples=None):
@@ -246,8 +277,7 @@ def test_grad(implementation, kind):
 
 @KINDS
 def test_gradgrad(implementation, kind):
-    gradient_checks(IMPLEMENTATIONS[implementation][kind], kind, torch.autograd.gradgradcheck, True,
-                    GRADGRAD_SAMPLES)
+    gradient_checks(IMPLEMENTATIONS[implementation][kind], kind, torch.autograd.gradgradcheck, True, GRADGRAD_SAMPLES)
 
 
 @KINDS
@@ -259,8 +289,9 @@ def test_outputs_and_gradients_are_contiguous(implementation, kind, dtype, train
     for sample in module_inputs(kind, dtype, requires_grad=True):
         module = build(IMPLEMENTATIONS[implementation][kind], sample, dtype, training)
         outputs = flat(module(*sample.forward))
-        grads = torch.autograd.grad(outputs, (*sample.forward, *module.parameters()),
-                                    [torch.rand_like(o) for o in outputs])
+        grads = torch.autograd.grad(
+            outputs, (*sample.forward, *module.parameters()), [torch.rand_like(o) for o in outputs]
+        )
         assert all(t.is_contiguous() for t in (*outputs, *grads)), sample.name
 
 
@@ -342,30 +373,68 @@ def error_inputs(kind, dtype):
     """torch's ``module_error_inputs_torch_nn_RNN_GRU`` / ``..._RNN_GRU_Cell``: (constructor args, kwargs, forward
     args or None for a construction error, error type, regex)."""
     if kind == "RNNCell":
+
         def make(*shape):
             return make_tensor(shape, device="cpu", dtype=dtype)
 
         return [
-            ((10, 20), {}, (make(3, 11), make(3, 20)), RuntimeError,
-             "input has inconsistent input_size: got 11 expected 10"),
-            ((10, 20), {}, (make(3, 10), make(3, 21)), RuntimeError,
-             "hidden0 has inconsistent hidden_size: got 21, expected 20"),
-            ((10, 20), {}, (make(3, 10), make(5, 20)), RuntimeError,
-             "Input batch size 3 doesn't match hidden0 batch size 5"),
-            ((10, 20), {}, (make(3, 10), make(3, 1, 1, 20)), ValueError,
-             "Expected hidden to be 1D or 2D, got 4D instead"),
-            ((10, 20, "relu"), {}, (make(3, 10), make(3, 21)), RuntimeError,
-             "hidden0 has inconsistent hidden_size: got 21, expected 20"),
-            ((10, 20, "tanh"), {}, (make(3, 10), make(3, 21)), RuntimeError,
-             "hidden0 has inconsistent hidden_size: got 21, expected 20"),
+            (
+                (10, 20),
+                {},
+                (make(3, 11), make(3, 20)),
+                RuntimeError,
+                "input has inconsistent input_size: got 11 expected 10",
+            ),
+            (
+                (10, 20),
+                {},
+                (make(3, 10), make(3, 21)),
+                RuntimeError,
+                "hidden0 has inconsistent hidden_size: got 21, expected 20",
+            ),
+            (
+                (10, 20),
+                {},
+                (make(3, 10), make(5, 20)),
+                RuntimeError,
+                "Input batch size 3 doesn't match hidden0 batch size 5",
+            ),
+            (
+                (10, 20),
+                {},
+                (make(3, 10), make(3, 1, 1, 20)),
+                ValueError,
+                "Expected hidden to be 1D or 2D, got 4D instead",
+            ),
+            (
+                (10, 20, "relu"),
+                {},
+                (make(3, 10), make(3, 21)),
+                RuntimeError,
+                "hidden0 has inconsistent hidden_size: got 21, expected 20",
+            ),
+            (
+                (10, 20, "tanh"),
+                {},
+                (make(3, 10), make(3, 21)),
+                RuntimeError,
+                "hidden0 has inconsistent hidden_size: got 21, expected 20",
+            ),
         ]
     mismatched = torch.float64 if dtype == torch.float32 else torch.float32
     return [
         ((10, 0, 1), {}, None, ValueError, "hidden_size must be greater than zero"),
         ((10, 10, 0), {}, None, ValueError, "num_layers must be greater than zero"),
-        ((3, 5), {"dtype": dtype}, (make_tensor((2, 4, 3), device="cpu", dtype=mismatched),), ValueError,
-         (r"RNN input dtype .* does not match weight dtype .* Convert input: input\.to\(.*\), or convert model: "
-          r"model\.to\(.*\)")),
+        (
+            (3, 5),
+            {"dtype": dtype},
+            (make_tensor((2, 4, 3), device="cpu", dtype=mismatched),),
+            ValueError,
+            (
+                r"RNN input dtype .* does not match weight dtype .* Convert input: input\.to\(.*\), or convert model: "
+                r"model\.to\(.*\)"
+            ),
+        ),
         ((3, 5), {"bias": 0}, None, TypeError, "bias should be of type bool, got: int"),
         ((3, 5), {"bias": 1}, None, TypeError, "bias should be of type bool, got: int"),
         ((3, 5), {"bias": "True"}, None, TypeError, "bias should be of type bool, got: str"),
@@ -396,6 +465,7 @@ def test_errors(implementation, kind, dtype):
 
 # -- numbarnn against torch on the same samples ----------------------------------------------------------------------
 
+
 @KINDS
 @EVERY_DTYPE
 @TRAINING
@@ -408,8 +478,9 @@ def test_numbarnn_matches_torch_on_every_sample(kind, dtype, training):
         results = []
         for module in (reference, ours):
             outputs = flat(module(*sample.forward))
-            grads = torch.autograd.grad(outputs, (*sample.forward, *module.parameters()),
-                                        [torch.ones_like(o) for o in outputs])
+            grads = torch.autograd.grad(
+                outputs, (*sample.forward, *module.parameters()), [torch.ones_like(o) for o in outputs]
+            )
             results.append((outputs, grads))
         assert_close(results[1], results[0], **PARITY[dtype], msg=sample.name)
 

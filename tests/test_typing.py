@@ -21,16 +21,22 @@ def public_callables():
     """Every public function, class constructor and public method of ``numbarnn``, ``numbarnn.onnx`` and
     ``numbarnn.dask`` (numbarnn.torch's drop-ins are torch's classes, with torch's signatures)."""
     found = {}
-    for module, names in ((numbarnn, numbarnn.__all__), (numbarnn.onnx, ["export", "load"]),
-                          (numbarnn.dask, numbarnn.dask.__all__)):
+    for module, names in (
+        (numbarnn, numbarnn.__all__),
+        (numbarnn.onnx, ["export", "load"]),
+        (numbarnn.dask, numbarnn.dask.__all__),
+    ):
         for name in names:
             value = getattr(module, name)
             if inspect.isfunction(value):
                 found[f"{module.__name__}.{name}"] = value
             elif inspect.isclass(value) and not issubclass(value, Exception):
                 for attribute, member in inspect.getmembers(value):
-                    if (attribute == "__init__" or not attribute.startswith("_")) and inspect.isfunction(member) \
-                            and member.__module__.startswith("numbarnn"):
+                    if (
+                        (attribute == "__init__" or not attribute.startswith("_"))
+                        and inspect.isfunction(member)
+                        and member.__module__.startswith("numbarnn")
+                    ):
                         found[f"{module.__name__}.{name}.{attribute}"] = member
     return found
 
@@ -53,8 +59,10 @@ def test_every_public_function_and_method_is_annotated():
 def test_import_numbarnn_imports_no_typing_helpers():
     # the annotations are strings (from __future__ import annotations) and their aliases are imported only under
     # TYPE_CHECKING: numpy.typing, typing_extensions and numbarnn._typing stay out of a plain import
-    code = ("import sys, numbarnn; print(sorted(m for m in ('numpy.typing', 'typing_extensions', 'numbarnn._typing', "
-            "'torch', 'onnx', 'dask') if m in sys.modules))")
+    code = (
+        "import sys, numbarnn; print(sorted(m for m in ('numpy.typing', 'typing_extensions', 'numbarnn._typing', "
+        "'torch', 'onnx', 'dask') if m in sys.modules))"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO_ROOT)
     assert result.stdout.strip() == "[]"
 
@@ -68,8 +76,12 @@ def mypy(request, tmp_path_factory):
     cache = pytest_cache.mkdir("mypy") if pytest_cache is not None else tmp_path_factory.mktemp("mypy-cache")
 
     def run(*files):
-        result = subprocess.run([sys.executable, "-m", "mypy", "--cache-dir", str(cache), *files],
-                                capture_output=True, text=True, cwd=REPO_ROOT)
+        result = subprocess.run(
+            [sys.executable, "-m", "mypy", "--cache-dir", str(cache), *files],
+            capture_output=True,
+            text=True,
+            cwd=REPO_ROOT,
+        )
         return result.returncode, result.stdout + result.stderr
 
     return run
@@ -85,7 +97,8 @@ def test_mypy_rejects_misuse(mypy, tmp_path):
     # each line marked "# error" must be reported, and nothing else: the annotations are precise enough to catch
     # these mistakes (an Any anywhere on their path would let them through)
     snippet = tmp_path / "misuse.py"
-    snippet.write_text(textwrap.dedent("""\
+    snippet.write_text(
+        textwrap.dedent("""\
         import numpy as np
         import numbarnn
 
@@ -99,7 +112,8 @@ def test_mypy_rejects_misuse(mypy, tmp_path):
         numbarnn.Adam([numbarnn.RNN(10, 20)], betas=0.9)  # error
         numbarnn.load("model.npz")["rnn"].zero_grad(1)  # error
         numbarnn.Linear(10, 2).bias.shape  # error
-    """))
+    """)
+    )
     code, report = mypy(str(snippet))
     expected = {number for number, line in enumerate(snippet.read_text().splitlines(), 1) if line.endswith("# error")}
     reported = {int(match) for match in re.findall(rf"{re.escape(snippet.name)}:(\d+): error", report)}

@@ -48,8 +48,11 @@ configs = results["configs"]
 
 def process_medians(library, key, task):
     """Each process's median time of one task (the figure bench takes the median of)."""
-    return [np.median(process["timings"][key][task]) for process in results["processes"]
-            if process["library"] == library and key in process["timings"]]
+    return [
+        np.median(process["timings"][key][task])
+        for process in results["processes"]
+        if process["library"] == library and key in process["timings"]
+    ]
 
 
 def ratio_range(key, task):
@@ -59,8 +62,7 @@ def ratio_range(key, task):
 
 sizes = [name for name in configs if name != "step"]
 bars = [(size, task) for size in sizes for task in ("fwd", "train")] + [("step", "step"), ("step", "cell")]
-labels = [f"{size}\n{'inference' if task == 'fwd' else 'training'}" if size != "step" else task
-          for size, task in bars]
+labels = [f"{size}\n{'inference' if task == 'fwd' else 'training'}" if size != "step" else task for size, task in bars]
 colours = {"fwd": "tab:blue", "train": "tab:orange", "step": "tab:green", "cell": "tab:green"}
 
 cells = results["settings"]["cells"]
@@ -76,24 +78,41 @@ for ax, cell in zip(np.atleast_1d(axes), cells, strict=True):
         highs.append(high - ratio)
     x = np.arange(len(bars))
     # bars start at 1 (as fast as torch): up when numbarnn is faster, down when it is slower
-    ax.bar(x, np.subtract(ratios, 1), bottom=1, color=[colours[task] for _, task in bars], yerr=[lows, highs],
-           capsize=2, ecolor="0.3")
+    ax.bar(
+        x,
+        np.subtract(ratios, 1),
+        bottom=1,
+        color=[colours[task] for _, task in bars],
+        yerr=[lows, highs],
+        capsize=2,
+        ecolor="0.3",
+    )
     ax.axhline(1, color="k", lw=1)
     ax.set_yscale("log")
     ax.set_ylabel("torch ÷ numbarnn")
     ax.set_title(f"numbarnn.{cell.upper()} against torch.nn.{cell.upper()}", fontsize=10)
     for xi, ratio, low, high in zip(x, ratios, lows, highs, strict=True):
         faster = ratio >= 1
-        ax.annotate(f"{ratio:.2g}×", (xi, ratio + high if faster else ratio - low), textcoords="offset points",
-                    xytext=(0, 2 if faster else -2), ha="center", va="bottom" if faster else "top", fontsize=7)
+        ax.annotate(
+            f"{ratio:.2g}×",
+            (xi, ratio + high if faster else ratio - low),
+            textcoords="offset points",
+            xytext=(0, 2 if faster else -2),
+            ha="center",
+            va="bottom" if faster else "top",
+            fontsize=7,
+        )
     ax.set_ylim(0.25, 100)
 axes[-1].set_xticks(np.arange(len(bars)), labels, fontsize=7)
 header = results["report"].split("\n")
 date = header[0].rsplit(", ", 1)[-1]
 cpu = header[1].removeprefix("machine: ").split(",")[0]
 llvm_cpu = header[1].split("LLVM's CPU ")[1].split(",")[0]
-fig.suptitle(f"{date}, {cpu} ({llvm_cpu}), {results['settings']['threads']} threads, {results['settings']['dtype']}: "
-             "above 1, numbarnn is faster", fontsize=10)
+fig.suptitle(
+    f"{date}, {cpu} ({llvm_cpu}), {results['settings']['threads']} threads, {results['settings']['dtype']}: "
+    "above 1, numbarnn is faster",
+    fontsize=10,
+)
 fig.tight_layout()
 
 # %%
@@ -101,5 +120,7 @@ fig.tight_layout()
 # ---------
 
 for name, config in configs.items():
-    print(f"{name:>9}: L={config['steps']}, N={config['batch']}, H_in={config['input_size']}, "
-          f"H_out={config['hidden_size']}, layers={config['num_layers']}, bidirectional={config['bidirectional']}")
+    print(
+        f"{name:>9}: L={config['steps']}, N={config['batch']}, H_in={config['input_size']}, "
+        f"H_out={config['hidden_size']}, layers={config['num_layers']}, bidirectional={config['bidirectional']}"
+    )

@@ -38,9 +38,11 @@ def cpu_model():
 threads_before = numba.get_num_threads()
 numba.set_num_threads(1)
 load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-print(f"measured {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC on {cpu_model()} "
-      f"(LLVM's CPU {binding.get_host_cpu_name()}), {numba.get_num_threads()} numba thread, "
-      f"load average {load:.2f} before, numbarnn {numbarnn.__version__}, numba {numba.__version__}")
+print(
+    f"measured {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC on {cpu_model()} "
+    f"(LLVM's CPU {binding.get_host_cpu_name()}), {numba.get_num_threads()} numba thread, "
+    f"load average {load:.2f} before, numbarnn {numbarnn.__version__}, numba {numba.__version__}"
+)
 
 # %%
 # The measurement
@@ -88,9 +90,11 @@ for length in LENGTHS:
     grad_output = rng.standard_normal((length, N, H)).astype(np.float32)
     forward_seconds.append(seconds_per_call(lambda x=x: inference(x)))
     training_seconds.append(seconds_per_call(lambda x=x, g=grad_output: training_step(x, g)))
-    print(f"L = {length:>4}: inference {forward_seconds[-1] * 1e3:8.3f} ms a call, "
-          f"{forward_seconds[-1] / length * 1e6:7.2f} µs a step; training {training_seconds[-1] * 1e3:8.3f} ms a "
-          f"call, {training_seconds[-1] / length * 1e6:7.2f} µs a step")
+    print(
+        f"L = {length:>4}: inference {forward_seconds[-1] * 1e3:8.3f} ms a call, "
+        f"{forward_seconds[-1] / length * 1e6:7.2f} µs a step; training {training_seconds[-1] * 1e3:8.3f} ms a "
+        f"call, {training_seconds[-1] / length * 1e6:7.2f} µs a step"
+    )
 numba.set_num_threads(threads_before)  # the setting is per thread: give this one's back
 
 # %%
@@ -107,6 +111,8 @@ per_step.set_xlabel("sequence length L")
 per_step.set_ylabel("µs per time step")
 per_call.legend()
 per_step.legend()
-fig.suptitle(f"numbarnn.RNN({H_IN}, {H}), N = {N}, float32, 1 thread: measured while these docs were built, on "
-             f"{cpu_model()}", fontsize=10)
+fig.suptitle(
+    f"numbarnn.RNN({H_IN}, {H}), N = {N}, float32, 1 thread: measured while these docs were built, on {cpu_model()}",
+    fontsize=10,
+)
 fig.tight_layout()

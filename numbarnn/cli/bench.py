@@ -61,8 +61,10 @@ class Config:
         return 2 if self.bidirectional else 1
 
     def describe(self):
-        return (f"({self.steps}, {self.batch}, {self.input_size}, {self.hidden_size}, {self.num_layers}, "
-                f"{'yes' if self.bidirectional else 'no'})")
+        return (
+            f"({self.steps}, {self.batch}, {self.input_size}, {self.hidden_size}, {self.num_layers}, "
+            f"{'yes' if self.bidirectional else 'no'})"
+        )
 
     def forward_flops(self, gates=1):
         """The forward's matrix-product flops: sum over layers and directions of 2·L·N·G·(H_in·H + H·H), G the
@@ -70,8 +72,14 @@ class Config:
         flops = 0
         for layer in range(self.num_layers):
             layer_input = self.input_size if layer == 0 else self.directions * self.hidden_size
-            flops += (self.directions * 2 * self.steps * self.batch * gates
-                      * (layer_input * self.hidden_size + self.hidden_size * self.hidden_size))
+            flops += (
+                self.directions
+                * 2
+                * self.steps
+                * self.batch
+                * gates
+                * (layer_input * self.hidden_size + self.hidden_size * self.hidden_size)
+            )
         return flops
 
 
@@ -96,39 +104,92 @@ INSTALL_HINT = 'install it with `pip install {requirement}`, or install the benc
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
 # The vector instruction sets the report names when the CPU has them (LLVM's feature names, x86 and Arm): the widths
 # and instructions numba's kernels and the BLAS can use, which decide most of the figures.
-VECTOR_EXTENSIONS = ("sse4.2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512vnni", "avx512bf16",
-                     "avx512fp16", "amx-tile", "neon", "sve", "sve2")
+VECTOR_EXTENSIONS = (
+    "sse4.2",
+    "avx",
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512vnni",
+    "avx512bf16",
+    "avx512fp16",
+    "amx-tile",
+    "neon",
+    "sve",
+    "sve2",
+)
 
 
 def add_arguments(parser):
     """Add the ``bench`` options to ``parser``."""
-    parser.add_argument("--cell", type=_cell_names, nargs="+", action=_ExtendNames, metavar="CELL",
-                        help=f"the cells to time, each against its torch counterpart (torch.nn.RNN, LSTM, GRU), "
-                             f"separated by spaces or commas: {', '.join(CELLS)} or {ALL_CELLS} (default: rnn)")
-    parser.add_argument("--configs", type=_config_names, nargs="+", action=_ExtendNames, metavar="NAME",
-                        help=f"configurations to run, separated by spaces or commas (default: all of "
-                             f"{', '.join(CONFIG_NAMES)})")
-    parser.add_argument("--dtype", choices=("float32", "float64"), default="float32",
-                        help="dtype of parameters and data (default: float32)")
-    parser.add_argument("--nonlinearity", choices=("tanh", "relu"), default="tanh",
-                        help="activation of the vanilla RNNs (--cell rnn) in both libraries (default: tanh)")
-    parser.add_argument("--threads", type=_positive_int, default=None,
-                        help="threads for torch, BLAS and numba alike (default: every core this process may use, "
-                             f"{_available_cores()} here)")
-    parser.add_argument("--rounds", type=_positive_int, default=3,
-                        help="processes per library: each round runs one fresh process per library, alternating "
-                             "which goes first (default: 3)")
-    parser.add_argument("--repeats", type=_positive_int, default=10,
-                        help="timed samples per task in each process (default: 10)")
-    parser.add_argument("--kernels", action="store_true",
-                        help="instead: the panel product's GFLOP/s over row counts beside BLAS, on one thread, with "
-                             "the CPU, instruction set and tile in use (numbarnn.cli.bench_kernels)")
+    parser.add_argument(
+        "--cell",
+        type=_cell_names,
+        nargs="+",
+        action=_ExtendNames,
+        metavar="CELL",
+        help=f"the cells to time, each against its torch counterpart (torch.nn.RNN, LSTM, GRU), "
+        f"separated by spaces or commas: {', '.join(CELLS)} or {ALL_CELLS} (default: rnn)",
+    )
+    parser.add_argument(
+        "--configs",
+        type=_config_names,
+        nargs="+",
+        action=_ExtendNames,
+        metavar="NAME",
+        help=f"configurations to run, separated by spaces or commas (default: all of {', '.join(CONFIG_NAMES)})",
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=("float32", "float64"),
+        default="float32",
+        help="dtype of parameters and data (default: float32)",
+    )
+    parser.add_argument(
+        "--nonlinearity",
+        choices=("tanh", "relu"),
+        default="tanh",
+        help="activation of the vanilla RNNs (--cell rnn) in both libraries (default: tanh)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=None,
+        help="threads for torch, BLAS and numba alike (default: every core this process may use, "
+        f"{_available_cores()} here)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=_positive_int,
+        default=3,
+        help="processes per library: each round runs one fresh process per library, alternating "
+        "which goes first (default: 3)",
+    )
+    parser.add_argument(
+        "--repeats", type=_positive_int, default=10, help="timed samples per task in each process (default: 10)"
+    )
+    parser.add_argument(
+        "--kernels",
+        action="store_true",
+        help="instead: the panel product's GFLOP/s over row counts beside BLAS, on one thread, with "
+        "the CPU, instruction set and tile in use (numbarnn.cli.bench_kernels)",
+    )
     bench_kernels.add_arguments(parser)
-    parser.add_argument("--startup", action="store_true",
-                        help="instead: the start-up cost in fresh processes with a cold and a warm JIT cache (import, "
-                             "first inference call, first training step per --cell; the demo's first update)")
-    parser.add_argument("--json", type=Path, default=None, metavar="PATH",
-                        help="also write every process's samples and the summary to PATH as JSON")
+    parser.add_argument(
+        "--startup",
+        action="store_true",
+        help="instead: the start-up cost in fresh processes with a cold and a warm JIT cache (import, "
+        "first inference call, first training step per --cell; the demo's first update)",
+    )
+    parser.add_argument(
+        "--json",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="also write every process's samples and the summary to PATH as JSON",
+    )
     # For tests and quick experiments: one extra configuration "L,N,H_in,H_out,layers,bidirectional", and
     # a smaller GEMM for the ceiling.
     parser.add_argument("--custom-config", type=_custom_config, default=None, help=argparse.SUPPRESS)
@@ -141,12 +202,15 @@ def run(args):
         return bench_kernels.run(args)
     if args.startup:
         return bench_startup.run(args)
-    for module, requirement, role in (("torch", "torch==2.13.0", "compares against PyTorch"),
-                                      ("threadpoolctl", "threadpoolctl", "sets the BLAS thread count with "
-                                                                         "threadpoolctl")):
+    for module, requirement, role in (
+        ("torch", "torch==2.13.0", "compares against PyTorch"),
+        ("threadpoolctl", "threadpoolctl", "sets the BLAS thread count with threadpoolctl"),
+    ):
         if importlib.util.find_spec(module) is None:
-            print(f"numbarnn bench {role}, which is not installed; " + INSTALL_HINT.format(requirement=requirement),
-                  file=sys.stderr)
+            print(
+                f"numbarnn bench {role}, which is not installed; " + INSTALL_HINT.format(requirement=requirement),
+                file=sys.stderr,
+            )
             return 2
     threads = args.threads or _available_cores()
     configs = _selected_configs(args)
@@ -170,12 +234,26 @@ def run(args):
     text = format_report(args, threads, configs, reports, summary, errors, cells)
     print(text)
     if args.json is not None:
-        args.json.write_text(json.dumps({"settings": {"cells": cells, "dtype": args.dtype,
-                                                      "nonlinearity": args.nonlinearity, "threads": threads,
-                                                      "rounds": args.rounds, "repeats": args.repeats},
-                                         "configs": {name: vars(config) for name, config in configs.items()},
-                                         "processes": reports, "summary": summary, "forward_relative_error": errors,
-                                         "report": text}, indent=1))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "settings": {
+                        "cells": cells,
+                        "dtype": args.dtype,
+                        "nonlinearity": args.nonlinearity,
+                        "threads": threads,
+                        "rounds": args.rounds,
+                        "repeats": args.repeats,
+                    },
+                    "configs": {name: vars(config) for name, config in configs.items()},
+                    "processes": reports,
+                    "summary": summary,
+                    "forward_relative_error": errors,
+                    "report": text,
+                },
+                indent=1,
+            )
+        )
     return 0
 
 
@@ -199,12 +277,19 @@ def write_inputs(data_dir, configs, args, threads, cells=("rnn",)):
         options = {"nonlinearity": args.nonlinearity} if cell == "rnn" else {}
         module_class = getattr(numbarnn, MODULES[cell][0])
         for name, config in configs.items():
-            module = module_class(config.input_size, config.hidden_size, config.num_layers,
-                                  bidirectional=config.bidirectional, dtype=args.dtype, seed=SEED, **options)
+            module = module_class(
+                config.input_size,
+                config.hidden_size,
+                config.num_layers,
+                bidirectional=config.bidirectional,
+                dtype=args.dtype,
+                seed=SEED,
+                **options,
+            )
             arrays = {f"param.{key}": value for key, value in module.state_dict().items()}
             if name == STEP_NAME:
                 # the cell gets the layer's weights: the cell's names are the layer's without the "_l0" suffix
-                arrays.update({f"cell.{key[:-len('_l0')]}": value for key, value in module.state_dict().items()})
+                arrays.update({f"cell.{key[: -len('_l0')]}": value for key, value in module.state_dict().items()})
                 arrays["x"] = rng.standard_normal((config.batch, config.input_size)).astype(args.dtype)
                 state_names = ("h_0", "c_0") if cell == "lstm" else ("h_0",)
                 for state_name in state_names:
@@ -212,12 +297,21 @@ def write_inputs(data_dir, configs, args, threads, cells=("rnn",)):
             else:
                 arrays["x"] = rng.standard_normal((config.steps, config.batch, config.input_size)).astype(args.dtype)
                 arrays["grad_output"] = rng.standard_normal(
-                    (config.steps, config.batch, config.directions * config.hidden_size)).astype(args.dtype)
+                    (config.steps, config.batch, config.directions * config.hidden_size)
+                ).astype(args.dtype)
             np.savez(data_dir / f"{config_key(cell, name)}.npz", **arrays)
-            spec_configs[config_key(cell, name)] = dict(vars(config), kind="step" if name == STEP_NAME else "sequence",
-                                                 cell=cell)
-    spec = {"threads": threads, "dtype": args.dtype, "nonlinearity": args.nonlinearity, "repeats": args.repeats,
-            "gemm_size": args.gemm_size, "data_dir": os.fspath(data_dir), "configs": spec_configs}
+            spec_configs[config_key(cell, name)] = dict(
+                vars(config), kind="step" if name == STEP_NAME else "sequence", cell=cell
+            )
+    spec = {
+        "threads": threads,
+        "dtype": args.dtype,
+        "nonlinearity": args.nonlinearity,
+        "repeats": args.repeats,
+        "gemm_size": args.gemm_size,
+        "data_dir": os.fspath(data_dir),
+        "configs": spec_configs,
+    }
     spec_path = data_dir / "spec.json"
     spec_path.write_text(json.dumps(spec))
     return spec_path
@@ -236,8 +330,10 @@ def run_rounds(spec_path, rounds, progress, measure_ceiling=True):
         order = LIBRARIES if round_index % 2 == 0 else LIBRARIES[::-1]
         for library in ("gemm", *order) if measure_ceiling else order:
             label = f"round {round_index + 1}/{rounds}, {library}"
-            progress.update(len(reports) + 1, f"{label}: starting (with a cold JIT cache numbarnn first compiles its "
-                                              "kernels: up to a minute)")
+            progress.update(
+                len(reports) + 1,
+                f"{label}: starting (with a cold JIT cache numbarnn first compiles its kernels: up to a minute)",
+            )
             report = run_worker(library, spec_path, save_outputs=round_index == 0, progress=progress, label=label)
             report["round"] = round_index
             reports.append(report)
@@ -266,20 +362,24 @@ def run_worker(library, spec_path, save_outputs, progress, label):
         stdout.seek(0)
         output = stdout.read()
     if returncode != 0:
-        raise WorkerError(f"the {library} worker ({label}) failed with exit code {returncode}; command: "
-                          f"{' '.join(command)}; the end of its stderr:\n" + "\n".join(tail))
+        raise WorkerError(
+            f"the {library} worker ({label}) failed with exit code {returncode}; command: "
+            f"{' '.join(command)}; the end of its stderr:\n" + "\n".join(tail)
+        )
     try:
         return json.loads(output)
     except json.JSONDecodeError:
-        raise WorkerError(f"the {library} worker ({label}) printed no JSON report; its stdout:\n{output[-2000:]}"
-                          ) from None
+        raise WorkerError(
+            f"the {library} worker ({label}) printed no JSON report; its stdout:\n{output[-2000:]}"
+        ) from None
 
 
 # -- results ---------------------------------------------------------------------------------------------------------
 def process_medians(reports, library, config_name, task):
     """Each of ``library``'s processes' median sample (seconds per call), in round order."""
-    return [statistics.median(report["timings"][config_name][task])
-            for report in reports if report["library"] == library]
+    return [
+        statistics.median(report["timings"][config_name][task]) for report in reports if report["library"] == library
+    ]
 
 
 def median_of_medians(reports, library, config_name, task):
@@ -303,8 +403,11 @@ def summarize(reports, configs, cells=("rnn",)):
             for task in tasks:
                 times = {library: median_of_medians(reports, library, entry_key, task) for library in LIBRARIES}
                 # slowest ÷ fastest process median: how much the processes disagreed (a busy machine shows here)
-                spread = {f"{library}_spread": max(medians) / min(medians) for library in LIBRARIES
-                          for medians in [process_medians(reports, library, entry_key, task)]}
+                spread = {
+                    f"{library}_spread": max(medians) / min(medians)
+                    for library in LIBRARIES
+                    for medians in [process_medians(reports, library, entry_key, task)]
+                }
                 entry[task] = dict(times, ratio=times["torch"] / times["numbarnn"], **spread)
             if name != STEP_NAME:
                 entry["fwd"]["numbarnn_gflops"] = config.forward_flops(GATES[cell]) / entry["fwd"]["numbarnn"] / 1e9
@@ -328,15 +431,33 @@ def output_errors(data_dir, configs, cells=("rnn",)):
 
 
 # -- report ----------------------------------------------------------------------------------------------------------
-TABLE_COLUMNS = ("config", "torch fwd ms", "numbarnn fwd ms", "fwd ratio", "torch train ms", "numbarnn train ms",
-                 "train ratio", "numbarnn fwd GFLOP/s", "% of GEMM ceiling", "fwd rel err")
+TABLE_COLUMNS = (
+    "config",
+    "torch fwd ms",
+    "numbarnn fwd ms",
+    "fwd ratio",
+    "torch train ms",
+    "numbarnn train ms",
+    "train ratio",
+    "numbarnn fwd GFLOP/s",
+    "% of GEMM ceiling",
+    "fwd rel err",
+)
 
 
 def step_columns(cell="rnn"):
     """The single-step table's columns for ``cell``: its module on L = 1 and step(), its cell class against torch's."""
     module, cell_class = MODULES[cell]
-    return ("config", f"torch {module} (L=1) us", "numbarnn step us", "step ratio", f"torch {cell_class} us",
-            f"numbarnn {cell_class} us", "cell ratio", "rel err")
+    return (
+        "config",
+        f"torch {module} (L=1) us",
+        "numbarnn step us",
+        "step ratio",
+        f"torch {cell_class} us",
+        f"numbarnn {cell_class} us",
+        "cell ratio",
+        "rel err",
+    )
 
 
 STEP_COLUMNS = step_columns()
@@ -360,13 +481,19 @@ def format_report(args, threads, configs, reports, summary, errors, cells=("rnn"
             lines += [format_table(summary, cell, sequence_names, errors), ""]
         if STEP_NAME in configs:
             lines += [format_step_table(summary, cell, errors, step_call(reports, cell)), ""]
-    spreads = [(value, f"{library.removesuffix('_spread')} {name} {task}")
-               for name, entry in summary["configs"].items() for task, values in entry.items()
-               for library, value in values.items() if library.endswith("_spread")]
+    spreads = [
+        (value, f"{library.removesuffix('_spread')} {name} {task}")
+        for name, entry in summary["configs"].items()
+        for task, values in entry.items()
+        for library, value in values.items()
+        if library.endswith("_spread")
+    ]
     if args.rounds > 1 and spreads:
         value, where = max(spreads)
-        lines.append(f"spread between processes (slowest / fastest process median): at most {value:.2f}x "
-                     f"({where}); above ~1.2x the machine was probably busy")
+        lines.append(
+            f"spread between processes (slowest / fastest process median): at most {value:.2f}x "
+            f"({where}); above ~1.2x the machine was probably busy"
+        )
     return "\n".join(lines).rstrip("\n")
 
 
@@ -380,16 +507,21 @@ def torch_kernels_line(args, configs, reports, cells):
     lstm_notes = [notes[config_key("lstm", name)] for name in configs if name != STEP_NAME]
     if not lstm_notes:
         return None
-    available = all(note["torch.backends.mkldnn.is_available()"] and note["torch.backends.mkldnn.enabled"]
-                    for note in lstm_notes)
+    available = all(
+        note["torch.backends.mkldnn.is_available()"] and note["torch.backends.mkldnn.enabled"] for note in lstm_notes
+    )
     ran = all("aten::mkldnn_rnn_layer" in note["forward ops"] for note in lstm_notes)
     if available and ran:
-        return (f"torch's {args.dtype} CPU LSTM runs oneDNN: torch.backends.mkldnn.is_available() and "
-                "torch.backends.mkldnn.enabled are True in the torch worker, and its profiled forward ran "
-                "aten::mkldnn_rnn_layer (torch's RNN and GRU run torch's own kernels).")
+        return (
+            f"torch's {args.dtype} CPU LSTM runs oneDNN: torch.backends.mkldnn.is_available() and "
+            "torch.backends.mkldnn.enabled are True in the torch worker, and its profiled forward ran "
+            "aten::mkldnn_rnn_layer (torch's RNN and GRU run torch's own kernels)."
+        )
     ops = sorted({op for note in lstm_notes for op in note["forward ops"]})
-    return (f"torch's {args.dtype} CPU LSTM runs torch's own kernels here, not oneDNN (torch.backends.mkldnn "
-            f"available and enabled: {available}; the profiled forward ran {', '.join(ops) or 'no recurrent op'}).")
+    return (
+        f"torch's {args.dtype} CPU LSTM runs torch's own kernels here, not oneDNN (torch.backends.mkldnn "
+        f"available and enabled: {available}; the profiled forward ran {', '.join(ops) or 'no recurrent op'})."
+    )
 
 
 def format_header(args, threads, configs, reports, summary, cells=("rnn",)):
@@ -434,7 +566,8 @@ def format_header(args, threads, configs, reports, summary, cells=("rnn",)):
             f"{args.gemm_size}x{args.gemm_size} {args.dtype} on {threads} thread{'s' * (threads != 1)}, one process "
             f"per round: {summary['gemm_gflops']:.1f} GFLOP/s (median of medians); a configuration's forward GFLOP/s "
             "counts its matrix products, sum over layers and directions of 2*L*N*G*(H_in_layer*H + H*H), G the gates "
-            "(RNN 1, GRU 3, LSTM 4).")
+            "(RNN 1, GRU 3, LSTM 4)."
+        )
     kernels = torch_kernels_line(args, configs, reports, cells)
     if kernels is not None:
         lines.append(kernels)
@@ -451,10 +584,16 @@ def format_table(summary, cell, names, errors):
         row = [name]
         for task in ("fwd", "train"):
             times = entry[task]
-            row += [_significant(times["torch"] * 1e3), _significant(times["numbarnn"] * 1e3),
-                    _significant(times["ratio"]) + "x"]
-        row += [_significant(entry["fwd"]["numbarnn_gflops"]), f"{100 * entry['fwd']['ceiling_fraction']:.0f}%",
-                f"{errors[f'{config_key(cell, name)}.forward']:.1e}"]
+            row += [
+                _significant(times["torch"] * 1e3),
+                _significant(times["numbarnn"] * 1e3),
+                _significant(times["ratio"]) + "x",
+            ]
+        row += [
+            _significant(entry["fwd"]["numbarnn_gflops"]),
+            f"{100 * entry['fwd']['ceiling_fraction']:.0f}%",
+            f"{errors[f'{config_key(cell, name)}.forward']:.1e}",
+        ]
         rows.append(row)
     return _markdown(TABLE_COLUMNS, rows)
 
@@ -465,13 +604,18 @@ def format_step_table(summary, cell, errors, call):
     entry = summary["configs"][entry_key]
     row = [f"{STEP_NAME} {STEP_CONFIG.describe()}"]
     for task in ("step", "cell"):
-        row += [_significant(entry[task]["torch"] * 1e6), _significant(entry[task]["numbarnn"] * 1e6),
-                _significant(entry[task]["ratio"]) + "x"]
+        row += [
+            _significant(entry[task]["torch"] * 1e6),
+            _significant(entry[task]["numbarnn"] * 1e6),
+            _significant(entry[task]["ratio"]) + "x",
+        ]
     row.append(f"{max(errors[f'{entry_key}.step'], errors[f'{entry_key}.cell']):.1e}")
     module, cell_class = MODULES[cell]
-    note = (f"step: one time step in eval mode, each call continuing from the previous call's state; numbarnn "
-            f"{module}.{call}, torch.nn.{module} on an L=1 input; {cell_class}: numbarnn.{cell_class} vs "
-            f"torch.nn.{cell_class}.")
+    note = (
+        f"step: one time step in eval mode, each call continuing from the previous call's state; numbarnn "
+        f"{module}.{call}, torch.nn.{module} on an L=1 input; {cell_class}: numbarnn.{cell_class} vs "
+        f"torch.nn.{cell_class}."
+    )
     return note + "\n\n" + _markdown(step_columns(cell), [row])
 
 
@@ -484,16 +628,28 @@ def _markdown(columns, rows):
     widths = [max(len(column), *(len(row[i]) for row in rows)) for i, column in enumerate(columns)]
 
     def line(cells):  # names left-aligned, numbers right-aligned
-        return "| " + " | ".join(cell.ljust(width) if index == 0 else cell.rjust(width)
-                                 for index, (cell, width) in enumerate(zip(cells, widths, strict=True))) + " |"
+        return (
+            "| "
+            + " | ".join(
+                cell.ljust(width) if index == 0 else cell.rjust(width)
+                for index, (cell, width) in enumerate(zip(cells, widths, strict=True))
+            )
+            + " |"
+        )
 
     separator = "|:" + "-" * (widths[0] + 1) + "|" + "|".join("-" * (width + 1) + ":" for width in widths[1:]) + "|"
     return "\n".join([line(columns), separator, *(line(row) for row in rows)])
 
 
 def _blas_text(libraries):
-    return "; ".join(f"{lib['internal_api']} {lib['version']} ({os.path.basename(lib['filepath'] or '?')}), "
-                     f"{lib['num_threads']} threads" for lib in libraries) or "none found"
+    return (
+        "; ".join(
+            f"{lib['internal_api']} {lib['version']} ({os.path.basename(lib['filepath'] or '?')}), "
+            f"{lib['num_threads']} threads"
+            for lib in libraries
+        )
+        or "none found"
+    )
 
 
 # -- helpers ---------------------------------------------------------------------------------------------------------
@@ -512,7 +668,7 @@ def selected_cells(args):
     """The cells asked for, in the order given (``all``: every cell), once each; the vanilla RNN by default."""
     names = args.cell or ["rnn"]
     if ALL_CELLS in names:
-        names = [*names[:names.index(ALL_CELLS)], *CELLS, *names[names.index(ALL_CELLS) + 1:]]
+        names = [*names[: names.index(ALL_CELLS)], *CELLS, *names[names.index(ALL_CELLS) + 1 :]]
     return list(dict.fromkeys(names))
 
 
@@ -520,8 +676,9 @@ def _cell_names(text):
     names = [name.strip().lower() for name in text.split(",") if name.strip()]
     unknown = [name for name in names if name not in (*CELLS, ALL_CELLS)]
     if unknown or not names:
-        raise argparse.ArgumentTypeError(f"unknown cell {', '.join(unknown) or repr(text)}; choose from "
-                                         f"{', '.join(CELLS)} or {ALL_CELLS}")
+        raise argparse.ArgumentTypeError(
+            f"unknown cell {', '.join(unknown) or repr(text)}; choose from {', '.join(CELLS)} or {ALL_CELLS}"
+        )
     return names
 
 
@@ -539,8 +696,9 @@ def _config_names(text):
     names = [name.strip() for name in text.split(",") if name.strip()]
     unknown = [name for name in names if name not in CONFIG_NAMES]
     if unknown or not names:
-        raise argparse.ArgumentTypeError(f"unknown configuration {', '.join(unknown) or repr(text)}; choose from "
-                                         f"{', '.join(CONFIG_NAMES)}")
+        raise argparse.ArgumentTypeError(
+            f"unknown configuration {', '.join(unknown) or repr(text)}; choose from {', '.join(CONFIG_NAMES)}"
+        )
     return names
 
 
@@ -595,8 +753,10 @@ def _numba_target():
 
     text = f"LLVM's CPU {binding.get_host_cpu_name()}, vector extensions: {' '.join(_vector_extensions()) or 'none'}"
     if numba.config.CPU_NAME or numba.config.CPU_FEATURES:
-        text += (f"; numba compiles for NUMBA_CPU_NAME={numba.config.CPU_NAME or ''} "
-                 f"NUMBA_CPU_FEATURES={numba.config.CPU_FEATURES or ''}")
+        text += (
+            f"; numba compiles for NUMBA_CPU_NAME={numba.config.CPU_NAME or ''} "
+            f"NUMBA_CPU_FEATURES={numba.config.CPU_FEATURES or ''}"
+        )
     return text
 
 

@@ -38,11 +38,20 @@ FLAT_FRACTION = 0.85
 def add_arguments(parser):
     """The ``--kernels`` run's own options, on ``bench``'s parser (it shares ``--dtype``, ``--repeats`` and
     ``--json``)."""
-    parser.add_argument("--kernel-rows", type=_positive_ints, default=ROWS, metavar="M,M,...",
-                        help=f"with --kernels: row counts M (default: {','.join(map(str, ROWS))})")
-    parser.add_argument("--kernel-shapes", type=_shapes, default=SHAPES, metavar="KxN,KxN,...",
-                        help="with --kernels: inner and output sizes (default: "
-                             f"{','.join(f'{k}x{n}' for k, n in SHAPES)})")
+    parser.add_argument(
+        "--kernel-rows",
+        type=_positive_ints,
+        default=ROWS,
+        metavar="M,M,...",
+        help=f"with --kernels: row counts M (default: {','.join(map(str, ROWS))})",
+    )
+    parser.add_argument(
+        "--kernel-shapes",
+        type=_shapes,
+        default=SHAPES,
+        metavar="KxN,KxN,...",
+        help=f"with --kernels: inner and output sizes (default: {','.join(f'{k}x{n}' for k, n in SHAPES)})",
+    )
 
 
 def run(args):
@@ -52,8 +61,12 @@ def run(args):
     from .bench import _cpu_name
 
     libraries = [library for library in LIBRARIES if library != "torch" or _has_torch()]
-    spec = {"dtype": args.dtype, "repeats": args.repeats, "rows": list(args.kernel_rows),
-            "shapes": [list(shape) for shape in args.kernel_shapes]}
+    spec = {
+        "dtype": args.dtype,
+        "repeats": args.repeats,
+        "rows": list(args.kernel_rows),
+        "shapes": [list(shape) for shape in args.kernel_shapes],
+    }
     results = {}
     with tempfile.TemporaryDirectory(prefix="numbarnn-bench-kernels-") as directory:
         spec_path = Path(directory) / "spec.json"
@@ -70,9 +83,20 @@ def run(args):
     text = format_report(spec, results, _cpu_name(), target, tile, caches)
     print(text)
     if args.json is not None:
-        args.json.write_text(json.dumps({"settings": spec, "cpu": _cpu_name(), "target": vars(target),
-                                         "tile": vars(tile), "l2_bytes": caches.l2, "seconds": results,
-                                         "report": text}, indent=1))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "settings": spec,
+                    "cpu": _cpu_name(),
+                    "target": vars(target),
+                    "tile": vars(tile),
+                    "l2_bytes": caches.l2,
+                    "seconds": results,
+                    "report": text,
+                },
+                indent=1,
+            )
+        )
     return 0
 
 
@@ -95,8 +119,13 @@ def format_report(spec, results, cpu, target, tile, caches):
         "",
     ]
     others = [library for library in LIBRARIES if library in results and library != "numbarnn"]
-    header = ["M", "K", "N", *(LABELS[library] for library in ("numbarnn", *others)),
-              *(f"numbarnn / {LABELS[library]}" for library in others)]
+    header = [
+        "M",
+        "K",
+        "N",
+        *(LABELS[library] for library in ("numbarnn", *others)),
+        *(f"numbarnn / {LABELS[library]}" for library in others),
+    ]
     rows = []
     for k, n in spec["shapes"]:
         for m in spec["rows"]:
@@ -108,13 +137,16 @@ def format_report(spec, results, cpu, target, tile, caches):
     lines.append(_markdown(header, rows))
     lines.append("")
     for k, n in spec["shapes"]:
-        rates = [2.0 * m * k * n / results["numbarnn"][f"{m}x{k}x{n}"] / 1e9
-                 for m in spec["rows"] if m >= FLAT_FROM_ROWS]
+        rates = [
+            2.0 * m * k * n / results["numbarnn"][f"{m}x{k}x{n}"] / 1e9 for m in spec["rows"] if m >= FLAT_FROM_ROWS
+        ]
         if rates:
             worst = min(rates) / max(rates)
-            lines.append(f"K = {k}, N = {n}: from M = {FLAT_FROM_ROWS} up, the slowest M runs at {worst:.0%} of the "
-                         f"fastest ({'within' if worst >= FLAT_FRACTION else 'NOT within'} "
-                         f"{1 - FLAT_FRACTION:.0%})")
+            lines.append(
+                f"K = {k}, N = {n}: from M = {FLAT_FROM_ROWS} up, the slowest M runs at {worst:.0%} of the "
+                f"fastest ({'within' if worst >= FLAT_FRACTION else 'NOT within'} "
+                f"{1 - FLAT_FRACTION:.0%})"
+            )
     return "\n".join(lines)
 
 
@@ -134,8 +166,10 @@ def _run_worker(library, spec_path):
     command = [sys.executable, "-m", "numbarnn.cli.bench_kernels", library, os.fspath(spec_path)]
     finished = subprocess.run(command, check=False, capture_output=True, text=True, env=environment)
     if finished.returncode != 0:
-        raise RuntimeError(f"the {library} worker failed with exit code {finished.returncode}; command: "
-                           f"{' '.join(command)}; the end of its stderr:\n{finished.stderr[-3000:]}")
+        raise RuntimeError(
+            f"the {library} worker failed with exit code {finished.returncode}; command: "
+            f"{' '.join(command)}; the end of its stderr:\n{finished.stderr[-3000:]}"
+        )
     return json.loads(finished.stdout)
 
 
@@ -222,8 +256,9 @@ def _shapes(text):
     except ValueError:
         shapes = ()
     if not shapes or any(len(shape) != 2 or min(shape) < 1 for shape in shapes):
-        raise argparse.ArgumentTypeError(f"expected KxN pairs separated by commas (e.g. 256x256,512x1024), got "
-                                         f"{text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected KxN pairs separated by commas (e.g. 256x256,512x1024), got {text!r}"
+        )
     return shapes
 
 

@@ -44,8 +44,7 @@ def run_process(arguments, cache_dir):
     wall seconds)."""
     environment = dict(os.environ) if cache_dir is None else dict(os.environ, NUMBA_CACHE_DIR=cache_dir)
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, *arguments], env=environment, capture_output=True, text=True,
-                          timeout=1800)
+    done = subprocess.run([sys.executable, *arguments], env=environment, capture_output=True, text=True, timeout=1800)
     seconds = time.perf_counter() - started
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(arguments[:3])} failed:\n{done.stderr[-2000:]}")
@@ -61,10 +60,12 @@ def measure_cell(cell, rounds):
             cold.append(json.loads(stdout))
             stdout, _ = run_process(["-c", WORKER, CLASSES[cell], "warm"], cache_dir)
             warm.append(json.loads(stdout))
-    return {"import": statistics.median(sample["import"] for sample in cold),
-            "inference": statistics.median(sample["inference"] for sample in cold),
-            "training": statistics.median(sample["training"] for sample in cold),
-            "warm": statistics.median(sample["import"] + sample["inference"] for sample in warm)}
+    return {
+        "import": statistics.median(sample["import"] for sample in cold),
+        "inference": statistics.median(sample["inference"] for sample in cold),
+        "training": statistics.median(sample["training"] for sample in cold),
+        "warm": statistics.median(sample["import"] + sample["inference"] for sample in warm),
+    }
 
 
 def measure_demo(rounds):
@@ -95,20 +96,25 @@ def run(args):
         print(f"numbarnn bench --startup: {error}", file=sys.stderr)
         return 1
     progress.close()
-    lines = [f"numbarnn start-up, {args.rounds} fresh process(es) of each kind, medians; {_cpu_name()} "
-             f"({_numba_target()}), {os.cpu_count()} cores",
-             "cold: a new empty NUMBA_CACHE_DIR (everything compiles); warm: the directory a cold process filled",
-             "",
-             "| cell | import s | first inference, cold s | then first training step, cold s "
-             "| import + first inference, warm s |",
-             "|---|---:|---:|---:|---:|"]
+    lines = [
+        f"numbarnn start-up, {args.rounds} fresh process(es) of each kind, medians; {_cpu_name()} "
+        f"({_numba_target()}), {os.cpu_count()} cores",
+        "cold: a new empty NUMBA_CACHE_DIR (everything compiles); warm: the directory a cold process filled",
+        "",
+        "| cell | import s | first inference, cold s | then first training step, cold s "
+        "| import + first inference, warm s |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for cell, figures in results.items():
-        lines.append(f"| {cell} | {figures['import']:.2f} | {figures['inference']:.2f} | {figures['training']:.2f} "
-                     f"| {figures['warm']:.2f} |")
+        lines.append(
+            f"| {cell} | {figures['import']:.2f} | {figures['inference']:.2f} | {figures['training']:.2f} "
+            f"| {figures['warm']:.2f} |"
+        )
     lines += ["", f"demo (python -m numbarnn demo --steps 1, cold, whole process): {demo:.1f} s"]
     text = "\n".join(lines)
     print(text)
     if args.json is not None:
-        args.json.write_text(json.dumps({"cells": results, "demo_first_update": demo, "rounds": args.rounds,
-                                         "report": text}, indent=1))
+        args.json.write_text(
+            json.dumps({"cells": results, "demo_first_update": demo, "rounds": args.rounds, "report": text}, indent=1)
+        )
     return 0

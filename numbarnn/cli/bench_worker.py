@@ -44,12 +44,21 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m numbarnn.cli.bench_worker", description=__doc__.split("\n")[0])
     parser.add_argument("library", choices=("torch", "numbarnn", "gemm"))
     parser.add_argument("spec", type=Path, help="JSON written by `numbarnn bench`: settings, configs, data directory")
-    parser.add_argument("--save-outputs", action="store_true",
-                        help="save each configuration's outputs (for the parent's cross-check of the two libraries)")
+    parser.add_argument(
+        "--save-outputs",
+        action="store_true",
+        help="save each configuration's outputs (for the parent's cross-check of the two libraries)",
+    )
     args = parser.parse_args(argv)
     spec = json.loads(args.spec.read_text())
-    report = {"library": args.library, "pid": os.getpid(), "python": platform.python_version(),
-              "numpy": np.__version__, "timings": {}, "calls_per_sample": {}}
+    report = {
+        "library": args.library,
+        "pid": os.getpid(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "timings": {},
+        "calls_per_sample": {},
+    }
     if args.library == "gemm":
         _run_gemm(spec, report)
     else:
@@ -147,7 +156,7 @@ def _run_rnn(library, spec, save_outputs, report):
 
 def _parameters(data, prefix="param."):
     """The state dict the parent stored in ``data`` under ``prefix`` (torch's parameter names)."""
-    return {key[len(prefix):]: value for key, value in data.items() if key.startswith(prefix)}
+    return {key[len(prefix) :]: value for key, value in data.items() if key.startswith(prefix)}
 
 
 def _cell_parameters(data):
@@ -178,8 +187,13 @@ def _torch_rnn_ops(torch, module, x):
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
         with torch.inference_mode():
             module(x)
-    return sorted({event.key for event in profile.key_averages()
-                   if event.key.startswith("aten::") and any(word in event.key for word in ("rnn", "lstm", "gru"))})
+    return sorted(
+        {
+            event.key
+            for event in profile.key_averages()
+            if event.key.startswith("aten::") and any(word in event.key for word in ("rnn", "lstm", "gru"))
+        }
+    )
 
 
 def _torch_tasks(config, data, spec):
@@ -206,12 +220,20 @@ def _torch_tasks(config, data, spec):
             state["cell"] = cell(x_step, state["cell"])
 
         with torch.inference_mode():
-            outputs = {"step": _first_state(rnn(x_sequence, initial["rnn"])[1]).numpy(),
-                       "cell": _first_state(cell(x_step, initial["cell"])).numpy()}
+            outputs = {
+                "step": _first_state(rnn(x_sequence, initial["rnn"])[1]).numpy(),
+                "cell": _first_state(cell(x_step, initial["cell"])).numpy(),
+            }
         return {"step": (rnn_step, inference_mode), "cell": (cell_step, inference_mode)}, outputs, {}
 
-    rnn = sequence_class(config["input_size"], config["hidden_size"], config["num_layers"],
-                         bidirectional=config["bidirectional"], dtype=dtype, **options)
+    rnn = sequence_class(
+        config["input_size"],
+        config["hidden_size"],
+        config["num_layers"],
+        bidirectional=config["bidirectional"],
+        dtype=dtype,
+        **options,
+    )
     rnn.load_state_dict({key: torch.from_numpy(value) for key, value in _parameters(data).items()})
     x = torch.from_numpy(data["x"])  # requires_grad=False: data, as in training
     grad_output = torch.from_numpy(data["grad_output"])
@@ -226,9 +248,11 @@ def _torch_tasks(config, data, spec):
 
     with torch.inference_mode():
         outputs = {"forward": rnn(x)[0].numpy()}
-    notes = {"torch.backends.mkldnn.is_available()": torch.backends.mkldnn.is_available(),
-             "torch.backends.mkldnn.enabled": torch.backends.mkldnn.enabled,
-             "forward ops": _torch_rnn_ops(torch, rnn, x)}
+    notes = {
+        "torch.backends.mkldnn.is_available()": torch.backends.mkldnn.is_available(),
+        "torch.backends.mkldnn.enabled": torch.backends.mkldnn.enabled,
+        "forward ops": _torch_rnn_ops(torch, rnn, x),
+    }
     return {"fwd": (forward, inference_mode), "train": (training_step, contextlib.nullcontext)}, outputs, notes
 
 
@@ -324,8 +348,10 @@ def _jitted_matmul():
 
 def _blas_info(info):
     """The BLAS/OpenMP libraries threadpoolctl found: what, which version, where, how many threads."""
-    return [{key: library.get(key) for key in ("user_api", "internal_api", "version", "num_threads", "filepath")}
-            for library in info]
+    return [
+        {key: library.get(key) for key in ("user_api", "internal_api", "version", "num_threads", "filepath")}
+        for library in info
+    ]
 
 
 if __name__ == "__main__":

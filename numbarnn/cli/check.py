@@ -37,11 +37,15 @@ BLOCK_BATCH = 32  # at L = 7 and H >= 40, work enough for two blocks (numbarnn._
 
 # The arguments of a sequence module's setting; ``nonlinearity`` is None for the gated cells, ``proj_size`` is 0
 # except for some LSTM settings.
-Config = namedtuple("Config", ["layers", "bidirectional", "nonlinearity", "bias", "batch_first", "lengths",
-                               "proj_size"], defaults=(0,))
+Config = namedtuple(
+    "Config", ["layers", "bidirectional", "nonlinearity", "bias", "batch_first", "lengths", "proj_size"], defaults=(0,)
+)
 # at each of PANEL_HIDDEN_SIZES (the gated cells ignore the nonlinearity); an LSTM also runs the last with proj_size
-PANEL_CONFIGS = (Config(1, False, "tanh", True, False, False), Config(2, False, "relu", True, True, True),
-                 Config(2, True, "tanh", False, False, True))
+PANEL_CONFIGS = (
+    Config(1, False, "tanh", True, False, False),
+    Config(2, False, "relu", True, True, True),
+    Config(2, True, "tanh", False, False, True),
+)
 SEQUENCE_MODULES = {sequence: cell for cell, (sequence, _) in MODULES.items()}  # "LSTM" -> "lstm"
 CELL_MODULES = {cell_class: cell for cell, (_, cell_class) in MODULES.items()}  # "LSTMCell" -> "lstm"
 
@@ -63,8 +67,9 @@ def settings(batch, cells=CELLS):
     """The grid: ``(module, (input_size, hidden_size, batch), config)`` for each setting of each of ``cells``
     ("rnn", "lstm", "gru"), ``batch`` the small part's batch size; a sequence module's config is a :class:`Config`,
     a cell's (nonlinearity, bias)."""
-    return [setting for cell in cells
-            for setting in small_settings(batch, (cell,)) + fast_path_settings(batch, (cell,))]
+    return [
+        setting for cell in cells for setting in small_settings(batch, (cell,)) + fast_path_settings(batch, (cell,))
+    ]
 
 
 def small_settings(batch, cells=CELLS):
@@ -76,10 +81,14 @@ def small_settings(batch, cells=CELLS):
         sequence, cell_class = MODULES[cell]
         activations = ("tanh", "relu") if cell == "rnn" else (None,)
         projections = (0, SMALL_PROJ_SIZE) if cell == "lstm" else (0,)
-        combinations = itertools.product((1, 2, 3), (False, True), activations, (True, False), (False, True),
-                                         (False, True), projections)
-        grid += [(sequence, small, config) for config in itertools.starmap(Config, combinations)
-                 if (config.bias or config.layers == 2) and not (config.proj_size and config.layers == 3)]
+        combinations = itertools.product(
+            (1, 2, 3), (False, True), activations, (True, False), (False, True), (False, True), projections
+        )
+        grid += [
+            (sequence, small, config)
+            for config in itertools.starmap(Config, combinations)
+            if (config.bias or config.layers == 2) and not (config.proj_size and config.layers == 3)
+        ]
         grid += [(cell_class, small, config) for config in itertools.product(activations, (True, False))]
     return grid
 
@@ -104,19 +113,36 @@ def fast_path_settings(batch, cells=CELLS):
 def block_count(module, sizes, config, steps):
     """How many blocks numbarnn splits the batch of a sequence module's setting into in this process."""
     input_size, hidden, batch = sizes
-    return _block_count(batch, steps, input_size, hidden, config.layers, 2 if config.bidirectional else 1,
-                        GATES[SEQUENCE_MODULES[module]])
+    return _block_count(
+        batch,
+        steps,
+        input_size,
+        hidden,
+        config.layers,
+        2 if config.bidirectional else 1,
+        GATES[SEQUENCE_MODULES[module]],
+    )
 
 
 def add_arguments(parser):
-    parser.add_argument("--cell", type=_cell_names, nargs="+", action=_ExtendNames, metavar="CELL",
-                        help=f"the cells to check, each against its torch counterpart (torch.nn.RNN and RNNCell, "
-                             f"LSTM and LSTMCell, GRU and GRUCell), separated by spaces or commas: {', '.join(CELLS)} "
-                             f"or {ALL_CELLS} (default: {ALL_CELLS})")
+    parser.add_argument(
+        "--cell",
+        type=_cell_names,
+        nargs="+",
+        action=_ExtendNames,
+        metavar="CELL",
+        help=f"the cells to check, each against its torch counterpart (torch.nn.RNN and RNNCell, "
+        f"LSTM and LSTMCell, GRU and GRUCell), separated by spaces or commas: {', '.join(CELLS)} "
+        f"or {ALL_CELLS} (default: {ALL_CELLS})",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed for weights and data (default 0)")
     parser.add_argument("--steps", type=int, default=7, help="sequence length L (default 7)")
-    parser.add_argument("--batch", type=int, default=3,
-                        help=f"batch size N (default 3; the fast-path settings use at least {BLOCK_BATCH})")
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=3,
+        help=f"batch size N (default 3; the fast-path settings use at least {BLOCK_BATCH})",
+    )
 
 
 def _relative_error(ours, theirs):
@@ -137,8 +163,13 @@ def _check_sequence(torch, numbarnn, module, config, sizes, dtype, steps, rng):
     options = {"nonlinearity": config.nonlinearity} if module == "RNN" else {}
     if config.proj_size:
         options["proj_size"] = config.proj_size
-    arguments = dict(num_layers=config.layers, bias=config.bias, batch_first=config.batch_first,
-                     bidirectional=config.bidirectional, **options)
+    arguments = dict(
+        num_layers=config.layers,
+        bias=config.bias,
+        batch_first=config.batch_first,
+        bidirectional=config.bidirectional,
+        **options,
+    )
     reference = getattr(torch.nn, module)(input_size, hidden, dtype=_torch_dtype(torch, dtype), **arguments)
     ours = getattr(numbarnn, module)(input_size, hidden, dtype=dtype, **arguments)
     ours.load_state_dict(reference.state_dict())
@@ -154,11 +185,13 @@ def _check_sequence(torch, numbarnn, module, config, sizes, dtype, steps, rng):
         # torch says, once per process, that its LSTM with proj_size runs its own kernels rather than oneDNN's
         warnings.filterwarnings("ignore", message="LSTM with projections is not supported with oneDNN")
         if config.lengths:
-            packed = torch.nn.utils.rnn.pack_padded_sequence(x_t, torch.tensor(lengths),
-                                                             batch_first=config.batch_first, enforce_sorted=False)
+            packed = torch.nn.utils.rnn.pack_padded_sequence(
+                x_t, torch.tensor(lengths), batch_first=config.batch_first, enforce_sorted=False
+            )
             packed_out, h_n_t = reference(packed, _as_state(state_t, lstm))
-            out_t, _ = torch.nn.utils.rnn.pad_packed_sequence(packed_out, batch_first=config.batch_first,
-                                                              total_length=steps)
+            out_t, _ = torch.nn.utils.rnn.pad_packed_sequence(
+                packed_out, batch_first=config.batch_first, total_length=steps
+            )
         else:
             out_t, h_n_t = reference(x_t, _as_state(state_t, lstm))
     out, h_n = ours(x, _as_state(state, lstm), lengths=lengths)
@@ -170,11 +203,14 @@ def _check_sequence(torch, numbarnn, module, config, sizes, dtype, steps, rng):
         loss = loss + (part_t * torch.tensor(grad)).sum()
     loss.backward()
     grad_x, grad_h_0 = ours.backward(grad_out, _as_state(grad_h_n, lstm))
-    errors = {"output": _relative_error(out, out_t.detach()),
-              "h_n": max(_relative_error(part, part_t.detach()) for part, part_t in zip(h_n, h_n_t, strict=True))}
+    errors = {
+        "output": _relative_error(out, out_t.detach()),
+        "h_n": max(_relative_error(part, part_t.detach()) for part, part_t in zip(h_n, h_n_t, strict=True)),
+    }
     gradient_errors = [_relative_error(grad_x, x_t.grad)]
-    gradient_errors += [_relative_error(part, part_t.grad)
-                        for part, part_t in zip(_parts(grad_h_0), state_t, strict=True)]
+    gradient_errors += [
+        _relative_error(part, part_t.grad) for part, part_t in zip(_parts(grad_h_0), state_t, strict=True)
+    ]
     gradient_errors += [_relative_error(ours.grads[name], p.grad) for name, p in reference.named_parameters()]
     errors["gradients"] = max(gradient_errors)
     return errors
@@ -207,8 +243,11 @@ def _check_cell(torch, numbarnn, module, config, sizes, dtype, steps, rng):
         carried = _parts(carried)
     gradient_errors = [_relative_error(grad_xs, xs_t.grad)]
     gradient_errors += [_relative_error(ours.grads[name], p.grad) for name, p in reference.named_parameters()]
-    return {"output": _relative_error(np.stack(outputs), torch.stack(outputs_t).detach()), "h_n": 0.0,
-            "gradients": max(gradient_errors)}
+    return {
+        "output": _relative_error(np.stack(outputs), torch.stack(outputs_t).detach()),
+        "h_n": 0.0,
+        "gradients": max(gradient_errors),
+    }
 
 
 def _parts(state):
@@ -225,9 +264,12 @@ def run(args):
     try:
         import torch
     except ImportError:
-        print("numbarnn check compares against PyTorch, which is not installed. Install the CPU build with\n"
-              "    pip install torch==2.13.0\n"
-              "or the test extra: pip install -e \".[test]\"", file=sys.stderr)
+        print(
+            "numbarnn check compares against PyTorch, which is not installed. Install the CPU build with\n"
+            "    pip install torch==2.13.0\n"
+            'or the test extra: pip install -e ".[test]"',
+            file=sys.stderr,
+        )
         return 2
     import numbarnn
 
@@ -235,8 +277,10 @@ def run(args):
     rng = np.random.default_rng(args.seed)
     torch.manual_seed(args.seed)
     checked, failed, blocked = 0, 0, 0
-    header = f"{'module':<8} {'H':>3} {'N':>4} {'blocks':>6} {'layers':>6} {'bidir':>5} {'act':>4} {'proj':>4} " \
-             f"{'bias':>5} {'b_first':>7} {'lengths':>7} {'dtype':>7} {'output':>9} {'h_n':>9} {'grads':>9}  ok"
+    header = (
+        f"{'module':<8} {'H':>3} {'N':>4} {'blocks':>6} {'layers':>6} {'bidir':>5} {'act':>4} {'proj':>4} "
+        f"{'bias':>5} {'b_first':>7} {'lengths':>7} {'dtype':>7} {'output':>9} {'h_n':>9} {'grads':>9}  ok"
+    )
     compared = ", ".join(f"numbarnn.{MODULES[cell][0]} vs torch.nn.{MODULES[cell][0]}" for cell in cells)
     print(f"numbarnn check: {compared} (and their cells); h_n is the final state (h_n and an LSTM's c_n)")
     print(header)
@@ -256,11 +300,13 @@ def run(args):
             ok = largest <= tolerance(dtype, args.steps * sizes[2])
             failed += not ok
             blocked += blocks > 1
-            print(f"{module:<8} {sizes[1]:>3} {sizes[2]:>4} {blocks:>6} {config.layers:>6} "
-                  f"{str(config.bidirectional):>5} {config.nonlinearity or '-':>4} "
-                  f"{config.proj_size if module == 'LSTM' else '-':>4} {str(config.bias):>5} "
-                  f"{str(config.batch_first):>7} {str(config.lengths):>7} {dtype:>7} {errors['output']:>9.2e} "
-                  f"{errors['h_n']:>9.2e} {errors['gradients']:>9.2e}  {'yes' if ok else 'NO'}")
+            print(
+                f"{module:<8} {sizes[1]:>3} {sizes[2]:>4} {blocks:>6} {config.layers:>6} "
+                f"{str(config.bidirectional):>5} {config.nonlinearity or '-':>4} "
+                f"{config.proj_size if module == 'LSTM' else '-':>4} {str(config.bias):>5} "
+                f"{str(config.batch_first):>7} {str(config.lengths):>7} {dtype:>7} {errors['output']:>9.2e} "
+                f"{errors['h_n']:>9.2e} {errors['gradients']:>9.2e}  {'yes' if ok else 'NO'}"
+            )
             checked += 1
     print()
     most_rows = args.steps * max(args.batch, BLOCK_BATCH)
@@ -268,8 +314,10 @@ def run(args):
         scaled = tolerance(dtype, most_rows)
         more = f"; {scaled:.1e} where the gradients sum L * N = {most_rows} rows" if scaled > fixed else ""
         print(f"largest relative error, {dtype}: {worst[dtype]:.2e} (tolerance {fixed:.0e}{more})")
-    print(f"{blocked} of {checked} settings ran in several blocks (numba's pool: "
-          f"{numba.config.NUMBA_NUM_THREADS} threads)")
+    print(
+        f"{blocked} of {checked} settings ran in several blocks (numba's pool: "
+        f"{numba.config.NUMBA_NUM_THREADS} threads)"
+    )
     if failed:
         print(f"{failed} of {checked} settings exceed the tolerance", file=sys.stderr)
         return 1

@@ -26,12 +26,18 @@ STEPS, BATCH, INPUT_SIZE, HIDDEN_SIZE = 16, 4, 64, 64
 
 
 def add_arguments(parser):
-    parser.add_argument("--cells", nargs="+", choices=CELLS, default=list(CELLS),
-                        help="the cells to compile (default: all)")
-    parser.add_argument("--dtypes", nargs="+", choices=DTYPES, default=list(DTYPES),
-                        help="the dtypes to compile (default: both)")
-    parser.add_argument("--progress", choices=("auto", "bar", "lines"), default="auto",
-                        help="a progress bar on a terminal (auto), always, or plain lines")
+    parser.add_argument(
+        "--cells", nargs="+", choices=CELLS, default=list(CELLS), help="the cells to compile (default: all)"
+    )
+    parser.add_argument(
+        "--dtypes", nargs="+", choices=DTYPES, default=list(DTYPES), help="the dtypes to compile (default: both)"
+    )
+    parser.add_argument(
+        "--progress",
+        choices=("auto", "bar", "lines"),
+        default="auto",
+        help="a progress bar on a terminal (auto), always, or plain lines",
+    )
 
 
 def cache_location():
@@ -85,9 +91,10 @@ def run(args):
         compile_cell(cell, dtype)
         progress.update(done, f"{cell} {dtype}: {time.perf_counter() - tick:.1f} s")
     progress.close()
-    print(f"numbarnn compile: {', '.join(args.cells)} in {', '.join(args.dtypes)} ready in "
-          f"{time.perf_counter() - started:.1f} s"
-          + ("" if numba.get_num_threads() > 1 else " (serial drivers only: numba has one thread here)"))
+    print(
+        f"numbarnn compile: {', '.join(args.cells)} in {', '.join(args.dtypes)} ready in "
+        f"{time.perf_counter() - started:.1f} s"
+        + ("" if numba.get_num_threads() > 1 else " (serial drivers only: numba has one thread here)")
+    )
     print(f"cache: {cache_location()}")
     return 0
-

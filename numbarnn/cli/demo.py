@@ -37,40 +37,76 @@ class UsageError(Exception):
 
 
 def add_arguments(parser):
-    parser.add_argument("--data", type=Path, default=None, metavar="FILE",
-                        help="UTF-8 text to train on (default: the bundled corpus, numbarnn/data/corpus.txt)")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="UTF-8 text to train on (default: the bundled corpus, numbarnn/data/corpus.txt)",
+    )
     parser.add_argument("--hidden", type=int, default=128, help="hidden size H of the RNN (default 128)")
     parser.add_argument("--layers", type=int, default=1, help="number of stacked RNN layers (default 1)")
     parser.add_argument("--nonlinearity", choices=("tanh", "relu"), default="tanh", help="RNN nonlinearity")
     parser.add_argument("--steps", type=int, default=2500, help="number of parameter updates (default 2500)")
-    parser.add_argument("--seq-len", type=int, default=64,
-                        help="characters per stream per update: the truncated-BPTT length L (default 64)")
+    parser.add_argument(
+        "--seq-len",
+        type=int,
+        default=64,
+        help="characters per stream per update: the truncated-BPTT length L (default 64)",
+    )
     parser.add_argument("--batch", type=int, default=32, help="number of parallel text streams N (default 32)")
     parser.add_argument("--optimizer", choices=("adam", "adagrad"), default="adam", help="optimiser (default adam)")
-    parser.add_argument("--lr", type=float, default=None,
-                        help="learning rate (default 3e-3 for adam, 5e-2 for adagrad)")
-    parser.add_argument("--clip", type=float, default=5.0,
-                        help="clip the gradient's total 2-norm to this (default 5; 0 turns clipping off)")
+    parser.add_argument(
+        "--lr", type=float, default=None, help="learning rate (default 3e-3 for adam, 5e-2 for adagrad)"
+    )
+    parser.add_argument(
+        "--clip",
+        type=float,
+        default=5.0,
+        help="clip the gradient's total 2-norm to this (default 5; 0 turns clipping off)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the initialisation and sampling (default 0)")
-    parser.add_argument("--samples", type=int, default=3,
-                        help="how many samples to print during training, evenly spaced, the last at the end "
-                             "(default 3; 0 for none)")
+    parser.add_argument(
+        "--samples",
+        type=int,
+        default=3,
+        help="how many samples to print during training, evenly spaced, the last at the end (default 3; 0 for none)",
+    )
     parser.add_argument("--sample-length", type=int, default=240, help="characters per sample (default 240)")
-    parser.add_argument("--temperature", type=float, default=0.7,
-                        help="sampling temperature: lower is more conservative (default 0.7)")
+    parser.add_argument(
+        "--temperature", type=float, default=0.7, help="sampling temperature: lower is more conservative (default 0.7)"
+    )
     parser.add_argument("--prime", default="The ", help="text the samples start from (default 'The ')")
-    parser.add_argument("--max-seconds", type=float, default=None,
-                        help="stop training after this many seconds even if --steps are not done")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="numba threads for training (numbarnn runs blocks of the batch on them; 0, the "
-                             "default, keeps numba's setting, every core unless NUMBA_NUM_THREADS says otherwise)")
-    parser.add_argument("--progress", choices=("auto", "bar", "lines"), default="auto",
-                        help="a progress bar or a plain line every tenth of the run; auto draws the bar when "
-                             "stdout is a terminal (default auto)")
-    parser.add_argument("--save", type=Path, default=None, metavar="PATH",
-                        help="save the trained model to this .npz file (numbarnn.save, vocabulary as metadata)")
-    parser.add_argument("--plot", type=Path, default=None, metavar="PATH",
-                        help="write a PNG of the loss curve here (needs matplotlib)")
+    parser.add_argument(
+        "--max-seconds",
+        type=float,
+        default=None,
+        help="stop training after this many seconds even if --steps are not done",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="numba threads for training (numbarnn runs blocks of the batch on them; 0, the "
+        "default, keeps numba's setting, every core unless NUMBA_NUM_THREADS says otherwise)",
+    )
+    parser.add_argument(
+        "--progress",
+        choices=("auto", "bar", "lines"),
+        default="auto",
+        help="a progress bar or a plain line every tenth of the run; auto draws the bar when "
+        "stdout is a terminal (default auto)",
+    )
+    parser.add_argument(
+        "--save",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="save the trained model to this .npz file (numbarnn.save, vocabulary as metadata)",
+    )
+    parser.add_argument(
+        "--plot", type=Path, default=None, metavar="PATH", help="write a PNG of the loss curve here (needs matplotlib)"
+    )
 
 
 def run(args):
@@ -193,12 +229,18 @@ def _train(args, text):
     else:
         optimizer = Adagrad([rnn, head], lr=5e-2 if args.lr is None else args.lr)
 
-    print(f"corpus: {len(text):,} characters ({corpus.train_size:,} for training, {len(corpus.validation):,} "
-          f"held out), vocabulary of {corpus.size}")
-    print(f"model: {rnn!r} with {args.nonlinearity} -> {head!r} -> softmax cross-entropy, "
-          f"{sum(m._param_flat.size for m in (rnn, head)):,} float32 parameters")
-    print(f"training: {args.steps} updates of N={args.batch} streams x L={args.seq_len} characters, "
-          f"{type(optimizer).__name__} lr={optimizer.lr:g}, gradient clipping at {args.clip:g}")
+    print(
+        f"corpus: {len(text):,} characters ({corpus.train_size:,} for training, {len(corpus.validation):,} "
+        f"held out), vocabulary of {corpus.size}"
+    )
+    print(
+        f"model: {rnn!r} with {args.nonlinearity} -> {head!r} -> softmax cross-entropy, "
+        f"{sum(m._param_flat.size for m in (rnn, head)):,} float32 parameters"
+    )
+    print(
+        f"training: {args.steps} updates of N={args.batch} streams x L={args.seq_len} characters, "
+        f"{type(optimizer).__name__} lr={optimizer.lr:g}, gradient clipping at {args.clip:g}"
+    )
     print(f"unigram baseline (entropy of the character distribution): {corpus.unigram_entropy:.3f} nats/char")
     sys.stdout.flush()
 
@@ -209,9 +251,15 @@ def _train(args, text):
     _summarise(args, corpus, rnn, head, history)
     if args.save is not None:
         os.makedirs(os.path.dirname(os.path.abspath(args.save)), exist_ok=True)
-        save(args.save, metadata={"vocabulary": "".join(corpus.vocabulary), "description":
-                                  "character-level language model: one-hot characters -> rnn -> head -> softmax"},
-             rnn=rnn, head=head)
+        save(
+            args.save,
+            metadata={
+                "vocabulary": "".join(corpus.vocabulary),
+                "description": "character-level language model: one-hot characters -> rnn -> head -> softmax",
+            },
+            rnn=rnn,
+            head=head,
+        )
         print(f"saved the model to {args.save} (numbarnn.load; vocabulary in numbarnn.serialization.load_metadata)")
     if args.plot is not None:
         _plot(args.plot, history, corpus.unigram_entropy)
@@ -256,8 +304,10 @@ def _fit(args, corpus, rnn, head, optimizer, prime):
             held_out = _evaluate(rnn, head, corpus)
             history.validation_points.append((step, held_out))
             sample = _sample(rnn, head, corpus, prime, args.sample_length, args.temperature, sample_rng)
-            progress.write(f"\n--- sample after {step} updates (held-out loss {held_out:.3f} nats/char) ---\n"
-                           f"{args.prime}{sample}\n---")
+            progress.write(
+                f"\n--- sample after {step} updates (held-out loss {held_out:.3f} nats/char) ---\n"
+                f"{args.prime}{sample}\n---"
+            )
         if out_of_time:
             progress.write(f"stopping after {step} updates: --max-seconds {args.max_seconds:g} reached")
             break
@@ -274,17 +324,23 @@ def _summarise(args, corpus, rnn, head, history):
     recent = history.losses[-50:]
     baseline = corpus.unigram_entropy
     print()
-    print(f"finished {history.updates} updates in {history.wall_seconds:.1f} s: {characters:,} characters, "
-          f"{characters / corpus.train_size:.1f} passes over the training text")
+    print(
+        f"finished {history.updates} updates in {history.wall_seconds:.1f} s: {characters:,} characters, "
+        f"{characters / corpus.train_size:.1f} passes over the training text"
+    )
     print(f"training loss (mean of the last {len(recent)} updates): {np.mean(recent):.3f} nats/char")
     print(f"held-out loss:                         {held_out:.3f} nats/char (perplexity {math.exp(held_out):.2f})")
     print(f"unigram baseline:                      {baseline:.3f} nats/char (perplexity {math.exp(baseline):.2f})")
     verdict = "below" if held_out < baseline else "NOT below"
-    print(f"the held-out loss is {abs(baseline - held_out):.3f} nats/char {verdict} the baseline "
-          f"({100 * held_out / baseline:.0f}% of it)")
-    print(f"speed: {history.characters_per_second(args.seq_len * args.batch):,.0f} characters/s "
-          f"(forward + backward + clipping + update; {history.training_seconds:.1f} s of training, of which "
-          f"{history.first_update_seconds:.1f} s for the first update, which also loads or compiles the kernels)")
+    print(
+        f"the held-out loss is {abs(baseline - held_out):.3f} nats/char {verdict} the baseline "
+        f"({100 * held_out / baseline:.0f}% of it)"
+    )
+    print(
+        f"speed: {history.characters_per_second(args.seq_len * args.batch):,.0f} characters/s "
+        f"(forward + backward + clipping + update; {history.training_seconds:.1f} s of training, of which "
+        f"{history.first_update_seconds:.1f} s for the first update, which also loads or compiles the kernels)"
+    )
 
 
 def _evaluate(rnn, head, corpus, streams=32):

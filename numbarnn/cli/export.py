@@ -23,11 +23,15 @@ class UsageError(Exception):
 def add_arguments(parser):
     parser.add_argument("model", type=Path, metavar="MODEL.npz", help="a checkpoint written by numbarnn.save")
     parser.add_argument("output", type=Path, metavar="MODEL.onnx", help="the ONNX file to write")
-    parser.add_argument("--h0", action="store_true",
-                        help="give the graph an input h_0 (D * num_layers, N, H_out), the initial state, and for an "
-                             "LSTM also c_0, the initial cell state (default: they start at zeros)")
-    parser.add_argument("--lengths", action="store_true",
-                        help="give the graph an input lengths (N,) int32, each sequence's length")
+    parser.add_argument(
+        "--h0",
+        action="store_true",
+        help="give the graph an input h_0 (D * num_layers, N, H_out), the initial state, and for an "
+        "LSTM also c_0, the initial cell state (default: they start at zeros)",
+    )
+    parser.add_argument(
+        "--lengths", action="store_true", help="give the graph an input lengths (N,) int32, each sequence's length"
+    )
     parser.add_argument("--opset", type=int, default=None, help="ONNX opset to write (default 17)")
 
 
@@ -39,8 +43,7 @@ def run(args):
             raise UsageError(f"export needs the onnx package ({error}); {INSTALL_HINT}") from None
         rnn, head = _modules(args.model)
         try:
-            model = numbarnn_onnx.export(args.output, rnn, head, opset=args.opset, h_0=args.h0,
-                                         lengths=args.lengths)
+            model = numbarnn_onnx.export(args.output, rnn, head, opset=args.opset, h_0=args.h0, lengths=args.lengths)
         except (ValueError, OSError) as error:
             raise UsageError(str(error)) from None
     except UsageError as error:
@@ -48,8 +51,11 @@ def run(args):
         return 2
     inputs = [value.name for value in model.graph.input]
     outputs = [value.name for value in model.graph.output]
-    print(f"wrote {args.output}: {rnn!r}" + (f" -> {head!r}" if head is not None else "")
-          + f"; inputs {', '.join(inputs)}; outputs {', '.join(outputs)}")
+    print(
+        f"wrote {args.output}: {rnn!r}"
+        + (f" -> {head!r}" if head is not None else "")
+        + f"; inputs {', '.join(inputs)}; outputs {', '.join(outputs)}"
+    )
     return 0
 
 
@@ -64,6 +70,7 @@ def _modules(path):
     others = sorted(set(modules) - set(rnns) - set(linears))
     if len(rnns) != 1 or len(linears) > 1 or others:
         listing = ", ".join(f"{name} ({type(module).__name__})" for name, module in modules.items())
-        raise UsageError(f"{path} holds {listing}; export needs exactly one RNN, LSTM or GRU and at most one "
-                         "Linear head")
+        raise UsageError(
+            f"{path} holds {listing}; export needs exactly one RNN, LSTM or GRU and at most one Linear head"
+        )
     return next(iter(rnns.values())), next(iter(linears.values()), None)
