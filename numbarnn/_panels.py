@@ -162,6 +162,12 @@ def _micro_kernel(module, element, index, rows, float64, panel_count=1):
     return function
 
 
+def _element_pointer(context, builder, array_type, value, offset):
+    """A pointer to element ``offset`` of the data of ``value``, an array of numba type ``array_type``."""
+    array = context.make_array(array_type)(context, builder, value)
+    return builder.gep(array.data, [offset])
+
+
 @intrinsic
 def _tile(typingctx, rows, a, a_offset, lda, panels, panel_offset, out, out_offset, ldo, k, columns):
     """``tile(rows, a, a_offset, lda, panels, panel_offset, out, out_offset, ldo, k, columns)``:
@@ -188,8 +194,7 @@ def _tile(typingctx, rows, a, a_offset, lda, panels, panel_offset, out, out_offs
         ) = args
 
         def data(position, value, offset):
-            array = context.make_array(signature.args[position])(context, builder, value)
-            return builder.gep(array.data, [offset])
+            return _element_pointer(context, builder, signature.args[position], value, offset)
 
         pointers = data(1, a_value, a_offset), data(4, panels_value, panel_offset), data(6, out_value, out_offset)
         element = context.get_value_type(dtype)
@@ -225,8 +230,7 @@ def _row_tile(typingctx, a, a_offset, panels, panel_offset, out, out_offset, k):
         a_value, a_offset, panels_value, panel_offset, out_value, out_offset, k_value = args
 
         def data(position, value, offset):
-            array = context.make_array(signature.args[position])(context, builder, value)
-            return builder.gep(array.data, [offset])
+            return _element_pointer(context, builder, signature.args[position], value, offset)
 
         kernel = _micro_kernel(
             builder.module, context.get_value_type(dtype), k_value.type, 1, dtype == types.float64, ROW_PANELS
