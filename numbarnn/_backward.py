@@ -19,6 +19,7 @@ from ._jit import jit
 from ._layout import B_HH, B_IH, NO_BIAS, W_HH, W_HR, W_IH
 from ._loops import add_2d, add_into_flat, multiply_2d
 from ._panels import pack_panels, panel_matmul, panels_in
+from ._workspace import BackwardBuffers, ForwardBuffers, Packing
 
 
 @jit(inline=True)
@@ -220,17 +221,21 @@ def zero_partial_gradients(b, buffers):
 
 
 @jit
-def recurrent_backward(params, offsets, packing, forward, buffers, num_directions, cell, grads):
+def recurrent_backward(params, offsets, packing_fields, forward_fields, buffer_fields, num_directions, cell, grads):
     """Backward pass matching :func:`numbarnn._forward.recurrent_forward` run in training mode.
 
     Parameters
     ----------
-    params, offsets, packing, num_directions, cell
-        As given to the training forward pass; ``forward`` is its :class:`~numbarnn._workspace.ForwardBuffers`.
-    buffers : :class:`numbarnn._workspace.BackwardBuffers`; ``grad_output`` and ``grad_h`` (holding the gradient
-        of h_n) are read; ``grad_x`` (when it has rows) and ``grad_h`` (the gradient of h_0) are the results.
+    params, offsets, packing_fields, num_directions, cell
+        As given to the training forward pass; ``forward_fields`` are its
+        :class:`~numbarnn._workspace.ForwardBuffers` (plain tuples, as the forward takes them).
+    buffer_fields : the fields of :class:`numbarnn._workspace.BackwardBuffers`, as a plain tuple; ``grad_output`` and
+        ``grad_h`` (holding the gradient of h_n) are read; ``grad_x`` (when it has rows) and ``grad_h`` (the gradient
+        of h_0) are the results.
     grads : (P,) flat parameter gradients, accumulated into.
     """
+    packing, forward = Packing(*packing_fields), ForwardBuffers(*forward_fields)
+    buffers = BackwardBuffers(*buffer_fields)
     num_layers = offsets.shape[0] // num_directions
     blocks = packing.block_batch.size - 1
     for b in range(blocks):
@@ -248,8 +253,12 @@ def recurrent_backward(params, offsets, packing, forward, buffers, num_direction
 
 
 @jit(parallel=True)
-def recurrent_backward_parallel(params, offsets, packing, forward, buffers, num_directions, cell, grads):
+def recurrent_backward_parallel(
+    params, offsets, packing_fields, forward_fields, buffer_fields, num_directions, cell, grads
+):
     """:func:`recurrent_backward` with each layer's tasks on numba's threads (call with single-threaded BLAS)."""
+    packing, forward = Packing(*packing_fields), ForwardBuffers(*forward_fields)
+    buffers = BackwardBuffers(*buffer_fields)
     num_layers = offsets.shape[0] // num_directions
     blocks = packing.block_batch.size - 1
     for b in prange(blocks):
@@ -268,10 +277,12 @@ def recurrent_backward_parallel(params, offsets, packing, forward, buffers, num_
 
 
 def rnn_backward(params, offsets, packing, forward, buffers, num_directions, relu, grads):
-    """:func:`recurrent_backward` of an Elman RNN (tanh, or relu if ``relu``)."""
-    recurrent_backward(params, offsets, packing, forward, buffers, num_directions, RnnCell(bool(relu)), grads)
+    """:func:`recurrent_backward` of an Elman RNN (tanh, or relu if ``relu``) on a Packing and the buffers."""
+    arrays = tuple(packing), tuple(forward), tuple(buffers)
+    recurrent_backward(params, offsets, *arrays, num_directions, RnnCell(bool(relu)), grads)
 
 
 def rnn_backward_parallel(params, offsets, packing, forward, buffers, num_directions, relu, grads):
     """:func:`recurrent_backward_parallel` of an Elman RNN."""
-    recurrent_backward_parallel(params, offsets, packing, forward, buffers, num_directions, RnnCell(bool(relu)), grads)
+    arrays = tuple(packing), tuple(forward), tuple(buffers)
+    recurrent_backward_parallel(params, offsets, *arrays, num_directions, RnnCell(bool(relu)), grads)

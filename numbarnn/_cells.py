@@ -12,6 +12,7 @@ LSTM i, f, g, o. What a training forward saves for the backward, per row (S * H 
 ``W_hn h + b_hn``; LSTM i, f, g, o and tanh(c_t). The RNN saves nothing (its backward reads its output).
 """
 
+import functools
 from collections import namedtuple
 
 import numpy as np
@@ -32,9 +33,10 @@ GATES = {"rnn": 1, "gru": 3, "lstm": 4}  # G: gate blocks of H columns in each w
 SAVED = {"rnn": 0, "gru": 4, "lstm": 5}  # S: blocks of H columns a training forward saves per row
 
 
+@functools.cache
 def cell_marker(cell, relu=False):
     """The marker the sequence kernels receive for ``cell`` ("rnn", "gru" or "lstm"); the step kernels build theirs in
-    their per-cell entry points."""
+    their per-cell entry points. (Cached: one immutable marker per cell.)"""
     if cell == "rnn":
         return RnnCell(bool(relu))
     return GruCell(3) if cell == "gru" else LstmCell(4)

@@ -17,6 +17,8 @@ from ._forward import recurrent_forward, recurrent_forward_parallel
 from ._packing import pack, unpack
 from ._threads import run_kernel
 from ._workspace import (
+    CALL_ARRAYS,
+    ForwardBuffers,
     Spec,
     backward_buffers,
     block_count,
@@ -26,6 +28,7 @@ from ._workspace import (
     identity_order,
     is_single_block,
     length_packing,
+    new_tuple,
     packing_rows,
     partial_blocks,
     state_size,
@@ -127,8 +130,8 @@ def forward(spec, params, offsets, x, h_0, lengths, *, training, batch_first, dr
         block_total(packing) * spec.num_directions,
         params,
         offsets,
-        packing,
-        buffers,
+        tuple(packing),
+        tuple(buffers),
         spec.num_directions,
         cell_marker(spec.cell, spec.relu),
     )
@@ -149,28 +152,24 @@ def take_scratch(pool, key, spec, packing, dropped, x_rows, output_is_rows):
     scratch = pool.take(key)
     if scratch is None:
         return forward_buffers(spec, packing, False, dropped, x_rows)
+    own_x_rows, own_top_out, kept = scratch
     if x_rows is None:
-        x_rows = scratch.x_rows if scratch.x_rows is not None else np.empty((key[0], spec.input_size), spec.dtype)
-    top_out = scratch.top_out
+        x_rows = own_x_rows if own_x_rows is not None else np.empty((key[0], spec.input_size), spec.dtype)
+    top_out = own_top_out
     if output_is_rows or top_out is None:
         top_out = np.empty((key[0], spec.num_directions * state_size(spec)), spec.dtype)
     states = spec.num_layers * spec.num_directions
     h_n = np.empty((states, key[1], state_size(spec)), spec.dtype)
     c_n = np.empty((states, key[1] if spec.cell == "lstm" else 0, spec.hidden_size), spec.dtype)
-    return scratch._replace(x_rows=x_rows, top_out=top_out, h_n=h_n, c_n=c_n)
+    # positionally, without _replace's checks: ~1 us less per call
+    return new_tuple(ForwardBuffers, (x_rows, top_out, h_n, c_n, *kept))
 
 
 def give_scratch(pool, key, buffers, reads_input, output_is_rows):
     """Give an inference call's buffers back to ``pool``, without the arrays it returned or read from its caller."""
-    pool.give(
-        key,
-        buffers._replace(
-            x_rows=None if reads_input else buffers.x_rows,
-            top_out=None if output_is_rows else buffers.top_out,
-            h_n=None,
-            c_n=None,
-        ),
-    )
+    own_x_rows = None if reads_input else buffers.x_rows
+    own_top_out = None if output_is_rows else buffers.top_out
+    pool.give(key, (own_x_rows, own_top_out, buffers[CALL_ARRAYS:]))
 
 
 def backward(params, offsets, record, grad_output, grad_h_n, grads, *, need_input_grad, batch_first, spare=None):
@@ -225,9 +224,9 @@ def backward(params, offsets, record, grad_output, grad_h_n, grads, *, need_inpu
         block_total(packing) * spec.num_directions,
         params,
         offsets,
-        packing,
-        forward_buffers_,
-        buffers,
+        tuple(packing),
+        tuple(forward_buffers_),
+        tuple(buffers),
         spec.num_directions,
         cell_marker(spec.cell, spec.relu),
         grads,

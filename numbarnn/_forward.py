@@ -17,6 +17,7 @@ from ._jit import jit
 from ._layout import B_HH, B_IH, NO_BIAS, W_HH, W_IH
 from ._loops import multiply_2d
 from ._panels import pack_panels, panel_matmul, panels_in
+from ._workspace import ForwardBuffers, Packing
 
 
 @jit(inline=True)
@@ -176,18 +177,22 @@ def task_forward(l, task, params, offsets, packing, buffers, num_directions, cel
 
 
 @jit
-def recurrent_forward(params, offsets, packing, buffers, num_directions, cell):
+def recurrent_forward(params, offsets, packing_fields, buffer_fields, num_directions, cell):
     """Forward pass of a stacked (bi)directional recurrent network over packed rows, one task after the other.
 
     Parameters
     ----------
     params : (P,) flat parameters; ``offsets`` (num_layers * D, 5) locates each one (:mod:`numbarnn._layout`).
-    packing : :class:`numbarnn._workspace.Packing` of the batch.
-    buffers : :class:`numbarnn._workspace.ForwardBuffers`; ``x_rows``, ``h_n`` (holding h_0), an LSTM's ``c_n``
-        (holding c_0) and, with dropout, ``dropout_scale`` are read; ``top_out``, ``h_n`` and ``c_n`` are the
-        results.
+    packing_fields : the fields of the batch's :class:`numbarnn._workspace.Packing`, as a plain tuple.
+    buffer_fields : the fields of :class:`numbarnn._workspace.ForwardBuffers`, as a plain tuple; ``x_rows``,
+        ``h_n`` (holding h_0), an LSTM's ``c_n`` (holding c_0) and, with dropout, ``dropout_scale`` are read;
+        ``top_out``, ``h_n`` and ``c_n`` are the results.
     num_directions : 1 or 2; cell : the cell marker (:mod:`numbarnn._cells`).
+
+    Plain tuples, named again here: numba types a namedtuple argument field by field in Python at every call, a
+    plain tuple in C (a forward's 21 arrays: ~5 us as namedtuples, ~3 us as tuples).
     """
+    packing, buffers = Packing(*packing_fields), ForwardBuffers(*buffer_fields)
     num_layers = offsets.shape[0] // num_directions
     tasks = (packing.block_batch.size - 1) * num_directions
     for l in range(num_layers):
@@ -198,8 +203,9 @@ def recurrent_forward(params, offsets, packing, buffers, num_directions, cell):
 
 
 @jit(parallel=True)
-def recurrent_forward_parallel(params, offsets, packing, buffers, num_directions, cell):
+def recurrent_forward_parallel(params, offsets, packing_fields, buffer_fields, num_directions, cell):
     """:func:`recurrent_forward` with each layer's tasks on numba's threads (call with single-threaded BLAS)."""
+    packing, buffers = Packing(*packing_fields), ForwardBuffers(*buffer_fields)
     num_layers = offsets.shape[0] // num_directions
     blocks = packing.block_batch.size - 1
     tasks = blocks * num_directions
@@ -212,10 +218,10 @@ def recurrent_forward_parallel(params, offsets, packing, buffers, num_directions
 
 
 def rnn_forward(params, offsets, packing, buffers, num_directions, relu):
-    """:func:`recurrent_forward` of an Elman RNN (tanh, or relu if ``relu``)."""
-    recurrent_forward(params, offsets, packing, buffers, num_directions, RnnCell(bool(relu)))
+    """:func:`recurrent_forward` of an Elman RNN (tanh, or relu if ``relu``) on a Packing and ForwardBuffers."""
+    recurrent_forward(params, offsets, tuple(packing), tuple(buffers), num_directions, RnnCell(bool(relu)))
 
 
 def rnn_forward_parallel(params, offsets, packing, buffers, num_directions, relu):
     """:func:`recurrent_forward_parallel` of an Elman RNN."""
-    recurrent_forward_parallel(params, offsets, packing, buffers, num_directions, RnnCell(bool(relu)))
+    recurrent_forward_parallel(params, offsets, tuple(packing), tuple(buffers), num_directions, RnnCell(bool(relu)))

@@ -24,7 +24,19 @@ import numpy as np
 from ._cells import GATES, SAVED
 from ._panels import panel_shape
 
-Packing = namedtuple("Packing", ["order", "block_batch", "block_rows", "step_offsets"])
+Packing = namedtuple(
+    "Packing",
+    [
+        "order",  # (N,) the user's batch index at each packed batch position
+        "block_batch",  # (B + 1,) each block's first batch position, then N
+        "block_rows",  # (B + 1,) each block's first packed row, then R
+        "step_offsets",  # (B, L + 1) each step's first row inside its block, then the block's row count
+        # what the Python side asks at every call, computed once (a NumPy scalar read costs ~0.1-0.3 us):
+        "rows",  # R, the packed rows
+        "blocks",  # B
+        "in_order",  # the packed batch order is the user's
+    ],
+)
 
 # What the kernels need to know of a module: sizes, dtype, activation (RNN), cell ("rnn", "gru" or "lstm") and an
 # LSTM's projection size (0: none).
@@ -43,7 +55,12 @@ def state_size(spec):
 ForwardBuffers = namedtuple(
     "ForwardBuffers",
     [
+        # first, the arrays an inference call brings or returns, which a ScratchPool never keeps (CALL_ARRAYS):
         "x_rows",  # (R, H_in) packed input
+        "top_out",  # (R, D * P) the last layer's output rows
+        "h_n",  # (num_layers * D, N, P) h_0 on entry, h_n on exit, batch in packed order
+        "c_n",  # (num_layers * D, N, H) an LSTM's c_0 on entry, c_n on exit; (num_layers * D, 0, H) otherwise
+        # then what the pool keeps for the next call of the same shape:
         "dropout_scale",  # (num_layers - 1, R, D * P) inter-layer masks divided by 1 - p, or 0 layers without dropout
         "layer_in",  # (num_layers - 1, R, D * P) dropped-out inputs of layers 1..., or 0 layers without dropout
         "layer_out",  # (K, R, D * P) outputs of all but the last layer; layer l writes layer_out[l % K]
@@ -53,15 +70,13 @@ ForwardBuffers = namedtuple(
         "w_hh_panels",  # (B * D, *panel_shape(P, G * H)) each task's W_hh^T packed into panels (numbarnn._panels)
         "w_ih_panels",  # (B * D, size of panel_shape(max(H_in, D * P), G * H)) each task's W_ih^T in panels, flat
         "bias_zeros",  # (G * H,) zeros, read in place of the biases of a module without them
-        "top_out",  # (R, D * P) the last layer's output rows
-        "h_n",  # (num_layers * D, N, P) h_0 on entry, h_n on exit, batch in packed order
-        "c_n",  # (num_layers * D, N, H) an LSTM's c_0 on entry, c_n on exit; (num_layers * D, 0, H) otherwise
         "c_prev",  # (num_layers, D, R, H) an LSTM's c each step starts from (training), else no rows
         "saved",  # (num_layers, D, R, S * H) the gates the backward reads (training), or (1, D, N, S * H) scratch
         "h_full",  # (num_layers or 1, D, R or N, H) an LSTM projection's o * tanh(c), else (1, D, 0, H)
         "w_hr_panels",  # (B * D, *panel_shape(H, P)) each task's W_hr^T in panels (projection), else no panels
     ],
 )
+CALL_ARRAYS = 4  # ForwardBuffers[:CALL_ARRAYS] are x_rows, top_out, h_n, c_n
 
 BackwardBuffers = namedtuple(
     "BackwardBuffers",
@@ -137,7 +152,8 @@ def equal_length_packing(steps, batch, blocks):
     sizes = np.diff(block_batch)
     step_offsets = np.arange(steps + 1, dtype=np.int64)[None, :] * sizes[:, None]
     block_rows = np.concatenate([[0], np.cumsum(sizes * steps)]).astype(np.int64)
-    return Packing(np.arange(batch, dtype=np.int64), block_batch, block_rows, step_offsets)
+    order = np.arange(batch, dtype=np.int64)
+    return Packing(order, block_batch, block_rows, step_offsets, steps * batch, blocks, True)
 
 
 def length_packing(lengths, steps, blocks):
@@ -155,26 +171,26 @@ def length_packing(lengths, steps, blocks):
         running = (lengths[member][None, :] > np.arange(steps)[:, None]).sum(axis=1)
         np.cumsum(running, out=step_offsets[b, 1:])
     block_rows = np.concatenate([[0], np.cumsum(step_offsets[:, -1])]).astype(np.int64)
-    return Packing(order, block_batch, block_rows, step_offsets)
+    in_order = bool((order == np.arange(order.size)).all())
+    return Packing(order, block_batch, block_rows, step_offsets, int(block_rows[-1]), blocks, in_order)
 
 
 def packing_rows(packing):
-    return int(packing.block_rows[-1])
+    return packing.rows
 
 
 def block_total(packing):
-    return packing.block_batch.size - 1
+    return packing.blocks
 
 
 def is_single_block(packing, steps):
     """One block, every sequence of full length: the packed rows are the (L, N, F) array reshaped."""
-    return packing.block_batch.size == 2 and packing.order.size * steps == packing_rows(packing)
+    return packing.blocks == 1 and packing.order.size * steps == packing.rows
 
 
 def identity_order(packing):
     """The packed batch order is the user's."""
-    order = packing.order
-    return order.size < 2 or bool(order[0] == 0 and (order[1:] - order[:-1] == 1).all())
+    return packing.in_order
 
 
 def partial_blocks(packing):
@@ -263,7 +279,7 @@ def backward_buffers(spec, packing, parameter_count, need_input_grad):
     )
 
 
-_new_tuple = tuple.__new__  # a namedtuple from a tuple without its checks: 0.2 µs less per step call
+new_tuple = tuple.__new__  # a namedtuple from a tuple without its checks: 0.2 µs less per step call
 
 
 def step_buffers(spec, x, h, c, keep):
@@ -287,7 +303,7 @@ def step_buffers(spec, x, h, c, keep):
         c = h
     out = np.empty((batch, state), dtype)
     if not keep:
-        return _new_tuple(StepBuffers, (np.ascontiguousarray(x), h, c, out, None, None, None, None))
+        return new_tuple(StepBuffers, (np.ascontiguousarray(x), h, c, out, None, None, None, None))
     empty = np.empty
     return StepBuffers(
         np.array(x, order="C"),
