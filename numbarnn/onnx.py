@@ -31,6 +31,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from ._validation import SUPPORTED_DTYPES
 from .linear import Linear
 from .rnn import GRU, LSTM, RNN, RecurrentBase
 from .serialization import _CONSTRUCTORS
@@ -607,8 +608,8 @@ class _GraphReader:
         if bias is not None and bias.shape != (directions, 2 * gates * hidden):
             self.fail(f"B has shape {bias.shape}, expected [{directions}, {2 * gates * hidden}]", node)
         dtype = weight.dtype
-        if dtype not in (np.float32, np.float64) or recurrent.dtype != dtype:
-            self.fail(f"weights of dtype {dtype}: numbarnn runs float32 and float64", node)
+        if dtype not in SUPPORTED_DTYPES or recurrent.dtype != dtype:
+            self.fail(f"weights of dtype {dtype}: numbarnn runs {' and '.join(map(str, SUPPORTED_DTYPES))}", node)
         return {
             "node": node,
             "op": op,
