@@ -267,11 +267,11 @@ def panels_in(flat, rows, columns, width):
     return flat[: count * rows * width].reshape((count, rows, width))
 
 
-@jit(inline=True)
+@jit  # called, not inlined: its blocked copies are long, and each task body packs two or three weights
 def pack_panels(source, panels):
     """Pack ``source`` (K, N), any memory layout (``w.T`` of a C-contiguous ``w`` included), into ``panels``
-    (ceil(N / W), K, W); the columns past N are zero. (Unchecked: it is inlined into parallel loops, where a raise
-    would keep numba from parallelising them; :func:`panel_matmul` checks the panels' shape against its operands.)"""
+    (ceil(N / W), K, W); the columns past N are zero. (Unchecked, as the tasks calling it run in parallel loops;
+    :func:`panel_matmul` checks the panels' shape against its operands.)"""
     k, n = source.shape
     width = panels.shape[2]
     # A transposed source (``w.T``: K is its contiguous axis) is copied in 8 x 8 blocks, which LLVM turns into
