@@ -267,6 +267,17 @@ def test_pack_and_unpack_follow_their_definition(lengths, blocks, rng):
     assert_array_equal(target[~valid], 0)
 
 
+@pytest.mark.parametrize("blocks", [1, 2, 3])
+@pytest.mark.parametrize("lengths", [None, [4, 4, 4], [1, 4, 2], [4, 3, 1], [1, 1, 1]])
+def test_packing_sizes_agree_with_its_arrays(lengths, blocks):
+    """The sizes a packing carries for the Python side (computed once) are what its arrays say."""
+    packing = equal_length_packing(4, 3, blocks) if lengths is None else length_packing(np.array(lengths), 4, blocks)
+    assert packing.rows == packing.block_rows[-1] == packing.step_offsets[:, -1].sum()
+    assert packing.blocks == packing.block_batch.size - 1 == packing.step_offsets.shape[0]
+    assert packing.in_order == bool((packing.order == np.arange(packing.order.size)).all())
+    assert isinstance(packing.rows, int) and isinstance(packing.in_order, bool)
+
+
 # -- activations ---------------------------------------------------------------------------------------------------
 
 
