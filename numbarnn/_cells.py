@@ -130,10 +130,11 @@ def _forward_epilogue(cell, z, tmp, b_ih, b_hh, h, c, saved, h_full, first, w_hr
                     saved_i[k] = sigmoid((z_i[k] + b_ih[k]) + (tmp_i[k] + b_hh[k]))
                 r, u, n = saved_i[:hidden], saved_i[hidden : 2 * hidden], saved_i[2 * hidden : 3 * hidden]
                 recurrent_n = saved_i[3 * hidden :]
+                z_n, tmp_n = z_i[2 * hidden :], tmp_i[2 * hidden :]
+                b_ih_n, b_hh_n = b_ih[2 * hidden :], b_hh[2 * hidden :]
                 for j in range(hidden):
-                    k = 2 * hidden + j
-                    recurrent_n[j] = tmp_i[k] + b_hh[k]
-                    n[j] = tanh((z_i[k] + b_ih[k]) + r[j] * recurrent_n[j])
+                    recurrent_n[j] = tmp_n[j] + b_hh_n[j]
+                    n[j] = tanh((z_n[j] + b_ih_n[j]) + r[j] * recurrent_n[j])
                 for j in range(hidden):
                     v = n[j] + u[j] * (h_i[j] - n[j])  # torch's order of operations (aten's GRUCell)
                     h_i[j] = v
@@ -235,17 +236,18 @@ def _backward_epilogue(
                 r, u, n = saved_i[:hidden], saved_i[hidden : 2 * hidden], saved_i[2 * hidden : 3 * hidden]
                 recurrent_n = saved_i[3 * hidden :]
                 grad_r, grad_u, grad_n = dz_in_i[:hidden], dz_in_i[hidden : 2 * hidden], dz_in_i[2 * hidden :]
+                dz_r, dz_u, dz_n = dz_i[:hidden], dz_i[hidden : 2 * hidden], dz_i[2 * hidden :]
                 for j in range(hidden):
                     g[j] = grad_y_i[j] + carry_i[j]
                 for j in range(hidden):
                     grad_n[j] = g[j] * (_ONE - u[j]) * (_ONE - n[j] * n[j])
                 for j in range(hidden):
                     grad_r[j] = grad_n[j] * recurrent_n[j] * r[j] * (_ONE - r[j])
-                    dz_i[j] = grad_r[j]
-                    dz_i[2 * hidden + j] = grad_n[j] * r[j]  # r scales W_hn h + b_hn: the recurrent side only
+                    dz_r[j] = grad_r[j]
+                    dz_n[j] = grad_n[j] * r[j]  # r scales W_hn h + b_hn: the recurrent side only
                 for j in range(hidden):
                     grad_u[j] = g[j] * (h_prev_i[j] - n[j]) * u[j] * (_ONE - u[j])
-                    dz_i[hidden + j] = grad_u[j]
+                    dz_u[j] = grad_u[j]
                     g[j] *= u[j]  # h_{t-1}'s direct path through z * (h - n)
             panel_matmul(dz, w_hh_panels, carry)
             for i in range(dz.shape[0]):
@@ -286,17 +288,23 @@ def _backward_epilogue(
                     grad_y_i, carry_i, tmp_i = grad_y[i, column : column + hidden], carry[i], tmp[i]
                     for j in range(hidden):
                         tmp_i[j] = grad_y_i[j] + carry_i[j]
-            for i in range(rows):
+            for i in range(rows):  # short loops over per-gate views, so that they vectorise
+                dh, saved_i, c_prev_i, carry_c_i, dz_i = tmp[i], saved[i], c_prev[i], carry_c[i], dz[i]
+                gi, gf, gg = saved_i[:hidden], saved_i[hidden : 2 * hidden], saved_i[2 * hidden : 3 * hidden]
+                go, tc = saved_i[3 * hidden : 4 * hidden], saved_i[4 * hidden : 5 * hidden]
+                dz_gi, dz_gf = dz_i[:hidden], dz_i[hidden : 2 * hidden]
+                dz_gg, dz_go = dz_i[2 * hidden : 3 * hidden], dz_i[3 * hidden : 4 * hidden]
                 for j in range(hidden):
-                    dh = tmp[i, j]
-                    gi, gf = saved[i, j], saved[i, hidden + j]
-                    gg, go, tc = saved[i, 2 * hidden + j], saved[i, 3 * hidden + j], saved[i, 4 * hidden + j]
-                    dc = carry_c[i, j] + dh * go * (_ONE - tc * tc)
-                    dz[i, j] = dc * gg * gi * (_ONE - gi)
-                    dz[i, hidden + j] = dc * c_prev[i, j] * gf * (_ONE - gf)
-                    dz[i, 2 * hidden + j] = dc * gi * (_ONE - gg * gg)
-                    dz[i, 3 * hidden + j] = dh * tc * go * (_ONE - go)
-                    carry_c[i, j] = dc * gf
+                    dz_go[j] = dh[j] * tc[j] * go[j] * (_ONE - go[j])
+                for j in range(hidden):  # dh becomes dc: the gradient of c
+                    dh[j] = carry_c_i[j] + dh[j] * go[j] * (_ONE - tc[j] * tc[j])
+                dc = dh
+                for j in range(hidden):
+                    dz_gi[j] = dc[j] * gg[j] * gi[j] * (_ONE - gi[j])
+                    dz_gg[j] = dc[j] * gi[j] * (_ONE - gg[j] * gg[j])
+                for j in range(hidden):
+                    dz_gf[j] = dc[j] * c_prev_i[j] * gf[j] * (_ONE - gf[j])
+                    carry_c_i[j] = dc[j] * gf[j]
             panel_matmul(dz, w_hh_panels, carry)
 
         return lstm
