@@ -8,6 +8,7 @@ import itertools
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -25,7 +26,15 @@ from numbarnn._cells import GATES, cell_marker
 from numbarnn._forward import recurrent_forward, recurrent_forward_parallel
 from numbarnn._layout import build_layout, named_views
 from numbarnn._packing import pack, unpack
-from numbarnn._panels import ROW_PANELS, TILE_ROWS, pack_panels, panel_matmul, panel_shape, panel_width, rows_per_block
+from numbarnn._panels import (
+    ROW_PANELS,
+    TILE_ROWS,
+    pack_panels,
+    panel_matmul,
+    panel_shape,
+    panel_width,
+    rows_per_block,
+)
 from numbarnn._workspace import (
     Spec,
     backward_buffers,
@@ -543,13 +552,26 @@ def test_panel_matmul_checks_its_operands(rng):
         panel_matmul(a, panels, np.empty((m, n + width), dtype))
     with pytest.raises(ValueError, match=f"panels must be {width} columns wide .* got {2 * width}"):
         panel_matmul(a, np.zeros((1, k, 2 * width), dtype), out)
-    for strided in (np.zeros((m, 2 * k), dtype)[:, ::2], np.zeros((2 * m, k), dtype)[::2]):
-        with pytest.raises(ValueError, match="must be C-contiguous"):
-            panel_matmul(strided, panels, out)
-    with pytest.raises(ValueError, match="must be C-contiguous"):
-        panel_matmul(a, panels, np.empty((m, n + 3), dtype)[:, :n])
-    with pytest.raises(ValueError, match="must be C-contiguous"):
-        panel_matmul(a, np.zeros((2, k, 2 * width), dtype)[:, :, ::2], out)
+    # Strided operands are refused while numba types the call, before anything compiles: no specialisation of
+    # panel_matmul is added for their layouts.
+    compiled = list(panel_matmul.signatures)
+    strided_a = np.zeros((m, 2 * k), dtype)[:, ::2]
+    every_other_row = np.zeros((2 * m, k), dtype)[::2]
+    strided_panels = np.zeros((2, k, 2 * width), dtype)[:, :, ::2]
+    strided_out = np.empty((m, n + 3), dtype)[:, :n]
+    for name, given, operands in [
+        ("a", strided_a, (strided_a, panels, out)),
+        ("a", every_other_row, (every_other_row, panels, out)),
+        ("panels", strided_panels, (a, strided_panels, out)),
+        ("out", strided_out, (a, panels, strided_out)),
+    ]:
+        expected = (
+            f"panel_matmul: {name} must be a C-contiguous array (copy a strided view first: np.ascontiguousarray), "
+            f"got {numba.typeof(given)}"
+        )
+        with pytest.raises(ValueError, match=re.escape(expected)):
+            panel_matmul(*operands)
+    assert list(panel_matmul.signatures) == compiled
     panel_matmul(a, panels, out)  # the same operands, well formed
     assert_array_equal(out, 0)
 
