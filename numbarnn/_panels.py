@@ -306,32 +306,42 @@ def pack_panels(source, panels):
                 panels[q, p, c] = source[p, j] if j < n else 0
 
 
-@jit(inline=True)
-def _is_c_contiguous(array):
-    if array.size == 0:  # as numpy: an empty array is contiguous whatever its strides
-        return True
-    expected = array.itemsize
-    for axis in range(array.ndim - 1, -1, -1):
-        if array.shape[axis] > 1 and array.strides[axis] != expected:
-            return False
-        expected *= array.shape[axis]
-    return True
-
-
 class PanelOperandError(ValueError):
-    """Operands of :func:`panel_matmul` that do not fit together. Raised inside kernels with the message template
-    and its values as separate arguments, formatted here in Python: formatting them in the kernel (``str`` of an
-    int, string concatenation) made numba compile its unicode support into every kernel calling panel_matmul,
-    ~3 s of every cold first call (measured with numba's compile events)."""
+    """Operands of :func:`panel_matmul` that do not fit together. Raised inside kernels (an operand that is not
+    C-contiguous: while numba types the call, :func:`_require_c_layout`) with the message template and its values as
+    separate arguments, formatted here in Python: formatting them in the kernel (``str`` of an int, string
+    concatenation) made numba compile its unicode support into every kernel calling panel_matmul, ~3 s of every cold
+    first call (measured with numba's compile events)."""
 
     def __str__(self):
         template, *values = self.args
         return "panel_matmul: " + template.format(*values)
 
 
+@intrinsic
+def _require_c_layout(typingctx, a, panels, out):
+    """Refuse, while numba types a call (before anything is compiled), operands that are not C-contiguous: numba
+    types each array with its memory layout, and a C-contiguous type is contiguous at run time too, so the
+    micro-kernels' assumption holds for every call that compiles. Checked at run time, a strided operand compiled a
+    whole specialisation of panel_matmul (about 3 s each on a cold cache) only to raise. Emits no code."""
+    for name, operand in (("a", a), ("panels", panels), ("out", out)):
+        if not isinstance(operand, types.Array) or operand.layout != "C":
+            raise PanelOperandError(
+                "{} must be a C-contiguous array (copy a strided view first: np.ascontiguousarray), got {}",
+                name,
+                operand,
+            )
+
+    def codegen(context, builder, signature, args):
+        return context.get_dummy_value()
+
+    return types.none(a, panels, out), codegen
+
+
 @jit(inline=True)
 def _check_operands(a, panels, out):
     """The shapes and layouts the micro-kernels assume; any mismatch would read or write out of bounds."""
+    _require_c_layout(a, panels, out)
     m, k = a.shape
     n = out.shape[1]
     width = _PANEL_BYTES // a.itemsize
@@ -348,8 +358,6 @@ def _check_operands(a, panels, out):
         raise PanelOperandError("out must have a's {} rows, got {}", m, out.shape[0])
     if panels.shape[0] != -(-n // width):
         raise PanelOperandError("out has {} columns, which need {} panels, got {}", n, -(-n // width), panels.shape[0])
-    if not (_is_c_contiguous(a) and _is_c_contiguous(panels) and _is_c_contiguous(out)):
-        raise PanelOperandError("a, panels and out must be C-contiguous (copy a strided view first)")
 
 
 @jit(inline=True)

@@ -8,6 +8,7 @@ import itertools
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -15,16 +16,25 @@ import naive
 import numba
 import numpy as np
 import pytest
-from helpers import DTYPES, assert_close
+from helpers import DTYPES, assert_bitwise_equal, assert_close, pairwise_cases
 from numpy.testing import assert_array_equal
 
 from numbarnn import _isa
 from numbarnn._activations import activate, activation_backward
-from numbarnn._backward import rnn_backward, rnn_backward_parallel
-from numbarnn._forward import rnn_forward, rnn_forward_parallel
+from numbarnn._backward import recurrent_backward, recurrent_backward_parallel
+from numbarnn._cells import GATES, cell_marker
+from numbarnn._forward import recurrent_forward, recurrent_forward_parallel
 from numbarnn._layout import build_layout, named_views
 from numbarnn._packing import pack, unpack
-from numbarnn._panels import ROW_PANELS, TILE_ROWS, pack_panels, panel_matmul, panel_shape, panel_width, rows_per_block
+from numbarnn._panels import (
+    ROW_PANELS,
+    TILE_ROWS,
+    pack_panels,
+    panel_matmul,
+    panel_shape,
+    panel_width,
+    rows_per_block,
+)
 from numbarnn._workspace import (
     Spec,
     backward_buffers,
@@ -51,13 +61,18 @@ def filled(buffers, value=np.nan):
 
 
 class KernelProblem:
-    """Random parameters, inputs and gradients for a stack, in the padded (L, N, ...) layout and packed."""
+    """Random parameters, inputs and gradients for a stack of ``cell`` ("rnn", "gru" or "lstm", an LSTM with a
+    projection of ``proj_size``), in the padded (L, N, ...) layout and packed."""
 
-    def __init__(self, num_layers, bidirectional, bias, dtype, lengths, dropout, blocks, rng):
+    def __init__(self, num_layers, bidirectional, bias, dtype, lengths, dropout, blocks, rng, cell="rnn", proj_size=0):
         self.num_layers, self.bidirectional, self.dtype = num_layers, bidirectional, np.dtype(dtype)
+        self.cell, self.proj_size = cell, proj_size
         self.directions = 2 if bidirectional else 1
-        self.width = self.directions * HIDDEN_SIZE
-        entries, self.offsets, total = build_layout(INPUT_SIZE, HIDDEN_SIZE, num_layers, self.directions, bias)
+        state = proj_size or HIDDEN_SIZE
+        self.width = self.directions * state
+        entries, self.offsets, total = build_layout(
+            INPUT_SIZE, HIDDEN_SIZE, num_layers, self.directions, bias, GATES[cell], proj_size
+        )
         self.entries = entries
         self.params = rng.uniform(-0.8, 0.8, total).astype(dtype)
         self.named = {name: view.astype(np.float64) for name, view in named_views(self.params, entries).items()}
@@ -66,9 +81,12 @@ class KernelProblem:
         self.order = self.packing.order
         self.rows = packing_rows(self.packing)
         self.x = rng.standard_normal((STEPS, BATCH, INPUT_SIZE)).astype(dtype)
-        self.h_0 = rng.standard_normal((num_layers * self.directions, BATCH, HIDDEN_SIZE)).astype(dtype)
+        self.h_0 = rng.standard_normal((num_layers * self.directions, BATCH, state)).astype(dtype)
         self.grad_output = rng.standard_normal((STEPS, BATCH, self.width)).astype(dtype)
         self.grad_h_n = rng.standard_normal(self.h_0.shape).astype(dtype)
+        if cell == "lstm":  # its c_0 and the gradient of its c_n
+            self.c_0 = rng.standard_normal((num_layers * self.directions, BATCH, HIDDEN_SIZE)).astype(dtype)
+            self.grad_c_n = rng.standard_normal(self.c_0.shape).astype(dtype)
         if dropout and num_layers > 1:
             keep = rng.random((num_layers - 1, STEPS, BATCH, self.width)) >= 0.4
             self.masks = (keep / 0.6).astype(dtype)
@@ -76,7 +94,9 @@ class KernelProblem:
             self.masks = None
 
     def spec(self, relu):
-        return Spec(INPUT_SIZE, HIDDEN_SIZE, self.num_layers, self.directions, self.dtype, relu)
+        return Spec(
+            INPUT_SIZE, HIDDEN_SIZE, self.num_layers, self.directions, self.dtype, relu, self.cell, self.proj_size
+        )
 
     def packed(self, padded):
         rows = np.empty((self.rows, padded.shape[-1]), self.dtype)
@@ -95,18 +115,23 @@ class KernelProblem:
         buffers.bias_zeros.fill(0)
         buffers.x_rows[...] = self.packed(self.x)
         buffers.h_n[...] = self.h_0[:, self.order]
+        if self.cell == "lstm":
+            buffers.c_n[...] = self.c_0[:, self.order]
         for k in range(dropped):
             buffers.dropout_scale[k] = self.packed(self.masks[k])
-        kernel = rnn_forward_parallel if parallel else rnn_forward
-        kernel(self.params, self.offsets, self.packing, buffers, self.directions, relu)
+        kernel = recurrent_forward_parallel if parallel else recurrent_forward
+        kernel(self.params, self.offsets, self.packing, buffers, self.directions, cell_marker(self.cell, relu))
         return buffers
 
     def backward(self, forward, relu, grads, parallel=False):
         buffers = filled(backward_buffers(self.spec(relu), self.packing, self.params.size, True))
         buffers.grad_output[...] = self.packed(self.grad_output)
         buffers.grad_h[...] = self.grad_h_n[:, self.order]
-        kernel = rnn_backward_parallel if parallel else rnn_backward
-        kernel(self.params, self.offsets, self.packing, forward, buffers, self.directions, relu, grads)
+        if self.cell == "lstm":
+            buffers.grad_c[...] = self.grad_c_n[:, self.order]
+        kernel = recurrent_backward_parallel if parallel else recurrent_backward
+        marker = cell_marker(self.cell, relu)
+        kernel(self.params, self.offsets, self.packing, forward, buffers, self.directions, marker, grads)
         return buffers
 
     def naive(self, nonlinearity):
@@ -203,23 +228,70 @@ def test_forward_and_backward_kernels_match_naive_loops(case, rng):
         assert_close(accumulated[name], expected, dtype, name)
 
 
-PARALLEL_CASES = [case for case in KERNEL_GRID if case[7] == 2 and case[4] == np.float64 and case[2]]
+# Every float64 two-block case of the grid for the RNN; for the gated cells (the same drivers with another epilogue,
+# and an LSTM's c and projection), two-layer stacks with every pair of directions, lengths and dropout. float64 and
+# two blocks of a tiny batch: the gated specialisations the module tests' batches split into blocks compile already
+# (test_lstm.py, test_gru.py), so these add no compile time; the sizes do not change what compiles.
+GATED_CELLS = {"gru": ("gru", 0), "lstm": ("lstm", 0), "lstm_proj": ("lstm", 2)}  # name: (cell, proj_size < H)
+GATED_OPTIONS = dict(bidirectional=[False, True], lengths=[False, True], dropout=[False, True])
 
 
-@pytest.mark.parametrize("case", PARALLEL_CASES, ids=[kernel_id(case) for case in PARALLEL_CASES])
-def test_parallel_drivers_give_bitwise_the_serial_result(case, rng):
-    """The parallel drivers run the same tasks on threads: every result must be bitwise the serial one."""
+def gated_case(bidirectional, lengths, dropout):
+    """A two-layer, two-block float64 case of the kernel grid's form."""
+    return (2, bidirectional, True, "tanh", np.float64, UNSORTED_LENGTHS if lengths else None, dropout, 2)
+
+
+PARALLEL_CASES = [("rnn", case) for case in KERNEL_GRID if case[7] == 2 and case[4] == np.float64 and case[2]] + [
+    (name, gated_case(**option)) for name in GATED_CELLS for option in pairwise_cases(GATED_OPTIONS)
+]
+
+
+def parallel_id(cell_case):
+    name, case = cell_case
+    return f"{name}-{kernel_id(case)}"
+
+
+def test_parallel_cases_cover_each_cell_with_lengths_directions_and_dropout():
+    for name in ("rnn", *GATED_CELLS):
+        cases = [case for cell, case in PARALLEL_CASES if cell == name]
+        for position in (1, 6):  # bidirectional, dropout
+            assert {case[position] for case in cases} == {False, True}, (name, position)
+        assert {case[5] is None for case in cases} == {False, True}, name  # with and without lengths
+        assert all(case[7] >= 2 for case in cases), name  # several blocks: the parallel drivers' tasks
+
+
+@pytest.mark.parametrize("cell_case", PARALLEL_CASES, ids=[parallel_id(cell_case) for cell_case in PARALLEL_CASES])
+def test_parallel_drivers_give_bitwise_the_serial_result(cell_case, rng):
+    """The parallel drivers run the same tasks on threads: every result (the outputs, final states and every
+    gradient) must be bitwise the serial one, for every cell."""
+    name, case = cell_case
     num_layers, bidirectional, bias, nonlinearity, dtype, lengths, dropout, blocks = case
-    problem = KernelProblem(num_layers, bidirectional, bias, dtype, lengths, dropout, blocks, rng)
+    cell, proj_size = GATED_CELLS.get(name, (name, 0))
+    problem = KernelProblem(num_layers, bidirectional, bias, dtype, lengths, dropout, blocks, rng, cell, proj_size)
     relu = nonlinearity == "relu"
     results = []
     for parallel in (False, True):
         forward = problem.forward(relu, parallel=parallel)
         grads = np.zeros_like(problem.params)
         backward = problem.backward(forward, relu, grads, parallel=parallel)
-        results.append((forward.top_out, forward.h_n, backward.grad_x, backward.grad_h, grads))
-    for serial, parallel in zip(*results, strict=True):
-        assert_array_equal(parallel, serial)
+        results.append(
+            {
+                "output": forward.top_out,
+                "h_n": forward.h_n,
+                "c_n": forward.c_n,
+                "grad_x": backward.grad_x,
+                "grad_h_0": backward.grad_h,
+                "grad_c_0": backward.grad_c,
+                **named_views(grads, problem.entries),
+            }
+        )
+    serial, parallel = results
+    assert list(parallel) == list(serial)
+    for key, value in serial.items():
+        assert np.isfinite(value).all(), f"{key}: the serial kernels read a buffer they never wrote (NaN-filled)"
+        assert_bitwise_equal(parallel[key], value, key)
+    assert (serial["c_n"].size > 0) == (cell == "lstm")
+    assert any(key.startswith("weight_hr") for key in serial) == (proj_size > 0)
 
 
 @pytest.mark.parametrize("lengths", [None, UNSORTED_LENGTHS], ids=["full", "lengths"])
@@ -491,13 +563,26 @@ def test_panel_matmul_checks_its_operands(rng):
         panel_matmul(a, panels, np.empty((m, n + width), dtype))
     with pytest.raises(ValueError, match=f"panels must be {width} columns wide .* got {2 * width}"):
         panel_matmul(a, np.zeros((1, k, 2 * width), dtype), out)
-    for strided in (np.zeros((m, 2 * k), dtype)[:, ::2], np.zeros((2 * m, k), dtype)[::2]):
-        with pytest.raises(ValueError, match="must be C-contiguous"):
-            panel_matmul(strided, panels, out)
-    with pytest.raises(ValueError, match="must be C-contiguous"):
-        panel_matmul(a, panels, np.empty((m, n + 3), dtype)[:, :n])
-    with pytest.raises(ValueError, match="must be C-contiguous"):
-        panel_matmul(a, np.zeros((2, k, 2 * width), dtype)[:, :, ::2], out)
+    # Strided operands are refused while numba types the call, before anything compiles: no specialisation of
+    # panel_matmul is added for their layouts.
+    compiled = list(panel_matmul.signatures)
+    strided_a = np.zeros((m, 2 * k), dtype)[:, ::2]
+    every_other_row = np.zeros((2 * m, k), dtype)[::2]
+    strided_panels = np.zeros((2, k, 2 * width), dtype)[:, :, ::2]
+    strided_out = np.empty((m, n + 3), dtype)[:, :n]
+    for name, given, operands in [
+        ("a", strided_a, (strided_a, panels, out)),
+        ("a", every_other_row, (every_other_row, panels, out)),
+        ("panels", strided_panels, (a, strided_panels, out)),
+        ("out", strided_out, (a, panels, strided_out)),
+    ]:
+        expected = (
+            f"panel_matmul: {name} must be a C-contiguous array (copy a strided view first: np.ascontiguousarray), "
+            f"got {numba.typeof(given)}"
+        )
+        with pytest.raises(ValueError, match=re.escape(expected)):
+            panel_matmul(*operands)
+    assert list(panel_matmul.signatures) == compiled
     panel_matmul(a, panels, out)  # the same operands, well formed
     assert_array_equal(out, 0)
 

@@ -801,6 +801,10 @@ def test_speed_script_times_both_libraries_in_fresh_processes():
             str(root / "benchmarks" / "onnx_vs_numbarnn.py"),
             "--configs",
             "stream",
+            "--cells",
+            "rnn",
+            "lstm",
+            "gru",
             "--rounds",
             "2",
             "--repeats",
@@ -810,8 +814,9 @@ def test_speed_script_times_both_libraries_in_fresh_processes():
         text=True,
         check=True,
     )
-    row = result.stdout.strip().splitlines()[-1]
-    name, ort_ms, numbarnn_ms, ratio = (field.strip() for field in row.split("|"))
-    assert name.startswith("stream (1, 1,")
-    assert float(ort_ms) > 0 and float(numbarnn_ms) > 0
-    assert ratio.endswith("x") and float(ratio[:-1]) > 0
+    rows = result.stdout.strip().splitlines()[-3:]
+    for cell, row in zip(("rnn", "lstm", "gru"), rows, strict=True):
+        name, ort_ms, numbarnn_ms, ratio = (field.strip() for field in row.split("|"))
+        assert name.startswith(f"{cell} stream (1, 1,")
+        assert float(ort_ms) > 0 and float(numbarnn_ms) > 0
+        assert ratio.endswith("x") and float(ratio[:-1]) > 0
