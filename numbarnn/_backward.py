@@ -13,7 +13,7 @@ input gradients are added once both are done.
 import numpy as np
 from numba import prange
 
-from ._cells import RnnCell, backward_epilogue, input_side, pack_projection, projection_gradient
+from ._cells import backward_epilogue, input_side, pack_projection, projection_gradient
 from ._forward import layer_input, layer_output, weight_views
 from ._jit import jit
 from ._layout import B_HH, B_IH, NO_BIAS, W_HH, W_HR, W_IH
@@ -274,15 +274,3 @@ def recurrent_backward_parallel(
     for k in prange(grads.size):
         for b in range(partial.shape[0]):  # the blocks in order, as the serial driver sums them
             grads[k] += partial[b, k]
-
-
-def rnn_backward(params, offsets, packing, forward, buffers, num_directions, relu, grads):
-    """:func:`recurrent_backward` of an Elman RNN (tanh, or relu if ``relu``) on a Packing and the buffers."""
-    arrays = tuple(packing), tuple(forward), tuple(buffers)
-    recurrent_backward(params, offsets, *arrays, num_directions, RnnCell(bool(relu)), grads)
-
-
-def rnn_backward_parallel(params, offsets, packing, forward, buffers, num_directions, relu, grads):
-    """:func:`recurrent_backward_parallel` of an Elman RNN."""
-    arrays = tuple(packing), tuple(forward), tuple(buffers)
-    recurrent_backward_parallel(params, offsets, *arrays, num_directions, RnnCell(bool(relu)), grads)

@@ -12,7 +12,7 @@ is its own compiled (and cached) specialisation.
 
 from numba import prange
 
-from ._cells import RnnCell, forward_epilogue, pack_projection, save_state
+from ._cells import forward_epilogue, pack_projection, save_state
 from ._jit import jit
 from ._layout import B_HH, B_IH, NO_BIAS, W_HH, W_IH
 from ._loops import multiply_2d
@@ -215,13 +215,3 @@ def recurrent_forward_parallel(params, offsets, packing_fields, buffer_fields, n
                 apply_dropout(l, buffers, packing.block_rows[b], packing.block_rows[b + 1])
         for task in prange(tasks):
             task_forward(l, task, params, offsets, packing, buffers, num_directions, cell)
-
-
-def rnn_forward(params, offsets, packing, buffers, num_directions, relu):
-    """:func:`recurrent_forward` of an Elman RNN (tanh, or relu if ``relu``) on a Packing and ForwardBuffers."""
-    recurrent_forward(params, offsets, tuple(packing), tuple(buffers), num_directions, RnnCell(bool(relu)))
-
-
-def rnn_forward_parallel(params, offsets, packing, buffers, num_directions, relu):
-    """:func:`recurrent_forward_parallel` of an Elman RNN."""
-    recurrent_forward_parallel(params, offsets, tuple(packing), tuple(buffers), num_directions, RnnCell(bool(relu)))
