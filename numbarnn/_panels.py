@@ -339,13 +339,14 @@ def panels_in(flat, rows, columns, width):
 
 
 @jit(inline=True)
-def pack_panels(source, panels):
+def pack_panels(source, panels, first=0, last=-1):
     """Pack ``source`` (K, N), any memory layout (``w.T`` of a C-contiguous ``w`` included), into ``panels``
-    (ceil(N / W), K, W); the columns past N are zero. (Unchecked: it is inlined into parallel loops, where a raise
-    would keep numba from parallelising them; :func:`panel_matmul` checks the panels' shape against its operands.)"""
+    (ceil(N / W), K, W); the columns past N are zero. Only panels ``first:last`` (default: all) when given, so that
+    several threads can share the packing. (Unchecked: it is inlined into parallel loops, where a raise would keep
+    numba from parallelising them; :func:`panel_matmul` checks the panels' shape against its operands.)"""
     k, n = source.shape
     width = panels.shape[2]
-    for q in range(panels.shape[0]):
+    for q in range(first, panels.shape[0] if last < 0 else last):
         for p in range(k):
             for c in range(width):
                 j = q * width + c

@@ -50,8 +50,8 @@ ForwardBuffers = namedtuple(
         "h_prev",  # (num_layers, D, R, P) state each step starts from (training), or (num_layers, D, 0, P)
         "z",  # (D, R, G * H) input projections
         "step_tmp",  # (D, N, G * H) the per-step product h_{t-1} W_hh^T
-        "w_hh_panels",  # (B * D, *panel_shape(P, G * H)) each task's W_hh^T packed into panels (numbarnn._panels)
-        "w_ih_panels",  # (B * D, size of panel_shape(max(H_in, D * P), G * H)) each task's W_ih^T in panels, flat
+        "w_hh_panels",  # (D, *panel_shape(P, G * H)) each direction's W_hh^T packed into panels (numbarnn._panels)
+        "w_ih_panels",  # (D, size of panel_shape(max(H_in, D * P), G * H)) each direction's W_ih^T in panels, flat
         "bias_zeros",  # (G * H,) zeros, read in place of the biases of a module without them
         "top_out",  # (R, D * P) the last layer's output rows
         "h_n",  # (num_layers * D, N, P) h_0 on entry, h_n on exit, batch in packed order
@@ -59,7 +59,7 @@ ForwardBuffers = namedtuple(
         "c_prev",  # (num_layers, D, R, H) an LSTM's c each step starts from (training), else no rows
         "saved",  # (num_layers, D, R, S * H) the gates the backward reads (training), or (1, D, N, S * H) scratch
         "h_full",  # (num_layers or 1, D, R or N, H) an LSTM projection's o * tanh(c), else (1, D, 0, H)
-        "w_hr_panels",  # (B * D, *panel_shape(H, P)) each task's W_hr^T in panels (projection), else no panels
+        "w_hr_panels",  # (D, *panel_shape(H, P)) each direction's W_hr^T in panels (projection), else no panels
     ],
 )
 
@@ -191,7 +191,7 @@ def forward_buffers(spec, packing, training, dropped, x_rows=None):
     in place); ``dropped`` is the number of layers with a dropout mask (0 or num_layers - 1).
     """
     input_size, hidden, layers, directions, dtype = spec[:5]
-    rows, batch, blocks = packing_rows(packing), packing.order.size, block_total(packing)
+    rows, batch = packing_rows(packing), packing.order.size
     state = state_size(spec)
     width = directions * state
     gates = GATES[spec.cell] * hidden
@@ -205,10 +205,8 @@ def forward_buffers(spec, packing, training, dropped, x_rows=None):
         h_prev=empty((layers, directions, rows if training else 0, state), dtype),
         z=empty((directions, rows, gates), dtype),
         step_tmp=empty((directions, batch, gates), dtype),
-        w_hh_panels=empty((blocks * directions, *panel_shape(state, gates, dtype)), dtype),
-        w_ih_panels=empty(
-            (blocks * directions, int(np.prod(panel_shape(max(input_size, width), gates, dtype)))), dtype
-        ),
+        w_hh_panels=empty((directions, *panel_shape(state, gates, dtype)), dtype),
+        w_ih_panels=empty((directions, int(np.prod(panel_shape(max(input_size, width), gates, dtype)))), dtype),
         bias_zeros=np.zeros(gates, dtype),
         top_out=empty((rows, width), dtype),
         h_n=empty((layers * directions, batch, state), dtype),
@@ -226,7 +224,7 @@ def forward_buffers(spec, packing, training, dropped, x_rows=None):
             else (1, directions, 0, hidden),
             dtype,
         ),
-        w_hr_panels=empty((blocks * directions, *panel_shape(hidden, spec.proj_size, dtype)), dtype),
+        w_hr_panels=empty((directions, *panel_shape(hidden, spec.proj_size, dtype)), dtype),
     )
 
 
