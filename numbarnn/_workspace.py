@@ -73,14 +73,14 @@ BackwardBuffers = namedtuple(
         "dz",  # (D, R, G * H) gradient of the pre-activations (of the recurrent side, for the GRU)
         "grad_input_tmp",  # (D, R * max(H_in, D * P)) per-direction partial input gradient (bidirectional) or (D, 0)
         "weight_tmp",  # (B * D, G * H * max(H_in, D * P, P)) each task's weight-gradient product
-        "w_hh_panels",  # (B * D, *panel_shape(G * H, P)) each task's W_hh packed into panels (numbarnn._panels)
-        "w_ih_panels",  # (B * D, size of panel_shape(G * H, max(H_in, D * P))) each task's W_ih in panels, flat
+        "w_hh_panels",  # (D, *panel_shape(G * H, P)) each direction's W_hh packed into panels (numbarnn._panels)
+        "w_ih_panels",  # (D, size of panel_shape(G * H, max(H_in, D * P))) each direction's W_ih in panels, flat
         "grad_partial",  # (B, P_total) each block's parameter gradients, summed into the module's after the pass
         "grad_c",  # (num_layers * D, N, H) an LSTM's gradient of c_n on entry, of c_0 on exit; else no rows
         "dz_in",  # (D, R, G * H) the GRU's input-side pre-activation gradient (n differs), else no rows
         "step_tmp",  # (D, N, H) per-step scratch of the gated cells, else no rows
         "dh_proj",  # (D, R, P) an LSTM projection's output gradient, else no rows
-        "w_hr_panels",  # (B * D, *panel_shape(P, H)) each task's W_hr in panels (projection), else no panels
+        "w_hr_panels",  # (D, *panel_shape(P, H)) each direction's W_hr in panels (projection), else no panels
     ],
 )
 
@@ -248,16 +248,14 @@ def backward_buffers(spec, packing, parameter_count, need_input_grad):
         weight_tmp=empty(
             (blocks * directions, max(gates * max(input_size, width, state), spec.proj_size * hidden)), dtype
         ),
-        w_hh_panels=empty((blocks * directions, *panel_shape(gates, state, dtype)), dtype),
-        w_ih_panels=empty(
-            (blocks * directions, int(np.prod(panel_shape(gates, max(input_size, width), dtype)))), dtype
-        ),
+        w_hh_panels=empty((directions, *panel_shape(gates, state, dtype)), dtype),
+        w_ih_panels=empty((directions, int(np.prod(panel_shape(gates, max(input_size, width), dtype)))), dtype),
         grad_partial=empty((partial_blocks(packing), parameter_count), dtype),
         grad_c=empty((layers * directions, batch if lstm else 0, hidden), dtype),
         dz_in=empty((directions, rows if spec.cell == "gru" else 0, gates), dtype),
         step_tmp=empty((directions, batch if gated else 0, hidden), dtype),
         dh_proj=empty((directions, rows if projected else 0, state), dtype),
-        w_hr_panels=empty((blocks * directions, *panel_shape(spec.proj_size, hidden, dtype)), dtype),
+        w_hr_panels=empty((directions, *panel_shape(spec.proj_size, hidden, dtype)), dtype),
     )
 
 
