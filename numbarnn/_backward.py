@@ -143,14 +143,10 @@ def task_backward(l, task, params, offsets, packing, forward, buffers, num_direc
     hidden, state, gates = buffers.grad_c.shape[2], buffers.grad_h.shape[2], buffers.dz.shape[2]
     inputs = layer_input(l, forward)[r0:r1]
     width = inputs.shape[1]
-    w_ih, w_hh = weight_views(params, offsets, row, gates, width, state)
     grad_y = buffers.grad_output if l == num_layers - 1 else buffers.grad_layer
     dz = buffers.dz[d][r0:r1]
     dz_input = input_side(cell, dz, buffers.dz_in[d][r0:r1])  # the GRU's differs in the n gate
-    w_hh_panels = buffers.w_hh_panels[task]
-    pack_panels(w_hh, w_hh_panels)
-    w_hr_panels = buffers.w_hr_panels[task]
-    pack_projection(cell, params, offsets, row, state, hidden, w_hr_panels, False)
+    w_hh_panels, w_hr_panels = buffers.w_hh_panels[d], buffers.w_hr_panels[d]
     dh_proj = buffers.dh_proj[d][r0:r1]
     h_prev = forward.h_prev[l, d][r0:r1]
     direction_backward(
@@ -188,9 +184,28 @@ def task_backward(l, task, params, offsets, packing, forward, buffers, num_direc
     )
     accumulate_bias_gradient(dz_input, dz, buffers.dz_in.shape[1] > 0, target, offsets, row, scratch[:gates])
     if l > 0 or buffers.grad_x.shape[0] > 0:
-        w_ih_panels = panels_in(buffers.w_ih_panels[task], gates, width, w_hh_panels.shape[2])
-        pack_panels(w_ih, w_ih_panels)
+        w_ih_panels = panels_in(buffers.w_ih_panels[d], gates, width, w_hh_panels.shape[2])
         panel_matmul(dz_input, w_ih_panels, input_gradient_target(l, d, num_directions, buffers, r0, r1, width))
+
+
+@jit(inline=True)
+def pack_direction_part(l, d, part, parts, params, offsets, forward, buffers, num_directions, cell):
+    """Pack part ``part`` of ``parts`` of direction ``d`` of layer ``l``'s W_hh (and W_ih when the input gradient is
+    needed) into its panels: one copy per direction, which every block task of that direction reads (part 0 also
+    packs an LSTM's projection)."""
+    row = l * num_directions + d
+    hidden, state, gates = buffers.grad_c.shape[2], buffers.grad_h.shape[2], buffers.dz.shape[2]
+    width = layer_input(l, forward).shape[1]
+    w_ih, w_hh = weight_views(params, offsets, row, gates, width, state)
+    w_hh_panels = buffers.w_hh_panels[d]
+    count = w_hh_panels.shape[0]
+    pack_panels(w_hh, w_hh_panels, count * part // parts, count * (part + 1) // parts)
+    if l > 0 or buffers.grad_x.shape[0] > 0:
+        w_ih_panels = panels_in(buffers.w_ih_panels[d], gates, width, w_hh_panels.shape[2])
+        count = w_ih_panels.shape[0]
+        pack_panels(w_ih, w_ih_panels, count * part // parts, count * (part + 1) // parts)
+    if part == 0:
+        pack_projection(cell, params, offsets, row, state, hidden, buffers.w_hr_panels[d], False)
 
 
 @jit(inline=True)
@@ -242,6 +257,8 @@ def recurrent_backward(params, offsets, packing_fields, forward_fields, buffer_f
         zero_partial_gradients(b, buffers)
     for l in range(num_layers - 1, -1, -1):
         width = layer_input(l, forward).shape[1]
+        for d in range(num_directions):
+            pack_direction_part(l, d, 0, 1, params, offsets, forward, buffers, num_directions, cell)
         for task in range(blocks * num_directions):
             task_backward(l, task, params, offsets, packing, forward, buffers, num_directions, cell, grads)
         for b in range(blocks):
@@ -265,6 +282,20 @@ def recurrent_backward_parallel(
         zero_partial_gradients(b, buffers)
     for l in range(num_layers - 1, -1, -1):
         width = layer_input(l, forward).shape[1]
+        # each direction's weights packed once, by all the threads, for all its blocks: threads meet twice per layer
+        for task in prange(blocks * num_directions):
+            pack_direction_part(
+                l,
+                task % num_directions,
+                task // num_directions,
+                blocks,
+                params,
+                offsets,
+                forward,
+                buffers,
+                num_directions,
+                cell,
+            )
         for task in prange(blocks * num_directions):
             task_backward(l, task, params, offsets, packing, forward, buffers, num_directions, cell, grads)
         if num_directions == 2 or (l > 0 and forward.dropout_scale.shape[0] > 0):

@@ -133,24 +133,45 @@ def direction_forward(
         )
 
 
+@jit(inline=True)
+def direction_panels(l, d, buffers):
+    """Direction ``d`` of layer ``l``'s packed ``(w_ih_panels, w_hh_panels, w_hr_panels)``: one copy per direction,
+    which every block task of that direction reads."""
+    gates, width = buffers.z.shape[2], layer_input(l, buffers).shape[1]
+    w_hh_panels = buffers.w_hh_panels[d]
+    w_ih_panels = panels_in(buffers.w_ih_panels[d], width, gates, w_hh_panels.shape[2])
+    return w_ih_panels, w_hh_panels, buffers.w_hr_panels[d]
+
+
+@jit(inline=True)
+def pack_direction_part(l, d, part, parts, params, offsets, buffers, num_directions, cell):
+    """Pack part ``part`` of ``parts`` of direction ``d`` of layer ``l``'s weights into its panels: the parts split
+    the panels of W_ih^T and W_hh^T into nearly equal ranges (part 0 also packs an LSTM's projection)."""
+    row = l * num_directions + d
+    state, gates = buffers.h_n.shape[2], buffers.z.shape[2]
+    inputs = layer_input(l, buffers)
+    w_ih, w_hh = weight_views(params, offsets, row, gates, inputs.shape[1], state)
+    w_ih_panels, w_hh_panels, w_hr_panels = direction_panels(l, d, buffers)
+    count = w_hh_panels.shape[0]
+    pack_panels(w_ih.T, w_ih_panels, count * part // parts, count * (part + 1) // parts)
+    pack_panels(w_hh.T, w_hh_panels, count * part // parts, count * (part + 1) // parts)
+    if part == 0:
+        pack_projection(cell, params, offsets, row, state, buffers.c_n.shape[2], w_hr_panels, True)
+
+
 @jit  # not inlined: both drivers call the one compiled body (see the epilogues in numbarnn._cells)
 def task_forward(l, task, params, offsets, packing, buffers, num_directions, cell):
-    """Direction ``task % D`` of layer ``l`` over block ``task // D``: the body both drivers run."""
+    """Direction ``task % D`` of layer ``l`` over block ``task // D``: the body both drivers run, once the
+    direction's weights are packed (:func:`pack_direction_part`)."""
     b, d = task // num_directions, task % num_directions
     r0, r1 = packing.block_rows[b], packing.block_rows[b + 1]
     n0, n1 = packing.block_batch[b], packing.block_batch[b + 1]
     row = l * num_directions + d
-    hidden, state, gates = buffers.c_n.shape[2], buffers.h_n.shape[2], buffers.z.shape[2]
+    state, gates = buffers.h_n.shape[2], buffers.z.shape[2]
     training = buffers.h_prev.shape[2] > 0
     inputs = layer_input(l, buffers)
-    w_ih, w_hh = weight_views(params, offsets, row, gates, inputs.shape[1], state)
     b_ih, b_hh = bias_views(params, offsets, row, gates, buffers.bias_zeros)
-    w_hh_panels = buffers.w_hh_panels[task]
-    pack_panels(w_hh.T, w_hh_panels)
-    w_ih_panels = panels_in(buffers.w_ih_panels[task], inputs.shape[1], gates, w_hh_panels.shape[2])
-    pack_panels(w_ih.T, w_ih_panels)
-    w_hr_panels = buffers.w_hr_panels[task]
-    pack_projection(cell, params, offsets, row, state, hidden, w_hr_panels, True)
+    w_ih_panels, w_hh_panels, w_hr_panels = direction_panels(l, d, buffers)
     out = layer_output(l, offsets.shape[0] // num_directions, buffers)
     # h_prev and c_prev have no rows in inference, and slicing keeps them empty
     direction_forward(
@@ -198,6 +219,8 @@ def recurrent_forward(params, offsets, packing_fields, buffer_fields, num_direct
     for l in range(num_layers):
         for b in range(packing.block_batch.size - 1):
             apply_dropout(l, buffers, packing.block_rows[b], packing.block_rows[b + 1])
+        for d in range(num_directions):
+            pack_direction_part(l, d, 0, 1, params, offsets, buffers, num_directions, cell)
         for task in range(tasks):
             task_forward(l, task, params, offsets, packing, buffers, num_directions, cell)
 
@@ -213,5 +236,10 @@ def recurrent_forward_parallel(params, offsets, packing_fields, buffer_fields, n
         if l > 0 and buffers.dropout_scale.shape[0] > 0:
             for b in prange(blocks):
                 apply_dropout(l, buffers, packing.block_rows[b], packing.block_rows[b + 1])
+        # each direction's weights packed once, by all the threads, for all its blocks: threads meet twice per layer
+        for task in prange(tasks):
+            pack_direction_part(
+                l, task % num_directions, task // num_directions, blocks, params, offsets, buffers, num_directions, cell
+            )
         for task in prange(tasks):
             task_forward(l, task, params, offsets, packing, buffers, num_directions, cell)

@@ -20,6 +20,15 @@ K = N = 256: 113 GFLOP/s at M = 256, 49 at M = 12,800). The block size comes fro
 (:func:`numbarnn._isa.caches`) and changes only the speed, never the results (every output element is the same
 K-long sum whatever the blocks), so code cached on a host with another L2 is still correct.
 
+When the panels outgrow the caches (a gated cell's per-step product at H = 1024: W_hh^T is 1024 x 4096, 16 MiB in
+float32), every step streams them from memory, and the tiles over a panel took that stream all at once: the first
+tile waited for the panel's lines while the others found them in the L2. So each tile over a panel also prefetches
+its share of the next panel into the L2 (``prefetcht1`` on x86), which spreads the stream over the whole panel's
+work. Measured on the project machine (Zen 3, one thread, float32; a busy shared host, so process CPU time, best of 4
+processes): 32 x 1024 x 4096 59 -> 68 GFLOP/s, 64 x 1024 x 4096 64 -> 75, 32 x 1024 x 8192 56 -> 64, the input
+projection 3200 x 512 x 4096 78 -> 86; 32 x 1024 x 1024 (4 MiB) 87 -> 85, within the noise. Panels that all fit in
+the L2 stay there between uses and are not prefetched.
+
 numba cannot express a vector register, so the micro-kernel is an ``@intrinsic`` emitting LLVM vector IR
 (``llvm.fmuladd`` on <lanes x float>): a fused multiply-add where the target has one, else a vector multiply and add.
 (``llvm.fma`` must be fused, and on a target without FMA LLVM lowers it to one libm ``fmaf`` call per lane: built
@@ -47,7 +56,11 @@ _PANEL_BYTES = _TILE.vectors * _TILE.vector_bits // 8  # one panel row: W elemen
 # CPU time, fastest of repeats): an eighth kept K = N = 256 at 83-99 GFLOP/s and 512 x 1024 at 90-97; a quarter gave
 # 74-87 at K = N = 256, a half 77-83 at 512 x 1024 (M >= 1024), a sixteenth 66-73 at K = N = 256. Slicing K as well,
 # so that a panel's slice stays in half the L1, was slower at large M (79 and 75 against 88 and 90).
-_A_BLOCK_BYTES = _isa.caches().l2 // 8
+_L2_BYTES = _isa.caches().l2
+_A_BLOCK_BYTES = _L2_BYTES // 8
+# llvm.prefetch's (read, locality, data cache) arguments: a read, kept in the outer caches (prefetcht1 on x86)
+_PREFETCH_READ_L2 = tuple(ir.Constant(ir.IntType(32), value) for value in (0, 2, 1))
+CACHE_LINE_BYTES = 64
 
 
 def panel_width(dtype):
@@ -83,14 +96,16 @@ def _micro_kernel(module, element, index, rows, float64, panel_count=1):
     if panel_count > 1:
         name += f"_{panel_count}_panels"
     pointer = element.as_pointer()
-    function_type = ir.FunctionType(ir.VoidType(), [pointer, index, pointer, pointer, index, index, index])
+    function_type = ir.FunctionType(
+        ir.VoidType(), [pointer, index, pointer, pointer, index, index, index, pointer, index]
+    )
     function = cgutils.get_or_insert_function(module, function_type, name)
     if not function.is_declaration:
         return function
     function.linkage = "internal"
     function.attributes.add("noinline")
     function.attributes.add("nounwind")
-    a_pointer, lda, panel_pointer, out_pointer, ldo, k, columns = function.args
+    a_pointer, lda, panel_pointer, out_pointer, ldo, k, columns, prefetch_pointer, prefetch_rows = function.args
     for argument in (a_pointer, panel_pointer, out_pointer):  # out overlaps neither a nor the panels
         argument.add_attribute("noalias")
     builder = ir.IRBuilder(function.append_basic_block("entry"))
@@ -118,8 +133,12 @@ def _micro_kernel(module, element, index, rows, float64, panel_count=1):
         accumulators = [[cgutils.alloca_once_value(builder, zero) for _ in range(vectors)] for _ in range(rows)]
         panel_starts = [panel_pointer]
     row_starts = [builder.gep(a_pointer, [builder.mul(constant(r), lda)]) for r in range(rows)]
-    with cgutils.for_range(builder, k) as loop:
-        p = loop.index
+    prefetch = cgutils.get_or_insert_function(
+        module, ir.FunctionType(ir.VoidType(), [ir.IntType(8).as_pointer(), *[ir.IntType(32)] * 3]), "llvm.prefetch"
+    )
+
+    def step(p):
+        """The tile's multiply-adds for row ``p`` of the panels."""
         panel_vectors = []
         for start in panel_starts:
             panel_row = builder.gep(start, [builder.mul(p, constant(vectors * lanes))])
@@ -133,6 +152,19 @@ def _micro_kernel(module, element, index, rows, float64, panel_count=1):
             for v, panel_vector in enumerate(panel_vectors):
                 accumulator = accumulators[r][v]
                 builder.store(builder.call(fmuladd, [x, panel_vector, builder.load(accumulator)]), accumulator)
+
+    # the first prefetch_rows steps also fetch one panel row each from prefetch_pointer on (see panel_matmul)
+    byte_pointer = ir.IntType(8).as_pointer()
+    prefetch_row_bytes = constant(vectors * lanes * (8 if float64 else 4))
+    prefetch_bytes = builder.bitcast(prefetch_pointer, byte_pointer)
+    prefetched = builder.select(builder.icmp_signed("<", prefetch_rows, k), prefetch_rows, k)
+    with cgutils.for_range(builder, prefetched) as loop:
+        row = builder.gep(prefetch_bytes, [builder.mul(loop.index, prefetch_row_bytes)])
+        for line in range(0, _PANEL_BYTES, CACHE_LINE_BYTES):
+            builder.call(prefetch, [builder.gep(row, [constant(line)]), *_PREFETCH_READ_L2])
+        step(loop.index)
+    with cgutils.for_range_slice(builder, prefetched, k, constant(1), inc=True) as (p, _):
+        step(p)
     out_rows = [builder.gep(out_pointer, [builder.mul(constant(r), ldo)]) for r in range(rows)]
     if panel_count > 1:  # whole panels only
         for v, accumulator in enumerate(accumulators[0]):
@@ -169,11 +201,27 @@ def _element_pointer(context, builder, array_type, value, offset):
 
 
 @intrinsic
-def _tile(typingctx, rows, a, a_offset, lda, panels, panel_offset, out, out_offset, ldo, k, columns):
-    """``tile(rows, a, a_offset, lda, panels, panel_offset, out, out_offset, ldo, k, columns)``:
-    ``out[r, :columns] = a[r, :k] @ panel[:k, :columns]`` for ``rows`` (1 to TILE_ROWS) rows, all offsets and
-    strides in elements of the arrays' data; ``columns`` <= W, the panel's further columns (zero padding) are not
-    stored. One micro-kernel per row count, chosen by a switch."""
+def _tile(
+    typingctx,
+    rows,
+    a,
+    a_offset,
+    lda,
+    panels,
+    panel_offset,
+    out,
+    out_offset,
+    ldo,
+    k,
+    columns,
+    prefetch_offset,
+    prefetch_rows,
+):
+    """``tile(rows, a, a_offset, lda, panels, panel_offset, out, out_offset, ldo, k, columns, prefetch_offset,
+    prefetch_rows)``: ``out[r, :columns] = a[r, :k] @ panel[:k, :columns]`` for ``rows`` (1 to TILE_ROWS) rows, all
+    offsets and strides in elements of the arrays' data; ``columns`` <= W, the panel's further columns (zero padding)
+    are not stored. Meanwhile ``prefetch_rows`` panel rows of ``panels`` from ``prefetch_offset`` on are prefetched.
+    One micro-kernel per row count, chosen by a switch."""
     dtype = a.dtype
     if dtype not in (types.float32, types.float64) or panels.dtype != dtype or out.dtype != dtype:
         return None
@@ -191,12 +239,15 @@ def _tile(typingctx, rows, a, a_offset, lda, panels, panel_offset, out, out_offs
             ldo_value,
             k_value,
             columns_value,
+            prefetch_offset,
+            prefetch_rows,
         ) = args
 
         def data(position, value, offset):
             return _element_pointer(context, builder, signature.args[position], value, offset)
 
         pointers = data(1, a_value, a_offset), data(4, panels_value, panel_offset), data(6, out_value, out_offset)
+        prefetch_pointer = data(4, panels_value, prefetch_offset)
         element = context.get_value_type(dtype)
         done = builder.append_basic_block("tile.done")
         switch = builder.switch(rows_value, done)
@@ -205,12 +256,28 @@ def _tile(typingctx, rows, a, a_offset, lda, panels, panel_offset, out, out_offs
             switch.add_case(ir.Constant(rows_value.type, count), block)
             builder.position_at_end(block)
             kernel = _micro_kernel(builder.module, element, k_value.type, count, dtype == types.float64)
-            builder.call(kernel, [pointers[0], lda_value, pointers[1], pointers[2], ldo_value, k_value, columns_value])
+            builder.call(
+                kernel,
+                [
+                    pointers[0],
+                    lda_value,
+                    pointers[1],
+                    pointers[2],
+                    ldo_value,
+                    k_value,
+                    columns_value,
+                    prefetch_pointer,
+                    prefetch_rows,
+                ],
+            )
             builder.branch(done)
         builder.position_at_end(done)
         return context.get_dummy_value()
 
-    return types.none(rows, a, a_offset, lda, panels, panel_offset, out, out_offset, ldo, k, columns), codegen
+    signature = types.none(
+        rows, a, a_offset, lda, panels, panel_offset, out, out_offset, ldo, k, columns, prefetch_offset, prefetch_rows
+    )
+    return signature, codegen
 
 
 # Panels one row multiplies at once: 4 x 2 vectors = 8 independent chains, enough to keep two fused multiply-add
@@ -235,16 +302,20 @@ def _row_tile(typingctx, a, a_offset, panels, panel_offset, out, out_offset, k):
         kernel = _micro_kernel(
             builder.module, context.get_value_type(dtype), k_value.type, 1, dtype == types.float64, ROW_PANELS
         )
+        panel_pointer = data(2, panels_value, panel_offset)
+        no_rows = ir.Constant(k_value.type, 0)
         builder.call(
             kernel,
             [
                 data(0, a_value, a_offset),
                 k_value,
-                data(2, panels_value, panel_offset),
+                panel_pointer,
                 data(4, out_value, out_offset),
                 k_value,
                 k_value,
                 k_value,
+                panel_pointer,  # nothing prefetched
+                no_rows,
             ],
         )
         return context.get_dummy_value()
@@ -267,21 +338,24 @@ def panels_in(flat, rows, columns, width):
     return flat[: count * rows * width].reshape((count, rows, width))
 
 
-@jit  # called, not inlined: its blocked copies are long, and each task body packs two or three weights
-def pack_panels(source, panels):
+@jit  # called, not inlined: its blocked copies are long, and each direction packs two or three weights
+def pack_panels(source, panels, first=0, last=-1):
     """Pack ``source`` (K, N), any memory layout (``w.T`` of a C-contiguous ``w`` included), into ``panels``
-    (ceil(N / W), K, W); the columns past N are zero. (Unchecked, as the tasks calling it run in parallel loops;
-    :func:`panel_matmul` checks the panels' shape against its operands.)"""
+    (ceil(N / W), K, W); the columns past N are zero. Only panels ``first:last`` (default: all) when given, so that
+    several threads can share the packing. (Unchecked; :func:`panel_matmul` checks the panels' shape against its
+    operands.)"""
     k, n = source.shape
     width = panels.shape[2]
+    last = panels.shape[0] if last < 0 else last
+    whole = min(n // width, last)  # the panels with no column past N
     # A transposed source (``w.T``: K is its contiguous axis) is copied in 8 x 8 blocks, which LLVM turns into
     # vector loads, shuffles and stores; element by element, each panel row gathered W scattered values. W_hh of
     # 64 x 64 float32: 2.4 -> 1.3 us, the large configuration's LSTM W_hh (4096 x 1024): 6.7 -> 2.5 ms (Zen 3).
     # Any other layout copies whole panels row by row without the padding test, which kept the loop scalar (a
     # C-contiguous 64 x 64 source, as the backward packs W_hh: 2.8 -> 0.4 us).
-    blocked = n // width if source.strides[0] < source.strides[1] and width % 8 == 0 else 0
+    blocked = whole if source.strides[0] < source.strides[1] and width % 8 == 0 else first
     k_blocked = k - k % 8
-    for q in range(blocked):
+    for q in range(first, blocked):
         j = q * width
         for p0 in range(0, k_blocked, 8):
             for c0 in range(0, width, 8):
@@ -291,20 +365,18 @@ def pack_panels(source, panels):
         for p in range(k_blocked, k):
             for c in range(width):
                 panels[q, p, c] = source[p, j + c]
-    whole = n // width
-    for q in range(blocked, whole):  # whole panels of any other layout: row by row, no padding test inside
+    for q in range(max(first, blocked), whole):  # whole panels of any other layout: row by row, no padding test
         j = q * width
         for p in range(k):
             row = source[p, j : j + width]
             panel_row = panels[q, p]
             for c in range(width):
                 panel_row[c] = row[c]
-    for q in range(whole, panels.shape[0]):  # the last panel, zero past column N
+    for q in range(max(first, whole), last):  # the last panel, zero past column N
         for p in range(k):
             for c in range(width):
                 j = q * width + c
                 panels[q, p, c] = source[p, j] if j < n else 0
-
 
 class PanelOperandError(ValueError):
     """Operands of :func:`panel_matmul` that do not fit together. Raised inside kernels (an operand that is not
@@ -385,13 +457,33 @@ def panel_matmul(a, panels, out):
         for q in range(0, grouped, ROW_PANELS):
             _row_tile(a, 0, panels, q * k * width, out, q * width, k)
         for q in range(grouped, panels.shape[0]):
-            _tile(1, a, 0, k, panels, q * k * width, out, q * width, n, k, min(width, n - q * width))
+            _tile(1, a, 0, k, panels, q * k * width, out, q * width, n, k, min(width, n - q * width), 0, 0)
         return
     row_block = rows_per_block(k, a.itemsize)
+    count = panels.shape[0]
     for i0 in range(0, m, row_block):
         i1 = min(m, i0 + row_block)
-        for q in range(panels.shape[0]):
+        tiles = -(-(i1 - i0) // TILE_ROWS)
+        # panel rows of the next panel each tile prefetches: none when all the panels fit in the L2, where they stay
+        share = -(-k // tiles) if panels.size * panels.itemsize > _L2_BYTES else 0
+        for q in range(count):
             columns = min(width, n - q * width)
             panel = q * k * width
+            following = (q + 1) % count * k * width  # the next panel, or the first one again for the next block
             for i in range(i0, i1, TILE_ROWS):
-                _tile(min(TILE_ROWS, i1 - i), a, i * k, k, panels, panel, out, i * n + q * width, n, k, columns)
+                first = (i - i0) // TILE_ROWS * share
+                _tile(
+                    min(TILE_ROWS, i1 - i),
+                    a,
+                    i * k,
+                    k,
+                    panels,
+                    panel,
+                    out,
+                    i * n + q * width,
+                    n,
+                    k,
+                    columns,
+                    following + first * width,
+                    max(0, min(share, k - first)),
+                )

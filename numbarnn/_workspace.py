@@ -67,13 +67,13 @@ ForwardBuffers = namedtuple(
         "h_prev",  # (num_layers, D, R, P) state each step starts from (training), or (num_layers, D, 0, P)
         "z",  # (D, R, G * H) input projections
         "step_tmp",  # (D, N, G * H) the per-step product h_{t-1} W_hh^T
-        "w_hh_panels",  # (B * D, *panel_shape(P, G * H)) each task's W_hh^T packed into panels (numbarnn._panels)
-        "w_ih_panels",  # (B * D, size of panel_shape(max(H_in, D * P), G * H)) each task's W_ih^T in panels, flat
+        "w_hh_panels",  # (D, *panel_shape(P, G * H)) each direction's W_hh^T packed into panels (numbarnn._panels)
+        "w_ih_panels",  # (D, size of panel_shape(max(H_in, D * P), G * H)) each direction's W_ih^T in panels, flat
         "bias_zeros",  # (G * H,) zeros, read in place of the biases of a module without them
         "c_prev",  # (num_layers, D, R, H) an LSTM's c each step starts from (training), else no rows
         "saved",  # (num_layers, D, R, S * H) the gates the backward reads (training), or (1, D, N, S * H) scratch
         "h_full",  # (num_layers or 1, D, R or N, H) an LSTM projection's o * tanh(c), else (1, D, 0, H)
-        "w_hr_panels",  # (B * D, *panel_shape(H, P)) each task's W_hr^T in panels (projection), else no panels
+        "w_hr_panels",  # (D, *panel_shape(H, P)) each direction's W_hr^T in panels (projection), else no panels
     ],
 )
 CALL_ARRAYS = 4  # ForwardBuffers[:CALL_ARRAYS] are x_rows, top_out, h_n, c_n
@@ -88,14 +88,14 @@ BackwardBuffers = namedtuple(
         "dz",  # (D, R, G * H) gradient of the pre-activations (of the recurrent side, for the GRU)
         "grad_input_tmp",  # (D, R * max(H_in, D * P)) per-direction partial input gradient (bidirectional) or (D, 0)
         "weight_tmp",  # (B * D, G * H * max(H_in, D * P, P)) each task's weight-gradient product
-        "w_hh_panels",  # (B * D, *panel_shape(G * H, P)) each task's W_hh packed into panels (numbarnn._panels)
-        "w_ih_panels",  # (B * D, size of panel_shape(G * H, max(H_in, D * P))) each task's W_ih in panels, flat
+        "w_hh_panels",  # (D, *panel_shape(G * H, P)) each direction's W_hh packed into panels (numbarnn._panels)
+        "w_ih_panels",  # (D, size of panel_shape(G * H, max(H_in, D * P))) each direction's W_ih in panels, flat
         "grad_partial",  # (B, P_total) each block's parameter gradients, summed into the module's after the pass
         "grad_c",  # (num_layers * D, N, H) an LSTM's gradient of c_n on entry, of c_0 on exit; else no rows
         "dz_in",  # (D, R, G * H) the GRU's input-side pre-activation gradient (n differs), else no rows
         "step_tmp",  # (D, N, H) per-step scratch of the gated cells, else no rows
         "dh_proj",  # (D, R, P) an LSTM projection's output gradient, else no rows
-        "w_hr_panels",  # (B * D, *panel_shape(P, H)) each task's W_hr in panels (projection), else no panels
+        "w_hr_panels",  # (D, *panel_shape(P, H)) each direction's W_hr in panels (projection), else no panels
     ],
 )
 
@@ -207,7 +207,7 @@ def forward_buffers(spec, packing, training, dropped, x_rows=None):
     in place); ``dropped`` is the number of layers with a dropout mask (0 or num_layers - 1).
     """
     input_size, hidden, layers, directions, dtype = spec[:5]
-    rows, batch, blocks = packing_rows(packing), packing.order.size, block_total(packing)
+    rows, batch = packing_rows(packing), packing.order.size
     state = state_size(spec)
     width = directions * state
     gates = GATES[spec.cell] * hidden
@@ -221,10 +221,8 @@ def forward_buffers(spec, packing, training, dropped, x_rows=None):
         h_prev=empty((layers, directions, rows if training else 0, state), dtype),
         z=empty((directions, rows, gates), dtype),
         step_tmp=empty((directions, batch, gates), dtype),
-        w_hh_panels=empty((blocks * directions, *panel_shape(state, gates, dtype)), dtype),
-        w_ih_panels=empty(
-            (blocks * directions, int(np.prod(panel_shape(max(input_size, width), gates, dtype)))), dtype
-        ),
+        w_hh_panels=empty((directions, *panel_shape(state, gates, dtype)), dtype),
+        w_ih_panels=empty((directions, int(np.prod(panel_shape(max(input_size, width), gates, dtype)))), dtype),
         bias_zeros=np.zeros(gates, dtype),
         top_out=empty((rows, width), dtype),
         h_n=empty((layers * directions, batch, state), dtype),
@@ -242,7 +240,7 @@ def forward_buffers(spec, packing, training, dropped, x_rows=None):
             else (1, directions, 0, hidden),
             dtype,
         ),
-        w_hr_panels=empty((blocks * directions, *panel_shape(hidden, spec.proj_size, dtype)), dtype),
+        w_hr_panels=empty((directions, *panel_shape(hidden, spec.proj_size, dtype)), dtype),
     )
 
 
@@ -266,16 +264,14 @@ def backward_buffers(spec, packing, parameter_count, need_input_grad):
         weight_tmp=empty(
             (blocks * directions, max(gates * max(input_size, width, state), spec.proj_size * hidden)), dtype
         ),
-        w_hh_panels=empty((blocks * directions, *panel_shape(gates, state, dtype)), dtype),
-        w_ih_panels=empty(
-            (blocks * directions, int(np.prod(panel_shape(gates, max(input_size, width), dtype)))), dtype
-        ),
+        w_hh_panels=empty((directions, *panel_shape(gates, state, dtype)), dtype),
+        w_ih_panels=empty((directions, int(np.prod(panel_shape(gates, max(input_size, width), dtype)))), dtype),
         grad_partial=empty((partial_blocks(packing), parameter_count), dtype),
         grad_c=empty((layers * directions, batch if lstm else 0, hidden), dtype),
         dz_in=empty((directions, rows if spec.cell == "gru" else 0, gates), dtype),
         step_tmp=empty((directions, batch if gated else 0, hidden), dtype),
         dh_proj=empty((directions, rows if projected else 0, state), dtype),
-        w_hr_panels=empty((blocks * directions, *panel_shape(spec.proj_size, hidden, dtype)), dtype),
+        w_hr_panels=empty((directions, *panel_shape(spec.proj_size, hidden, dtype)), dtype),
     )
 
 
