@@ -378,6 +378,7 @@ def pack_panels(source, panels, first=0, last=-1):
                 j = q * width + c
                 panels[q, p, c] = source[p, j] if j < n else 0
 
+
 class PanelOperandError(ValueError):
     """Operands of :func:`panel_matmul` that do not fit together. Raised inside kernels (an operand that is not
     C-contiguous: while numba types the call, :func:`_require_c_layout`) with the message template and its values as
