@@ -120,7 +120,9 @@ class KernelProblem:
         for k in range(dropped):
             buffers.dropout_scale[k] = self.packed(self.masks[k])
         kernel = recurrent_forward_parallel if parallel else recurrent_forward
-        kernel(self.params, self.offsets, self.packing, buffers, self.directions, cell_marker(self.cell, relu))
+        # plain tuples, as numbarnn._engine passes them: the specialisation the library runs
+        marker = cell_marker(self.cell, relu)
+        kernel(self.params, self.offsets, tuple(self.packing), tuple(buffers), self.directions, marker)
         return buffers
 
     def backward(self, forward, relu, grads, parallel=False):
@@ -131,7 +133,8 @@ class KernelProblem:
             buffers.grad_c[...] = self.grad_c_n[:, self.order]
         kernel = recurrent_backward_parallel if parallel else recurrent_backward
         marker = cell_marker(self.cell, relu)
-        kernel(self.params, self.offsets, self.packing, forward, buffers, self.directions, marker, grads)
+        arrays = tuple(self.packing), tuple(forward), tuple(buffers)
+        kernel(self.params, self.offsets, *arrays, self.directions, marker, grads)
         return buffers
 
     def naive(self, nonlinearity):
