@@ -297,7 +297,8 @@ def recurrent_backward_parallel(
                 cell,
             )
         for task in prange(blocks * num_directions):
-            task_backward(l, task, params, offsets, packing, forward, buffers, num_directions, cell, grads)
+            # int64, as in the serial driver: one compiled task_backward (a prange index is unsigned)
+            task_backward(l, np.int64(task), params, offsets, packing, forward, buffers, num_directions, cell, grads)
         if num_directions == 2 or (l > 0 and forward.dropout_scale.shape[0] > 0):
             for b in prange(blocks):
                 finish_block_gradient(l, b, packing, forward, buffers, num_directions, width)

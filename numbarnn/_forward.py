@@ -10,6 +10,7 @@ so threads meet once per layer, never per step. The cell marker argument selects
 is its own compiled (and cached) specialisation.
 """
 
+import numpy as np
 from numba import prange
 
 from ._cells import forward_epilogue, pack_projection, save_state
@@ -242,4 +243,5 @@ def recurrent_forward_parallel(params, offsets, packing_fields, buffer_fields, n
                 l, task % num_directions, task // num_directions, blocks, params, offsets, buffers, num_directions, cell
             )
         for task in prange(tasks):
-            task_forward(l, task, params, offsets, packing, buffers, num_directions, cell)
+            # a prange index is unsigned: as int64, the call is the serial driver's, compiled once, not twice
+            task_forward(l, np.int64(task), params, offsets, packing, buffers, num_directions, cell)
