@@ -18,7 +18,7 @@ from ._forward import layer_input, layer_output, weight_views
 from ._jit import jit
 from ._layout import B_HH, B_IH, NO_BIAS, W_HH, W_HR, W_IH
 from ._loops import add_2d, add_into_flat, multiply_2d
-from ._panels import pack_panels, panel_matmul, panels_in
+from ._panels import pack_panels_part, panel_matmul, panels_in
 from ._workspace import BackwardBuffers, ForwardBuffers, Packing
 
 
@@ -198,12 +198,10 @@ def pack_direction_part(l, d, part, parts, params, offsets, forward, buffers, nu
     width = layer_input(l, forward).shape[1]
     w_ih, w_hh = weight_views(params, offsets, row, gates, width, state)
     w_hh_panels = buffers.w_hh_panels[d]
-    count = w_hh_panels.shape[0]
-    pack_panels(w_hh, w_hh_panels, count * part // parts, count * (part + 1) // parts)
+    pack_panels_part(w_hh, w_hh_panels, part, parts)
     if l > 0 or buffers.grad_x.shape[0] > 0:
         w_ih_panels = panels_in(buffers.w_ih_panels[d], gates, width, w_hh_panels.shape[2])
-        count = w_ih_panels.shape[0]
-        pack_panels(w_ih, w_ih_panels, count * part // parts, count * (part + 1) // parts)
+        pack_panels_part(w_ih, w_ih_panels, part, parts)
     if part == 0:
         pack_projection(cell, params, offsets, row, state, hidden, buffers.w_hr_panels[d], False)
 

@@ -17,7 +17,7 @@ from ._cells import forward_epilogue, pack_projection, save_state
 from ._jit import jit
 from ._layout import B_HH, B_IH, NO_BIAS, W_HH, W_IH
 from ._loops import multiply_2d
-from ._panels import pack_panels, panel_matmul, panels_in
+from ._panels import pack_panels_part, panel_matmul, panels_in
 from ._workspace import ForwardBuffers, Packing
 
 
@@ -153,9 +153,8 @@ def pack_direction_part(l, d, part, parts, params, offsets, buffers, num_directi
     inputs = layer_input(l, buffers)
     w_ih, w_hh = weight_views(params, offsets, row, gates, inputs.shape[1], state)
     w_ih_panels, w_hh_panels, w_hr_panels = direction_panels(l, d, buffers)
-    count = w_hh_panels.shape[0]
-    pack_panels(w_ih.T, w_ih_panels, count * part // parts, count * (part + 1) // parts)
-    pack_panels(w_hh.T, w_hh_panels, count * part // parts, count * (part + 1) // parts)
+    pack_panels_part(w_ih.T, w_ih_panels, part, parts)
+    pack_panels_part(w_hh.T, w_hh_panels, part, parts)
     if part == 0:
         pack_projection(cell, params, offsets, row, state, buffers.c_n.shape[2], w_hr_panels, True)
 

@@ -338,6 +338,14 @@ def panels_in(flat, rows, columns, width):
     return flat[: count * rows * width].reshape((count, rows, width))
 
 
+@jit(inline=True)
+def pack_panels_part(source, panels, part, parts):
+    """Pack part ``part`` of ``parts`` of ``source``'s panels (:func:`pack_panels`): the parts are nearly equal ranges
+    of panels, so that ``parts`` threads share one packing."""
+    count = panels.shape[0]
+    pack_panels(source, panels, count * part // parts, count * (part + 1) // parts)
+
+
 @jit  # called, not inlined: its blocked copies are long, and each direction packs two or three weights
 def pack_panels(source, panels, first=0, last=-1):
     """Pack ``source`` (K, N), any memory layout (``w.T`` of a C-contiguous ``w`` included), into ``panels``
