@@ -140,13 +140,14 @@ def _parameters_array(module, plan, weights):
     concatenated into a copy at each call.
     """
     flat = module.__dict__.get("_numbarnn_flat")
-    if flat is not None and flat[1].dtype == plan.spec.dtype:
-        tensor, array, base, itemsize = flat
-        for weight, (start, _, shape) in zip(weights, plan.slices):
-            if weight.data_ptr() != base + start * itemsize or weight.shape != shape or not weight.is_contiguous():
+    if flat is not None and flat[0] is plan:  # built for this module's layout in this dtype
+        # each weight still is its view of the buffer: its address, shape and contiguity (a ``.data`` assignment
+        # or ``.to()`` gives a new address; a same-address view such as ``.t()`` a new shape or strides)
+        for weight, (address, shape) in zip(weights, flat[2]):
+            if weight.data_ptr() != address or weight.shape != shape or not weight.is_contiguous():
                 break
         else:
-            return array
+            return flat[1]
     if not all(type(weight) is torch.nn.Parameter for weight in weights):
         return _flat_params(weights)
     with torch.inference_mode(False), torch.no_grad():  # a normal tensor even when called under inference_mode
@@ -154,7 +155,10 @@ def _parameters_array(module, plan, weights):
         for weight, (start, stop, shape) in zip(weights, plan.slices):
             weight.data = tensor[start:stop].view(shape)  # the same values; no version bump, no new Parameter
     array = tensor.numpy()
-    module.__dict__["_numbarnn_flat"] = (tensor, array, tensor.data_ptr(), tensor.element_size())
+    # (plan, array, each weight's (address, shape)), and the tensor that owns the buffer; the addresses are
+    # computed once here rather than from the layout at every call
+    expected = tuple((weight.data_ptr(), weight.shape) for weight in weights)
+    module.__dict__["_numbarnn_flat"] = (plan, array, expected, tensor)
     return array
 
 
@@ -450,10 +454,12 @@ class _DropIn:
     _TORCH_CLASS = None
 
     def _numbarnn_plan(self, dtype):
-        plans = self.__dict__.setdefault("_numbarnn_plans", {})
+        plans = self.__dict__.get("_numbarnn_plans")  # (setdefault's default would be a new dict at every call)
+        if plans is None:
+            plans = self.__dict__.setdefault("_numbarnn_plans", {})
         plan = plans.get(dtype)
-        if plan is None:
-            plan = plans[dtype] = _Plan(*self._numbarnn_spec(_NUMPY_DTYPES[dtype]))
+        if plan is None:  # threads racing here all use the plan stored first
+            plan = plans.setdefault(dtype, _Plan(*self._numbarnn_spec(_NUMPY_DTYPES[dtype])))
         return plan
 
     def __getstate__(self):
