@@ -163,7 +163,11 @@ def _parameters_array(module, plan, weights):
 
 
 def _as_numpy(tensor):
-    return None if tensor is None else tensor.detach().numpy()
+    """A zero-copy NumPy view of ``tensor`` (None for None); ``detach()`` only when it requires grad (``numpy()``
+    refuses it then): a detached alias costs ~0.5 us per tensor."""
+    if tensor is None:
+        return None
+    return tensor.detach().numpy() if tensor.requires_grad else tensor.numpy()
 
 
 def _dropout_drawer(p):
@@ -211,7 +215,7 @@ class _NumbaRNNFunction(torch.autograd.Function):
             plan.spec,
             params,
             plan.offsets,
-            _time_major(x.detach().numpy(), batch_first),
+            _time_major(_as_numpy(x), batch_first),
             (_as_numpy(h_0), _as_numpy(c_0)) if lstm else _as_numpy(h_0),
             lengths,
             training=True,
@@ -430,7 +434,7 @@ def _run(module, plan, x, hx, weights, lengths, batch_first, dropout):
         plan.spec,
         params,
         plan.offsets,
-        _time_major(x.detach().numpy(), batch_first),
+        _time_major(_as_numpy(x), batch_first),
         (_as_numpy(h_0), _as_numpy(c_0)) if lstm else _as_numpy(h_0),
         lengths,
         training=False,
@@ -797,9 +801,9 @@ def _cell_step(plan, x, hx, params):
     h, c = (hx, None) if type(hx) is not tuple else hx
     buffers = step_buffers(
         spec,
-        x.detach().numpy(),
-        None if h is None else h.detach().numpy()[None],
-        None if c is None else c.detach().numpy()[None],
+        _as_numpy(x),
+        None if h is None else _as_numpy(h)[None],
+        None if c is None else _as_numpy(c)[None],
         False,
     )
     run_step(spec, params, plan.offsets, buffers)
