@@ -919,6 +919,38 @@ def test_parameters_move_into_one_buffer_and_stay_torchs():
         assert_close(twin(x.double())[0], twin_reference(x.double())[0], torch.float64, "tied, second module")
 
 
+@pytest.mark.parametrize("kind", ["RNN", "RNNCell"])
+@pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "grad"])
+def test_a_weight_whose_data_is_replaced_after_the_first_call_is_seen(kind, grad):
+    # Each call checks, cheaply, that every weight still is its view of the flat buffer moved in by the first call.
+    # A `.data` assignment keeps the Parameter object (and torch's list of weights) and bumps no version counter:
+    # a new tensor has a new address; a transposed view of the same memory has the buffer's address but not its
+    # layout (the weight is square, so only the strides tell). Both must be read as they are now.
+    torch.manual_seed(0)
+    reference, ours = getattr(torch.nn, kind)(4, 4), getattr(nt, kind)(4, 4)
+    ours.load_state_dict(reference.state_dict())
+    x = torch.randn(5, 2, 4) if kind == "RNN" else torch.randn(2, 4)
+
+    def check(name):
+        with torch.set_grad_enabled(grad):
+            actual, expected = ours(x), reference(x)
+        actual, expected = (actual[0], expected[0]) if kind == "RNN" else (actual, expected)
+        assert_close(actual, expected, torch.float32, name)
+
+    check("first call")
+    name = "weight_ih_l0" if kind == "RNN" else "weight_ih"  # square: input_size == hidden_size
+    replacement = torch.randn(4, 4)
+    for module in (reference, ours):
+        getattr(module, name).data = replacement.clone()
+    check("after .data = a new tensor")
+    for module in (reference, ours):
+        weight = getattr(module, name)
+        weight.data = weight.data.t()
+    assert not getattr(ours, name).is_contiguous()
+    check("after .data = its own transpose")
+    check("again, once moved back into a buffer")
+
+
 # -- copies, scripting, tracing, rebinding torch's classes, idioms after a forward -------------------------------
 
 
@@ -1073,7 +1105,7 @@ def test_idioms_after_a_forward_keep_matching_torch(kind):
         convert(reference)
         convert(ours)
         check("after a conversion", next(ours.parameters()).dtype)
-    name = "weight_hh_l0" if kind == "RNN" else "weight_hh"
+    name = "weight_ih_l0" if kind == "RNN" else "weight_ih"  # square: input_size == hidden_size
     for module in (reference, ours):
         torch.nn.utils.parametrize.register_parametrization(module, name, Doubled())
     check("parametrized", torch.float64)
