@@ -1105,7 +1105,7 @@ def test_idioms_after_a_forward_keep_matching_torch(kind):
         convert(reference)
         convert(ours)
         check("after a conversion", next(ours.parameters()).dtype)
-    name = "weight_ih_l0" if kind == "RNN" else "weight_ih"  # square: input_size == hidden_size
+    name = "weight_hh_l0" if kind == "RNN" else "weight_hh"
     for module in (reference, ours):
         torch.nn.utils.parametrize.register_parametrization(module, name, Doubled())
     check("parametrized", torch.float64)
