@@ -11,7 +11,6 @@ input gradients are added once both are done.
 """
 
 import numpy as np
-from numba import prange
 
 from ._cells import backward_epilogue, input_side, pack_projection, projection_gradient
 from ._forward import layer_input, layer_output, weight_views
@@ -111,7 +110,7 @@ def accumulate_bias_gradient(dz_input, dz, separate, grads, offsets, row, column
 @jit(inline=True)
 def block_gradients(b, grads, buffers):
     """Where block ``b`` accumulates its parameter gradients: the caller's ``grads`` when there is one block, else
-    the block's own partial buffer (summed by :func:`sum_partial_gradients`)."""
+    the block's own partial buffer (summed by :func:`between_layers`)."""
     if buffers.grad_partial.shape[0] == 0:
         return grads
     return buffers.grad_partial[b]
@@ -130,11 +129,11 @@ def input_gradient_target(l, d, num_directions, buffers, r0, r1, width):
     return buffers.grad_x[r0:r1] if l == 0 else buffers.grad_layer[r0:r1]
 
 
-@jit  # not inlined: both drivers call the one compiled body (see the epilogues in numbarnn._cells)
+@jit(inline=True)
 def task_backward(l, task, params, offsets, packing, forward, buffers, num_directions, cell, grads):
-    """Every gradient of direction ``task % D`` of layer ``l`` over block ``task // D``: the body both drivers run.
-    The reverse-time loop first, then the weight and bias gradients and this direction's part of the input
-    gradient, each over all the block's rows at once."""
+    """Every gradient of direction ``task % D`` of layer ``l`` over block ``task // D``. The reverse-time loop first,
+    then the weight and bias gradients and this direction's part of the input gradient, each over all the block's
+    rows at once."""
     b, d = task // num_directions, task % num_directions
     r0, r1 = packing.block_rows[b], packing.block_rows[b + 1]
     n0, n1 = packing.block_batch[b], packing.block_batch[b + 1]
@@ -207,7 +206,7 @@ def pack_direction_part(l, d, part, parts, params, offsets, forward, buffers, nu
 
 
 @jit(inline=True)
-def finish_block_gradient(l, b, packing, forward, buffers, num_directions, width):
+def finish_block_gradient(l, b, packing, forward, buffers, num_directions):
     """Layer ``l``'s input gradient over block ``b``'s rows: the two directions' partials added (bidirectional),
     then the dropout mask applied (it scaled the forward input)."""
     if l == 0 and buffers.grad_x.shape[0] == 0:
@@ -215,6 +214,7 @@ def finish_block_gradient(l, b, packing, forward, buffers, num_directions, width
     r0, r1 = packing.block_rows[b], packing.block_rows[b + 1]
     destination = buffers.grad_x[r0:r1] if l == 0 else buffers.grad_layer[r0:r1]
     if num_directions == 2:
+        width = layer_input(l, forward).shape[1]
         partials = buffers.grad_input_tmp
         add_2d(
             partials[0][r0 * width : r1 * width].reshape((r1 - r0, width)),
@@ -233,12 +233,70 @@ def zero_partial_gradients(b, buffers):
             partial[k] = 0
 
 
+@jit(inline=True)
+def between_layers(above, part, parts, params, offsets, packing, forward, buffers, num_directions, cell, grads):
+    """Part ``part`` of ``parts`` of the work between layer ``above``'s tasks and the next layer down's: layer
+    ``above``'s input gradient finished (before the top layer, ``above == num_layers``: the blocks' partial
+    gradients zeroed), then the layer below's weights packed (one copy per direction, which every block task of that
+    direction reads; its panels split between the parts) or, after the first layer, the blocks' partial parameter
+    gradients added into ``grads`` (each element summing the blocks in order, whichever part adds it).
+
+    Each piece has one call site: numba inlines a helper at each site, and each copy costs compile time."""
+    num_layers = offsets.shape[0] // num_directions
+    blocks = packing.block_batch.size - 1
+    for b in range(part, blocks, parts):
+        if above == num_layers:
+            zero_partial_gradients(b, buffers)
+        else:
+            finish_block_gradient(above, b, packing, forward, buffers, num_directions)
+    if above > 0:
+        for task in range(part, blocks * num_directions, parts):
+            pack_direction_part(
+                above - 1,
+                task % num_directions,
+                task // num_directions,
+                blocks,
+                params,
+                offsets,
+                forward,
+                buffers,
+                num_directions,
+                cell,
+            )
+        return
+    partial = buffers.grad_partial
+    k0, k1 = grads.size * part // parts, grads.size * (part + 1) // parts
+    for b in range(partial.shape[0]):
+        for k in range(k0, k1):
+            grads[k] += partial[b, k]
+
+
 @jit
-def recurrent_backward(params, offsets, packing_fields, forward_fields, buffer_fields, num_directions, cell, grads):
-    """Backward pass matching :func:`numbarnn._forward.recurrent_forward` run in training mode.
+def recurrent_backward(
+    first_stage,
+    end_stage,
+    part,
+    parts,
+    params,
+    offsets,
+    packing_fields,
+    forward_fields,
+    buffer_fields,
+    num_directions,
+    cell,
+    grads,
+):
+    """Backward pass matching :func:`numbarnn._forward.recurrent_forward` run in training mode: stages
+    ``first_stage`` to ``end_stage - 1`` of it, part ``part`` of ``parts``, as the forward runs its stages.
+
+    The layers run from the top: stage ``2 k`` is the work between layer ``num_layers - k`` and the layer below
+    (:func:`between_layers`), stage ``2 k + 1`` runs layer ``num_layers - 1 - k``'s tasks, and the last stage,
+    ``2 * num_layers``, finishes the pass: threads meet twice per layer and once more.
 
     Parameters
     ----------
+    first_stage, end_stage : the stages to run, ``0 <= first_stage < end_stage <= 2 * num_layers + 1``.
+    part, parts : ``0 <= part < parts``.
     params, offsets, packing_fields, num_directions, cell
         As given to the training forward pass; ``forward_fields`` are its
         :class:`~numbarnn._workspace.ForwardBuffers` (plain tuples, as the forward takes them).
@@ -250,57 +308,12 @@ def recurrent_backward(params, offsets, packing_fields, forward_fields, buffer_f
     packing, forward = Packing(*packing_fields), ForwardBuffers(*forward_fields)
     buffers = BackwardBuffers(*buffer_fields)
     num_layers = offsets.shape[0] // num_directions
-    blocks = packing.block_batch.size - 1
-    for b in range(blocks):
-        zero_partial_gradients(b, buffers)
-    for l in range(num_layers - 1, -1, -1):
-        width = layer_input(l, forward).shape[1]
-        for d in range(num_directions):
-            pack_direction_part(l, d, 0, 1, params, offsets, forward, buffers, num_directions, cell)
-        for task in range(blocks * num_directions):
-            task_backward(l, task, params, offsets, packing, forward, buffers, num_directions, cell, grads)
-        for b in range(blocks):
-            finish_block_gradient(l, b, packing, forward, buffers, num_directions, width)
-    partial = buffers.grad_partial
-    for b in range(partial.shape[0]):
-        for k in range(grads.size):
-            grads[k] += partial[b, k]
-
-
-@jit(parallel=True)
-def recurrent_backward_parallel(
-    params, offsets, packing_fields, forward_fields, buffer_fields, num_directions, cell, grads
-):
-    """:func:`recurrent_backward` with each layer's tasks on numba's threads (call with single-threaded BLAS)."""
-    packing, forward = Packing(*packing_fields), ForwardBuffers(*forward_fields)
-    buffers = BackwardBuffers(*buffer_fields)
-    num_layers = offsets.shape[0] // num_directions
-    blocks = packing.block_batch.size - 1
-    for b in prange(blocks):
-        zero_partial_gradients(b, buffers)
-    for l in range(num_layers - 1, -1, -1):
-        width = layer_input(l, forward).shape[1]
-        # each direction's weights packed once, by all the threads, for all its blocks: threads meet twice per layer
-        for task in prange(blocks * num_directions):
-            pack_direction_part(
-                l,
-                task % num_directions,
-                task // num_directions,
-                blocks,
-                params,
-                offsets,
-                forward,
-                buffers,
-                num_directions,
-                cell,
-            )
-        for task in prange(blocks * num_directions):
-            # int64, as in the serial driver: one compiled task_backward (a prange index is unsigned)
-            task_backward(l, np.int64(task), params, offsets, packing, forward, buffers, num_directions, cell, grads)
-        if num_directions == 2 or (l > 0 and forward.dropout_scale.shape[0] > 0):
-            for b in prange(blocks):
-                finish_block_gradient(l, b, packing, forward, buffers, num_directions, width)
-    partial = buffers.grad_partial
-    for k in prange(grads.size):
-        for b in range(partial.shape[0]):  # the blocks in order, as the serial driver sums them
-            grads[k] += partial[b, k]
+    tasks = (packing.block_batch.size - 1) * num_directions
+    for stage in range(first_stage, end_stage):
+        if stage % 2 == 0:
+            above = num_layers - stage // 2
+            between_layers(above, part, parts, params, offsets, packing, forward, buffers, num_directions, cell, grads)
+        else:
+            l = num_layers - 1 - stage // 2
+            for task in range(part, tasks, parts):
+                task_backward(l, task, params, offsets, packing, forward, buffers, num_directions, cell, grads)

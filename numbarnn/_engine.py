@@ -11,11 +11,11 @@ waiting for their backwards at once; a consumed record can hand its buffers to t
 
 import numpy as np
 
-from ._backward import recurrent_backward, recurrent_backward_parallel
+from ._backward import recurrent_backward
 from ._cells import GATES, cell_marker
-from ._forward import recurrent_forward, recurrent_forward_parallel
+from ._forward import recurrent_forward
 from ._packing import pack, unpack
-from ._threads import run_kernel
+from ._threads import run_stages
 from ._workspace import (
     CALL_ARRAYS,
     ForwardBuffers,
@@ -24,6 +24,7 @@ from ._workspace import (
     block_count,
     block_total,
     equal_length_packing,
+    first_stage_alone,
     forward_buffers,
     identity_order,
     is_single_block,
@@ -124,10 +125,11 @@ def forward(spec, params, offsets, x, h_0, lengths, *, training, batch_first, dr
         sort_states(c_0, packing, buffers.c_n)
     if dropped:
         draw_dropout(buffers.dropout_scale)
-    run_kernel(
+    run_stages(
         recurrent_forward,
-        recurrent_forward_parallel,
+        2 * spec.num_layers,
         block_total(packing) * spec.num_directions,
+        first_stage_alone(spec, spec.input_size),
         params,
         offsets,
         tuple(packing),
@@ -218,10 +220,12 @@ def backward(params, offsets, record, grad_output, grad_h_n, grads, *, need_inpu
     sort_states(grad_h_n, packing, buffers.grad_h)
     if lstm:
         sort_states(grad_c_n, packing, buffers.grad_c)
-    run_kernel(
+    top_input_size = spec.input_size if spec.num_layers == 1 else spec.num_directions * state_size(spec)
+    run_stages(
         recurrent_backward,
-        recurrent_backward_parallel,
+        2 * spec.num_layers + 1,
         block_total(packing) * spec.num_directions,
+        first_stage_alone(spec, top_input_size, buffers.grad_partial.size),
         params,
         offsets,
         tuple(packing),

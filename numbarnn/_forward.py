@@ -4,14 +4,11 @@ rows of :mod:`numbarnn._workspace`.
 The batch is split into blocks of sequences, and each (block, direction) is an independent *task* within a layer:
 its rows' input projection (one product over all its steps, G * H columns), then every time step (``h_{t-1} W_hh^T``
 and the cell's fused epilogue, :mod:`numbarnn._cells`); the products run against weights packed once per call
-(:mod:`numbarnn._panels`). :func:`recurrent_forward` runs the tasks one after the other;
-:func:`recurrent_forward_parallel` runs each layer's tasks on numba's threads, with single-threaded products inside,
-so threads meet once per layer, never per step. The cell marker argument selects the cell at typing time: each cell
-is its own compiled (and cached) specialisation.
+(:mod:`numbarnn._panels`). :func:`recurrent_forward` is the one driver: it runs a range of a pass's stages (each
+layer's preparation, then its tasks) as one of several parts, so the same compiled kernel runs a pass on one thread
+or on several (:func:`numbarnn._threads.run_stages`), with single-threaded products inside. The cell marker argument
+selects the cell at typing time: each cell is its own compiled (and cached) specialisation.
 """
-
-import numpy as np
-from numba import prange
 
 from ._cells import forward_epilogue, pack_projection, save_state
 from ._jit import jit
@@ -159,10 +156,10 @@ def pack_direction_part(l, d, part, parts, params, offsets, buffers, num_directi
         pack_projection(cell, params, offsets, row, state, buffers.c_n.shape[2], w_hr_panels, True)
 
 
-@jit  # not inlined: both drivers call the one compiled body (see the epilogues in numbarnn._cells)
+@jit(inline=True)
 def task_forward(l, task, params, offsets, packing, buffers, num_directions, cell):
-    """Direction ``task % D`` of layer ``l`` over block ``task // D``: the body both drivers run, once the
-    direction's weights are packed (:func:`pack_direction_part`)."""
+    """Direction ``task % D`` of layer ``l`` over block ``task // D``, once the direction's weights are packed
+    (:func:`pack_direction_part`)."""
     b, d = task // num_directions, task % num_directions
     r0, r1 = packing.block_rows[b], packing.block_rows[b + 1]
     n0, n1 = packing.block_batch[b], packing.block_batch[b + 1]
@@ -197,12 +194,38 @@ def task_forward(l, task, params, offsets, packing, buffers, num_directions, cel
     )
 
 
+@jit(inline=True)
+def prepare_layer(l, part, parts, params, offsets, packing, buffers, num_directions, cell):
+    """Part ``part`` of ``parts`` of what layer ``l``'s tasks need first: its input's dropout (training, over
+    blocks) and each direction's packed weights (one copy per direction, which every block task of that direction
+    reads; its panels split between the parts)."""
+    blocks = packing.block_batch.size - 1
+    tasks = blocks * num_directions
+    for b in range(part, blocks, parts):
+        apply_dropout(l, buffers, packing.block_rows[b], packing.block_rows[b + 1])
+    for task in range(part, tasks, parts):
+        pack_direction_part(
+            l, task % num_directions, task // num_directions, blocks, params, offsets, buffers, num_directions, cell
+        )
+
+
 @jit
-def recurrent_forward(params, offsets, packing_fields, buffer_fields, num_directions, cell):
-    """Forward pass of a stacked (bi)directional recurrent network over packed rows, one task after the other.
+def recurrent_forward(
+    first_stage, end_stage, part, parts, params, offsets, packing_fields, buffer_fields, num_directions, cell
+):
+    """Forward pass of a stacked (bi)directional recurrent network over packed rows: stages ``first_stage`` to
+    ``end_stage - 1`` of it, part ``part`` of ``parts``.
+
+    Stage ``2 l`` prepares layer ``l`` (:func:`prepare_layer`), stage ``2 l + 1`` runs its tasks (block ``b`` and
+    direction ``d`` are task ``b * D + d``; part ``p`` runs tasks ``p, p + parts, ...``). One call with every stage
+    and one part is the whole pass; :func:`numbarnn._threads.run_stages` runs each stage's parts on as many threads,
+    which meet between stages (twice per layer), never per step. Each task computes the same values whichever part
+    runs it, so the result is bitwise the same for any ``parts``.
 
     Parameters
     ----------
+    first_stage, end_stage : the stages to run, ``0 <= first_stage < end_stage <= 2 * num_layers``.
+    part, parts : ``0 <= part < parts``.
     params : (P,) flat parameters; ``offsets`` (num_layers * D, 5) locates each one (:mod:`numbarnn._layout`).
     packing_fields : the fields of the batch's :class:`numbarnn._workspace.Packing`, as a plain tuple.
     buffer_fields : the fields of :class:`numbarnn._workspace.ForwardBuffers`, as a plain tuple; ``x_rows``,
@@ -214,33 +237,11 @@ def recurrent_forward(params, offsets, packing_fields, buffer_fields, num_direct
     plain tuple in C (a forward's 21 arrays: ~5 us as namedtuples, ~3 us as tuples).
     """
     packing, buffers = Packing(*packing_fields), ForwardBuffers(*buffer_fields)
-    num_layers = offsets.shape[0] // num_directions
     tasks = (packing.block_batch.size - 1) * num_directions
-    for l in range(num_layers):
-        for b in range(packing.block_batch.size - 1):
-            apply_dropout(l, buffers, packing.block_rows[b], packing.block_rows[b + 1])
-        for d in range(num_directions):
-            pack_direction_part(l, d, 0, 1, params, offsets, buffers, num_directions, cell)
-        for task in range(tasks):
-            task_forward(l, task, params, offsets, packing, buffers, num_directions, cell)
-
-
-@jit(parallel=True)
-def recurrent_forward_parallel(params, offsets, packing_fields, buffer_fields, num_directions, cell):
-    """:func:`recurrent_forward` with each layer's tasks on numba's threads (call with single-threaded BLAS)."""
-    packing, buffers = Packing(*packing_fields), ForwardBuffers(*buffer_fields)
-    num_layers = offsets.shape[0] // num_directions
-    blocks = packing.block_batch.size - 1
-    tasks = blocks * num_directions
-    for l in range(num_layers):
-        if l > 0 and buffers.dropout_scale.shape[0] > 0:
-            for b in prange(blocks):
-                apply_dropout(l, buffers, packing.block_rows[b], packing.block_rows[b + 1])
-        # each direction's weights packed once, by all the threads, for all its blocks: threads meet twice per layer
-        for task in prange(tasks):
-            pack_direction_part(
-                l, task % num_directions, task // num_directions, blocks, params, offsets, buffers, num_directions, cell
-            )
-        for task in prange(tasks):
-            # a prange index is unsigned: as int64, the call is the serial driver's, compiled once, not twice
-            task_forward(l, np.int64(task), params, offsets, packing, buffers, num_directions, cell)
+    for stage in range(first_stage, end_stage):
+        l = stage // 2
+        if stage % 2 == 0:
+            prepare_layer(l, part, parts, params, offsets, packing, buffers, num_directions, cell)
+        else:
+            for task in range(part, tasks, parts):
+                task_forward(l, task, params, offsets, packing, buffers, num_directions, cell)

@@ -1,22 +1,26 @@
-"""Thread control, decided once per process: numba's threads parallelise, BLAS runs on one thread.
+"""Thread control: numbarnn's own worker threads run a pass's independent tasks, BLAS runs on one thread.
 
-Inside a recurrence either all threading comes from BLAS, or numba's threads run with single-threaded BLAS: an
-OpenBLAS pool that is idle-spinning after a call steals the cores numba's workers need (measured 1.7-2x slower), and
-a threaded product per time step makes the threads meet at every step. numbarnn therefore splits the batch into
-blocks that numba's threads run independently (see :mod:`numbarnn._workspace`), and runs the BLAS that numba's
-``np.dot`` calls — scipy's — on one thread. That limit is set once, the first time a kernel runs, through
-threadpoolctl, and never changed per call: nothing process-wide moves while threads are serving requests.
+Inside a recurrence either all threading comes from BLAS, or a pass's tasks run on several threads with
+single-threaded BLAS: an OpenBLAS pool that is idle-spinning after a call steals the cores the other threads need
+(measured 1.7-2x slower), and a threaded product per time step makes the threads meet at every step. numbarnn
+therefore splits the batch into blocks that run independently (see :mod:`numbarnn._workspace`), and runs the BLAS
+that numba's ``np.dot`` calls — scipy's — on one thread. That limit is set once, the first time a kernel runs,
+through threadpoolctl, and never changed per call: nothing process-wide moves while threads are serving requests.
 
-numba's OpenMP workers are started with ``OMP_WAIT_POLICY=PASSIVE`` (unless the user set the variable): between
-parallel regions they sleep instead of spinning. Spinning workers took the cores the calling thread needed next:
-the small benchmark configuration's forward took 8-16 ms per call in five fresh processes with spinning workers, and
-3.1-3.2 ms in three of four with sleeping ones (6.3 ms in the fourth; 2 threads, a 2-core virtual machine).
+A pass runs in stages (a layer's preparation, then its tasks; :func:`numbarnn._forward.recurrent_forward`): one
+call of the kernel with every stage on one thread, or each stage split into parts that the calling thread and
+numbarnn's workers (a :class:`~concurrent.futures.ThreadPoolExecutor`) run at once, the kernels releasing the GIL.
+Both are the one compiled kernel, which is why there are no ``parallel=True`` kernels: numba compiles a ``prange``
+loop into a gufunc and two wrappers, each optimising the loop body's code again (a first parallel inference call
+compiled in 22.5-25.6 s of CPU, on this design 10.4-14.0 s; Zen 3, 2 cores). Threads meet between stages as
+numba's did between its parallel regions: ~100 us per meeting either way on a 2-core virtual machine (a sleeping
+OpenMP worker's wake-up, measured 93 us, a pool worker's 98-107 us). Being plain Python threads, they also work under
+every threading layer, so two threads may run parallel passes at once (numba's ``workqueue`` layer aborted the
+process when they did).
 
 How many threads a call uses is numba's own setting (``numba.set_num_threads``, per calling thread, or the
-``NUMBA_NUM_THREADS`` environment variable). numba's ``workqueue`` threading layer (its fallback where neither TBB
-nor OpenMP is installed) aborts the process when two threads enter parallel kernels at once; under it a call that
-finds another parallel call running uses the serial kernel instead, which computes the same blocks in the same order
-and so gives bitwise the same result.
+``NUMBA_NUM_THREADS`` environment variable, which also sizes the pool: ``NUMBA_NUM_THREADS - 1`` workers besides
+the calling thread).
 """
 
 import contextlib
@@ -24,14 +28,13 @@ import numbers
 import os
 import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numba
 
-_CONCURRENT_LAYERS = ("omp", "tbb")
 _state_lock = threading.Lock()
 _configured = False
-_layer_allows_concurrency = None  # unknown until the first parallel call has chosen the threading layer
-_parallel_gate = threading.Lock()  # serialises parallel calls while that is unknown, and for ever under workqueue
+_workers = None  # the ThreadPoolExecutor, made by the first call that needs it
 
 
 def _scipy_blas_controllers(controller):
@@ -54,30 +57,22 @@ def _scipy_blas_controllers(controller):
 
 
 def _start_numba_threads():
-    """Start numba's thread pool (its first get_num_threads does), its OpenMP runtime reading a passive wait policy
-    from the environment as it loads; the environment is then as it was.
+    """Start numba's threading layer, whose per-thread setting (``numba.set_num_threads``) says how many threads a
+    call uses; numbarnn runs no parallel region on it.
 
-    Starting numba's ``omp`` pool sets OpenMP's thread count to numba's pool size; when torch shares that OpenMP
+    Starting numba's ``omp`` layer sets OpenMP's thread count to numba's pool size; when torch shares that OpenMP
     runtime, that count is torch's ``get_num_threads()``, which is put back (torch is never imported here).
     """
     torch = sys.modules.get("torch")
     torch_threads = torch.get_num_threads() if hasattr(torch, "get_num_threads") else None
-    set_here = "OMP_WAIT_POLICY" not in os.environ
-    if set_here:
-        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-    try:
-        numba.get_num_threads()
-    finally:
-        if set_here:
-            del os.environ["OMP_WAIT_POLICY"]
+    numba.get_num_threads()
     if torch_threads is not None and torch.get_num_threads() != torch_threads:
         torch.set_num_threads(torch_threads)
 
 
 def configure_threads_once():
-    """Start numba's threads (workers that sleep between regions) and run scipy's BLAS on one thread from now on.
-    Idempotent, thread-safe and cheap after the first call; every kernel call goes through it. Call it before your
-    own first ``numba.set_num_threads`` for the passive workers to apply."""
+    """Start numba's threading layer (whose setting says how many threads a call uses) and run scipy's BLAS on one
+    thread from now on. Idempotent, thread-safe and cheap after the first call; every kernel call goes through it."""
     global _configured
     if _configured:
         return
@@ -102,7 +97,7 @@ def configure_threads_once():
 
 @contextlib.contextmanager
 def numba_threads(count, name="numba_threads"):
-    """Context manager: the calling thread runs numbarnn's parallel kernels on ``count`` threads, restored on exit.
+    """Context manager: the calling thread runs numbarnn's passes on ``count`` threads, restored on exit.
 
     The one place numbarnn changes numba's thread count for a block of work (``numbarnn.dask.limit_threads``, the
     demo's ``--threads``).
@@ -120,7 +115,7 @@ def numba_threads(count, name="numba_threads"):
         return
     if not isinstance(count, numbers.Integral) or isinstance(count, bool) or count < 1:
         raise ValueError(f"{name} must be a positive int or None, got {count!r}")
-    configure_threads_once()  # before the first set_num_threads starts numba's pool: its workers then sleep
+    configure_threads_once()  # starts numba's layer as numbarnn does, keeping torch's thread count
     previous = numba.get_num_threads()
     numba.set_num_threads(min(int(count), numba.config.NUMBA_NUM_THREADS))
     try:
@@ -129,22 +124,50 @@ def numba_threads(count, name="numba_threads"):
         numba.set_num_threads(previous)
 
 
-def run_kernel(serial_kernel, parallel_kernel, tasks, *arguments):
-    """Call ``parallel_kernel(*arguments)`` when there are several independent tasks, the calling thread allows
-    several numba threads and the threading layer allows the call; ``serial_kernel`` (same result) otherwise."""
-    global _layer_allows_concurrency
+def _pool():
+    """numbarnn's worker threads, made once per process (and again in a forked child, which has none of them)."""
+    global _workers
+    if _workers is None:
+        with _state_lock:
+            if _workers is None:
+                _workers = ThreadPoolExecutor(
+                    max(1, numba.config.NUMBA_NUM_THREADS - 1), thread_name_prefix="numbarnn-worker"
+                )
+    return _workers
+
+
+def _forget_workers():
+    """In a forked child: the parent's workers, and whoever held the lock, are not there."""
+    global _workers, _state_lock
+    _workers = None
+    _state_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_workers)
+
+
+def run_stages(kernel, stages, tasks, first_alone, *arguments):
+    """Run a pass: ``kernel(first_stage, end_stage, part, parts, *arguments)`` over stages ``0 ... stages - 1``.
+
+    With one task, or one thread allowed to the calling thread, that is one call with every stage and one part.
+    Otherwise each stage runs in ``threads = min(tasks, numba.get_num_threads())`` parts at once, part 0 on the
+    calling thread and the others on numbarnn's workers; the next stage starts when every part has returned.
+    With ``first_alone``, the calling thread runs the first stage by itself (as one part) before the others start:
+    for a first stage cheaper than the threads' meeting after it (~100 us; see the module's notes). The kernel gives
+    bitwise the same result for any number of parts.
+    """
     configure_threads_once()
-    if tasks < 2 or numba.get_num_threads() < 2:
-        serial_kernel(*arguments)
+    threads = min(tasks, numba.get_num_threads())
+    if threads < 2:
+        kernel(0, stages, 0, 1, *arguments)
         return
-    if _layer_allows_concurrency:
-        parallel_kernel(*arguments)
-        return
-    if not _parallel_gate.acquire(blocking=False):
-        serial_kernel(*arguments)  # another thread is in a parallel kernel and the layer may not allow a second
-        return
-    try:
-        parallel_kernel(*arguments)
-        _layer_allows_concurrency = numba.threading_layer() in _CONCURRENT_LAYERS
-    finally:
-        _parallel_gate.release()
+    pool = _pool()
+    if first_alone:
+        kernel(0, 1, 0, 1, *arguments)
+    for stage in range(1 if first_alone else 0, stages):
+        others = [pool.submit(kernel, stage, stage + 1, part, threads, *arguments) for part in range(1, threads)]
+        try:
+            kernel(stage, stage + 1, 0, threads, *arguments)
+        finally:
+            for other in others:  # every part writes into the caller's buffers: none may outlive the call
+                other.result()

@@ -5,8 +5,8 @@ buffer the forward and backward kernels read and write, with its shape.
 change of convention is made once.
 
 Packed rows
-    The batch is split into B blocks of sequences that the kernels run independently (one thread each in the
-    parallel kernels: sequences never interact, through time or through layers). Block ``b`` owns packed rows
+    The batch is split into B blocks of sequences that the kernels run independently (one thread each when
+    several run a pass: sequences never interact, through time or through layers). Block ``b`` owns packed rows
     ``block_rows[b]:block_rows[b + 1]`` and batch positions ``block_batch[b]:block_batch[b + 1]``; inside a block the
     rows are time-major and its sequences are sorted by decreasing length, so the rows of step ``t`` are
     ``block_rows[b] + step_offsets[b, t]`` onwards and the sequences still running form a prefix of the block.
@@ -118,6 +118,20 @@ StepBuffers = namedtuple(
 # Below this many multiply-adds per call a second block costs more (a parallel region, smaller products) than it
 # saves; the tiny benchmark configuration (L=100, N=1, H=64) is far below it.
 MIN_WORK_PER_BLOCK = 1 << 18
+
+
+# A pass's first stage, which packs a layer's weights (the backward's also zeroes the blocks' partial gradients), runs
+# on the calling thread alone below this many elements: ~0.5 MB of float32 at a few GB/s is about what one meeting of
+# the threads costs (~100 us, numbarnn._threads), so below it a meeting costs more than sharing the copying saves.
+FIRST_STAGE_ALONE_ELEMENTS = 1 << 17
+
+
+def first_stage_alone(spec, layer_input_size, zeroed=0):
+    """Whether :func:`numbarnn._threads.run_stages` runs a pass's first stage on the calling thread alone: it packs
+    one layer's weights of both directions (input width ``layer_input_size``) and zeroes ``zeroed`` elements."""
+    gate_rows = GATES[spec.cell] * spec.hidden_size
+    packed = spec.num_directions * gate_rows * (layer_input_size + state_size(spec))
+    return packed + zeroed < FIRST_STAGE_ALONE_ELEMENTS
 
 
 @functools.lru_cache(maxsize=1)

@@ -297,8 +297,8 @@ def blocks_of(batch, steps, input_size, hidden_size, num_layers, num_directions)
 
 
 def thread_counts(blocks, num_directions):
-    """numba thread counts to run a case with: 1 (the serial kernel, over the same blocks) and, when the case has
-    several tasks and the pool several threads, 2 (the parallel kernel)."""
+    """numba thread counts to run a case with: 1 (its blocks one after the other) and, when the case has several
+    tasks and the pool several threads, 2 (the tasks shared between two threads)."""
     if blocks * num_directions < 2:
         return [None]
     return sorted({1, min(2, numba.config.NUMBA_NUM_THREADS)})

@@ -33,9 +33,9 @@ print("hits", sorted(name for name, k in kernels.items() if k.stats.cache_hits))
 
 
 def run(args, cache, environ=os.environ):
-    # One numba thread in both processes: the command then compiles the serial drivers only, which are all USER
-    # checks, and the cold compile takes about half as long (the parallel drivers' cold compile is most of the rest;
-    # that the command runs those where numba has threads is checked in-process, on the session's cache, below).
+    # One numba thread in both processes: the batch then stays one block (numbarnn._workspace.block_count), and the
+    # command's cold compile skips the packing kernels, which USER does not call (that the command splits a batch
+    # where numba has threads is checked in-process, on the session's cache, below).
     environment = dict(environ, NUMBA_CACHE_DIR=str(cache), PYTHONPATH=str(ROOT), NUMBA_NUM_THREADS="1")
     return subprocess.run(
         [sys.executable, *args], env=environment, cwd=cache, capture_output=True, text=True, timeout=600
@@ -63,7 +63,6 @@ def test_compile_fills_the_cache_a_later_process_loads(early_work):
     directory, done, written, user = early_work.result()
     assert done.returncode == 0, done.stderr
     assert "rnn in float64 ready in" in done.stdout
-    assert "(serial drivers only: numba has one thread here)" in done.stdout
     assert f"cache: NUMBA_CACHE_DIR={directory}" in done.stdout
     assert written, "no cache index written"
 
@@ -72,11 +71,11 @@ def test_compile_fills_the_cache_a_later_process_loads(early_work):
     assert "hits ['backward', 'forward', 'step']" in user.stdout, user.stdout
 
 
-def test_compile_runs_the_parallel_drivers_where_the_batch_splits(block_pool, monkeypatch):
-    """Its batch is large enough to split into blocks (with two numba threads or more, the parallel drivers run):
-    every recurrent kernel call of a cell's training forward, backward and eval forward gets at least two tasks."""
+def test_compile_splits_a_batch_into_blocks_where_numba_has_threads(block_pool, monkeypatch):
+    """Its batch is large enough to split into blocks (with two numba threads or more): a cell's training forward,
+    backward and eval forward each get a call with at least two tasks, as a real batch would."""
     calls = spy_on(
-        monkeypatch, numbarnn._engine, "run_kernel", lambda args, kwargs, result: (args[0].py_func.__name__, args[2])
+        monkeypatch, numbarnn._engine, "run_stages", lambda args, kwargs, result: (args[0].py_func.__name__, args[2])
     )
     compile_command.compile_cell("rnn", "float64")
     several = [kernel for kernel, tasks in calls if tasks >= 2]

@@ -1,10 +1,11 @@
 """Many threads at once: eval-mode ``RNN``, ``RNNCell`` and ``RNN.step`` called from a thread pool give bitwise the
 results of serial calls and leave every thread pool's size as it was; two threads training one module get the
-documented error, never corrupted results; numba's ``workqueue`` threading layer (which aborts the process when two
-threads enter parallel kernels at once) runs the same program to the end with the same results.
+documented error, never corrupted results; under numba's ``workqueue`` threading layer (which aborts the process when
+two threads enter numba parallel regions at once; numbarnn runs none) the same program runs to the end with the same
+results.
 
-Bitwise, not within a tolerance: a call's blocks are fixed per process (numba's pool size), and the serial fallback
-computes the same blocks in the same order, so nothing may change with the thread that runs a call.
+Bitwise, not within a tolerance: a call's blocks are fixed per process (numba's pool size), and each block's task
+computes the same values whichever thread runs it, so nothing may change with the thread that runs a call.
 """
 
 import copy
@@ -23,6 +24,7 @@ from threadpoolctl import threadpool_info
 
 import numbarnn
 import numbarnn._engine
+import numbarnn._threads
 from numbarnn._workspace import block_count
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -31,8 +33,8 @@ THREADS = 8
 CALLS_PER_THREAD = 12
 DISTINCT_INPUTS = 16  # each thread walks them from its own starting point, so the same input runs in many threads
 
-# "blocks": large enough that the batch is split into blocks, which with the directions are the parallel kernels'
-# tasks (when numba has several threads); "small": one block, the serial kernels unless bidirectional.
+# "blocks": large enough that the batch is split into blocks, which with the directions are the tasks that run on
+# several threads (when numba allows several); "small": one block, one thread unless bidirectional.
 SIZES = {
     "blocks": dict(input_size=16, hidden_size=64, steps=50, batch=8),
     "small": dict(input_size=3, hidden_size=5, steps=4, batch=3),
@@ -119,7 +121,7 @@ def test_eval_rnn_called_from_threads_equals_serial_calls(case):
     rnn, call = rnn_case(case)
     size = SIZES[case["size"]]
     if case["size"] == "blocks" and numba.config.NUMBA_NUM_THREADS > 1:  # the case exercises what it is meant to:
-        # several tasks (blocks x directions), run by the parallel kernels
+        # several tasks (blocks x directions), shared between threads
         blocks = block_count(
             size["batch"], size["steps"], size["input_size"], size["hidden_size"], rnn.num_layers, rnn.num_directions
         )
@@ -167,7 +169,7 @@ def test_different_modules_called_from_threads_at_once_equal_serial_calls(rng):
 
 def test_copies_trained_in_threads_at_once_equal_serial_training(rng):
     """The documented way to train from several threads, one copy each: forward and backward from many threads at
-    once (parallel kernels included) give the serial results and gradients."""
+    once (multi-threaded passes included) give the serial results and gradients."""
     rnn = numbarnn.RNN(16, 64, 2, bidirectional=True, seed=7)
     xs = rng.standard_normal((DISTINCT_INPUTS, 50, 8, 16)).astype(np.float32)
     grads = rng.standard_normal((DISTINCT_INPUTS, 50, 8, 128)).astype(np.float32)
@@ -280,12 +282,79 @@ def test_two_threads_training_one_module_get_correct_results_or_the_error(rng):
     assert errors, f"the two threads never overlapped in {calls} calls"
 
 
+# -- numbarnn's worker threads --------------------------------------------------------------------------------------
+
+
+def spy_on_workers(monkeypatch):
+    """The parts that calls hand to numbarnn's workers from now on, as ``(first_stage, part, parts)``."""
+    pool = numbarnn._threads._pool()
+    submit = pool.submit
+    handed = []
+
+    def recording_submit(function, first_stage, end_stage, part, parts, *arguments):
+        handed.append((first_stage, part, parts))
+        return submit(function, first_stage, end_stage, part, parts, *arguments)
+
+    monkeypatch.setattr(pool, "submit", recording_submit)
+    return handed
+
+
+def test_a_pass_uses_the_workers_only_where_the_calling_thread_allows_several_threads(monkeypatch, block_pool, rng):
+    """A multi-block, two-layer forward with numba's count at 1 for the calling thread runs on it alone; at 2, each
+    stage after the first (which packs the first layer's small weights on the calling thread alone) hands part 1 of
+    2 to a worker. Both give bitwise the same result."""
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("NUMBA_NUM_THREADS=1: numbarnn has no worker threads here")
+    rnn = numbarnn.RNN(16, 64, 2, seed=12).eval()
+    x = rng.standard_normal((50, 8, 16)).astype(np.float32)
+    assert block_count(8, 50, 16, 64, 2, 1) >= 2
+    handed = spy_on_workers(monkeypatch)
+    with numbarnn._threads.numba_threads(1):
+        alone = rnn(x)
+    assert handed == []
+    with numbarnn._threads.numba_threads(2):
+        shared = rnn(x)
+    assert handed == [(1, 1, 2), (2, 1, 2), (3, 1, 2)]  # stages: layer 0's tasks, layer 1's packing, its tasks
+    for got, expected in zip(shared, alone, strict=True):
+        assert_bitwise_equal(got, expected, "output or h_n")
+
+
+def _forked_call(rnn, x, results):
+    with numbarnn._threads.numba_threads(2):
+        results.put(rnn(x)[0].tobytes())
+
+
+def test_a_child_forked_after_a_multithreaded_call_starts_its_own_workers(block_pool, rng):
+    """A child forked from a process whose workers exist has none of them: its multi-block call starts its own
+    (instead of waiting for ever on the parent's) and gives the parent's result."""
+    import multiprocessing
+
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("NUMBA_NUM_THREADS=1: numbarnn has no worker threads here")
+    rnn = numbarnn.RNN(16, 64, 2, seed=13).eval()
+    x = rng.standard_normal((50, 8, 16)).astype(np.float32)
+    with numbarnn._threads.numba_threads(2):
+        expected = rnn(x)[0]
+    assert numbarnn._threads._workers is not None
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    child = context.Process(target=_forked_call, args=(rnn, x, results))
+    child.start()
+    try:
+        got = results.get(timeout=120)
+    finally:
+        child.join(timeout=30)
+        if child.is_alive():
+            child.kill()
+    assert child.exitcode == 0
+    assert got == expected.tobytes()
+
+
 # -- numba's workqueue threading layer ----------------------------------------------------------------------------
 
 # Run by the test in a fresh interpreter with NUMBA_THREADING_LAYER=workqueue (the layer is fixed per process), and
 # exec'd by the test itself to compute the same serial results under the default layer. numba's cache is not keyed
-# on the threading layer (a parallel kernel compiled under omp loads under workqueue), so the child loads what the
-# parent compiled.
+# on the threading layer, so the child loads what the parent compiled.
 WORKQUEUE_SCRIPT = r'''
 import copy
 import sys
@@ -368,10 +437,11 @@ if __name__ == "__main__":
 '''
 
 
-def test_workqueue_layer_runs_concurrent_parallel_calls_without_aborting(tmp_path):
+def test_workqueue_layer_runs_concurrent_multithreaded_calls_without_aborting(tmp_path):
     """numba's workqueue layer aborts the process ("Concurrent access has been detected") when two threads enter a
-    parallel kernel at once. numbarnn then runs the serial kernel for the second call: 4 threads calling multi-block
-    modules at once exit normally with bitwise the serial results, which equal those under the default layer."""
+    numba parallel region at once. numbarnn's passes run on its own worker threads, under any layer: 4 threads calling
+    multi-block modules at once exit normally with bitwise the serial results, which equal those under the default
+    layer."""
     namespace = {"__name__": "workqueue_script"}
     exec(compile(WORKQUEUE_SCRIPT, "WORKQUEUE_SCRIPT", "exec"), namespace)
     here = namespace["serial_results"]()  # the default layer's results; compiles what the child will load

@@ -16,16 +16,17 @@ import naive
 import numba
 import numpy as np
 import pytest
-from helpers import DTYPES, assert_bitwise_equal, assert_close, pairwise_cases
+from helpers import DTYPES, assert_bitwise_equal, assert_close, numba_threads, pairwise_cases
 from numpy.testing import assert_array_equal
 
 from numbarnn import _isa
 from numbarnn._activations import activate, activation_backward
-from numbarnn._backward import recurrent_backward, recurrent_backward_parallel
+from numbarnn._backward import recurrent_backward
 from numbarnn._cells import GATES, cell_marker
-from numbarnn._forward import recurrent_forward, recurrent_forward_parallel
+from numbarnn._forward import recurrent_forward
 from numbarnn._layout import build_layout, named_views
 from numbarnn._packing import pack, unpack
+from numbarnn._threads import run_stages
 from numbarnn._panels import (
     ROW_PANELS,
     TILE_ROWS,
@@ -51,6 +52,31 @@ UNSORTED_LENGTHS = np.array([2, 5, 1, 4, 5])
 
 def make_packing(lengths, blocks):
     return equal_length_packing(STEPS, BATCH, blocks) if lengths is None else length_packing(lengths, STEPS, blocks)
+
+
+def one_part(kernel, stages, tasks, *arguments):
+    """Run a pass as one call: every stage, one part (as numbarnn does on one thread)."""
+    kernel(0, stages, 0, 1, *arguments)
+
+
+def three_parts_backwards(kernel, stages, tasks, *arguments):
+    """Run a pass as three threads would, each stage's parts in the reverse order: a part must compute only its own
+    tasks, and every task the same values whichever part runs it."""
+    for stage in range(stages):
+        for part in reversed(range(3)):
+            kernel(stage, stage + 1, part, 3, *arguments)
+
+
+def on_two_threads(kernel, stages, tasks, *arguments, first_alone=False):
+    """Run a pass as numbarnn does with two threads: each stage's parts on the calling thread and a worker."""
+    with numba_threads(2):
+        assert numba.get_num_threads() == 2, "the pool has one thread: NUMBA_NUM_THREADS=1"
+        run_stages(kernel, stages, tasks, first_alone, *arguments)
+
+
+def on_two_threads_after_the_first_stage(kernel, stages, tasks, *arguments):
+    """As :func:`on_two_threads`, the first stage on the calling thread alone."""
+    on_two_threads(kernel, stages, tasks, *arguments, first_alone=True)
 
 
 def filled(buffers, value=np.nan):
@@ -108,8 +134,9 @@ class KernelProblem:
         unpack(rows, self.packing, padded)
         return padded
 
-    def forward(self, relu, training=True, parallel=False):
-        """Run the forward kernel (the parallel driver if ``parallel``); returns its buffers."""
+    def forward(self, relu, training=True, run=one_part):
+        """Run the forward kernel as ``run`` runs a pass's stages (:func:`numbarnn._threads.run_stages`'s
+        arguments); returns its buffers."""
         dropped = self.num_layers - 1 if self.masks is not None else 0
         buffers = filled(forward_buffers(self.spec(relu), self.packing, training, dropped))
         buffers.bias_zeros.fill(0)
@@ -119,22 +146,36 @@ class KernelProblem:
             buffers.c_n[...] = self.c_0[:, self.order]
         for k in range(dropped):
             buffers.dropout_scale[k] = self.packed(self.masks[k])
-        kernel = recurrent_forward_parallel if parallel else recurrent_forward
         # plain tuples, as numbarnn._engine passes them: the specialisation the library runs
         marker = cell_marker(self.cell, relu)
-        kernel(self.params, self.offsets, tuple(self.packing), tuple(buffers), self.directions, marker)
+        arrays = tuple(self.packing), tuple(buffers)
+        run(
+            recurrent_forward,
+            2 * self.num_layers,
+            self.tasks(),
+            self.params,
+            self.offsets,
+            *arrays,
+            self.directions,
+            marker,
+        )
         return buffers
 
-    def backward(self, forward, relu, grads, parallel=False):
+    def tasks(self):
+        return (self.packing.block_batch.size - 1) * self.directions
+
+    def backward(self, forward, relu, grads, run=one_part):
         buffers = filled(backward_buffers(self.spec(relu), self.packing, self.params.size, True))
         buffers.grad_output[...] = self.packed(self.grad_output)
         buffers.grad_h[...] = self.grad_h_n[:, self.order]
         if self.cell == "lstm":
             buffers.grad_c[...] = self.grad_c_n[:, self.order]
-        kernel = recurrent_backward_parallel if parallel else recurrent_backward
         marker = cell_marker(self.cell, relu)
         arrays = tuple(self.packing), tuple(forward), tuple(buffers)
-        kernel(self.params, self.offsets, *arrays, self.directions, marker, grads)
+        stages = 2 * self.num_layers + 1
+        run(
+            recurrent_backward, stages, self.tasks(), self.params, self.offsets, *arrays, self.directions, marker, grads
+        )
         return buffers
 
     def naive(self, nonlinearity):
@@ -260,23 +301,24 @@ def test_parallel_cases_cover_each_cell_with_lengths_directions_and_dropout():
         for position in (1, 6):  # bidirectional, dropout
             assert {case[position] for case in cases} == {False, True}, (name, position)
         assert {case[5] is None for case in cases} == {False, True}, name  # with and without lengths
-        assert all(case[7] >= 2 for case in cases), name  # several blocks: the parallel drivers' tasks
+        assert all(case[7] >= 2 for case in cases), name  # several blocks: several tasks to share between threads
 
 
 @pytest.mark.parametrize("cell_case", PARALLEL_CASES, ids=[parallel_id(cell_case) for cell_case in PARALLEL_CASES])
-def test_parallel_drivers_give_bitwise_the_serial_result(cell_case, rng):
-    """The parallel drivers run the same tasks on threads: every result (the outputs, final states and every
-    gradient) must be bitwise the serial one, for every cell."""
+def test_a_pass_in_parts_and_on_threads_gives_bitwise_the_one_part_result(cell_case, rng):
+    """Each stage's tasks shared between parts (three, run backwards; two, on two threads, the first stage shared or
+    not): every result (the outputs, final states and every gradient) must be bitwise the one-part pass's, for every
+    cell."""
     name, case = cell_case
     num_layers, bidirectional, bias, nonlinearity, dtype, lengths, dropout, blocks = case
     cell, proj_size = GATED_CELLS.get(name, (name, 0))
     problem = KernelProblem(num_layers, bidirectional, bias, dtype, lengths, dropout, blocks, rng, cell, proj_size)
     relu = nonlinearity == "relu"
     results = []
-    for parallel in (False, True):
-        forward = problem.forward(relu, parallel=parallel)
+    for run in (one_part, three_parts_backwards, on_two_threads, on_two_threads_after_the_first_stage):
+        forward = problem.forward(relu, run=run)
         grads = np.zeros_like(problem.params)
-        backward = problem.backward(forward, relu, grads, parallel=parallel)
+        backward = problem.backward(forward, relu, grads, run=run)
         results.append(
             {
                 "output": forward.top_out,
@@ -288,11 +330,13 @@ def test_parallel_drivers_give_bitwise_the_serial_result(cell_case, rng):
                 **named_views(grads, problem.entries),
             }
         )
-    serial, parallel = results
-    assert list(parallel) == list(serial)
+    serial = results[0]
     for key, value in serial.items():
-        assert np.isfinite(value).all(), f"{key}: the serial kernels read a buffer they never wrote (NaN-filled)"
-        assert_bitwise_equal(parallel[key], value, key)
+        assert np.isfinite(value).all(), f"{key}: the one-part pass read a buffer it never wrote (NaN-filled)"
+    for parts in results[1:]:
+        assert list(parts) == list(serial)
+        for key, value in serial.items():
+            assert_bitwise_equal(parts[key], value, key)
     assert (serial["c_n"].size > 0) == (cell == "lstm")
     assert any(key.startswith("weight_hr") for key in serial) == (proj_size > 0)
 

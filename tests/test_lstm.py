@@ -81,7 +81,7 @@ def test_matches_torch_float64(case, rng):
 @pytest.mark.parametrize("proj_size", [0, 5])
 @pytest.mark.parametrize("lengths", [None, [5, 2, 4]])
 def test_matches_torch_float32(proj_size, lengths, rng):
-    # One block, one direction: float32 compiles the serial kernels only (the parallel ones are covered in float64).
+    # One block, one direction: float32 runs on one thread (several threads run the same kernel: covered in float64).
     case = dict(
         hidden_size=17,
         num_layers=2,
@@ -98,7 +98,7 @@ def test_matches_torch_float32(proj_size, lengths, rng):
 
 
 def test_batch_split_into_blocks_matches_torch(rng):
-    """A batch large enough to be split into blocks (run by the parallel kernels), with lengths, two layers and a
+    """A batch large enough to be split into blocks (its tasks shared between threads), with lengths, two layers and a
     projection (a bidirectional stack gets half as many blocks: one on 2 threads; the directions are its tasks)."""
     steps, batch, hidden = 12, 9, 64
     case = dict(

@@ -22,9 +22,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 PROCESSES = 4
 
 # Run by each process with its index and the shared directory; exec'd by the test too for its own results. Large
-# enough (N=8, L=50, H=64) that the eval forward splits the batch into blocks and runs the parallel kernel; a
-# streaming step adds a second kernel. Inference only: a training forward + backward would double the cold compile
-# (measured ~14 s instead of ~7 s of CPU per process), and the cache race does not depend on which kernels compile.
+# enough (N=8, L=50, H=64) that the eval forward splits the batch into blocks; a streaming step adds a second kernel.
+# Inference only: a training forward + backward would more than double the cold compile (~10 s of CPU per process for
+# the forward), and the cache race does not depend on which kernels compile.
 WORKER_SCRIPT = r'''
 import pathlib
 import sys

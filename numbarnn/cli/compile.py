@@ -3,9 +3,10 @@
 numbarnn compiles its kernels on first use and keeps them in numba's on-disk cache (``cache=True``): a fresh
 environment pays the compile time once per kernel, and every later process loads the kernels in well under a second.
 This command makes those first calls now, for the cells and dtypes given: for each, an inference forward, a training
-forward and backward, ``step`` and a cell's call and backward, and the parallel drivers when numba has two threads or
-more (a batch large enough to split into blocks). The cache is valid for the CPU it was compiled for (numba keys it
-by the target CPU name and features) and for this numba version.
+forward and backward (of one sequence, and of a batch that splits into blocks: the same recurrent kernels, which run
+on one thread or several, and the packing of the batch's rows), ``step`` and a cell's call and backward. The cache
+is valid for the CPU it was compiled for (numba keys it by the target CPU name and features) and for this numba
+version.
 
 Where the cache goes: next to numbarnn's modules (``__pycache__``) when that directory is writable; otherwise (a
 read-only install) numba's per-user cache directory; or wherever ``NUMBA_CACHE_DIR`` points, which must be set the
@@ -20,8 +21,8 @@ import numpy as np
 CELLS = ("rnn", "lstm", "gru")
 DTYPES = ("float32", "float64")
 
-# Sizes of the calls that compile the kernels: the batch splits into two blocks when numba has two threads
-# (numbarnn._workspace.block_count), so the parallel drivers run too; small enough to run in milliseconds.
+# Sizes of the calls that compile the kernels: the batch splits into two blocks where numba has two threads or more
+# (numbarnn._workspace.block_count); small enough to run in milliseconds.
 STEPS, BATCH, INPUT_SIZE, HIDDEN_SIZE = 16, 4, 64, 64
 
 
@@ -63,7 +64,7 @@ def compile_cell(cell, dtype):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((STEPS, BATCH, INPUT_SIZE)).astype(dtype)
     module = recurrent(INPUT_SIZE, HIDDEN_SIZE, dtype=dtype, seed=0)
-    for batch in (1, BATCH):  # one block: the serial drivers; two (with two threads or more): the parallel ones
+    for batch in (1, BATCH):  # one block, the rows read in place; two (with two threads or more), the rows packed
         output, _ = module.train()(x[:, :batch])
         module.backward(np.ones_like(output))
         module.eval()(x[:, :batch])
@@ -76,8 +77,6 @@ def compile_cell(cell, dtype):
 
 
 def run(args):
-    import numba
-
     from .._threads import configure_threads_once
     from ._progress import Progress
 
@@ -94,7 +93,6 @@ def run(args):
     print(
         f"numbarnn compile: {', '.join(args.cells)} in {', '.join(args.dtypes)} ready in "
         f"{time.perf_counter() - started:.1f} s"
-        + ("" if numba.get_num_threads() > 1 else " (serial drivers only: numba has one thread here)")
     )
     print(f"cache: {cache_location()}")
     return 0
