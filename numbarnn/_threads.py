@@ -157,7 +157,7 @@ def run_stages(kernel, stages, tasks, first_alone, *arguments):
     bitwise the same result for any number of parts.
     """
     configure_threads_once()
-    threads = min(tasks, numba.get_num_threads())
+    threads = 1 if tasks < 2 else min(tasks, numba.get_num_threads())  # numba's per-thread count costs ~2 us
     if threads < 2:
         kernel(0, stages, 0, 1, *arguments)
         return
