@@ -11,6 +11,7 @@ input gradients are added once both are done.
 """
 
 import numpy as np
+from numba import prange
 
 from ._cells import backward_epilogue, input_side, pack_projection, projection_gradient
 from ._forward import layer_input, layer_output, weight_views
@@ -317,3 +318,37 @@ def recurrent_backward(
             l = num_layers - 1 - stage // 2
             for task in range(part, tasks, parts):
                 task_backward(l, task, params, offsets, packing, forward, buffers, num_directions, cell, grads)
+
+
+@jit(parallel=True)
+def recurrent_backward_parts(
+    first_stage,
+    end_stage,
+    parts,
+    params,
+    offsets,
+    packing_fields,
+    forward_fields,
+    buffer_fields,
+    num_directions,
+    cell,
+    grads,
+):
+    """:func:`recurrent_backward`'s stages ``first_stage`` to ``end_stage - 1``, each as ``parts`` parts on numba's
+    threads, as :func:`numbarnn._forward.recurrent_forward_parts` runs the forward's."""
+    for stage in range(first_stage, end_stage):
+        for part in prange(parts):
+            recurrent_backward(
+                stage,
+                stage + 1,
+                np.int64(part),
+                parts,
+                params,
+                offsets,
+                packing_fields,
+                forward_fields,
+                buffer_fields,
+                num_directions,
+                cell,
+                grads,
+            )

@@ -11,9 +11,9 @@ waiting for their backwards at once; a consumed record can hand its buffers to t
 
 import numpy as np
 
-from ._backward import recurrent_backward
+from ._backward import recurrent_backward, recurrent_backward_parts
 from ._cells import GATES, cell_marker
-from ._forward import recurrent_forward
+from ._forward import recurrent_forward, recurrent_forward_parts
 from ._packing import pack, unpack
 from ._threads import run_stages
 from ._workspace import (
@@ -69,7 +69,21 @@ def make_packing(spec, steps, batch, lengths):
     return length_packing(lengths, steps, blocks)
 
 
-def forward(spec, params, offsets, x, h_0, lengths, *, training, batch_first, draw_dropout=None, spare=None, pool=None):
+def forward(
+    spec,
+    params,
+    offsets,
+    x,
+    h_0,
+    lengths,
+    *,
+    training,
+    batch_first,
+    draw_dropout=None,
+    spare=None,
+    pool=None,
+    openmp=False,
+):
     """Run the stack over ``x``.
 
     Parameters
@@ -85,6 +99,8 @@ def forward(spec, params, offsets, x, h_0, lengths, *, training, batch_first, dr
     draw_dropout : None, or a function filling the (num_layers - 1, R, D * H_out) dropout scale (training only).
     spare : a consumed :class:`Record` whose buffers may be reused, or None.
     pool : a :class:`numbarnn._workspace.ScratchPool` whose buffers an inference call takes and gives back, or None.
+    openmp : run a multi-threaded pass on numba's OpenMP threads rather than numbarnn's workers (for callers in a
+        process where torch runs OpenMP regions: :mod:`numbarnn._threads`).
 
     Returns
     -------
@@ -127,6 +143,7 @@ def forward(spec, params, offsets, x, h_0, lengths, *, training, batch_first, dr
         draw_dropout(buffers.dropout_scale)
     run_stages(
         recurrent_forward,
+        recurrent_forward_parts if openmp else None,
         2 * spec.num_layers,
         block_total(packing) * spec.num_directions,
         first_stage_alone(spec, spec.input_size),
@@ -174,7 +191,9 @@ def give_scratch(pool, key, buffers, reads_input, output_is_rows):
     pool.give(key, (own_x_rows, own_top_out, buffers[CALL_ARRAYS:]))
 
 
-def backward(params, offsets, record, grad_output, grad_h_n, grads, *, need_input_grad, batch_first, spare=None):
+def backward(
+    params, offsets, record, grad_output, grad_h_n, grads, *, need_input_grad, batch_first, spare=None, openmp=False
+):
     """Backpropagate through ``record``'s forward.
 
     Parameters
@@ -187,6 +206,7 @@ def backward(params, offsets, record, grad_output, grad_h_n, grads, *, need_inpu
     need_input_grad : compute the input gradient (else None is returned for it).
     batch_first : lay the input gradient out as (N, L, H_in).
     spare : :class:`numbarnn._workspace.BackwardBuffers` of an earlier call that may be reused, or None.
+    openmp : as for :func:`forward`.
 
     Returns
     -------
@@ -223,6 +243,7 @@ def backward(params, offsets, record, grad_output, grad_h_n, grads, *, need_inpu
     top_input_size = spec.input_size if spec.num_layers == 1 else spec.num_directions * state_size(spec)
     run_stages(
         recurrent_backward,
+        recurrent_backward_parts if openmp else None,
         2 * spec.num_layers + 1,
         block_total(packing) * spec.num_directions,
         first_stage_alone(spec, top_input_size, buffers.grad_partial.size),

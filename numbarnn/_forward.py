@@ -10,6 +10,9 @@ or on several (:func:`numbarnn._threads.run_stages`), with single-threaded produ
 selects the cell at typing time: each cell is its own compiled (and cached) specialisation.
 """
 
+import numpy as np
+from numba import prange
+
 from ._cells import forward_epilogue, pack_projection, save_state
 from ._jit import jit
 from ._layout import B_HH, B_IH, NO_BIAS, W_HH, W_IH
@@ -245,3 +248,27 @@ def recurrent_forward(
         else:
             for task in range(part, tasks, parts):
                 task_forward(l, task, params, offsets, packing, buffers, num_directions, cell)
+
+
+@jit(parallel=True)
+def recurrent_forward_parts(
+    first_stage, end_stage, parts, params, offsets, packing_fields, buffer_fields, num_directions, cell
+):
+    """:func:`recurrent_forward`'s stages ``first_stage`` to ``end_stage - 1``, each as ``parts`` parts on numba's
+    threads: one parallel region per stage (call with single-threaded BLAS). Nothing but the loops: every part is a
+    call of the one compiled stage kernel, which runs on one thread as it is."""
+    for stage in range(first_stage, end_stage):
+        for part in prange(parts):
+            # a prange index is unsigned: as int64, the call's signature is the one-thread call's
+            recurrent_forward(
+                stage,
+                stage + 1,
+                np.int64(part),
+                parts,
+                params,
+                offsets,
+                packing_fields,
+                buffer_fields,
+                num_directions,
+                cell,
+            )

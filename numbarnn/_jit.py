@@ -14,9 +14,8 @@ FASTMATH_FLAGS = frozenset({"reassoc", "contract", "nsz", "arcp"})
 JIT_OPTIONS = dict(cache=True, nogil=True, error_model="numpy", fastmath=set(FASTMATH_FLAGS))
 
 
-def jit(signature_or_function=None, *, inline=False):
-    """Compile with numbarnn's options; usable as ``@jit`` or ``@jit(inline=True)``. (No ``parallel=True``: numbarnn's
-    passes run on its own threads, :mod:`numbarnn._threads` says why.)
+def jit(signature_or_function=None, *, parallel=False, inline=False):
+    """Compile with numbarnn's options; usable as ``@jit``, ``@jit(parallel=True)`` or ``@jit(inline=True)``.
 
     ``inline=True`` is for small helpers: numba then inlines them into each caller at its IR level instead of
     compiling, optimising and linking a separate library for each (~0.2-1 s of cold compile time per helper).
@@ -25,5 +24,5 @@ def jit(signature_or_function=None, *, inline=False):
     if callable(signature_or_function):
         return numba.njit(**options)(signature_or_function)
     if signature_or_function is None:
-        return numba.njit(**options)
-    return numba.njit(signature_or_function, **options)
+        return numba.njit(parallel=parallel, **options)
+    return numba.njit(signature_or_function, parallel=parallel, **options)

@@ -222,6 +222,7 @@ class _NumbaRNNFunction(torch.autograd.Function):
             batch_first=batch_first,
             draw_dropout=_dropout_drawer(dropout) if dropout else None,
             spare=plan.take(plan.spare_records),
+            openmp=True,  # numba's OpenMP threads, on torch's OpenMP runtime, run the parts (numbarnn._threads)
         )
         ctx.save_for_backward(x, h_0, c_0, *weights)
         ctx.set_materialize_grads(False)  # an unused output's gradient stays None: the engine reads None as zeros
@@ -254,6 +255,7 @@ class _NumbaRNNFunction(torch.autograd.Function):
             need_input_grad=ctx.needs_input_grad[2],
             batch_first=batch_first,
             spare=plan.take(plan.spare_backward),
+            openmp=True,
         )
         if scratch is not None and not plan.spare_backward:
             plan.spare_backward.append(scratch)  # returned arrays are copies: the scratch is free again
@@ -441,6 +443,7 @@ def _run(module, plan, x, hx, weights, lengths, batch_first, dropout):
         batch_first=batch_first,
         draw_dropout=_dropout_drawer(dropout) if dropout else None,
         pool=plan.scratch,
+        openmp=True,
     )
     if lstm:
         return torch.from_numpy(output), (torch.from_numpy(h_n[0]), torch.from_numpy(h_n[1]))

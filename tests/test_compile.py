@@ -75,7 +75,7 @@ def test_compile_splits_a_batch_into_blocks_where_numba_has_threads(block_pool, 
     """Its batch is large enough to split into blocks (with two numba threads or more): a cell's training forward,
     backward and eval forward each get a call with at least two tasks, as a real batch would."""
     calls = spy_on(
-        monkeypatch, numbarnn._engine, "run_stages", lambda args, kwargs, result: (args[0].py_func.__name__, args[2])
+        monkeypatch, numbarnn._engine, "run_stages", lambda args, kwargs, result: (args[0].py_func.__name__, args[3])
     )
     compile_command.compile_cell("rnn", "float64")
     several = [kernel for kernel, tasks in calls if tasks >= 2]

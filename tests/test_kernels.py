@@ -21,9 +21,9 @@ from numpy.testing import assert_array_equal
 
 from numbarnn import _isa
 from numbarnn._activations import activate, activation_backward
-from numbarnn._backward import recurrent_backward
+from numbarnn._backward import recurrent_backward, recurrent_backward_parts
 from numbarnn._cells import GATES, cell_marker
-from numbarnn._forward import recurrent_forward
+from numbarnn._forward import recurrent_forward, recurrent_forward_parts
 from numbarnn._layout import build_layout, named_views
 from numbarnn._packing import pack, unpack
 from numbarnn._threads import run_stages
@@ -54,6 +54,9 @@ def make_packing(lengths, blocks):
     return equal_length_packing(STEPS, BATCH, blocks) if lengths is None else length_packing(lengths, STEPS, blocks)
 
 
+PARTS_KERNELS = {recurrent_forward: recurrent_forward_parts, recurrent_backward: recurrent_backward_parts}
+
+
 def one_part(kernel, stages, tasks, *arguments):
     """Run a pass as one call: every stage, one part (as numbarnn does on one thread)."""
     kernel(0, stages, 0, 1, *arguments)
@@ -67,16 +70,22 @@ def three_parts_backwards(kernel, stages, tasks, *arguments):
             kernel(stage, stage + 1, part, 3, *arguments)
 
 
-def on_two_threads(kernel, stages, tasks, *arguments, first_alone=False):
-    """Run a pass as numbarnn does with two threads: each stage's parts on the calling thread and a worker."""
+def on_two_threads(kernel, stages, tasks, *arguments, first_alone=False, openmp=False):
+    """Run a pass as numbarnn does with two threads: each stage's parts on the calling thread and a worker (or on
+    numba's OpenMP threads, as for numbarnn.torch)."""
+    parts_kernel = PARTS_KERNELS[kernel] if openmp else None
     with numba_threads(2):
         assert numba.get_num_threads() == 2, "the pool has one thread: NUMBA_NUM_THREADS=1"
-        run_stages(kernel, stages, tasks, first_alone, *arguments)
+        run_stages(kernel, parts_kernel, stages, tasks, first_alone, *arguments)
 
 
 def on_two_threads_after_the_first_stage(kernel, stages, tasks, *arguments):
     """As :func:`on_two_threads`, the first stage on the calling thread alone."""
     on_two_threads(kernel, stages, tasks, *arguments, first_alone=True)
+
+
+def on_two_openmp_threads(kernel, stages, tasks, *arguments):
+    on_two_threads(kernel, stages, tasks, *arguments, openmp=True)
 
 
 def filled(buffers, value=np.nan):
@@ -306,16 +315,23 @@ def test_parallel_cases_cover_each_cell_with_lengths_directions_and_dropout():
 
 @pytest.mark.parametrize("cell_case", PARALLEL_CASES, ids=[parallel_id(cell_case) for cell_case in PARALLEL_CASES])
 def test_a_pass_in_parts_and_on_threads_gives_bitwise_the_one_part_result(cell_case, rng):
-    """Each stage's tasks shared between parts (three, run backwards; two, on two threads, the first stage shared or
-    not): every result (the outputs, final states and every gradient) must be bitwise the one-part pass's, for every
-    cell."""
+    """Each stage's tasks shared between parts (three, run backwards; two, on two of numbarnn's threads, the first
+    stage shared or not, and on two OpenMP threads): every result (the outputs, final states and every gradient)
+    must be bitwise the one-part pass's, for every cell."""
     name, case = cell_case
     num_layers, bidirectional, bias, nonlinearity, dtype, lengths, dropout, blocks = case
     cell, proj_size = GATED_CELLS.get(name, (name, 0))
     problem = KernelProblem(num_layers, bidirectional, bias, dtype, lengths, dropout, blocks, rng, cell, proj_size)
     relu = nonlinearity == "relu"
     results = []
-    for run in (one_part, three_parts_backwards, on_two_threads, on_two_threads_after_the_first_stage):
+    runs = (
+        one_part,
+        three_parts_backwards,
+        on_two_threads,
+        on_two_threads_after_the_first_stage,
+        on_two_openmp_threads,
+    )
+    for run in runs:
         forward = problem.forward(relu, run=run)
         grads = np.zeros_like(problem.params)
         backward = problem.backward(forward, relu, grads, run=run)
