@@ -1,8 +1,8 @@
 """Many threads at once: eval-mode ``RNN``, ``RNNCell`` and ``RNN.step`` called from a thread pool give bitwise the
 results of serial calls and leave every thread pool's size as it was; two threads training one module get the
 documented error, never corrupted results; under numba's ``workqueue`` threading layer (which aborts the process when
-two threads enter numba parallel regions at once; numbarnn runs none) the same program runs to the end with the same
-results.
+two threads enter numba parallel regions at once; the NumPy API runs none, and the drop-ins' passes step aside) the
+same program runs to the end with the same results.
 
 Bitwise, not within a tolerance: a call's blocks are fixed per process (numba's pool size), and each block's task
 computes the same values whichever thread runs it, so nothing may change with the thread that runs a call.
@@ -350,6 +350,32 @@ def test_a_child_forked_after_a_multithreaded_call_starts_its_own_workers(block_
     assert got == expected.tobytes()
 
 
+def test_an_openmp_pass_runs_alone_while_another_may_hold_the_only_parallel_region(monkeypatch):
+    """The drop-ins' passes run on numba's OpenMP threads (a parts kernel). While it is not known that the threading
+    layer allows two parallel regions at once (workqueue does not), a pass that finds another one in its region runs
+    its stages in one part on the calling thread; otherwise, after a first stage run alone if asked, the parts
+    kernel runs the rest."""
+    calls = []
+
+    def kernel(first_stage, end_stage, part, parts, *arguments):
+        calls.append(("kernel", first_stage, end_stage, part, parts))
+
+    def parts_kernel(first_stage, end_stage, parts, *arguments):
+        calls.append(("parts", first_stage, end_stage, parts))
+
+    monkeypatch.setattr(numbarnn._threads, "_layer_allows_concurrency", None)
+    with numbarnn._threads.numba_threads(2):
+        threads = numba.get_num_threads()
+        if threads < 2:
+            pytest.skip("NUMBA_NUM_THREADS=1: no parallel region to share")
+        with numbarnn._threads._parallel_gate:  # another thread is in its parallel region
+            numbarnn._threads.run_stages(kernel, parts_kernel, 3, 4, False)
+        assert calls == [("kernel", 0, 3, 0, 1)]
+        calls.clear()
+        numbarnn._threads.run_stages(kernel, parts_kernel, 3, 4, True)
+        assert calls == [("kernel", 0, 1, 0, 1), ("parts", 1, 3, threads)]
+
+
 # -- numba's workqueue threading layer ----------------------------------------------------------------------------
 
 # Run by the test in a fresh interpreter with NUMBA_THREADING_LAYER=workqueue (the layer is fixed per process), and
@@ -439,9 +465,9 @@ if __name__ == "__main__":
 
 def test_workqueue_layer_runs_concurrent_multithreaded_calls_without_aborting(tmp_path):
     """numba's workqueue layer aborts the process ("Concurrent access has been detected") when two threads enter a
-    numba parallel region at once. numbarnn's passes run on its own worker threads, under any layer: 4 threads calling
-    multi-block modules at once exit normally with bitwise the serial results, which equal those under the default
-    layer."""
+    numba parallel region at once. The NumPy API's passes run on numbarnn's own worker threads, under any layer: 4
+    threads calling multi-block modules at once exit normally with bitwise the serial results, which equal those
+    under the default layer."""
     namespace = {"__name__": "workqueue_script"}
     exec(compile(WORKQUEUE_SCRIPT, "WORKQUEUE_SCRIPT", "exec"), namespace)
     here = namespace["serial_results"]()  # the default layer's results; compiles what the child will load

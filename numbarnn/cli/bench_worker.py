@@ -143,16 +143,12 @@ def _run_rnn(library, spec, save_outputs, report):
                 report["timings"].setdefault(name, {})[task] = samples
                 report["calls_per_sample"].setdefault(name, {})[task] = number
         report["blas"] = _blas_info(threadpool_info())  # as the runs had them
-        # read after the runs: numba's threading layer starts with numbarnn's first call (numbarnn runs its passes on
-        # its own workers; the layer's per-thread setting says how many)
+        # read after the runs: numba's per-thread count says how many threads a pass uses, and the NumPy API runs
+        # them on numbarnn's own workers (numbarnn._threads)
         if library == "torch":
             report["threads"] = {"torch.get_num_threads()": torch.get_num_threads()}
         else:
-            try:
-                layer = numba.threading_layer()
-            except ValueError:  # no numbarnn call ran
-                layer = "not started"
-            report["threads"] = {"numba.get_num_threads()": numba.get_num_threads(), "threading layer": layer}
+            report["threads"] = {"numba.get_num_threads()": numba.get_num_threads(), "run on": "numbarnn's workers"}
 
 
 def _parameters(data, prefix="param."):
