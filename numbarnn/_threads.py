@@ -165,7 +165,8 @@ def _forget_workers():
     _state_lock = threading.Lock()
 
 
-os.register_at_fork(after_in_child=_forget_workers)
+if hasattr(os, "register_at_fork"):  # POSIX; elsewhere there is no fork
+    os.register_at_fork(after_in_child=_forget_workers)
 
 
 def run_stages(kernel, parts_kernel, stages, tasks, first_alone, *arguments):
