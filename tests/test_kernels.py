@@ -26,7 +26,6 @@ from numbarnn._cells import GATES, cell_marker
 from numbarnn._forward import recurrent_forward, recurrent_forward_parts
 from numbarnn._layout import build_layout, named_views
 from numbarnn._packing import pack, unpack
-from numbarnn._threads import run_stages
 from numbarnn._panels import (
     ROW_PANELS,
     TILE_ROWS,
@@ -36,6 +35,7 @@ from numbarnn._panels import (
     panel_width,
     rows_per_block,
 )
+from numbarnn._threads import run_stages
 from numbarnn._workspace import (
     Spec,
     backward_buffers,
@@ -85,6 +85,7 @@ def on_two_threads_after_the_first_stage(kernel, stages, tasks, *arguments):
 
 
 def on_two_openmp_threads(kernel, stages, tasks, *arguments):
+    """As :func:`on_two_threads`, on numba's OpenMP threads."""
     on_two_threads(kernel, stages, tasks, *arguments, openmp=True)
 
 
