@@ -94,7 +94,9 @@ def backward_epilogue(
 # The epilogues are called, not inlined: each is compiled once per (cell, dtype) and linked into the kernels calling
 # it. Inlined, they made the kernels slower to compile and to run (LSTM medium forward 257-266 ms against 186-215
 # with task_forward not inlined either, cold first inference + training step ~15 % less CPU time; the call costs a
-# GRU's 100-step batch-of-one forward ~7 %; alternating fresh processes, busy host, Zen 3).
+# GRU's 100-step batch-of-one forward ~7 %; alternating fresh processes, busy host, Zen 3). The task bodies, each now
+# called from one stage kernel only, are inlined there: LSTM small training 32.7-34.4 ms against 33.4-35.0 with them
+# called (3 processes each, quiet host).
 # Every epilogue reads and writes a direction's columns through per-row views (``out[i, column:column + P]``), never
 # as ``out[i, column + j]``: numba cannot tell that index from a negative one and wraps it, which kept the loop from
 # vectorising (the RNN's tanh epilogue at H = 1024: ~1.4 -> ~1.0 ns per element, float32, Zen 3).

@@ -447,7 +447,7 @@ def rows_per_block(k, itemsize):
     return max(1, _A_BLOCK_BYTES // (k * itemsize) // TILE_ROWS) * TILE_ROWS
 
 
-@jit  # compiled once, not inlined into the four recurrence kernels: 2.6 s less cold compile, no measurable cost
+@jit  # compiled once, not inlined into the recurrence kernels: 2.6 s less cold compile, no measurable cost
 def panel_matmul(a, panels, out):
     """``out[:] = a @ B`` for C-contiguous ``a`` (M, K) and ``out`` (M, N) and ``B`` (K, N) packed by
     :func:`pack_panels` into panels of this CPU's width (:func:`panel_shape`); ``out`` must not overlap ``a``.
