@@ -5,7 +5,6 @@ Test modules import them with ``from helpers import ...`` (pytest puts ``tests/`
 ``conftest.py``.
 """
 
-import contextlib
 import functools
 import io
 import itertools
@@ -304,17 +303,8 @@ def thread_counts(blocks, num_directions):
     return sorted({1, min(2, numba.config.NUMBA_NUM_THREADS)})
 
 
-@contextlib.contextmanager
-def numba_threads(count):
-    """Run the body with ``numba.set_num_threads(count)`` (this thread only), or as it is for None."""
-    numbarnn._threads.configure_threads_once()  # numbarnn starts numba's pool (sleeping workers) before it is resized
-    previous = numba.get_num_threads()
-    if count is not None:
-        numba.set_num_threads(count)
-    try:
-        yield
-    finally:
-        numba.set_num_threads(previous)
+# Run the body with numba's thread count at ``count`` for this thread (None: as it is): numbarnn's own context manager.
+numba_threads = numbarnn._threads.numba_threads
 
 
 def saved_and_loaded(obj):
