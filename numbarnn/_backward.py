@@ -13,7 +13,7 @@ input gradients are added once both are done.
 import numpy as np
 from numba import prange
 
-from ._cells import backward_epilogue, input_side, pack_projection, projection_gradient
+from ._cells import backward_epilogue, input_side, marker_of, pack_projection, projection_gradient
 from ._forward import layer_input, layer_output, weight_views
 from ._jit import jit
 from ._layout import B_HH, B_IH, NO_BIAS, W_HH, W_HR, W_IH
@@ -284,7 +284,7 @@ def recurrent_backward(
     forward_fields,
     buffer_fields,
     num_directions,
-    cell,
+    cell_code,
     grads,
 ):
     """Backward pass matching :func:`numbarnn._forward.recurrent_forward` run in training mode: stages
@@ -298,7 +298,7 @@ def recurrent_backward(
     ----------
     first_stage, end_stage : the stages to run, ``0 <= first_stage < end_stage <= 2 * num_layers + 1``.
     part, parts : ``0 <= part < parts``.
-    params, offsets, packing_fields, num_directions, cell
+    params, offsets, packing_fields, num_directions, cell_code
         As given to the training forward pass; ``forward_fields`` are its
         :class:`~numbarnn._workspace.ForwardBuffers` (plain tuples, as the forward takes them).
     buffer_fields : the fields of :class:`numbarnn._workspace.BackwardBuffers`, as a plain tuple; ``grad_output`` and
@@ -308,6 +308,7 @@ def recurrent_backward(
     """
     packing, forward = Packing(*packing_fields), ForwardBuffers(*forward_fields)
     buffers = BackwardBuffers(*buffer_fields)
+    cell = marker_of(cell_code)
     num_layers = offsets.shape[0] // num_directions
     tasks = (packing.block_batch.size - 1) * num_directions
     for stage in range(first_stage, end_stage):
@@ -331,7 +332,7 @@ def recurrent_backward_parts(
     forward_fields,
     buffer_fields,
     num_directions,
-    cell,
+    cell_code,
     grads,
 ):
     """:func:`recurrent_backward`'s stages ``first_stage`` to ``end_stage - 1``, each as ``parts`` parts on numba's
@@ -349,6 +350,6 @@ def recurrent_backward_parts(
                 forward_fields,
                 buffer_fields,
                 num_directions,
-                cell,
+                cell_code,
                 grads,
             )

@@ -1,7 +1,7 @@
 """What each recurrent cell contributes to the shared kernels: its gate epilogue (forward), its derivative (backward)
 and its state layout. Everything else (blocks, lengths, directions, products, workspace, threads) is shared.
 
-A kernel receives a *cell marker* (:func:`cell_marker`; the step kernels' per-cell entry points build their own): a
+A kernel receives a *cell code* (:func:`cell_code`) and makes it a *cell marker* (:func:`marker_of`): a
 namedtuple whose class differs per cell, so that numba types each cell differently and :func:`forward_epilogue` /
 :func:`backward_epilogue` resolve, at typing time, to that cell's code. Each cell is thus its own specialisation of
 the shared kernels (compiled and cached only when used), and the RNN's code is exactly the loop it had before the gated
@@ -33,13 +33,33 @@ GATES = {"rnn": 1, "gru": 3, "lstm": 4}  # G: gate blocks of H columns in each w
 SAVED = {"rnn": 0, "gru": 4, "lstm": 5}  # S: blocks of H columns a training forward saves per row
 
 
+# The kernels' entry points take the cell as a *cell code*: a NumPy unsigned integer whose width names the cell and
+# whose value is the RNN's relu flag, which they turn into the marker while typing (:func:`marker_of`). numba types a
+# NumPy scalar argument in C, ~0.1 us, and a namedtuple in Python, field by field: the marker cost ~0.7 us of every
+# call (of a ~10 us batch-of-one forward).
+CELL_CODE_TYPES = {"rnn": np.uint8, "gru": np.uint16, "lstm": np.uint32}
+
+
 @functools.cache
-def cell_marker(cell, relu=False):
-    """The marker the sequence kernels receive for ``cell`` ("rnn", "gru" or "lstm"); the step kernels build theirs in
-    their per-cell entry points. (Cached: one immutable marker per cell.)"""
-    if cell == "rnn":
-        return RnnCell(bool(relu))
-    return GruCell(3) if cell == "gru" else LstmCell(4)
+def cell_code(cell, relu=False):
+    """The code the kernels receive for ``cell`` ("rnn", "gru" or "lstm"; ``relu``: an RNN's nonlinearity). (Cached:
+    one immutable code per cell.)"""
+    return CELL_CODE_TYPES[cell](bool(relu) if cell == "rnn" else 0)
+
+
+def marker_of(code):
+    """The cell marker of a cell code (:func:`cell_code`), inside a kernel."""
+
+
+@overload(marker_of, jit_options=JIT_OPTIONS, inline="always")
+def _marker_of(code):
+    if code == types.uint8:
+        return lambda code: RnnCell(code != 0)
+    if code == types.uint16:
+        return lambda code: GruCell(3)
+    if code == types.uint32:
+        return lambda code: LstmCell(4)
+    return None
 
 
 def _is(marker, cls):

@@ -9,10 +9,12 @@ A training forward returns a :class:`Record` that owns everything its backward r
 waiting for their backwards at once; a consumed record can hand its buffers to the next forward of the same shape.
 """
 
+import threading
+
 import numpy as np
 
 from ._backward import recurrent_backward, recurrent_backward_parts
-from ._cells import GATES, cell_marker
+from ._cells import GATES, cell_code
 from ._forward import recurrent_forward, recurrent_forward_parts
 from ._packing import pack, unpack
 from ._threads import run_stages
@@ -35,28 +37,127 @@ from ._workspace import (
     state_size,
 )
 
-__all__ = ["Spec", "Record", "forward", "backward", "step_record"]
+__all__ = ["Spec", "Plan", "CallCache", "Record", "forward", "backward", "step_record"]
+
+
+class Plan:
+    """The constants of a call over one batch layout: its packing, and what the kernel call and the code around it
+    ask of it. A module's :class:`CallCache` keeps one per (L, N) of the equal-length batches it ran: computed at each
+    call, they cost ~4 us of Python (a batch of one's inference call takes ~12 us in all)."""
+
+    __slots__ = (
+        "spec",
+        "packing",
+        "packing_fields",
+        "single_block",
+        "tasks",
+        "forward_alone",
+        "key",
+        "code",
+        "rows",
+        "top_width",
+        "h_shape",
+        "c_shape",
+        "_backward_alone",
+    )
+
+    def __init__(self, spec, packing, steps):
+        self.spec, self.packing = spec, packing
+        self.packing_fields = tuple(packing)  # the kernels take plain tuples
+        self.single_block = is_single_block(packing, steps)
+        self.tasks = block_total(packing) * spec.num_directions
+        self.forward_alone = first_stage_alone(spec, spec.input_size)
+        self.code = cell_code(spec.cell, spec.relu)
+        batch, states = packing.order.size, spec.num_layers * spec.num_directions
+        self.rows, self.top_width = packing_rows(packing), spec.num_directions * state_size(spec)
+        self.h_shape = (states, batch, state_size(spec))
+        self.c_shape = (states, batch if spec.cell == "lstm" else 0, spec.hidden_size)
+        self.key = self.rows, batch, block_total(packing)  # of the buffers that fit it
+        self._backward_alone = None
+
+    def backward_alone(self, zeroed):
+        """Whether the backward's first stage, which also zeroes ``zeroed`` partial gradients, runs on the calling
+        thread alone (the same for every backward of a module)."""
+        if self._backward_alone is None:
+            spec = self.spec
+            top_input_size = spec.input_size if spec.num_layers == 1 else spec.num_directions * state_size(spec)
+            self._backward_alone = first_stage_alone(spec, top_input_size, zeroed)
+        return self._backward_alone
+
+    def buffer_key(self, dropped):
+        """Forward buffers can be reused by a call with the same key."""
+        return self.key if dropped == 0 else (*self.key, dropped)
+
+
+class CallCache:
+    """What a module keeps between its calls: the :class:`Plan` of each (L, N) of its equal-length batches, and the
+    forward buffers of its finished inference calls for the next calls of the same shape.
+
+    Fresh buffers of a few MiB cost a page fault per 4 KiB page whenever the C allocator has handed the previous
+    call's memory back to the system, which it does or not depending on the process's allocation history (measured on
+    the small benchmark configuration: 1768 faults and 2.5 ms of a 5.6 ms forward in such a process, none in
+    another). Each call takes buffers of its own (a call in another thread finds them gone and builds its own), so
+    one cache serves any number of threads. Buffers returned to the caller are never kept.
+    """
+
+    KEEP = 2  # buffer sets kept: a caller alternating two shapes (say, training-size and last batches) reuses both
+    PLANS = 64  # plans kept; past that they are dropped and made again as calls need them
+
+    def __init__(self):
+        self._plans = {}
+        self._free = []  # (key, buffers), most recently returned last
+        self._lock = threading.Lock()
+
+    def plan(self, spec, steps, batch, lengths):
+        """The plan of a (L, N) batch with ``lengths`` (None, or already checked: each in 1...L)."""
+        if lengths is not None:  # a packing of its own
+            return Plan(spec, make_packing(spec, steps, batch, lengths), steps)
+        plan = self._plans.get((steps, batch))
+        if plan is None or plan.spec is not spec:
+            plan = Plan(spec, make_packing(spec, steps, batch, None), steps)
+            if len(self._plans) >= self.PLANS:
+                self._plans.clear()
+            self._plans[steps, batch] = plan
+        return plan
+
+    def take(self, key):
+        """Buffers of shape ``key`` given back earlier, or None."""
+        with self._lock:
+            for index in range(len(self._free) - 1, -1, -1):
+                if self._free[index][0] == key:
+                    return self._free.pop(index)[1]
+        return None
+
+    def give(self, key, buffers):
+        """Keep ``buffers`` (without any array the call returned or read from its caller) for a later call."""
+        with self._lock:
+            self._free.append((key, buffers))
+            del self._free[: -self.KEEP]
+
+    def clear(self):
+        """Drop every kept buffer."""
+        with self._lock:
+            self._free.clear()
 
 
 class Record:
-    """What a training forward leaves for its backward: the packing, the forward buffers (inputs, every layer's
-    output and the states entering each step, dropout masks) and the shape of the call."""
+    """What a training forward leaves for its backward: the plan (the packing), the forward buffers (inputs, every
+    layer's output and the states entering each step, dropout masks) and the shape of the call."""
 
-    __slots__ = ("spec", "packing", "buffers", "steps", "batch", "consumed", "batched")
+    __slots__ = ("spec", "plan", "buffers", "steps", "batch", "dropped", "consumed", "batched")
 
-    def __init__(self, spec, packing, buffers, steps, batch):
-        self.spec, self.packing, self.buffers = spec, packing, buffers
-        self.steps, self.batch = steps, batch
+    def __init__(self, spec, plan, buffers, steps, batch, dropped=0):
+        self.spec, self.plan, self.buffers = spec, plan, buffers
+        self.steps, self.batch, self.dropped = steps, batch, dropped
         self.consumed = False
         self.batched = True  # the caller's input had a batch axis (the caller sets it)
 
+    @property
+    def packing(self):
+        return self.plan.packing
+
     def key(self):
-        return buffer_key(self.packing, self.buffers.dropout_scale.shape[0])
-
-
-def buffer_key(packing, dropped):
-    """Forward buffers can be reused by a call with the same key."""
-    return packing_rows(packing), packing.order.size, block_total(packing), dropped
+        return self.plan.buffer_key(self.dropped)
 
 
 def make_packing(spec, steps, batch, lengths):
@@ -81,7 +182,7 @@ def forward(
     batch_first,
     draw_dropout=None,
     spare=None,
-    pool=None,
+    cache=None,
     openmp=False,
 ):
     """Run the stack over ``x``.
@@ -98,7 +199,7 @@ def forward(
     batch_first : lay the output out as (N, L, D * H_out).
     draw_dropout : None, or a function filling the (num_layers - 1, R, D * H_out) dropout scale (training only).
     spare : a consumed :class:`Record` whose buffers may be reused, or None.
-    pool : a :class:`numbarnn._workspace.ScratchPool` whose buffers an inference call takes and gives back, or None.
+    cache : the caller's :class:`CallCache` (its plans, and buffers an inference call takes and gives back), or None.
     openmp : run a multi-threaded pass on numba's OpenMP threads rather than numbarnn's workers (for callers in a
         process where torch runs OpenMP regions: :mod:`numbarnn._threads`).
 
@@ -109,34 +210,36 @@ def forward(
     record : :class:`Record` or None.
     """
     steps, batch = x.shape[0], x.shape[1]
-    layers_directions = spec.num_layers * spec.num_directions
-    width = spec.num_directions * state_size(spec)
     lstm = spec.cell == "lstm"
     h_0, c_0 = h_0 if lstm and h_0 is not None else (h_0, None)
     if batch == 0:  # nothing to compute; torch returns empty results too
+        layers_directions, width = spec.num_layers * spec.num_directions, spec.num_directions * state_size(spec)
         output = np.zeros((0, steps, width) if batch_first else (steps, 0, width), spec.dtype)
         h_n = np.zeros((layers_directions, 0, state_size(spec)), spec.dtype)
         if lstm:
             h_n = h_n, np.zeros((layers_directions, 0, spec.hidden_size), spec.dtype)
         return output, h_n, Record(spec, None, None, steps, 0) if training else None
-    packing = make_packing(spec, steps, batch, lengths)
-    in_place = is_single_block(packing, steps)
+    plan = (cache or CallCache()).plan(spec, steps, batch, lengths)
+    packing, in_place = plan.packing, plan.single_block
     dropped = spec.num_layers - 1 if draw_dropout is not None else 0
     # Inference reads a contiguous single-block input in place; training copies it (the record must own it).
     reads_input = in_place and not training and x.flags.c_contiguous
-    x_rows = x.reshape(-1, spec.input_size) if reads_input else None
+    x_rows = x.reshape(plan.rows, spec.input_size) if reads_input else None
     # an inference output that is the top layer's rows as they are must be a new array each call
     output_is_rows = in_place and not training and not batch_first
-    key = buffer_key(packing, dropped)
+    key = plan.buffer_key(dropped)
+    zeroed = False  # h_n already holds zeros for a missing h_0
     if spare is not None and spare.buffers is not None and spare.key() == key:
         buffers = spare.buffers
-    elif pool is not None and not training:
-        buffers = take_scratch(pool, key, spec, packing, dropped, x_rows, output_is_rows)
+    elif cache is not None and not training:
+        zeroed = h_0 is None
+        buffers = take_scratch(cache, key, spec, plan, dropped, x_rows, output_is_rows, zeroed)
     else:
         buffers = forward_buffers(spec, packing, training, dropped, x_rows)
     if not reads_input:
         to_rows(x, packing, buffers.x_rows, in_place)
-    sort_states(h_0, packing, buffers.h_n)
+    if not zeroed:
+        sort_states(h_0, packing, buffers.h_n)
     if lstm:
         sort_states(c_0, packing, buffers.c_n)
     if dropped:
@@ -145,50 +248,55 @@ def forward(
         recurrent_forward,
         recurrent_forward_parts if openmp else None,
         2 * spec.num_layers,
-        block_total(packing) * spec.num_directions,
-        first_stage_alone(spec, spec.input_size),
+        plan.tasks,
+        plan.forward_alone,
         params,
         offsets,
-        tuple(packing),
+        plan.packing_fields,
         tuple(buffers),
         spec.num_directions,
-        cell_marker(spec.cell, spec.relu),
+        plan.code,
     )
-    output = from_rows(buffers.top_out, packing, steps, batch, batch_first, in_place and not training)
-    h_n = unsort_states(buffers.h_n, packing, copy=training)
+    if output_is_rows:  # the rows as they are: a new array of this call's
+        output = buffers.top_out.reshape(steps, batch, plan.top_width)
+    else:
+        output = from_rows(buffers.top_out, packing, steps, batch, batch_first, False)
+    h_n = buffers.h_n if packing.in_order and not training else unsort_states(buffers.h_n, packing, copy=training)
     if lstm:
         h_n = h_n, unsort_states(buffers.c_n, packing, copy=training)
-    record = Record(spec, packing, buffers, steps, batch) if training else None
-    if pool is not None and not training:
-        give_scratch(pool, key, buffers, reads_input, output_is_rows)
-    return output, h_n, record
+    if training:
+        return output, h_n, Record(spec, plan, buffers, steps, batch, dropped)
+    if cache is not None:
+        give_scratch(cache, key, buffers, reads_input, output_is_rows)
+    return output, h_n, None
 
 
-def take_scratch(pool, key, spec, packing, dropped, x_rows, output_is_rows):
-    """Inference buffers from ``pool``'s scratch of shape ``key`` when it has some, else new; the arrays the call
-    returns (``h_n`` and ``c_n``, and ``top_out`` when it is the output) are always new, and ``x_rows`` is the
-    caller's input when given."""
-    scratch = pool.take(key)
+def take_scratch(cache, key, spec, plan, dropped, x_rows, output_is_rows, zero_state):
+    """Inference buffers from ``cache``'s scratch of shape ``key`` when it has some, else new; the arrays the call
+    returns (``h_n`` and ``c_n``, and ``top_out`` when it is the output) are always new (``h_n`` zeros when
+    ``zero_state``), and ``x_rows`` is the caller's input when given."""
+    scratch = cache.take(key)
     if scratch is None:
-        return forward_buffers(spec, packing, False, dropped, x_rows)
+        buffers = forward_buffers(spec, plan.packing, False, dropped, x_rows)
+        if zero_state:
+            buffers.h_n.fill(0)
+        return buffers
     own_x_rows, own_top_out, kept = scratch
     if x_rows is None:
-        x_rows = own_x_rows if own_x_rows is not None else np.empty((key[0], spec.input_size), spec.dtype)
+        x_rows = own_x_rows if own_x_rows is not None else np.empty((plan.rows, spec.input_size), spec.dtype)
     top_out = own_top_out
     if output_is_rows or top_out is None:
-        top_out = np.empty((key[0], spec.num_directions * state_size(spec)), spec.dtype)
-    states = spec.num_layers * spec.num_directions
-    h_n = np.empty((states, key[1], state_size(spec)), spec.dtype)
-    c_n = np.empty((states, key[1] if spec.cell == "lstm" else 0, spec.hidden_size), spec.dtype)
+        top_out = np.empty((plan.rows, plan.top_width), spec.dtype)
+    h_n = (np.zeros if zero_state else np.empty)(plan.h_shape, spec.dtype)
     # positionally, without _replace's checks: ~1 us less per call
-    return new_tuple(ForwardBuffers, (x_rows, top_out, h_n, c_n, *kept))
+    return new_tuple(ForwardBuffers, (x_rows, top_out, h_n, np.empty(plan.c_shape, spec.dtype), *kept))
 
 
-def give_scratch(pool, key, buffers, reads_input, output_is_rows):
-    """Give an inference call's buffers back to ``pool``, without the arrays it returned or read from its caller."""
+def give_scratch(cache, key, buffers, reads_input, output_is_rows):
+    """Give an inference call's buffers back to ``cache``, without the arrays it returned or read from its caller."""
     own_x_rows = None if reads_input else buffers.x_rows
     own_top_out = None if output_is_rows else buffers.top_out
-    pool.give(key, (own_x_rows, own_top_out, buffers[CALL_ARRAYS:]))
+    cache.give(key, (own_x_rows, own_top_out, buffers[CALL_ARRAYS:]))
 
 
 def backward(
@@ -213,7 +321,7 @@ def backward(
     grad_input : (L, N, H_in) or (N, L, H_in), or None; grad_h_0 : (num_layers * D, N, H_out) (an LSTM's
     ``(grad_h_0, grad_c_0)``); buffers : the backward buffers used (to pass as ``spare`` next time).
     """
-    spec, packing, forward_buffers_ = record.spec, record.packing, record.buffers
+    spec, plan, forward_buffers_ = record.spec, record.plan, record.buffers
     steps, batch = record.steps, record.batch
     shape = (batch, steps, spec.input_size) if batch_first else (steps, batch, spec.input_size)
     lstm = spec.cell == "lstm"
@@ -223,6 +331,7 @@ def backward(
         if lstm:
             grad_h_0 = grad_h_0, np.zeros((spec.num_layers * spec.num_directions, 0, spec.hidden_size), spec.dtype)
         return (np.zeros(shape, spec.dtype) if need_input_grad else None), grad_h_0, spare
+    packing = plan.packing
     buffers = spare
     if (
         buffers is None
@@ -232,28 +341,26 @@ def backward(
         or (buffers.grad_x.shape[0] > 0) != need_input_grad
     ):
         buffers = backward_buffers(spec, packing, params.size, need_input_grad)
-    in_place = is_single_block(packing, steps)
     if grad_output is None:
         buffers.grad_output.fill(0)
     else:
-        to_rows(grad_output, packing, buffers.grad_output, in_place)
+        to_rows(grad_output, packing, buffers.grad_output, plan.single_block)
     sort_states(grad_h_n, packing, buffers.grad_h)
     if lstm:
         sort_states(grad_c_n, packing, buffers.grad_c)
-    top_input_size = spec.input_size if spec.num_layers == 1 else spec.num_directions * state_size(spec)
     run_stages(
         recurrent_backward,
         recurrent_backward_parts if openmp else None,
         2 * spec.num_layers + 1,
-        block_total(packing) * spec.num_directions,
-        first_stage_alone(spec, top_input_size, buffers.grad_partial.size),
+        plan.tasks,
+        plan.backward_alone(buffers.grad_partial.size),
         params,
         offsets,
-        tuple(packing),
+        plan.packing_fields,
         tuple(forward_buffers_),
         tuple(buffers),
         spec.num_directions,
-        cell_marker(spec.cell, spec.relu),
+        plan.code,
         grads,
     )
     grad_input = from_rows(buffers.grad_x, packing, steps, batch, batch_first, False) if need_input_grad else None
@@ -274,7 +381,7 @@ def step_record(spec, step):
     buffers.saved[0, 0] = step.saved
     buffers.h_full[0, 0] = step.h_full
     buffers.top_out[...] = step.out
-    return Record(spec, packing, buffers, 1, batch)
+    return Record(spec, Plan(spec, packing, 1), buffers, 1, batch)
 
 
 def to_rows(source, packing, rows, in_place):

@@ -13,7 +13,7 @@ selects the cell at typing time: each cell is its own compiled (and cached) spec
 import numpy as np
 from numba import prange
 
-from ._cells import forward_epilogue, pack_projection, save_state
+from ._cells import forward_epilogue, marker_of, pack_projection, save_state
 from ._jit import jit
 from ._layout import B_HH, B_IH, NO_BIAS, W_HH, W_IH
 from ._loops import multiply_2d
@@ -214,7 +214,7 @@ def prepare_layer(l, part, parts, params, offsets, packing, buffers, num_directi
 
 @jit
 def recurrent_forward(
-    first_stage, end_stage, part, parts, params, offsets, packing_fields, buffer_fields, num_directions, cell
+    first_stage, end_stage, part, parts, params, offsets, packing_fields, buffer_fields, num_directions, cell_code
 ):
     """Forward pass of a stacked (bi)directional recurrent network over packed rows: stages ``first_stage`` to
     ``end_stage - 1`` of it, part ``part`` of ``parts``.
@@ -234,12 +234,13 @@ def recurrent_forward(
     buffer_fields : the fields of :class:`numbarnn._workspace.ForwardBuffers`, as a plain tuple; ``x_rows``,
         ``h_n`` (holding h_0), an LSTM's ``c_n`` (holding c_0) and, with dropout, ``dropout_scale`` are read;
         ``top_out``, ``h_n`` and ``c_n`` are the results.
-    num_directions : 1 or 2; cell : the cell marker (:mod:`numbarnn._cells`).
+    num_directions : 1 or 2; cell_code : the cell's code (:func:`numbarnn._cells.cell_code`).
 
     Plain tuples, named again here: numba types a namedtuple argument field by field in Python at every call, a
     plain tuple in C (a forward's 21 arrays: ~5 us as namedtuples, ~3 us as tuples).
     """
     packing, buffers = Packing(*packing_fields), ForwardBuffers(*buffer_fields)
+    cell = marker_of(cell_code)
     tasks = (packing.block_batch.size - 1) * num_directions
     for stage in range(first_stage, end_stage):
         l = stage // 2
@@ -252,7 +253,7 @@ def recurrent_forward(
 
 @jit(parallel=True)
 def recurrent_forward_parts(
-    first_stage, end_stage, parts, params, offsets, packing_fields, buffer_fields, num_directions, cell
+    first_stage, end_stage, parts, params, offsets, packing_fields, buffer_fields, num_directions, cell_code
 ):
     """:func:`recurrent_forward`'s stages ``first_stage`` to ``end_stage - 1``, each as ``parts`` parts on numba's
     threads: one parallel region per stage (call with single-threaded BLAS). Nothing but the loops: every part is a
@@ -270,5 +271,5 @@ def recurrent_forward_parts(
                 packing_fields,
                 buffer_fields,
                 num_directions,
-                cell,
+                cell_code,
             )

@@ -5,13 +5,13 @@ no workspace, a handful of array arguments, so that a call costs a few microseco
 :func:`run_step` is the one call site of the kernels; :func:`numbarnn._workspace.step_buffers` builds its arguments.
 The kernels allocate their own scratch (NRT allocations cost tens of nanoseconds, a NumPy ``empty`` from Python a few
 hundred) and take plain arrays: a namedtuple of arrays costs numba ~0.3 µs per field to type at every call (a
-12-field one made a 64-unit step 4x slower than the arithmetic it dispatched). Each cell has its own entry point
-taking a bool, since typing a cell marker at the call costs another ~0.7 µs.
+12-field one made a 64-unit step 4x slower than the arithmetic it dispatched), and the cell comes as its code
+(:func:`numbarnn._cells.cell_code`), which numba types in C.
 """
 
 import numpy as np
 
-from ._cells import GruCell, LstmCell, RnnCell, cell_blocks, forward_epilogue, pack_projection
+from ._cells import cell_blocks, cell_code, forward_epilogue, marker_of, pack_projection
 from ._forward import bias_views, weight_views
 from ._jit import jit
 from ._layout import NO_BIAS, W_HR
@@ -75,25 +75,14 @@ def layers_step(params, offsets, cell, x, h, c, out, saved, h_full):
 
 
 @jit
-def rnn_step(params, offsets, relu, x, h, c, out, saved, h_full):
-    layers_step(params, offsets, RnnCell(relu), x, h, c, out, saved, h_full)
-
-
-@jit
-def gru_step(params, offsets, relu, x, h, c, out, saved, h_full):
-    layers_step(params, offsets, GruCell(3), x, h, c, out, saved, h_full)
-
-
-@jit
-def lstm_step(params, offsets, relu, x, h, c, out, saved, h_full):
-    layers_step(params, offsets, LstmCell(4), x, h, c, out, saved, h_full)
-
-
-_STEP_KERNELS = {"rnn": rnn_step, "gru": gru_step, "lstm": lstm_step}  # each compiled only when its cell is used
+def stacked_step(params, offsets, cell_code, x, h, c, out, saved, h_full):
+    """:func:`layers_step` of the cell ``cell_code`` names (:func:`numbarnn._cells.cell_code`): each cell is its own
+    specialisation, compiled only when used."""
+    layers_step(params, offsets, marker_of(cell_code), x, h, c, out, saved, h_full)
 
 
 def run_step(spec, params, offsets, buffers):
     """Advance every layer of a ``spec`` module by one step: ``buffers`` (:class:`numbarnn._workspace.StepBuffers`)
     hold the input and the states on entry, the new states, the last layer's output (and, when kept, its gates) on
     exit."""
-    _STEP_KERNELS[spec.cell](params, offsets, spec.relu, *buffers[:6])
+    stacked_step(params, offsets, cell_code(spec.cell, spec.relu), *buffers[:6])

@@ -15,7 +15,7 @@ Packed rows
 """
 
 import functools
-import threading
+import math
 from collections import namedtuple
 
 import numba
@@ -55,7 +55,7 @@ def state_size(spec):
 ForwardBuffers = namedtuple(
     "ForwardBuffers",
     [
-        # first, the arrays an inference call brings or returns, which a ScratchPool never keeps (CALL_ARRAYS):
+        # first, the arrays an inference call brings or returns, which a CallCache never keeps (CALL_ARRAYS):
         "x_rows",  # (R, H_in) packed input
         "top_out",  # (R, D * P) the last layer's output rows
         "h_n",  # (num_layers * D, N, P) h_0 on entry, h_n on exit, batch in packed order
@@ -236,7 +236,7 @@ def forward_buffers(spec, packing, training, dropped, x_rows=None):
         z=empty((directions, rows, gates), dtype),
         step_tmp=empty((directions, batch, gates), dtype),
         w_hh_panels=empty((directions, *panel_shape(state, gates, dtype)), dtype),
-        w_ih_panels=empty((directions, int(np.prod(panel_shape(max(input_size, width), gates, dtype)))), dtype),
+        w_ih_panels=empty((directions, math.prod(panel_shape(max(input_size, width), gates, dtype))), dtype),
         bias_zeros=np.zeros(gates, dtype),
         top_out=empty((rows, width), dtype),
         h_n=empty((layers * directions, batch, state), dtype),
@@ -279,7 +279,7 @@ def backward_buffers(spec, packing, parameter_count, need_input_grad):
             (blocks * directions, max(gates * max(input_size, width, state), spec.proj_size * hidden)), dtype
         ),
         w_hh_panels=empty((directions, *panel_shape(gates, state, dtype)), dtype),
-        w_ih_panels=empty((directions, int(np.prod(panel_shape(gates, max(input_size, width), dtype)))), dtype),
+        w_ih_panels=empty((directions, math.prod(panel_shape(gates, max(input_size, width), dtype))), dtype),
         grad_partial=empty((partial_blocks(packing), parameter_count), dtype),
         grad_c=empty((layers * directions, batch if lstm else 0, hidden), dtype),
         dz_in=empty((directions, rows if spec.cell == "gru" else 0, gates), dtype),
@@ -325,39 +325,3 @@ def step_buffers(spec, x, h, c, keep):
         h[0].copy(),
         c[0].copy() if lstm else empty((0, hidden), dtype),
     )
-
-
-class ScratchPool:
-    """Forward buffers of finished inference calls, kept for the next calls of the same shape.
-
-    Fresh buffers of a few MiB cost a page fault per 4 KiB page whenever the C allocator has handed the previous
-    call's memory back to the system, which it does or not depending on the process's allocation history (measured on
-    the small benchmark configuration: 1768 faults and 2.5 ms of a 5.6 ms forward in such a process, none in
-    another). Each call takes buffers of its own (a call in another thread finds them gone and builds its own), so
-    one pool serves any number of threads. Buffers returned to the caller are never kept.
-    """
-
-    KEEP = 2  # buffer sets kept: a caller alternating two shapes (say, training-size and last batches) reuses both
-
-    def __init__(self):
-        self._free = []  # (key, buffers), most recently returned last
-        self._lock = threading.Lock()
-
-    def take(self, key):
-        """Buffers of shape ``key`` given back earlier, or None."""
-        with self._lock:
-            for index in range(len(self._free) - 1, -1, -1):
-                if self._free[index][0] == key:
-                    return self._free.pop(index)[1]
-        return None
-
-    def give(self, key, buffers):
-        """Keep ``buffers`` (without any array the call returned or read from its caller) for a later call."""
-        with self._lock:
-            self._free.append((key, buffers))
-            del self._free[: -self.KEEP]
-
-    def clear(self):
-        """Drop every kept buffer."""
-        with self._lock:
-            self._free.clear()

@@ -18,7 +18,7 @@ from ._layout import build_layout
 from ._module import Module, State
 from ._step import run_step
 from ._validation import as_array, check_lengths_range, check_lengths_type, check_nonlinearity, check_size
-from ._workspace import ScratchPool, Spec, step_buffers
+from ._workspace import Spec, step_buffers
 
 if TYPE_CHECKING:
     import numpy.typing as npt
@@ -33,7 +33,12 @@ class RecurrentBase(Module, Generic[State]):
 
     _CELL = "rnn"
     _NAME = "RNN"
-    _TRANSIENT = {"_record": None, "_spare_backward": None, "_training_lock": threading.Lock, "_scratch": ScratchPool}
+    _TRANSIENT = {
+        "_record": None,
+        "_spare_backward": None,
+        "_training_lock": threading.Lock,
+        "_calls": engine.CallCache,
+    }
     nonlinearity: str = "tanh"
     proj_size: int = 0
     # Set by _setup from the constructor's arguments (annotations only: no class attributes).
@@ -74,7 +79,7 @@ class RecurrentBase(Module, Generic[State]):
         self._record = None  # what the last training forward left for backward (it owns its buffers)
         self._spare_backward = None  # the last backward's buffers, reused while the shape stays the same
         self._training_lock = threading.Lock()
-        self._scratch = ScratchPool()  # inference buffers of the last calls, for the next calls of the same shape
+        self._calls = engine.CallCache()  # plans of the shapes it ran, inference buffers of its last calls
 
     @functools.cached_property
     def _spec(self):
@@ -132,7 +137,7 @@ class RecurrentBase(Module, Generic[State]):
             The module itself.
         """
         if mode:
-            self._scratch.clear()
+            self._calls.clear()
         return super().train(mode)
 
     # -- the state: h, or an LSTM's (h, c) -----------------------------------------------------------------------
@@ -229,7 +234,7 @@ class RecurrentBase(Module, Generic[State]):
                 lengths,
                 training=False,
                 batch_first=batch_first,
-                pool=self._scratch,
+                cache=self._calls,
             )
         else:
             with self._exclusive_training("forward"):
@@ -246,6 +251,7 @@ class RecurrentBase(Module, Generic[State]):
                     batch_first=batch_first,
                     draw_dropout=dropout,
                     spare=spare,
+                    cache=self._calls,
                 )
                 record.batched = batched
                 self._record = record

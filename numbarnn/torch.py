@@ -35,7 +35,7 @@ from ._cells import GATES
 from ._layout import build_layout
 from ._step import run_step
 from ._threads import configure_threads_once
-from ._workspace import ScratchPool, Spec, step_buffers
+from ._workspace import Spec, step_buffers
 
 __all__ = ["RNN", "RNNCell", "LSTM", "GRU", "LSTMCell", "GRUCell", "accelerate"]
 
@@ -59,7 +59,7 @@ class _Plan:
     """What a call needs of its module besides the tensors: the kernels' spec, the parameter layout, and how to
     split the flat gradient back into one view per Parameter. Built once per (module, dtype)."""
 
-    __slots__ = ("offsets", "scratch", "slices", "spare_backward", "spare_records", "spec", "total")
+    __slots__ = ("calls", "offsets", "slices", "spare_backward", "spare_records", "spec", "total")
 
     def __init__(self, spec, bias):
         self.spec = spec
@@ -68,7 +68,7 @@ class _Plan:
         # Lists, so that taking one (list.pop) is atomic when several threads call the module.
         self.spare_records = []  # forward records whose graphs are gone (at most 2: a loop keeps one alive)
         self.spare_backward = []  # backward scratch buffers (at most 1)
-        self.scratch = ScratchPool()  # for calls that keep nothing for a backward (no_grad, inference_mode)
+        self.calls = engine.CallCache()  # plans; buffers of calls that keep nothing for a backward (no_grad, ...)
         entries, self.offsets, self.total = build_layout(
             spec.input_size,
             spec.hidden_size,
@@ -222,6 +222,7 @@ class _NumbaRNNFunction(torch.autograd.Function):
             batch_first=batch_first,
             draw_dropout=_dropout_drawer(dropout) if dropout else None,
             spare=plan.take(plan.spare_records),
+            cache=plan.calls,
             openmp=True,  # numba's OpenMP threads, on torch's OpenMP runtime, run the parts (numbarnn._threads)
         )
         ctx.save_for_backward(x, h_0, c_0, *weights)
@@ -442,7 +443,7 @@ def _run(module, plan, x, hx, weights, lengths, batch_first, dropout):
         training=False,
         batch_first=batch_first,
         draw_dropout=_dropout_drawer(dropout) if dropout else None,
-        pool=plan.scratch,
+        cache=plan.calls,
         openmp=True,
     )
     if lstm:

@@ -26,7 +26,7 @@ rnn.backward(np.ones_like(out))
 rnn.eval()
 rnn(x)
 rnn.step(x[0])
-kernels = {"forward": _forward.recurrent_forward, "backward": _backward.recurrent_backward, "step": _step.rnn_step}
+kernels = {"forward": _forward.recurrent_forward, "backward": _backward.recurrent_backward, "step": _step.stacked_step}
 print("misses", sorted(name for name, k in kernels.items() if k.stats.cache_misses))
 print("hits", sorted(name for name, k in kernels.items() if k.stats.cache_hits))
 """

@@ -22,7 +22,7 @@ from numpy.testing import assert_array_equal
 from numbarnn import _isa
 from numbarnn._activations import activate, activation_backward
 from numbarnn._backward import recurrent_backward, recurrent_backward_parts
-from numbarnn._cells import GATES, cell_marker
+from numbarnn._cells import GATES, cell_code
 from numbarnn._forward import recurrent_forward, recurrent_forward_parts
 from numbarnn._layout import build_layout, named_views
 from numbarnn._packing import pack, unpack
@@ -157,7 +157,7 @@ class KernelProblem:
         for k in range(dropped):
             buffers.dropout_scale[k] = self.packed(self.masks[k])
         # plain tuples, as numbarnn._engine passes them: the specialisation the library runs
-        marker = cell_marker(self.cell, relu)
+        code = cell_code(self.cell, relu)
         arrays = tuple(self.packing), tuple(buffers)
         run(
             recurrent_forward,
@@ -167,7 +167,7 @@ class KernelProblem:
             self.offsets,
             *arrays,
             self.directions,
-            marker,
+            code,
         )
         return buffers
 
@@ -180,12 +180,10 @@ class KernelProblem:
         buffers.grad_h[...] = self.grad_h_n[:, self.order]
         if self.cell == "lstm":
             buffers.grad_c[...] = self.grad_c_n[:, self.order]
-        marker = cell_marker(self.cell, relu)
+        code = cell_code(self.cell, relu)
         arrays = tuple(self.packing), tuple(forward), tuple(buffers)
         stages = 2 * self.num_layers + 1
-        run(
-            recurrent_backward, stages, self.tasks(), self.params, self.offsets, *arrays, self.directions, marker, grads
-        )
+        run(recurrent_backward, stages, self.tasks(), self.params, self.offsets, *arrays, self.directions, code, grads)
         return buffers
 
     def naive(self, nonlinearity):

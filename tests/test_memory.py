@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import numbarnn
+from numbarnn._engine import CallCache
 from numbarnn._workspace import block_count, length_packing
 
 STEPS, BATCH, INPUT_SIZE, HIDDEN = 20, 8, 16, 32
@@ -111,9 +112,40 @@ def test_train_releases_the_inference_scratch():
     rnn = numbarnn.RNN(INPUT_SIZE, HIDDEN, seed=0).eval()
     x = np.zeros((STEPS, BATCH, INPUT_SIZE), np.float32)
     rnn(x)
-    assert rnn._scratch._free, "an eval call left no scratch for the next call"
+    assert rnn._calls._free, "an eval call left no scratch for the next call"
     rnn.train()
-    assert not rnn._scratch._free
+    assert not rnn._calls._free
+
+
+@pytest.mark.parametrize("module_class", [numbarnn.RNN, numbarnn.GRU, numbarnn.LSTM])
+def test_a_call_without_h_0_on_reused_scratch_starts_from_zeros(module_class):
+    module = module_class(INPUT_SIZE, HIDDEN, num_layers=2, seed=0).eval()
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((STEPS, BATCH, INPUT_SIZE)).astype(np.float32)
+    state = rng.standard_normal((2, BATCH, HIDDEN)).astype(np.float32)
+    zeros = np.zeros_like(state)
+    with_state = (state, state) if module_class is numbarnn.LSTM else state
+    with_zeros = (zeros, zeros) if module_class is numbarnn.LSTM else zeros
+    expected_output, expected_h_n = module(x, with_zeros)
+    module(x, with_state)  # leaves its buffers, which held that state, for the next call
+    output, h_n = module(x)
+    np.testing.assert_array_equal(output, expected_output)
+    np.testing.assert_array_equal(np.asarray(h_n), np.asarray(expected_h_n))  # an LSTM's (h_n, c_n) stacked
+
+
+def test_plans_are_kept_per_shape_and_bounded():
+    rnn = numbarnn.RNN(INPUT_SIZE, HIDDEN, seed=0).eval()
+    plans = rnn._calls._plans
+    x = np.zeros((STEPS, BATCH, INPUT_SIZE), np.float32)
+    rnn(x)
+    plan = plans[STEPS, BATCH]
+    rnn(x)
+    assert plans[STEPS, BATCH] is plan, "a second call of the same shape planned it again"
+    rnn(x, lengths=np.arange(1, BATCH + 1))
+    assert list(plans) == [(STEPS, BATCH)], "a batch's own lengths were kept as a plan"
+    for steps in range(1, CallCache.PLANS + 2):
+        rnn(x[:steps])
+    assert 0 < len(plans) <= CallCache.PLANS
 
 
 def test_eval_cell_records_nothing():
