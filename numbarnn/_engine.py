@@ -58,6 +58,7 @@ class Plan:
         "top_width",
         "h_shape",
         "c_shape",
+        "no_cells",
         "_backward_alone",
     )
 
@@ -72,6 +73,7 @@ class Plan:
         self.rows, self.top_width = packing_rows(packing), spec.num_directions * state_size(spec)
         self.h_shape = (states, batch, state_size(spec))
         self.c_shape = (states, batch if spec.cell == "lstm" else 0, spec.hidden_size)
+        self.no_cells = np.empty(self.c_shape, spec.dtype) if spec.cell != "lstm" else None  # no rows: never written
         self.key = self.rows, batch, block_total(packing)  # of the buffers that fit it
         self._backward_alone = None
 
@@ -219,7 +221,7 @@ def forward(
         if lstm:
             h_n = h_n, np.zeros((layers_directions, 0, spec.hidden_size), spec.dtype)
         return output, h_n, Record(spec, None, None, steps, 0) if training else None
-    plan = (cache or CallCache()).plan(spec, steps, batch, lengths)
+    plan = (CallCache() if cache is None else cache).plan(spec, steps, batch, lengths)
     packing, in_place = plan.packing, plan.single_block
     dropped = spec.num_layers - 1 if draw_dropout is not None else 0
     # Inference reads a contiguous single-block input in place; training copies it (the record must own it).
@@ -288,8 +290,9 @@ def take_scratch(cache, key, spec, plan, dropped, x_rows, output_is_rows, zero_s
     if output_is_rows or top_out is None:
         top_out = np.empty((plan.rows, plan.top_width), spec.dtype)
     h_n = (np.zeros if zero_state else np.empty)(plan.h_shape, spec.dtype)
+    c_n = np.empty(plan.c_shape, spec.dtype) if plan.no_cells is None else plan.no_cells
     # positionally, without _replace's checks: ~1 us less per call
-    return new_tuple(ForwardBuffers, (x_rows, top_out, h_n, np.empty(plan.c_shape, spec.dtype), *kept))
+    return new_tuple(ForwardBuffers, (x_rows, top_out, h_n, c_n, *kept))
 
 
 def give_scratch(cache, key, buffers, reads_input, output_is_rows):

@@ -462,7 +462,8 @@ class RecurrentBase(Module, Generic[State]):
                         f"({parts[0].ndim}-D, {parts[1].ndim}-D) tensors"
                     )
                 raise ValueError(f"For {kind} input, hx should also be {dims}-D but got {parts[0].ndim}-D tensor")
-        x = as_array(input, "input", self.dtype)  # the original object: the fix it names depends on it
+        if x.dtype != self.dtype:
+            as_array(input, "input", self.dtype)  # raises, naming the fix for the original object
         if x.shape[-1] != self.input_size:
             raise ValueError(
                 f"input.size(-1) must be equal to input_size. Expected {self.input_size}, got {x.shape[-1]}"
