@@ -36,7 +36,7 @@ SAVED = {"rnn": 0, "gru": 4, "lstm": 5}  # S: blocks of H columns a training for
 # The kernels' entry points take the cell as a *cell code*: a NumPy unsigned integer whose width names the cell and
 # whose value is the RNN's relu flag, which they turn into the marker while typing (:func:`marker_of`). numba types a
 # NumPy scalar argument in C, ~0.1 us, and a namedtuple in Python, field by field: the marker cost ~0.7 us of every
-# call (of a ~10 us batch-of-one forward).
+# call (of a ~20 us call on one step of a batch of one).
 CELL_CODE_TYPES = {"rnn": np.uint8, "gru": np.uint16, "lstm": np.uint32}
 
 

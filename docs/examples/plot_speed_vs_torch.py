@@ -24,7 +24,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 # The file sits in docs/data/; sphinx-gallery runs this script from docs/examples/.
-path = Path("..") / "data" / "bench-2026-12-04-1312-amd-epyc-zen3.json"
+path = Path("..") / "data" / "bench-2026-12-05-0044-amd-epyc-zen3.json"
 results = json.loads(path.read_text())
 
 # %%
