@@ -19,6 +19,7 @@ from ._forward import recurrent_forward, recurrent_forward_parts
 from ._packing import pack, unpack
 from ._threads import run_stages
 from ._workspace import (
+    BACKWARD_GRAD_OUTPUT,
     CALL_ARRAYS,
     ForwardBuffers,
     Spec,
@@ -344,8 +345,14 @@ def backward(
         or (buffers.grad_x.shape[0] > 0) != need_input_grad
     ):
         buffers = backward_buffers(spec, packing, params.size, need_input_grad)
+    fields = tuple(buffers)
     if grad_output is None:
         buffers.grad_output.fill(0)
+    elif plan.single_block and grad_output.flags.c_contiguous:
+        # Read in place, as an inference forward reads its input: the kernels only read it (a copy of the small
+        # configuration's 1.6 MiB gradient cost ~0.3 ms of a 9 ms training step). The kept buffers stay the backward's.
+        rows = grad_output.reshape(plan.rows, -1)
+        fields = (*fields[:BACKWARD_GRAD_OUTPUT], rows, *fields[BACKWARD_GRAD_OUTPUT + 1 :])
     else:
         to_rows(grad_output, packing, buffers.grad_output, plan.single_block)
     sort_states(grad_h_n, packing, buffers.grad_h)
@@ -361,7 +368,7 @@ def backward(
         offsets,
         plan.packing_fields,
         tuple(forward_buffers_),
-        tuple(buffers),
+        fields,
         spec.num_directions,
         plan.code,
         grads,

@@ -99,6 +99,8 @@ BackwardBuffers = namedtuple(
     ],
 )
 
+BACKWARD_GRAD_OUTPUT = BackwardBuffers._fields.index("grad_output")  # the backward reads it only: may be the caller's
+
 StepBuffers = namedtuple(
     "StepBuffers",
     [

@@ -60,6 +60,26 @@ def test_training_step_allocates_only_its_results(bidirectional):
     assert peak < results + SMALL_OBJECTS, (peak, results)
 
 
+@pytest.mark.parametrize("module_class", [numbarnn.RNN, numbarnn.GRU, numbarnn.LSTM])
+def test_backward_reads_the_callers_gradient_in_place_and_never_writes_it(module_class):
+    module = module_class(INPUT_SIZE, HIDDEN, num_layers=2, seed=0)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((STEPS, BATCH, INPUT_SIZE)).astype(np.float32)
+    grad = rng.standard_normal((STEPS, BATCH, HIDDEN)).astype(np.float32)
+    original = grad.copy()
+    results = []
+    # C-contiguous (read in place when the batch is one block), then the same values laid out otherwise (copied in)
+    for gradient in (grad, np.asfortranarray(grad), grad):
+        module.zero_grad()
+        module(x)
+        grad_input, _ = module.backward(gradient)
+        results.append((grad_input, module._grad_flat.copy()))
+    np.testing.assert_array_equal(grad, original)
+    for grad_input, grads in results[1:]:
+        np.testing.assert_array_equal(grad_input, results[0][0])
+        np.testing.assert_array_equal(grads, results[0][1])
+
+
 def test_eval_forward_keeps_nothing():
     rnn = numbarnn.RNN(INPUT_SIZE, HIDDEN, num_layers=3, seed=0).eval()
     x = np.random.default_rng(0).standard_normal((STEPS, BATCH, INPUT_SIZE)).astype(np.float32)
