@@ -6,7 +6,7 @@ its rows' input projection (one product over all its steps, G * H columns), then
 and the cell's fused epilogue, :mod:`numbarnn._cells`); the products run against weights packed once per call
 (:mod:`numbarnn._panels`). :func:`recurrent_forward` is the one driver: it runs a range of a pass's stages (each
 layer's preparation, then its tasks) as one of several parts, so the same compiled kernel runs a pass on one thread
-or on several (:func:`numbarnn._threads.run_stages`), with single-threaded products inside. The cell marker argument
+or on several (:func:`numbarnn._threads.run_stages`), with single-threaded products inside. The cell code argument
 selects the cell at typing time: each cell is its own compiled (and cached) specialisation.
 """
 
