@@ -821,6 +821,7 @@ def _ddp_worker(rank, world_size, port, directory):
     # a bounded wait: a lost peer fails the test instead of hanging it
     dist.init_process_group("gloo", rank=rank, world_size=world_size, timeout=datetime.timedelta(seconds=60))
     torch.set_num_threads(1)
+    model = None
     try:
         model = DistributedDataParallel(_ddp_model())
         x, target = _ddp_data()
@@ -831,6 +832,12 @@ def _ddp_worker(rank, world_size, port, directory):
             {name: p.grad for name, p in model.module.named_parameters()}, os.path.join(directory, f"grads{rank}.pt")
         )
     finally:
+        # The model goes first. Freed after the group, DDP's reducer drops the group's last reference with the GIL
+        # held, and the group's destructor waits for gloo's thread, which may need the GIL to free a finished
+        # allreduce: a deadlock in torch (pytorch/pytorch#56297). It hung a CI run; a loop of this teardown hung
+        # within 10 rounds that way, and ran 200 rounds twice with the model freed first.
+        model = None
+        gc.collect()  # in case the module sits in a reference cycle
         dist.destroy_process_group()
 
 
