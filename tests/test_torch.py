@@ -814,9 +814,13 @@ def _ddp_data():
 
 
 def _ddp_worker(rank, world_size, port, directory):
+    import faulthandler
+
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
+    # a worker that hangs prints every thread's Python stack and exits, before the test gives up on it
+    faulthandler.dump_traceback_later(DDP_SECONDS - 30, exit=True)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     # a bounded wait: a lost peer fails the test instead of hanging it
     dist.init_process_group("gloo", rank=rank, world_size=world_size, timeout=datetime.timedelta(seconds=60))
