@@ -29,8 +29,11 @@ from ._workspace import (
     equal_length_packing,
     first_stage_alone,
     forward_buffers,
+    forward_stages,
     identity_order,
     is_single_block,
+    layer_input_sizes,
+    layers_fused,
     length_packing,
     new_tuple,
     packing_rows,
@@ -52,7 +55,7 @@ class CallPlan:
         "packing_fields",
         "single_block",
         "tasks",
-        "forward_alone",
+        "forward_schedules",
         "key",
         "code",
         "rows",
@@ -68,7 +71,8 @@ class CallPlan:
         self.packing_fields = tuple(packing)  # the kernels take plain tuples
         self.single_block = is_single_block(packing, steps)
         self.tasks = block_total(packing) * spec.num_directions
-        self.forward_alone = first_stage_alone(spec, spec.input_size)
+        # a forward's (stage count, first stage alone), without dropout and with it
+        self.forward_schedules = tuple(self._forward_schedule(dropped) for dropped in (0, spec.num_layers - 1))
         self.code = cell_code(spec.cell, spec.relu)
         batch, states = packing.order.size, spec.num_layers * spec.num_directions
         self.rows, self.top_width = packing_rows(packing), spec.num_directions * state_size(spec)
@@ -78,13 +82,18 @@ class CallPlan:
         self.key = self.rows, batch, block_total(packing)  # of the buffers that fit it
         self._backward_alone = None
 
+    def _forward_schedule(self, dropped):
+        spec, fused = self.spec, layers_fused(self.spec, self.packing, dropped)
+        prepared = layer_input_sizes(spec) if fused else (spec.input_size,)  # what the first stage packs
+        return forward_stages(spec, self.packing, dropped), first_stage_alone(spec, prepared)
+
     def backward_alone(self, zeroed):
         """Whether the backward's first stage, which also zeroes ``zeroed`` partial gradients, runs on the calling
         thread alone (the same for every backward of a module)."""
         if self._backward_alone is None:
             spec = self.spec
             top_input_size = spec.input_size if spec.num_layers == 1 else spec.num_directions * state_size(spec)
-            self._backward_alone = first_stage_alone(spec, top_input_size, zeroed)
+            self._backward_alone = first_stage_alone(spec, (top_input_size,), zeroed)
         return self._backward_alone
 
     def buffer_key(self, dropped):
@@ -247,12 +256,13 @@ def forward(
         sort_states(c_0, packing, buffers.c_n)
     if dropped:
         draw_dropout(buffers.dropout_scale)
+    stages, first_alone = plan.forward_schedules[1 if dropped else 0]
     run_stages(
         recurrent_forward,
         recurrent_forward_parts if openmp else None,
-        2 * spec.num_layers,
+        stages,
         plan.tasks,
-        plan.forward_alone,
+        first_alone,
         params,
         offsets,
         plan.packing_fields,

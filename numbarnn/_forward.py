@@ -136,12 +136,13 @@ def direction_forward(
 
 @jit(inline=True)
 def direction_panels(l, d, buffers):
-    """Direction ``d`` of layer ``l``'s packed ``(w_ih_panels, w_hh_panels, w_hr_panels)``: one copy per direction,
-    which every block task of that direction reads."""
-    gates, width = buffers.z.shape[2], layer_input(l, buffers).shape[1]
-    w_hh_panels = buffers.w_hh_panels[d]
-    w_ih_panels = panels_in(buffers.w_ih_panels[d], width, gates, w_hh_panels.shape[2])
-    return w_ih_panels, w_hh_panels, buffers.w_hr_panels[d]
+    """Direction ``d`` of layer ``l``'s packed ``(w_ih_panels, w_hh_panels, w_hr_panels)``: one copy per direction
+    (of this layer, or of every layer when the layers are fused), which every block task of it reads."""
+    directions, gates, width = buffers.z.shape[0], buffers.z.shape[2], layer_input(l, buffers).shape[1]
+    slot = l % (buffers.w_hh_panels.shape[0] // directions) * directions + d
+    w_hh_panels = buffers.w_hh_panels[slot]
+    w_ih_panels = panels_in(buffers.w_ih_panels[slot], width, gates, w_hh_panels.shape[2])
+    return w_ih_panels, w_hh_panels, buffers.w_hr_panels[slot]
 
 
 @jit(inline=True)
@@ -222,8 +223,11 @@ def recurrent_forward(
     Stage ``2 l`` prepares layer ``l`` (:func:`prepare_layer`), stage ``2 l + 1`` runs its tasks (block ``b`` and
     direction ``d`` are task ``b * D + d``; part ``p`` runs tasks ``p, p + parts, ...``). One call with every stage
     and one part is the whole pass; :func:`numbarnn._threads.run_stages` runs each stage's parts on as many threads,
-    which meet between stages (twice per layer), never per step. Each task computes the same values whichever part
-    runs it, so the result is bitwise the same for any ``parts``.
+    which meet between stages (twice per layer), never per step. When the buffers hold every layer's packed weights
+    (:func:`numbarnn._workspace.layers_fused`), there are two stages: stage 0 prepares every layer, stage 1 runs
+    the blocks (part ``p`` runs blocks ``p, p + parts, ...``), each through every layer, both directions of a layer
+    before the next layer, which reads only that block's rows. Each task computes the same values whichever part
+    runs it and in either order, so the result is bitwise the same for any ``parts``, fused or not.
 
     Parameters
     ----------
@@ -241,14 +245,22 @@ def recurrent_forward(
     """
     packing, buffers = Packing(*packing_fields), ForwardBuffers(*buffer_fields)
     cell = marker_of(cell_code)
-    tasks = (packing.block_batch.size - 1) * num_directions
+    blocks, layers = packing.block_batch.size - 1, offsets.shape[0] // num_directions
+    fused = buffers.w_hh_panels.shape[0] > num_directions
+    # a unit of a stage's work: a task (one layer), or a block of the fused layers (every layer, both directions)
+    units, tasks_per_unit = (blocks, num_directions) if fused else (blocks * num_directions, 1)
     for stage in range(first_stage, end_stage):
-        l = stage // 2
+        first_layer, end_layer = (0, layers) if fused else (stage // 2, stage // 2 + 1)
         if stage % 2 == 0:
-            prepare_layer(l, part, parts, params, offsets, packing, buffers, num_directions, cell)
+            for l in range(first_layer, end_layer):
+                prepare_layer(l, part, parts, params, offsets, packing, buffers, num_directions, cell)
         else:
-            for task in range(part, tasks, parts):
-                task_forward(l, task, params, offsets, packing, buffers, num_directions, cell)
+            for unit in range(part, units, parts):
+                for l in range(first_layer, end_layer):
+                    for k in range(tasks_per_unit):
+                        task_forward(
+                            l, unit * tasks_per_unit + k, params, offsets, packing, buffers, num_directions, cell
+                        )
 
 
 @jit(parallel=True)

@@ -67,13 +67,15 @@ ForwardBuffers = namedtuple(
         "h_prev",  # (num_layers, D, R, P) state each step starts from (training), or (num_layers, D, 0, P)
         "z",  # (D, R, G * H) input projections
         "step_tmp",  # (D, N, G * H) the per-step product h_{t-1} W_hh^T
-        "w_hh_panels",  # (D, *panel_shape(P, G * H)) each direction's W_hh^T packed into panels (numbarnn._panels)
-        "w_ih_panels",  # (D, size of panel_shape(max(H_in, D * P), G * H)) each direction's W_ih^T in panels, flat
+        # the packed weights of each direction of one layer (slot d) or, when the layers are fused (layers_fused),
+        # of every layer (slot l * D + d):
+        "w_hh_panels",  # (S, *panel_shape(P, G * H)) W_hh^T packed into panels (numbarnn._panels)
+        "w_ih_panels",  # (S, size of panel_shape(max(H_in, D * P), G * H)) W_ih^T in panels, flat
         "bias_zeros",  # (G * H,) zeros, read in place of the biases of a module without them
         "c_prev",  # (num_layers, D, R, H) an LSTM's c each step starts from (training), else no rows
         "saved",  # (num_layers, D, R, S * H) the gates the backward reads (training), or (1, D, N, S * H) scratch
         "h_full",  # (num_layers or 1, D, R or N, H) an LSTM projection's o * tanh(c), else (1, D, 0, H)
-        "w_hr_panels",  # (D, *panel_shape(H, P)) each direction's W_hr^T in panels (projection), else no panels
+        "w_hr_panels",  # (S, *panel_shape(H, P)) W_hr^T in panels (projection), else no panels
     ],
 )
 CALL_ARRAYS = 4  # ForwardBuffers[:CALL_ARRAYS] are x_rows, top_out, h_n, c_n
@@ -128,12 +130,34 @@ MIN_WORK_PER_BLOCK = 1 << 18
 FIRST_STAGE_ALONE_ELEMENTS = 1 << 17
 
 
-def first_stage_alone(spec, layer_input_size, zeroed=0):
+def first_stage_alone(spec, layer_input_sizes, zeroed=0):
     """Whether :func:`numbarnn._threads.run_stages` runs a pass's first stage on the calling thread alone: it packs
-    one layer's weights of both directions (input width ``layer_input_size``) and zeroes ``zeroed`` elements."""
+    the weights of both directions of one layer or more (their input widths ``layer_input_sizes``) and zeroes
+    ``zeroed`` elements."""
     gate_rows = GATES[spec.cell] * spec.hidden_size
-    packed = spec.num_directions * gate_rows * (layer_input_size + state_size(spec))
+    packed = spec.num_directions * gate_rows * sum(width + state_size(spec) for width in layer_input_sizes)
     return packed + zeroed < FIRST_STAGE_ALONE_ELEMENTS
+
+
+def layer_input_sizes(spec):
+    """Each layer's input width: H_in, then D * H_out."""
+    return (spec.input_size,) + (spec.num_directions * state_size(spec),) * (spec.num_layers - 1)
+
+
+def layers_fused(spec, packing, dropped):
+    """Whether a forward pass runs each block through every layer without the threads meeting between the layers
+    (:func:`numbarnn._forward.recurrent_forward`): with several layers, several blocks and no dropout (whose masks
+    apply to a layer's whole input before its tasks). Its buffers then hold every layer's packed weights at once.
+
+    Why: a block's next layer reads only that block's rows, so nothing but the packed weights, one layer's at a
+    time, made the threads meet twice per layer, at ~100 us a meeting (:mod:`numbarnn._threads`)."""
+    return dropped == 0 and spec.num_layers > 1 and packing.blocks > 1
+
+
+def forward_stages(spec, packing, dropped):
+    """The forward pass's stage count (:func:`numbarnn._forward.recurrent_forward`): two per layer, or two in all
+    when its layers are fused (:func:`layers_fused`)."""
+    return 2 if layers_fused(spec, packing, dropped) else 2 * spec.num_layers
 
 
 @functools.lru_cache(maxsize=1)
@@ -228,6 +252,7 @@ def forward_buffers(spec, packing, training, dropped, x_rows=None):
     width = directions * state
     gates = GATES[spec.cell] * hidden
     lstm, projected = spec.cell == "lstm", spec.proj_size > 0
+    weight_slots = directions * (layers if layers_fused(spec, packing, dropped) else 1)  # packed weights at once
     empty = np.empty
     return ForwardBuffers(
         x_rows=empty((rows, input_size), dtype) if x_rows is None else x_rows,
@@ -237,8 +262,8 @@ def forward_buffers(spec, packing, training, dropped, x_rows=None):
         h_prev=empty((layers, directions, rows if training else 0, state), dtype),
         z=empty((directions, rows, gates), dtype),
         step_tmp=empty((directions, batch, gates), dtype),
-        w_hh_panels=empty((directions, *panel_shape(state, gates, dtype)), dtype),
-        w_ih_panels=empty((directions, math.prod(panel_shape(max(input_size, width), gates, dtype))), dtype),
+        w_hh_panels=empty((weight_slots, *panel_shape(state, gates, dtype)), dtype),
+        w_ih_panels=empty((weight_slots, math.prod(panel_shape(max(input_size, width), gates, dtype))), dtype),
         bias_zeros=np.zeros(gates, dtype),
         top_out=empty((rows, width), dtype),
         h_n=empty((layers * directions, batch, state), dtype),
@@ -256,7 +281,7 @@ def forward_buffers(spec, packing, training, dropped, x_rows=None):
             else (1, directions, 0, hidden),
             dtype,
         ),
-        w_hr_panels=empty((directions, *panel_shape(hidden, spec.proj_size, dtype)), dtype),
+        w_hr_panels=empty((weight_slots, *panel_shape(hidden, spec.proj_size, dtype)), dtype),
     )
 
 

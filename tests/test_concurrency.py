@@ -300,9 +300,11 @@ def spy_on_workers(monkeypatch):
 
 
 def test_a_pass_uses_the_workers_only_where_the_calling_thread_allows_several_threads(monkeypatch, block_pool, rng):
-    """A multi-block, two-layer forward with numba's count at 1 for the calling thread runs on it alone; at 2, each
-    stage after the first (which packs the first layer's small weights on the calling thread alone) hands part 1 of
-    2 to a worker. Both give bitwise the same result."""
+    """A multi-block, two-layer forward with numba's count at 1 for the calling thread runs on it alone; at 2, the
+    stage after the first (which packs both layers' small weights on the calling thread alone) hands part 1 of 2 to
+    a worker: its block, through both layers. Both give bitwise the same result. With dropout (whose masks apply to
+    a layer's whole input), each stage after the first is handed over: layer 0's tasks, layer 1's preparation, its
+    tasks."""
     if numba.config.NUMBA_NUM_THREADS < 2:
         pytest.skip("NUMBA_NUM_THREADS=1: numbarnn has no worker threads here")
     rnn = numbarnn.RNN(16, 64, 2, seed=12).eval()
@@ -314,9 +316,14 @@ def test_a_pass_uses_the_workers_only_where_the_calling_thread_allows_several_th
     assert handed == []
     with numbarnn._threads.numba_threads(2):
         shared = rnn(x)
-    assert handed == [(1, 1, 2), (2, 1, 2), (3, 1, 2)]  # stages: layer 0's tasks, layer 1's packing, its tasks
+    assert handed == [(1, 1, 2)]  # (stage, part, parts): the blocks, each through both layers
     for got, expected in zip(shared, alone, strict=True):
         assert_bitwise_equal(got, expected, "output or h_n")
+    handed.clear()
+    dropout = numbarnn.RNN(16, 64, 2, dropout=0.5, seed=12)
+    with numbarnn._threads.numba_threads(2):
+        dropout(x)
+    assert handed == [(1, 1, 2), (2, 1, 2), (3, 1, 2)]
 
 
 def _forked_call(rnn, x, results):

@@ -41,6 +41,8 @@ from numbarnn._workspace import (
     backward_buffers,
     equal_length_packing,
     forward_buffers,
+    forward_stages,
+    layers_fused,
     length_packing,
     packing_rows,
 )
@@ -87,6 +89,9 @@ def on_two_threads_after_the_first_stage(kernel, stages, tasks, *arguments):
 def on_two_openmp_threads(kernel, stages, tasks, *arguments):
     """As :func:`on_two_threads`, on numba's OpenMP threads."""
     on_two_threads(kernel, stages, tasks, *arguments, openmp=True)
+
+
+WEIGHT_PANELS = ("w_hh_panels", "w_ih_panels", "w_hr_panels")  # the forward's packed weights, a slot each
 
 
 def filled(buffers, value=np.nan):
@@ -144,11 +149,16 @@ class KernelProblem:
         unpack(rows, self.packing, padded)
         return padded
 
-    def forward(self, relu, training=True, run=one_part):
+    def forward(self, relu, training=True, run=one_part, fused=True):
         """Run the forward kernel as ``run`` runs a pass's stages (:func:`numbarnn._threads.run_stages`'s
-        arguments); returns its buffers."""
+        arguments); returns its buffers. ``fused=False`` runs layers that would be fused (``layers_fused``) one at a
+        time, as the kernel does for buffers with room for one layer's packed weights."""
         dropped = self.num_layers - 1 if self.masks is not None else 0
         buffers = filled(forward_buffers(self.spec(relu), self.packing, training, dropped))
+        stages = forward_stages(self.spec(relu), self.packing, dropped)
+        if not fused:
+            one_layer = {name: getattr(buffers, name)[: self.directions].copy() for name in WEIGHT_PANELS}
+            buffers, stages = buffers._replace(**one_layer), 2 * self.num_layers
         buffers.bias_zeros.fill(0)
         buffers.x_rows[...] = self.packed(self.x)
         buffers.h_n[...] = self.h_0[:, self.order]
@@ -161,7 +171,7 @@ class KernelProblem:
         arrays = tuple(self.packing), tuple(buffers)
         run(
             recurrent_forward,
-            2 * self.num_layers,
+            stages,
             self.tasks(),
             self.params,
             self.offsets,
@@ -366,6 +376,36 @@ def test_inference_buffers_give_the_training_result(num_layers, dtype, lengths, 
     inference = problem.forward(relu=False, training=False)
     assert_array_equal(inference.top_out, training.top_out)
     assert_array_equal(inference.h_n, training.h_n)
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["training", "inference"])
+@pytest.mark.parametrize("lengths", [None, UNSORTED_LENGTHS], ids=["full", "lengths"])
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+@pytest.mark.parametrize("name", ["rnn", *GATED_CELLS])
+def test_fused_layers_give_bitwise_the_layer_by_layer_result(name, bidirectional, lengths, training, rng):
+    """Three layers, two blocks, no dropout: each block runs through every layer (on two threads, the blocks at
+    once) with every layer's weights packed first; the results must be bitwise those of running the layers one at
+    a time (inference ping-pongs two layer outputs, so layer 2 writes over layer 0's rows: a block's own only)."""
+    cell, proj_size = GATED_CELLS.get(name, (name, 0))
+    problem = KernelProblem(3, bidirectional, True, np.float64, lengths, False, 2, rng, cell, proj_size)
+    spec = problem.spec(relu=False)
+    assert layers_fused(spec, problem.packing, 0) and forward_stages(spec, problem.packing, 0) == 2
+    fused = problem.forward(relu=False, training=training, run=on_two_threads)
+    assert fused.w_hh_panels.shape[0] == 3 * problem.directions  # every layer's weights, packed at once
+    layer_by_layer = problem.forward(relu=False, training=training, fused=False)
+    for key in ("top_out", "h_n", "c_n", "h_prev", "saved"):
+        assert_bitwise_equal(getattr(fused, key), getattr(layer_by_layer, key), key)
+    assert np.isfinite(fused.top_out).all()
+
+
+def test_dropout_or_one_layer_or_one_block_keeps_the_layers_apart(rng):
+    """Dropout's masks apply to a layer's whole input before its tasks: no fusing with them, nor for one layer or
+    one block, where there is nothing to gain."""
+    for layers, dropout, blocks in ((2, True, 2), (1, False, 2), (2, False, 1)):
+        problem = KernelProblem(layers, False, True, np.float64, None, dropout, blocks, rng)
+        dropped = layers - 1 if dropout else 0
+        assert not layers_fused(problem.spec(False), problem.packing, dropped), (layers, dropout, blocks)
+        assert forward_stages(problem.spec(False), problem.packing, dropped) == 2 * layers
 
 
 # -- packing -------------------------------------------------------------------------------------------------------
