@@ -40,10 +40,10 @@ import numpy as np
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
 from . import _isa
-from ._jit import jit
+from ._jit import JIT_OPTIONS, jit
 
 # Decided once per process, by the owner of the choice (numbarnn._isa): a pure function of numba's target, so code
 # numba loads from its cache was compiled for this very tile (see numbarnn._isa).
@@ -346,6 +346,100 @@ def pack_panels_part(source, panels, part, parts):
     pack_panels(source, panels, count * part // parts, count * (part + 1) // parts)
 
 
+# The masks of an 8 x 8 float32 transpose in three rounds of two-vector shuffles (indices >= 8 pick from the second
+# vector), which x86 compiles to unpcklps/unpckhps, shufps and vperm2f128 (other targets to their own shuffles).
+_INTERLEAVE_LOW, _INTERLEAVE_HIGH = (0, 8, 1, 9, 4, 12, 5, 13), (2, 10, 3, 11, 6, 14, 7, 15)
+_PAIRS_LOW, _PAIRS_HIGH = (0, 1, 8, 9, 4, 5, 12, 13), (2, 3, 10, 11, 6, 7, 14, 15)
+_HALVES_LOW, _HALVES_HIGH = (0, 1, 2, 3, 8, 9, 10, 11), (4, 5, 6, 7, 12, 13, 14, 15)
+
+
+@intrinsic
+def _transpose_8x8(typingctx, source, source_byte, column_bytes, panels, panel_offset, panel_row):
+    """``panels.flat[panel_offset + a * panel_row + b]`` = the element at byte ``source_byte + b * column_bytes +
+    a * itemsize`` of ``source``'s data, for ``a, b < 8``: an 8 x 8 block of a matrix whose first axis is contiguous
+    (``w.T`` of a C-contiguous ``w``). float32: 8 vector loads, transposed in registers, 8 vector stores; float64
+    (not on a hot path): element by element."""
+    dtype = source.dtype
+    if dtype not in (types.float32, types.float64) or panels.dtype != dtype:
+        return None
+
+    def codegen(context, builder, signature, args):
+        source_value, first_byte, column_stride, panels_value, offset, row_stride = args
+        element = context.get_value_type(dtype)
+        data = context.make_array(signature.args[0])(context, builder, source_value).data
+        data = builder.bitcast(data, ir.IntType(8).as_pointer())
+
+        def constant(value):
+            return ir.Constant(first_byte.type, value)
+
+        def column_start(b):
+            return builder.gep(data, [builder.add(first_byte, builder.mul(column_stride, constant(b)))])
+
+        def row_start(a):
+            element_offset = builder.add(offset, builder.mul(row_stride, constant(a)))
+            return _element_pointer(context, builder, signature.args[3], panels_value, element_offset)
+
+        if dtype == types.float64:
+            for b in range(8):
+                column = builder.bitcast(column_start(b), element.as_pointer())
+                for a in range(8):
+                    value = builder.load(builder.gep(column, [constant(a)]))
+                    builder.store(value, builder.gep(row_start(a), [constant(b)]))
+            return context.get_dummy_value()
+        vector = ir.VectorType(element, 8)
+
+        def shuffle(x, y, mask):
+            return builder.shuffle_vector(x, y, ir.Constant(ir.VectorType(ir.IntType(32), 8), list(mask)))
+
+        columns = [builder.load(builder.bitcast(column_start(b), vector.as_pointer()), align=4) for b in range(8)]
+        pairs = []
+        for b in range(0, 8, 2):
+            pairs += [shuffle(columns[b], columns[b + 1], mask) for mask in (_INTERLEAVE_LOW, _INTERLEAVE_HIGH)]
+        quads = []
+        for first, second in ((0, 2), (1, 3), (4, 6), (5, 7)):
+            quads += [shuffle(pairs[first], pairs[second], mask) for mask in (_PAIRS_LOW, _PAIRS_HIGH)]
+        rows = [shuffle(quads[a], quads[a + 4], _HALVES_LOW) for a in range(4)]
+        rows += [shuffle(quads[a], quads[a + 4], _HALVES_HIGH) for a in range(4)]
+        for a, row in enumerate(rows):
+            builder.store(row, builder.bitcast(row_start(a), vector.as_pointer()), align=4)
+        return context.get_dummy_value()
+
+    signature = types.none(source, source_byte, column_bytes, panels, panel_offset, panel_row)
+    return signature, codegen
+
+
+def pack_transposed_blocks(source, panels, first, last):
+    """Pack panels ``first:last`` (whole panels) of a Fortran-layout ``source`` (``w.T`` of a C-contiguous ``w``)
+    in 8 x 8 blocks; returns the panel where the other copies take over: ``last``, or ``first`` for a source of
+    another layout, whose blocks this does not copy."""
+
+
+@overload(pack_transposed_blocks, jit_options=JIT_OPTIONS, inline="always")
+def _pack_transposed_blocks(source, panels, first, last):
+    # Compiled only for the layout that uses it: in a C-contiguous source's specialisation (the backward packs W_hh
+    # as it is) the block copies were dead code that numba and LLVM still compiled.
+    if not (isinstance(source, types.Array) and source.layout == "F"):
+        return lambda source, panels, first, last: first
+
+    def in_blocks(source, panels, first, last):
+        k, width = source.shape[0], panels.shape[2]
+        if width % 8:
+            return first
+        k_blocked = k - k % 8
+        for q in range(first, last):
+            j = q * width
+            for p0 in range(0, k_blocked, 8):
+                for c0 in range(0, width, 8):
+                    first_byte = p0 * source.itemsize + (j + c0) * source.strides[1]  # the first axis is contiguous
+                    _transpose_8x8(source, first_byte, source.strides[1], panels, (q * k + p0) * width + c0, width)
+            for p in range(k_blocked, k):
+                for c in range(width):
+                    panels[q, p, c] = source[p, j + c]
+        return last
+
+    return in_blocks
+
+
 @jit  # called, not inlined: its blocked copies are long, and each direction packs two or three weights
 def pack_panels(source, panels, first=0, last=-1):
     """Pack ``source`` (K, N), any memory layout (``w.T`` of a C-contiguous ``w`` included), into ``panels``
@@ -356,23 +450,14 @@ def pack_panels(source, panels, first=0, last=-1):
     width = panels.shape[2]
     last = panels.shape[0] if last < 0 else last
     whole = min(n // width, last)  # the panels with no column past N
-    # A transposed source (``w.T``: K is its contiguous axis) is copied in 8 x 8 blocks, which LLVM turns into
-    # vector loads, shuffles and stores; element by element, each panel row gathered W scattered values. W_hh of
-    # 64 x 64 float32: 2.4 -> 1.3 us, the large configuration's LSTM W_hh (4096 x 1024): 6.7 -> 2.5 ms (Zen 3).
-    # Any other layout copies whole panels row by row without the padding test, which kept the loop scalar (a
-    # C-contiguous 64 x 64 source, as the backward packs W_hh: 2.8 -> 0.4 us).
-    blocked = whole if source.strides[0] < source.strides[1] and width % 8 == 0 else first
-    k_blocked = k - k % 8
-    for q in range(first, blocked):
-        j = q * width
-        for p0 in range(0, k_blocked, 8):
-            for c0 in range(0, width, 8):
-                for a in range(8):
-                    for b in range(8):
-                        panels[q, p0 + a, c0 + b] = source[p0 + a, j + c0 + b]
-        for p in range(k_blocked, k):
-            for c in range(width):
-                panels[q, p, c] = source[p, j + c]
+    # A transposed source (``w.T``: K is its contiguous axis) is copied in 8 x 8 blocks; element by element, each
+    # panel row gathered W scattered values (W_hh of 64 x 64 float32: 2.4 -> 1.3 us, the large configuration's LSTM
+    # W_hh, 4096 x 1024: 6.7 -> 2.5 ms). LLVM compiled the blocks' loops to scalar moves (282 vmovss, 81 vinsertps),
+    # so a float32 block is transposed in registers: 64 x 64 1.31 -> 0.28 us, the tiny LSTM's W_hh (256 x 64) 5.5
+    # -> 1.7 us, 4096 x 1024 2.2 -> 1.4 ms (Zen 3). Any other layout copies whole panels row by row without the
+    # padding test, which kept the loop scalar (a C-contiguous 64 x 64 source, as the backward packs W_hh: 2.8 ->
+    # 0.4 us).
+    blocked = pack_transposed_blocks(source, panels, first, whole)
     for q in range(max(first, blocked), whole):  # whole panels of any other layout: row by row, no padding test
         j = q * width
         for p in range(k):

@@ -10,6 +10,7 @@ the largest error divided by the classical bound K * eps * (|A| @ |B|) (at most 
 """
 
 import argparse
+import itertools
 import json
 import re
 
@@ -42,9 +43,11 @@ def worst_errors(panels_module, shapes):
     rng = np.random.default_rng(0)
     worst = {}
     for dtype in (np.float32, np.float64):
-        for m, k, n in shapes:
+        for (m, k, n), layout in itertools.product(shapes, ("b", "w.T")):
             a = rng.standard_normal((m, k)).astype(dtype)
-            b = rng.standard_normal((k, n)).astype(dtype)
+            # b packed as it is (the backward's W_hh), or w.T, packed in transposed blocks (the forward's W_hh.T)
+            b = rng.standard_normal((k, n) if layout == "b" else (n, k)).astype(dtype)
+            b = b if layout == "b" else b.T
             panels = np.empty(panels_module.panel_shape(k, n, dtype), dtype)
             panels_module.pack_panels(b, panels)
             out = np.full((m, n), np.nan, dtype)
@@ -53,7 +56,8 @@ def worst_errors(panels_module, shapes):
             bound = k * np.finfo(dtype).eps * (np.abs(a.astype(np.float64)) @ np.abs(b.astype(np.float64)))
             error = np.abs(out - exact)
             ratio = np.where(bound > 0, error / np.where(bound > 0, bound, 1), np.where(error > 0, np.inf, 0))
-            worst[f"{np.dtype(dtype).name} {m}x{k}x{n}"] = float(np.nan_to_num(ratio, nan=np.inf).max(initial=0))
+            name = f"{np.dtype(dtype).name} {m}x{k}x{n} {layout}"
+            worst[name] = float(np.nan_to_num(ratio, nan=np.inf).max(initial=0))
     return worst
 
 
