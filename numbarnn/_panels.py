@@ -380,11 +380,12 @@ def _transpose_8x8(typingctx, source, source_byte, column_bytes, panels, panel_o
             return _element_pointer(context, builder, signature.args[3], panels_value, element_offset)
 
         if dtype == types.float64:
+            rows = [row_start(a) for a in range(8)]
             for b in range(8):
                 column = builder.bitcast(column_start(b), element.as_pointer())
                 for a in range(8):
                     value = builder.load(builder.gep(column, [constant(a)]))
-                    builder.store(value, builder.gep(row_start(a), [constant(b)]))
+                    builder.store(value, builder.gep(rows[a], [constant(b)]))
             return context.get_dummy_value()
         vector = ir.VectorType(element, 8)
 
