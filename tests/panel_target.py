@@ -10,18 +10,63 @@ the largest error divided by the classical bound K * eps * (|A| @ |B|) (at most 
 """
 
 import argparse
+import importlib.util
 import itertools
 import json
+import pathlib
 import re
+import sys
 
 import llvmlite.binding as ll
 import numpy as np
 
-from numbarnn import _isa
+
+def _load_isa():
+    """numbarnn._isa alone, registered under its name before the package is imported: ``import numbarnn`` imports
+    numbarnn._panels, which reads the tile once, so an override of ``_isa.target`` must precede the package's
+    import (made after it, the AArch64 build compiled the host's tile while ``_isa.tile()`` said NEON)."""
+    path = pathlib.Path(__file__).resolve().parents[1] / "numbarnn" / "_isa.py"
+    spec = importlib.util.spec_from_file_location("numbarnn._isa", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+_isa = _load_isa()
 
 AARCH64 = _isa.Target("aarch64-unknown-linux-gnu", "generic", "")
 # a call of libm's fma / fmaf: what llvm.fma on a vector becomes on a target without FMA
 LIBM_FMA = re.compile(r"\bfmaf?\b")
+
+
+# x86 (AT&T) and AArch64 assembly: a function's label, a branch and its target, a multiply(-add), a stack access
+FUNCTION_LABEL = re.compile(r"^(numbarnn_panel_tile_\w+):", re.MULTILINE)
+BRANCH = re.compile(r"^\s+(?:j[a-z]+|b(?:\.[a-z]+)?|cb n?z|tbn?z)\s+(?:[^,]*,\s*)*(\.L\w+)\s*$")
+MULTIPLY = re.compile(r"\b(?:vfmadd\w*|fmla|v?mulp[sd]|fmul)\b")
+STACK = re.compile(r"\((?:%rsp|%rbp)\)|\[(?:sp|x29)\b")
+
+
+def tile_loop_stack_accesses(assembly):
+    """``{tile function: stack accesses}`` in each micro-kernel's multiply-add loops (the loops, found as backward
+    branches, that hold a vector multiply): 0 when the tile's accumulators, panel vectors and pointers all stay in
+    registers."""
+    counts = {}
+    functions = list(FUNCTION_LABEL.finditer(assembly))
+    for match, following in zip(functions, [*functions[1:], None], strict=True):
+        body = assembly[match.end() : following.start() if following else len(assembly)]
+        body = body[: body.find(".Lfunc_end")] if ".Lfunc_end" in body else body
+        lines = body.splitlines()
+        labels = {line.strip()[:-1]: n for n, line in enumerate(lines) if re.match(r"^\.L\w+:", line)}
+        accesses = 0
+        for n, line in enumerate(lines):
+            branch = BRANCH.match(line)
+            if branch and labels.get(branch.group(1), n) < n:
+                loop = lines[labels[branch.group(1)] : n + 1]
+                if any(MULTIPLY.search(instruction) for instruction in loop):
+                    accesses += sum(bool(STACK.search(instruction)) for instruction in loop)
+        counts[match.group(1)] = counts.get(match.group(1), 0) + accesses
+    return counts
 
 
 def aarch64_assembly(llvm_ir):
@@ -73,8 +118,9 @@ def main():
     from numbarnn import _panels
 
     target = _isa.target()
+    assert sys.modules["numbarnn._isa"] is _isa  # the package uses the module whose target was set above
     report = {
-        "tile": vars(_isa.tile()),
+        "tile": vars(_panels._TILE),
         "target": vars(target),
         "matches_numba": (target.triple, target.cpu_name, target.features)
         == cpu_target.target_context.codegen().magic_tuple(),
@@ -90,6 +136,7 @@ def main():
             assembly[dtype] = _panels.panel_matmul.inspect_asm(compiled)
     text = "\n".join(assembly.values())
     report["libm_fma_calls"] = LIBM_FMA.findall(text)
+    report["tile_loop_stack_accesses"] = tile_loop_stack_accesses(text)
     report["instructions"] = {
         name: name in text for name in ("zmm", "ymm", "xmm", "vfmadd", "mulps", "addps", "fmla", "fmul", "fadd")
     }
