@@ -53,14 +53,22 @@ def test_api_reference_lists_only_names_that_exist():
         assert hasattr(importlib.import_module(module_name), attribute), name
 
 
-def test_gallery_benchmark_file_is_a_bench_json_with_its_machine_and_date():
-    (path,) = (DOCS / "data").glob("bench-*.json")
-    assert path.name in (DOCS / "examples" / "plot_speed_vs_torch.py").read_text()
+def test_gallery_benchmark_files_are_bench_jsons_with_their_machine_and_date():
+    paths = sorted((DOCS / "data").glob("bench-*.json"))
+    assert paths
+    assert 'glob("bench-*.json")' in (DOCS / "examples" / "plot_speed_vs_torch.py").read_text()  # draws them all
+    for path in paths:
+        check_bench_json(path)
+
+
+def check_bench_json(path):
     results = json.loads(path.read_text())
     header = results["report"].splitlines()
     date = re.search(r"\d{4}-\d{2}-\d{2}", header[0]).group(0)
     assert date in path.name
     assert header[1].startswith("machine: ") and "LLVM's CPU" in header[1]
+    llvm_cpu = header[1].split("LLVM's CPU ")[1].split(",")[0]
+    assert llvm_cpu.replace("znver", "zen") in path.name  # the file says which CPU (zen3, zen4, ...) it ran on
     for cell in results["settings"]["cells"]:
         for config in results["configs"]:
             tasks = ("step", "cell") if config == "step" else ("fwd", "train")
