@@ -197,13 +197,14 @@ def _micro_kernel(module, element, index, rows, float64, panel_count=1):
 
 
 def _keep_rolled(module, index, name):
-    """Tell LLVM not to unroll the loop whose index phi is ``index`` (a loop of :func:`cgutils.for_range_slice`).
+    """Tell LLVM not to unroll the loop whose index phi is ``index`` (a loop of ``cgutils.for_range`` or
+    ``cgutils.for_range_slice``, whose last incoming block closes the loop).
 
     The tile's loop body already holds ``rows x vectors`` independent multiply-adds. Unrolled twice (as LLVM did for
     znver4), the two steps' broadcasts of A, scheduled together, needed more than the 32 vector registers: the 12-row
     AVX-512 loop spilled and reloaded ~30 zmm registers per step pair, and ran at 77-95 GFLOP/s where the AVX2 tile
     built for the same Zen 4 core ran at 98-113."""
-    latch = index.incomings[-1][1]  # the block whose branch closes the loop
+    latch = index.incomings[-1][1]
     # A loop ID is a metadata node whose first operand is itself (LangRef, "llvm.loop"); a unique placeholder first,
     # so that add_metadata's cache does not hand out another loop's node.
     unroll_disable = module.add_metadata([ir.MetaDataString(module, "llvm.loop.unroll.disable")])
