@@ -181,19 +181,43 @@ def _micro_kernel(module, element, index, rows, float64, panel_count=1):
                 for v in range(vectors):
                     target = builder.bitcast(builder.gep(out_rows[r], [constant(v * lanes)]), vector.as_pointer())
                     builder.store(builder.load(accumulators[r][v]), target, align=align)
-        with partial_panel:  # the last panel of a matrix whose width is not a multiple of W
-            for r in range(rows):
-                for v in range(vectors):
-                    values = builder.load(accumulators[r][v])
-                    for lane in range(lanes):
-                        column = v * lanes + lane
-                        with builder.if_then(builder.icmp_signed("<", constant(column), columns)):
-                            builder.store(
-                                builder.extract_element(values, lane_index(lane)),
-                                builder.gep(out_rows[r], [constant(column)]),
-                            )
+        with partial_panel:  # the last panel of a matrix whose width is not a multiple of W: masked stores
+            masked_store = _masked_store(module, vector)
+            columns_splat = builder.shuffle_vector(
+                builder.insert_element(ir.Constant(ir.VectorType(index, lanes), ir.Undefined), columns, lane_index(0)),
+                ir.Constant(ir.VectorType(index, lanes), ir.Undefined),
+                broadcast_mask,
+            )
+            for v in range(vectors):
+                lane_columns = ir.Constant(ir.VectorType(index, lanes), [v * lanes + lane for lane in range(lanes)])
+                mask = builder.icmp_signed("<", lane_columns, columns_splat)
+                for r in range(rows):
+                    target = builder.bitcast(builder.gep(out_rows[r], [constant(v * lanes)]), vector.as_pointer())
+                    builder.call(
+                        masked_store,
+                        [builder.load(accumulators[r][v]), target, ir.Constant(ir.IntType(32), align), mask],
+                    )
     builder.ret_void()
     return function
+
+
+def _masked_store(module, vector):
+    """``llvm.masked.store`` for ``vector``: stores the lanes whose mask bit is set, and touches no memory for the
+    others (so a store past the end of a row is never made). x86 compiles it to one masked move (AVX-512) or
+    ``vmaskmovps`` (AVX); a target without masked moves gets one conditional scalar store per lane.
+
+    The partial panel's stores were a branch and a scalar store per lane, written out in the IR: the 12-row AVX-512
+    tile had 3,165 instructions (1,072 of them stack accesses; 271 and 5 with masked stores), the 6-row AVX2 one 675
+    (176), and every kernel that links the tiles optimised them again on a cold compile: on Zen 4 the first inference
+    call took 19.5 s (7.7 s with masked stores) and the first training step 16.4 s more (8.8). The masked stores are
+    faster too: 64 x 17 x 17 20 -> 33 GFLOP/s, 1000 x 40 x 40 59 -> 68 (Zen 4, one thread, float32)."""
+    element = "f64" if isinstance(vector.element, ir.DoubleType) else "f32"
+    mask = ir.VectorType(ir.IntType(1), vector.count)
+    return cgutils.get_or_insert_function(  # LLVM's name for it (pointers are opaque: "p0")
+        module,
+        ir.FunctionType(ir.VoidType(), [vector, vector.as_pointer(), ir.IntType(32), mask]),
+        f"llvm.masked.store.v{vector.count}{element}.p0",
+    )
 
 
 def _keep_rolled(module, index, name):

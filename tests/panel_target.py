@@ -7,7 +7,8 @@ numba builds that IR unoptimised (the caller sets ``NUMBA_OPT=0``) and LLVM opti
 The caller sets ``NUMBA_CACHE_DIR`` to a fresh directory, so code built for another target never reaches the
 project's cache. ``--run`` also runs the product on the (M, K, N) shapes given and reports, per shape and dtype,
 the largest error divided by the classical bound K * eps * (|A| @ |B|) (at most 1 when correct). The report also
-counts each micro-kernel's stack accesses inside its multiply-add loops (0 when everything stays in registers).
+counts each micro-kernel's instructions, and its stack accesses inside its multiply-add loops (0 when everything
+stays in registers).
 """
 
 import argparse
@@ -48,15 +49,32 @@ MULTIPLY = re.compile(r"\b(?:vfmadd\w*|fmla|v?mulp[sd]|fmul)\b")
 STACK = re.compile(r"\((?:%rsp|%rbp)\)|\[(?:sp|x29)\b")
 
 
+def tile_functions(assembly):
+    """``{tile function: its assembly}`` for each micro-kernel in ``assembly``."""
+    functions = list(FUNCTION_LABEL.finditer(assembly))
+    bodies = {}
+    for match, following in itertools.pairwise([*functions, None]):
+        body = assembly[match.end() : following.start() if following else len(assembly)]
+        bodies[match.group(1)] = body[: body.find(".Lfunc_end")] if ".Lfunc_end" in body else body
+    return bodies
+
+
+def tile_instructions(assembly):
+    """``{tile function: instructions}`` (the lines that are not labels, directives or comments)."""
+    return {
+        name: sum(
+            1 for line in map(str.strip, body.splitlines()) if line and not line.endswith(":") and line[0] not in ".#/"
+        )
+        for name, body in tile_functions(assembly).items()
+    }
+
+
 def tile_loop_stack_accesses(assembly):
     """``{tile function: stack accesses}`` in each micro-kernel's multiply-add loops (the loops, found as backward
     branches, that hold a vector multiply): 0 when the tile's accumulators, panel vectors and pointers all stay in
     registers."""
     counts = {}
-    functions = list(FUNCTION_LABEL.finditer(assembly))
-    for match, following in zip(functions, [*functions[1:], None], strict=True):
-        body = assembly[match.end() : following.start() if following else len(assembly)]
-        body = body[: body.find(".Lfunc_end")] if ".Lfunc_end" in body else body
+    for name, body in tile_functions(assembly).items():
         lines = body.splitlines()
         labels = {line.strip()[:-1]: n for n, line in enumerate(lines) if re.match(r"^\.L\w+:", line)}
         accesses = 0
@@ -66,7 +84,7 @@ def tile_loop_stack_accesses(assembly):
                 loop = lines[labels[branch.group(1)] : n + 1]
                 if any(MULTIPLY.search(instruction) for instruction in loop):
                     accesses += sum(bool(STACK.search(instruction)) for instruction in loop)
-        counts[match.group(1)] = accesses
+        counts[name] = accesses
     return counts
 
 
@@ -138,6 +156,7 @@ def main():
     text = "\n".join(assembly.values())
     report["libm_fma_calls"] = LIBM_FMA.findall(text)
     report["tile_loop_stack_accesses"] = tile_loop_stack_accesses(text)
+    report["tile_instructions"] = tile_instructions(text)
     report["instructions"] = {
         name: name in text for name in ("zmm", "ymm", "xmm", "vfmadd", "mulps", "addps", "fmla", "fmul", "fadd")
     }
