@@ -329,41 +329,52 @@ ROW_PANELS = 4
 
 
 @intrinsic
-def _row_tile(typingctx, a, a_offset, panels, panel_offset, out, out_offset, k):
-    """``out[0, :ROW_PANELS * W] = a[0, :k] @`` the ROW_PANELS whole panels from ``panel_offset`` (offsets in
-    elements of the arrays' data)."""
+def _row_tile(typingctx, count, a, a_offset, panels, panel_offset, out, out_offset, k):
+    """``out[0, :count * W] = a[0, :k] @`` the ``count`` (1 to ROW_PANELS) whole panels from ``panel_offset``
+    (offsets in elements of the arrays' data), their accumulators side by side. One micro-kernel per count, chosen by
+    a switch: the panels left after whole groups of ROW_PANELS go in one call too, not one by one (on AVX-512 a
+    64-unit state is two panels, which one by one ran two chains of dependent multiply-adds at a time)."""
     dtype = a.dtype
     if dtype not in (types.float32, types.float64) or panels.dtype != dtype or out.dtype != dtype:
         return None
 
     def codegen(context, builder, signature, args):
-        a_value, a_offset, panels_value, panel_offset, out_value, out_offset, k_value = args
+        count_value, a_value, a_offset, panels_value, panel_offset, out_value, out_offset, k_value = args
 
         def data(position, value, offset):
             return _element_pointer(context, builder, signature.args[position], value, offset)
 
-        kernel = _micro_kernel(
-            builder.module, context.get_value_type(dtype), k_value.type, 1, dtype == types.float64, ROW_PANELS
-        )
-        panel_pointer = data(2, panels_value, panel_offset)
+        element, float64 = context.get_value_type(dtype), dtype == types.float64
+        panel_pointer = data(3, panels_value, panel_offset)
+        width = ir.Constant(k_value.type, _TILE.panel_width(np.float64 if float64 else np.float32))
         no_rows = ir.Constant(k_value.type, 0)
-        builder.call(
-            kernel,
-            [
-                data(0, a_value, a_offset),
-                k_value,
-                panel_pointer,
-                data(4, out_value, out_offset),
-                k_value,
-                k_value,
-                k_value,
-                panel_pointer,  # nothing prefetched
-                no_rows,
-            ],
-        )
+        done = builder.append_basic_block("row_tile.done")
+        switch = builder.switch(count_value, done)
+        for panel_count in range(1, ROW_PANELS + 1):
+            block = builder.append_basic_block(f"row_tile.panels{panel_count}")
+            switch.add_case(ir.Constant(count_value.type, panel_count), block)
+            builder.position_at_end(block)
+            # one panel: the one-row tile (its columns: the whole panel)
+            kernel = _micro_kernel(builder.module, element, k_value.type, 1, float64, panel_count)
+            builder.call(
+                kernel,
+                [
+                    data(1, a_value, a_offset),
+                    k_value,
+                    panel_pointer,
+                    data(5, out_value, out_offset),
+                    k_value,
+                    k_value,
+                    width,
+                    panel_pointer,  # nothing prefetched
+                    no_rows,
+                ],
+            )
+            builder.branch(done)
+        builder.position_at_end(done)
         return context.get_dummy_value()
 
-    return types.none(a, a_offset, panels, panel_offset, out, out_offset, k), codegen
+    return types.none(count, a, a_offset, panels, panel_offset, out, out_offset, k), codegen
 
 
 @jit(inline=True)
@@ -590,12 +601,12 @@ def panel_matmul(a, panels, out):
     if k == 0:
         out[:] = 0
         return
-    if m == 1:  # a batch of one's step: whole panels ROW_PANELS at a time, the rest one by one
-        grouped = (n // width) // ROW_PANELS * ROW_PANELS
-        for q in range(0, grouped, ROW_PANELS):
-            _row_tile(a, 0, panels, q * k * width, out, q * width, k)
-        for q in range(grouped, panels.shape[0]):
-            _tile(1, a, 0, k, panels, q * k * width, out, q * width, n, k, min(width, n - q * width), 0, 0)
+    if m == 1:  # a batch of one's step: whole panels up to ROW_PANELS at a time, then a partial one
+        whole = n // width
+        for q in range(0, whole, ROW_PANELS):
+            _row_tile(min(ROW_PANELS, whole - q), a, 0, panels, q * k * width, out, q * width, k)
+        if whole < panels.shape[0]:
+            _tile(1, a, 0, k, panels, whole * k * width, out, whole * width, n, k, n - whole * width, 0, 0)
         return
     row_block = rows_per_block(k, a.itemsize)
     count = panels.shape[0]

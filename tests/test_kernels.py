@@ -557,7 +557,8 @@ def test_activation_backward_from_outputs(dtype):
 # (M, K, N): M covers every remainder of every tile height (6 rows with 16 vector registers, 12 with 32: M % 12 in
 # 0..11, M below and above the tile) and spans several row blocks at K = 256; N covers full panels only, a partial
 # last panel, and fewer columns than one panel, for every panel width (8 to 32 float32, 4 to 16 float64); one row
-# (ROW_PANELS panels at a time) with whole groups only, and with further panels after them.
+# (whole panels up to ROW_PANELS at a time) with whole groups only, with further panels after them, and with every
+# count of whole panels left after the groups (0 to ROW_PANELS - 1).
 PANEL_SHAPES = [
     (1, 1, 1),
     (2, 3, 5),
@@ -579,6 +580,9 @@ PANEL_SHAPES = [
     (1, 17, 64),
     (1, 40, 128),
     (1, 64, 133),
+    (1, 9, 60),
+    (1, 6, 96),
+    (1, 11, 72),
 ]
 TILE_HEIGHTS = sorted(set(_isa.ROWS_BY_REGISTERS.values()))
 PANEL_WIDTHS = {
@@ -598,6 +602,8 @@ def test_panel_shapes_cover_every_tile_and_panel_remainder():
             one_row = [n for m, _, n in PANEL_SHAPES if m == 1]
             assert any(n == width * ROW_PANELS for n in one_row), width  # whole groups only
             assert any(n > width * ROW_PANELS and n % (width * ROW_PANELS) for n in one_row), width  # and more
+            left_after_groups = {n // width % ROW_PANELS for n in one_row if n >= width}
+            assert left_after_groups == set(range(ROW_PANELS)), width
         # several row blocks, the last one partial and ending in a partial tile
         block = rows_per_block(256, np.dtype(dtype).itemsize)
         assert any(k == 256 and m > block and m % block % TILE_ROWS for m, k, _ in PANEL_SHAPES), block
@@ -652,11 +658,11 @@ def test_pack_panels_copies_every_element_exactly(dtype, kn, layout, rng):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("n", [37, 137])
+@pytest.mark.parametrize("n", [37, 100, 137])
 def test_panel_matmul_rows_do_not_depend_on_tiles_or_blocks(dtype, n, rng):
     """Every row is the same K-long sum whatever tile and row block it falls in: the product of many rows equals,
-    bitwise, that of each row alone (a one-row tile, or with n = 137 ROW_PANELS panels at a time on every panel
-    width up to 32)."""
+    bitwise, that of each row alone (one row multiplies up to ROW_PANELS whole panels at once: with panels of 8, 16
+    and 32 columns, n = 137 makes one or more whole groups, and 37, 100 and 137 leave 1, 2 or 3 panels after them)."""
     m, k = 3 * rows_per_block(200, np.dtype(dtype).itemsize) + 5, 200
     a = rng.standard_normal((m, k)).astype(dtype)
     panels = np.empty(panel_shape(k, n, dtype), dtype)
@@ -794,11 +800,14 @@ def test_panel_kernels_for_every_target(early_work):
         tile = report["tile"]
         assert (tile["isa"], tile["vector_bits"], tile["rows"]) == (isa, bits, rows), name
         assert report["libm_fma_calls"] == [], name
-        # every micro-kernel (1 to `rows` rows, and one row by ROW_PANELS panels; both dtypes) keeps its loops in
+        # every micro-kernel (1 to `rows` rows, and one row by 2 to ROW_PANELS panels; both dtypes) keeps its loops in
         # registers: unrolled on znver4, the AVX-512 loops spilled zmm registers at every step (77-95 against 100-116
         # GFLOP/s without)
         loops = report["tile_loop_stack_accesses"]
-        assert len(loops) == 2 * (rows + 1) and all(f"_{isa}_" in function for function in loops), (name, loops)
+        assert len(loops) == 2 * (rows + ROW_PANELS - 1) and all(f"_{isa}_" in function for function in loops), (
+            name,
+            loops,
+        )
         assert not any(loops.values()), (name, loops)
         assert all(report["instructions"][instruction] for instruction in instructions), (name, report)
         if name in ("haswell", "skylake-avx512", "znver4"):  # masked moves: no per-lane code when storing
