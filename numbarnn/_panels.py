@@ -36,6 +36,8 @@ with ``NUMBA_CPU_NAME=generic``, the small benchmark's forward took 280 ms again
 ``llvm.fmuladd``, 15-16 ms against 5.5.)
 """
 
+import math
+
 import numpy as np
 from llvmlite import ir
 from numba import types
@@ -74,15 +76,16 @@ def panel_shape(rows, columns, dtype):
     return (-(-columns // width), rows, width)
 
 
-def _micro_kernel(module, element, index, rows, float64, panel_count=1):
+def _micro_kernel(module, element, index, rows, float64, panel_count=None, split=1):
     """The LLVM function ``tile(a, lda, panel, out, ldo, k, columns)`` for ``rows`` rows (pointers to elements,
     strides in elements): ``out[r, :columns] = a[r, :k] @ panel[:k, :columns]``, defined in ``module`` once.
 
-    With ``panel_count`` > 1 (one row only), the ``panel_count`` consecutive whole panels from ``panel`` at once:
-    ``out[0, :panel_count * W]``, ``columns`` unused. One row by one panel is only ``vectors`` chains of dependent
-    fused multiply-adds, each waiting for the previous one's latency (4 cycles on Zen 3, 2 units): a 1 x 64 x 256
-    product ran at 37 GFLOP/s. Every output element is the same K-long sum in the same order as in the one-panel
-    tile, so results do not depend on which kernel computed them.
+    With a ``panel_count`` (one row only), the ``panel_count`` consecutive whole panels from ``panel`` at once:
+    ``out[0, :panel_count * W]``, ``columns`` unused, each panel as ``split`` times as many vectors of 1 / ``split``
+    the width (see :func:`_row_split`). One row by one panel is only ``vectors`` chains of dependent fused
+    multiply-adds, each waiting for the previous one's latency (4 cycles on Zen 3, 2 units): a 1 x 64 x 256 product
+    ran at 37 GFLOP/s. Every output element is the same K-long sum in the same order as in the one-panel tile, whatever
+    the vectors' width, so results do not depend on which kernel computed them.
 
     A function of its own, never inlined: inlined into the product's loops, the tile's pointers competed with the
     loops' own values for the 16 general registers, and LLVM reloaded 10-15 of them from the stack on every step of
@@ -90,10 +93,10 @@ def _micro_kernel(module, element, index, rows, float64, panel_count=1):
     ports hid those reloads (same speed measured either way), a core with two (Intel's, up to Ice Lake) would not; a
     call per tile costs a few nanoseconds against K steps of work.
     """
-    lanes = _TILE.lanes(np.float64 if float64 else np.float32)
-    vectors = _TILE.vectors
+    lanes = _TILE.lanes(np.float64 if float64 else np.float32) // split
+    vectors = _TILE.vectors * split
     name = f"numbarnn_panel_tile_{_TILE.isa}_{'f64' if float64 else 'f32'}_{rows}x{vectors}x{lanes}"
-    if panel_count > 1:
+    if panel_count is not None:
         name += f"_{panel_count}_panels"
     pointer = element.as_pointer()
     function_type = ir.FunctionType(
@@ -124,7 +127,7 @@ def _micro_kernel(module, element, index, rows, float64, panel_count=1):
     zero = ir.Constant(vector, [ir.Constant(element, 0.0)] * lanes)
     broadcast_mask = ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes)
     # allocas in the entry block: LLVM's mem2reg keeps them in registers
-    if panel_count > 1:  # one row, panel_count panels: their accumulators side by side as one row's
+    if panel_count is not None:  # one row, panel_count panels: their accumulators side by side as one row's
         accumulators = [[cgutils.alloca_once_value(builder, zero) for _ in range(panel_count * vectors)]]
         panel_starts = [
             builder.gep(panel_pointer, [builder.mul(constant(q * vectors * lanes), k)]) for q in range(panel_count)
@@ -168,7 +171,7 @@ def _micro_kernel(module, element, index, rows, float64, panel_count=1):
         step(p)
     _keep_rolled(module, p, f"{name}.steps")
     out_rows = [builder.gep(out_pointer, [builder.mul(constant(r), ldo)]) for r in range(rows)]
-    if panel_count > 1:  # whole panels only
+    if panel_count is not None:  # whole panels only
         for v, accumulator in enumerate(accumulators[0]):
             target = builder.bitcast(builder.gep(out_rows[0], [constant(v * lanes)]), vector.as_pointer())
             builder.store(builder.load(accumulator), target, align=align)
@@ -326,6 +329,20 @@ def _tile(
 # Panels one row multiplies at once: 4 x 2 vectors = 8 independent chains, enough to keep two fused multiply-add
 # units with a latency of 4 cycles busy (Zen 3 and 4; Intel's since Skylake), and 8 of the 16 vector registers.
 ROW_PANELS = 4
+ROW_CHAINS = ROW_PANELS * _TILE.vectors
+
+
+def _row_split(count):
+    """How many narrower vectors a one-row product of ``count`` whole panels splits each of its vectors into: halved
+    (down to 256 bits) while it has fewer than ROW_CHAINS accumulators. One row is latency-bound: on AVX-512 a
+    64-unit RNN's two panels gave four chains of 512-bit multiply-adds, and a 1 x 64 x 64 product took 146 ns on Zen 4
+    (whose units execute a 512-bit multiply-add as two 256-bit halves) where the AVX2 build's eight 256-bit chains took
+    102 ns. Where two 512-bit units exist (Intel's), four 512-bit and eight 256-bit chains move the same lanes per
+    cycle."""
+    split = 1
+    while count * _TILE.vectors * split < ROW_CHAINS and _TILE.vector_bits // split > 256:
+        split *= 2
+    return split
 
 
 @intrinsic
@@ -354,8 +371,9 @@ def _row_tile(typingctx, count, a, a_offset, panels, panel_offset, out, out_offs
             block = builder.append_basic_block(f"row_tile.panels{panel_count}")
             switch.add_case(ir.Constant(count_value.type, panel_count), block)
             builder.position_at_end(block)
-            # one panel: the one-row tile (its columns: the whole panel)
-            kernel = _micro_kernel(builder.module, element, k_value.type, 1, float64, panel_count)
+            kernel = _micro_kernel(
+                builder.module, element, k_value.type, 1, float64, panel_count, _row_split(panel_count)
+            )
             builder.call(
                 kernel,
                 [
@@ -382,6 +400,21 @@ def new_panels(rows, columns, like):
     """Uninitialised panels for a (rows, columns) matrix of ``like``'s dtype: :func:`panel_shape` inside a kernel."""
     width = _PANEL_BYTES // like.itemsize
     return np.empty((-(-columns // width), rows, width), like.dtype)
+
+
+def empty_panels(shape, dtype):
+    """An uninitialised array of ``shape`` and ``dtype`` for panels (:func:`panel_shape`, or several such buffers
+    side by side), its data starting on a cache line, so that no vector load of a panel spans two lines.
+
+    NumPy aligns its arrays to 16 bytes, and half of a panel's 512-bit loads then spanned two cache lines: a
+    one-row product (latency- and load-bound) of 1 x 64 x 128 took 310-320 ns from such panels against 195-200 ns
+    from panels on a cache line (Zen 4, AVX-512); every panel and panel row is a whole number of vectors, so
+    aligning the start aligns every load."""
+    dtype = np.dtype(dtype)
+    size = math.prod(shape) * dtype.itemsize
+    raw = np.empty(size + CACHE_LINE_BYTES, np.uint8)
+    start = -raw.ctypes.data % CACHE_LINE_BYTES
+    return raw[start : start + size].view(dtype).reshape(shape)
 
 
 @jit(inline=True)

@@ -22,7 +22,7 @@ import numba
 import numpy as np
 
 from ._cells import GATES, SAVED
-from ._panels import panel_shape
+from ._panels import empty_panels, panel_shape
 
 Packing = namedtuple(
     "Packing",
@@ -262,8 +262,8 @@ def forward_buffers(spec, packing, training, dropped, x_rows=None):
         h_prev=empty((layers, directions, rows if training else 0, state), dtype),
         z=empty((directions, rows, gates), dtype),
         step_tmp=empty((directions, batch, gates), dtype),
-        w_hh_panels=empty((weight_slots, *panel_shape(state, gates, dtype)), dtype),
-        w_ih_panels=empty((weight_slots, math.prod(panel_shape(max(input_size, width), gates, dtype))), dtype),
+        w_hh_panels=empty_panels((weight_slots, *panel_shape(state, gates, dtype)), dtype),
+        w_ih_panels=empty_panels((weight_slots, math.prod(panel_shape(max(input_size, width), gates, dtype))), dtype),
         bias_zeros=np.zeros(gates, dtype),
         top_out=empty((rows, width), dtype),
         h_n=empty((layers * directions, batch, state), dtype),
@@ -281,7 +281,7 @@ def forward_buffers(spec, packing, training, dropped, x_rows=None):
             else (1, directions, 0, hidden),
             dtype,
         ),
-        w_hr_panels=empty((weight_slots, *panel_shape(hidden, spec.proj_size, dtype)), dtype),
+        w_hr_panels=empty_panels((weight_slots, *panel_shape(hidden, spec.proj_size, dtype)), dtype),
     )
 
 
@@ -305,14 +305,14 @@ def backward_buffers(spec, packing, parameter_count, need_input_grad):
         weight_tmp=empty(
             (blocks * directions, max(gates * max(input_size, width, state), spec.proj_size * hidden)), dtype
         ),
-        w_hh_panels=empty((directions, *panel_shape(gates, state, dtype)), dtype),
-        w_ih_panels=empty((directions, math.prod(panel_shape(gates, max(input_size, width), dtype))), dtype),
+        w_hh_panels=empty_panels((directions, *panel_shape(gates, state, dtype)), dtype),
+        w_ih_panels=empty_panels((directions, math.prod(panel_shape(gates, max(input_size, width), dtype))), dtype),
         grad_partial=empty((partial_blocks(packing), parameter_count), dtype),
         grad_c=empty((layers * directions, batch if lstm else 0, hidden), dtype),
         dz_in=empty((directions, rows if spec.cell == "gru" else 0, gates), dtype),
         step_tmp=empty((directions, batch if gated else 0, hidden), dtype),
         dh_proj=empty((directions, rows if projected else 0, state), dtype),
-        w_hr_panels=empty((directions, *panel_shape(spec.proj_size, hidden, dtype)), dtype),
+        w_hr_panels=empty_panels((directions, *panel_shape(spec.proj_size, hidden, dtype)), dtype),
     )
 
 

@@ -27,8 +27,10 @@ from numbarnn._forward import recurrent_forward, recurrent_forward_parts
 from numbarnn._layout import build_layout, named_views
 from numbarnn._packing import pack, unpack
 from numbarnn._panels import (
+    CACHE_LINE_BYTES,
     ROW_PANELS,
     TILE_ROWS,
+    empty_panels,
     pack_panels,
     panel_matmul,
     panel_shape,
@@ -675,6 +677,24 @@ def test_panel_matmul_rows_do_not_depend_on_tiles_or_blocks(dtype, n, rng):
         assert_array_equal(whole[i], row[0])
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_panel_buffers_start_on_a_cache_line(dtype):
+    """Panels start on a cache line, so that no vector load of a panel spans two lines (NumPy aligns to 16 bytes):
+    those empty_panels makes, and every panel buffer of the forward's and the backward's workspace."""
+    for shape in [(1, 1, 8), (3, 5, 16), (2, 7)]:
+        panels = empty_panels(shape, dtype)
+        assert panels.shape == shape and panels.dtype == dtype and panels.flags.c_contiguous
+        assert panels.ctypes.data % CACHE_LINE_BYTES == 0, shape
+    spec = Spec(INPUT_SIZE, HIDDEN_SIZE, 2, 2, np.dtype(dtype), False, "lstm", 2)
+    packing = equal_length_packing(STEPS, BATCH, 2)
+    workspaces = forward_buffers(spec, packing, True, 1), backward_buffers(spec, packing, 100, True)
+    for buffers in workspaces:
+        panel_buffers = [name for name in buffers._fields if name.endswith("_panels")]
+        assert len(panel_buffers) == 3
+        for name in panel_buffers:
+            assert getattr(buffers, name).ctypes.data % CACHE_LINE_BYTES == 0, name
+
+
 def test_panel_matmul_checks_its_operands(rng):
     """A mismatch is a clear error, never an out-of-bounds read or write."""
     dtype = np.float32
@@ -800,15 +820,20 @@ def test_panel_kernels_for_every_target(early_work):
         tile = report["tile"]
         assert (tile["isa"], tile["vector_bits"], tile["rows"]) == (isa, bits, rows), name
         assert report["libm_fma_calls"] == [], name
-        # every micro-kernel (1 to `rows` rows, and one row by 2 to ROW_PANELS panels; both dtypes) keeps its loops in
+        # every micro-kernel (1 to `rows` rows, and one row by 1 to ROW_PANELS panels; both dtypes) keeps its loops in
         # registers: unrolled on znver4, the AVX-512 loops spilled zmm registers at every step (77-95 against 100-116
         # GFLOP/s without)
         loops = report["tile_loop_stack_accesses"]
-        assert len(loops) == 2 * (rows + ROW_PANELS - 1) and all(f"_{isa}_" in function for function in loops), (
+        assert len(loops) == 2 * (rows + ROW_PANELS) and all(f"_{isa}_" in function for function in loops), (
             name,
             loops,
         )
         assert not any(loops.values()), (name, loops)
+        # one row by fewer than ROW_PANELS panels of 512-bit vectors: 256-bit vectors, twice as many chains
+        for count in range(1, ROW_PANELS + 1):
+            narrow = bits == 512 and count < ROW_PANELS
+            vectors, lanes = (4, 256 // 32) if narrow else (2, bits // 32)
+            assert any(f"_{isa}_f32_1x{vectors}x{lanes}_{count}_panels" in function for function in loops), name
         assert all(report["instructions"][instruction] for instruction in instructions), (name, report)
         if name in ("haswell", "skylake-avx512", "znver4"):  # masked moves: no per-lane code when storing
             assert_tiles_store_with_masked_moves(report["tile_instructions"])
