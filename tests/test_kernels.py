@@ -824,10 +824,8 @@ def test_panel_kernels_for_every_target(early_work):
         # registers: unrolled on znver4, the AVX-512 loops spilled zmm registers at every step (77-95 against 100-116
         # GFLOP/s without)
         loops = report["tile_loop_stack_accesses"]
-        assert len(loops) == 2 * (rows + ROW_PANELS) and all(f"_{isa}_" in function for function in loops), (
-            name,
-            loops,
-        )
+        assert len(loops) == 2 * (rows + ROW_PANELS), (name, loops)
+        assert all(f"_{isa}_" in function for function in loops), (name, loops)
         assert not any(loops.values()), (name, loops)
         # one row by fewer than ROW_PANELS panels of 512-bit vectors: 256-bit vectors, twice as many chains
         for count in range(1, ROW_PANELS + 1):
