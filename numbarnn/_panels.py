@@ -240,6 +240,20 @@ def _keep_rolled(module, index, name):
     latch.terminator.set_metadata("llvm.loop", loop_id)
 
 
+def _call_by_count(builder, count, kernels, arguments, name):
+    """Emit ``kernels[count - 1](*arguments)``: a switch on the run-time ``count`` (1 to ``len(kernels)``; any other
+    count calls nothing), one micro-kernel per tile height or panel count."""
+    done = builder.append_basic_block(f"{name}.done")
+    switch = builder.switch(count, done)
+    for case, kernel in enumerate(kernels, start=1):
+        block = builder.append_basic_block(f"{name}{case}")
+        switch.add_case(ir.Constant(count.type, case), block)
+        builder.position_at_end(block)
+        builder.call(kernel, arguments)
+        builder.branch(done)
+    builder.position_at_end(done)
+
+
 def _element_pointer(context, builder, array_type, value, offset):
     """A pointer to element ``offset`` of the data of ``value``, an array of numba type ``array_type``."""
     array = context.make_array(array_type)(context, builder, value)
@@ -295,29 +309,22 @@ def _tile(
         pointers = data(1, a_value, a_offset), data(4, panels_value, panel_offset), data(6, out_value, out_offset)
         prefetch_pointer = data(4, panels_value, prefetch_offset)
         element = context.get_value_type(dtype)
-        done = builder.append_basic_block("tile.done")
-        switch = builder.switch(rows_value, done)
-        for count in range(1, TILE_ROWS + 1):
-            block = builder.append_basic_block(f"tile.rows{count}")
-            switch.add_case(ir.Constant(rows_value.type, count), block)
-            builder.position_at_end(block)
-            kernel = _micro_kernel(builder.module, element, k_value.type, count, dtype == types.float64)
-            builder.call(
-                kernel,
-                [
-                    pointers[0],
-                    lda_value,
-                    pointers[1],
-                    pointers[2],
-                    ldo_value,
-                    k_value,
-                    columns_value,
-                    prefetch_pointer,
-                    prefetch_rows,
-                ],
-            )
-            builder.branch(done)
-        builder.position_at_end(done)
+        kernels = [
+            _micro_kernel(builder.module, element, k_value.type, count, dtype == types.float64)
+            for count in range(1, TILE_ROWS + 1)
+        ]
+        arguments = [
+            pointers[0],
+            lda_value,
+            pointers[1],
+            pointers[2],
+            ldo_value,
+            k_value,
+            columns_value,
+            prefetch_pointer,
+            prefetch_rows,
+        ]
+        _call_by_count(builder, rows_value, kernels, arguments, "tile.rows")
         return context.get_dummy_value()
 
     signature = types.none(
@@ -365,31 +372,22 @@ def _row_tile(typingctx, count, a, a_offset, panels, panel_offset, out, out_offs
         panel_pointer = data(3, panels_value, panel_offset)
         width = ir.Constant(k_value.type, _TILE.panel_width(np.float64 if float64 else np.float32))
         no_rows = ir.Constant(k_value.type, 0)
-        done = builder.append_basic_block("row_tile.done")
-        switch = builder.switch(count_value, done)
-        for panel_count in range(1, ROW_PANELS + 1):
-            block = builder.append_basic_block(f"row_tile.panels{panel_count}")
-            switch.add_case(ir.Constant(count_value.type, panel_count), block)
-            builder.position_at_end(block)
-            kernel = _micro_kernel(
-                builder.module, element, k_value.type, 1, float64, panel_count, _row_split(panel_count)
-            )
-            builder.call(
-                kernel,
-                [
-                    data(1, a_value, a_offset),
-                    k_value,
-                    panel_pointer,
-                    data(5, out_value, out_offset),
-                    k_value,
-                    k_value,
-                    width,
-                    panel_pointer,  # nothing prefetched
-                    no_rows,
-                ],
-            )
-            builder.branch(done)
-        builder.position_at_end(done)
+        kernels = [
+            _micro_kernel(builder.module, element, k_value.type, 1, float64, panel_count, _row_split(panel_count))
+            for panel_count in range(1, ROW_PANELS + 1)
+        ]
+        arguments = [
+            data(1, a_value, a_offset),
+            k_value,
+            panel_pointer,
+            data(5, out_value, out_offset),
+            k_value,
+            k_value,
+            width,
+            panel_pointer,  # nothing prefetched
+            no_rows,
+        ]
+        _call_by_count(builder, count_value, kernels, arguments, "row_tile.panels")
         return context.get_dummy_value()
 
     return types.none(count, a, a_offset, panels, panel_offset, out, out_offset, k), codegen
