@@ -370,7 +370,6 @@ def _row_tile(typingctx, count, a, a_offset, panels, panel_offset, out, out_offs
 
         element, float64 = context.get_value_type(dtype), dtype == types.float64
         panel_pointer = data(3, panels_value, panel_offset)
-        width = ir.Constant(k_value.type, _TILE.panel_width(np.float64 if float64 else np.float32))
         no_rows = ir.Constant(k_value.type, 0)
         kernels = [
             _micro_kernel(builder.module, element, k_value.type, 1, float64, panel_count, _row_split(panel_count))
@@ -383,7 +382,7 @@ def _row_tile(typingctx, count, a, a_offset, panels, panel_offset, out, out_offs
             data(5, out_value, out_offset),
             k_value,
             k_value,
-            width,
+            k_value,  # columns: whole panels only, unread
             panel_pointer,  # nothing prefetched
             no_rows,
         ]
