@@ -37,6 +37,7 @@ from numbarnn._panels import (
     panel_width,
     rows_per_block,
 )
+from numbarnn._step import row_products
 from numbarnn._threads import run_stages
 from numbarnn._workspace import (
     Spec,
@@ -637,6 +638,34 @@ def test_panel_matmul(shape, dtype, transposed, rng):
     panel_matmul(a, panels, out)
     assert_product_close(out, a, b)
     assert np.isnan(memory[m * n :]).all()
+
+
+@numba.njit(cache=True)
+def row_products_of(a, w, out):
+    row_products(a, w, out)
+
+
+# (N, K, J): the step's products, J with and without a remainder of the four rows summed together, K = 1 and longer
+ROW_PRODUCT_SHAPES = [(1, 32, 64), (1, 64, 256), (3, 1, 5), (2, 17, 6), (4, 40, 7), (1, 3, 3)]
+
+
+def test_row_product_shapes_cover_every_remainder_of_four():
+    assert {j % 4 for _, _, j in ROW_PRODUCT_SHAPES} == {0, 1, 2, 3}
+    assert any(n > 1 for n, _, _ in ROW_PRODUCT_SHAPES) and any(j < 4 for _, _, j in ROW_PRODUCT_SHAPES)
+
+
+@pytest.mark.parametrize("shape", ROW_PRODUCT_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_row_products(shape, dtype, rng):
+    """The step's unpacked product ``a @ w.T``, every output element written (NaN-filled out) and none past it."""
+    n, k, j = shape
+    a = rng.standard_normal((n, k)).astype(dtype)
+    w = rng.standard_normal((j, k)).astype(dtype)
+    memory = np.full(n * j + 4, np.nan, dtype)
+    out = memory[: n * j].reshape(n, j)
+    row_products_of(a, w, out)
+    assert_product_close(out, a, w.T)
+    assert np.isnan(memory[n * j :]).all()
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
