@@ -43,9 +43,16 @@ def as_array(value: Any, name: str, dtype: np.dtype[Any]) -> npt.NDArray[Any]:
     """``value`` as an ndarray of ``dtype`` (no copy); any other dtype is an error that names the conversion."""
     array = np.asarray(value)
     if array.dtype != dtype:
-        fix = f"{name}.astype(np.{dtype})" if isinstance(value, np.ndarray) else f"np.asarray({name}, dtype=np.{dtype})"
-        raise ValueError(f"{name} must have the type {dtype}, got type {array.dtype}; convert it with {fix}")
+        raise dtype_error(value, array, name, dtype)
     return array
+
+
+def dtype_error(value: Any, array: npt.NDArray[Any], name: str, dtype: np.dtype[Any]) -> ValueError:
+    """The error for ``value`` (``array`` is ``np.asarray(value)``), not of ``dtype``: it names the conversion, which
+    depends on whether the caller gave an ndarray. For callers that convert once and check the dtype inline (the step
+    and cell calls, where a function call is a measurable part of the call)."""
+    fix = f"{name}.astype(np.{dtype})" if isinstance(value, np.ndarray) else f"np.asarray({name}, dtype=np.{dtype})"
+    return ValueError(f"{name} must have the type {dtype}, got type {array.dtype}; convert it with {fix}")
 
 
 def check_lengths_type(lengths, batch):
