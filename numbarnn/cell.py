@@ -116,10 +116,12 @@ class CellBase(Module, Generic[State]):
         rows = x if batched else x[None]
         if parts is None:
             h = c = None
-        elif self._lstm:
-            h, c = (self._check_state(*part, index, rows.shape[0], batched) for index, part in enumerate(parts))
         else:
-            h, c = self._check_state(*parts[0], 0, rows.shape[0], batched), None
+            expected = (rows.shape[0], self.hidden_size) if batched else (self.hidden_size,)
+            for index, (given, part) in enumerate(parts):
+                if part.dtype != self.dtype or part.shape != expected:  # one test on the way of every call
+                    self._state_error(given, part, index, rows.shape[0], batched)
+            h, c = parts[0][1], parts[1][1] if self._lstm else None
         spec = self._spec
         step = step_buffers(spec, rows, h, c, keep=self.training)
         run_step(spec, self._param_flat, self._offsets, step)
@@ -148,9 +150,9 @@ class CellBase(Module, Generic[State]):
                 raise ValueError(f"{self._NAME}: Expected hx[{index}] to be 1D or 2D, got {array.ndim}D instead")
         return parts
 
-    def _check_state(self, given, part, index, batch, batched):
-        """Part ``index`` of ``hx`` (``part``: ``given`` as an array) checked against the input: (N, H), or (H,) for
-        an unbatched input."""
+    def _state_error(self, given, part, index, batch, batched):
+        """Raise the error for part ``index`` of ``hx`` (``part``: ``given`` as an array), whose dtype or shape is
+        not the input's: (N, H), or (H,) for an unbatched input."""
         if part.dtype != self.dtype:
             raise dtype_error(given, part, _HX_NAMES[self._lstm][index], self.dtype)
         if part.ndim != (2 if batched else 1):
@@ -165,7 +167,7 @@ class CellBase(Module, Generic[State]):
             raise ValueError(
                 f"hidden{index} has inconsistent hidden_size: got {part.shape[-1]}, expected {self.hidden_size}"
             )
-        return part
+        raise AssertionError(f"hx part {index} of shape {part.shape} and dtype {part.dtype} passed every check")
 
     def backward(self, grad_h: StateGradLike) -> tuple[FloatArray, State]:
         """Backpropagate through the most recent unconsumed call.
