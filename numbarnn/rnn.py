@@ -17,7 +17,14 @@ from ._cells import GATES
 from ._layout import build_layout
 from ._module import Module, State
 from ._step import run_step
-from ._validation import as_array, check_lengths_range, check_lengths_type, check_nonlinearity, check_size
+from ._validation import (
+    as_array,
+    check_lengths_range,
+    check_lengths_type,
+    check_nonlinearity,
+    check_size,
+    dtype_error,
+)
 from ._workspace import Spec, step_buffers
 
 if TYPE_CHECKING:
@@ -217,10 +224,9 @@ class RecurrentBase(Module, Generic[State]):
         if lengths is not None:
             lengths = self.check_lengths(lengths, steps, batch, batched)
         if state is not None:
-            layers = self.num_layers * self.num_directions
-            state = self._state_result(
-                [part.reshape(layers, batch, width) for part, width in zip(state, self._state_widths(), strict=True)]
-            )
+            if not batched:  # (D * num_layers, H) -> (D * num_layers, 1, H)
+                state = [part[:, None] for part in state]
+            state = self._state_result(state)
         batch_first = batched and self.batch_first
         if not self.training:
             if self._record is not None:
@@ -451,10 +457,11 @@ class RecurrentBase(Module, Generic[State]):
             )
         batched = x.ndim == 3
         parts = None
-        if h_0 is not None:
-            parts = [np.asarray(part) for part in self._state_parts(h_0, "hx")]
+        if h_0 is not None:  # plain loops, no generator or zip(strict=...): this is on the way of every call
+            given = self._state_parts(h_0, "hx")
+            parts = [np.asarray(part) for part in given]
             dims = 3 if batched else 2
-            if any(part.ndim != dims for part in parts):
+            if parts[0].ndim != dims or parts[-1].ndim != dims:
                 kind = "batched 3-D" if batched else "unbatched 2-D"
                 if self._lstm:
                     raise ValueError(
@@ -463,15 +470,16 @@ class RecurrentBase(Module, Generic[State]):
                     )
                 raise ValueError(f"For {kind} input, hx should also be {dims}-D but got {parts[0].ndim}-D tensor")
         if x.dtype != self.dtype:
-            as_array(input, "input", self.dtype)  # raises, naming the fix for the original object
+            raise dtype_error(input, x, "input", self.dtype)  # the fix it names depends on the original object
         if x.shape[-1] != self.input_size:
             raise ValueError(
                 f"input.size(-1) must be equal to input_size. Expected {self.input_size}, got {x.shape[-1]}"
             )
         if parts is not None:
             self.check_hidden_size(parts, x)
-            names = ("h_0", "c_0") if self._lstm else ("h_0",)
-            parts = [as_array(part, name, self.dtype) for part, name in zip(parts, names, strict=True)]
+            for index, part in enumerate(parts):
+                if part.dtype != self.dtype:
+                    raise dtype_error(given[index], part, ("h_0", "c_0")[index], self.dtype)
         steps = x.shape[1] if batched and self.batch_first else x.shape[0]
         if steps == 0:
             raise ValueError("Expected sequence length to be larger than 0 in RNN")
@@ -480,10 +488,11 @@ class RecurrentBase(Module, Generic[State]):
     def check_hidden_size(self, parts: list[np.ndarray], x: np.ndarray) -> None:
         rows = self.num_layers * self.num_directions
         batch = (x.shape[0] if self.batch_first else x.shape[1]) if x.ndim == 3 else None
-        labels = ("hidden[0]", "hidden[1]") if self._lstm else ("hidden",)
-        for part, width, label in zip(parts, self._state_widths(), labels, strict=True):
+        for index, part in enumerate(parts):
+            width = self.hidden_size if index else self._state_size  # an LSTM's c_0 is H wide, its h_0 H_out
             expected = (rows, width) if batch is None else (rows, batch, width)
             if part.shape != expected:
+                label = f"hidden[{index}]" if self._lstm else "hidden"
                 raise ValueError(f"Expected {label} size {expected}, got {list(part.shape)}")
 
     def time_major(self, x: np.ndarray) -> np.ndarray:
