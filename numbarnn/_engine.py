@@ -112,13 +112,15 @@ class CallCache:
     one cache serves any number of threads. Buffers returned to the caller are never kept.
     """
 
-    KEEP = 2  # buffer sets kept: a caller alternating two shapes (say, training-size and last batches) reuses both
+    # Shapes kept, and buffer sets kept per shape: a caller alternating two shapes (say, training-size and last
+    # batches) reuses both, and two threads calling with one shape reuse theirs.
+    KEEP = 2
     PLANS = 64  # plans kept; past that they are dropped and made again as calls need them
 
     def __init__(self):
         self._plans = {}
-        self._free = []  # (key, buffers), most recently returned last
-        self._lock = threading.Lock()
+        self._free = {}  # key -> [buffers, ...], shapes in the order they were first kept
+        self._lock = threading.Lock()  # for a new shape's list only: taking and giving back need none
 
     def plan(self, spec, steps, batch, lengths):
         """The plan of a (L, N) batch with ``lengths`` (None, or already checked: each in 1...L)."""
@@ -133,18 +135,30 @@ class CallCache:
         return plan
 
     def take(self, key):
-        """Buffers of shape ``key`` given back earlier, or None."""
-        with self._lock:
-            for index in range(len(self._free) - 1, -1, -1):
-                if self._free[index][0] == key:
-                    return self._free.pop(index)[1]
+        """Buffers of shape ``key`` given back earlier, or None. ``list.pop`` is atomic, so no two calls get the same
+        buffers; without a lock, a take and a give cost ~0.3 us instead of ~0.8 (of a ~10 us call on L = 1)."""
+        free = self._free.get(key)
+        if free:
+            try:
+                return free.pop()
+            except IndexError:  # another thread took the last set since
+                pass
         return None
 
     def give(self, key, buffers):
-        """Keep ``buffers`` (without any array the call returned or read from its caller) for a later call."""
-        with self._lock:
-            self._free.append((key, buffers))
-            del self._free[: -self.KEEP]
+        """Keep ``buffers`` (without any array the call returned or read from its caller) for a later call: at most
+        KEEP sets of KEEP shapes, a new shape's list replacing the oldest shape's. A set given back to a list that
+        another thread has just dropped is dropped with it."""
+        free = self._free.get(key)
+        if free is None:
+            with self._lock:
+                free = self._free.get(key)
+                if free is None:
+                    if len(self._free) >= self.KEEP:
+                        del self._free[next(iter(self._free))]
+                    free = self._free[key] = []
+        if len(free) < self.KEEP:
+            free.append(buffers)
 
     def clear(self):
         """Drop every kept buffer."""

@@ -137,6 +137,19 @@ def test_train_releases_the_inference_scratch():
     assert not rnn._calls._free
 
 
+def test_the_scratch_pool_keeps_at_most_keep_sets_of_keep_shapes():
+    cache = CallCache()
+    for shape in range(CallCache.KEEP + 2):
+        for copy in range(CallCache.KEEP + 1):
+            cache.give(shape, (shape, copy))
+    kept = {shape: list(sets) for shape, sets in cache._free.items()}
+    newest = range(2, CallCache.KEEP + 2)  # the oldest shapes' lists were dropped for the newer ones
+    assert kept == {shape: [(shape, copy) for copy in range(CallCache.KEEP)] for shape in newest}
+    last = CallCache.KEEP + 1
+    assert [cache.take(last) for _ in range(CallCache.KEEP + 1)] == [(last, 1), (last, 0), None]
+    assert cache.take(0) is None
+
+
 @pytest.mark.parametrize("module_class", [numbarnn.RNN, numbarnn.GRU, numbarnn.LSTM])
 def test_a_call_without_h_0_on_reused_scratch_starts_from_zeros(module_class):
     module = module_class(INPUT_SIZE, HIDDEN, num_layers=2, seed=0).eval()
