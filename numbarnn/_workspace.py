@@ -22,7 +22,7 @@ import numba
 import numpy as np
 
 from ._cells import GATES, SAVED
-from ._panels import empty_panels, panel_shape
+from ._panels import chunk_elements, empty_panels, panel_shape
 
 Packing = namedtuple(
     "Packing",
@@ -98,6 +98,7 @@ BackwardBuffers = namedtuple(
         "step_tmp",  # (D, N, H) per-step scratch of the gated cells, else no rows
         "dh_proj",  # (D, R, P) an LSTM projection's output gradient, else no rows
         "w_hr_panels",  # (D, *panel_shape(P, H)) each direction's W_hr in panels (projection), else no panels
+        "weight_panels",  # (B * D, chunk_elements(max(H_in, D * P))) each task's chunk of packed weight-gradient inputs
     ],
 )
 
@@ -313,6 +314,7 @@ def backward_buffers(spec, packing, parameter_count, need_input_grad):
         step_tmp=empty((directions, batch if gated else 0, hidden), dtype),
         dh_proj=empty((directions, rows if projected else 0, state), dtype),
         w_hr_panels=empty_panels((directions, *panel_shape(spec.proj_size, hidden, dtype)), dtype),
+        weight_panels=empty_panels((blocks * directions, chunk_elements(max(input_size, width), dtype)), dtype),
     )
 
 

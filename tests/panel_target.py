@@ -145,14 +145,17 @@ def main():
         == cpu_target.target_context.codegen().magic_tuple(),
     }
     assembly = {}
-    for dtype in ("float32", "float64"):
+    for dtype, product in itertools.product(
+        ("float32", "float64"), (_panels.panel_matmul, _panels.panel_matmul_transposed)
+    ):
         signature = f"({dtype}[:, ::1], {dtype}[:, :, ::1], {dtype}[:, ::1])"
-        _panels.panel_matmul.compile(signature)
-        (compiled,) = [sig for sig in _panels.panel_matmul.signatures if str(sig[0].dtype) == dtype]
+        product.compile(signature)
+        (compiled,) = [sig for sig in product.signatures if str(sig[0].dtype) == dtype]
+        key = f"{dtype} {product.__name__}"
         if args.aarch64:
-            assembly[dtype] = aarch64_assembly(_panels.panel_matmul.inspect_llvm(compiled))
+            assembly[key] = aarch64_assembly(product.inspect_llvm(compiled))
         else:
-            assembly[dtype] = _panels.panel_matmul.inspect_asm(compiled)
+            assembly[key] = product.inspect_asm(compiled)
     text = "\n".join(assembly.values())
     report["libm_fma_calls"] = LIBM_FMA.findall(text)
     report["tile_loop_stack_accesses"] = tile_loop_stack_accesses(text)

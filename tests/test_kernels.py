@@ -33,6 +33,7 @@ from numbarnn._panels import (
     empty_panels,
     pack_panels,
     panel_matmul,
+    panel_matmul_transposed,
     panel_shape,
     panel_width,
     rows_per_block,
@@ -668,6 +669,39 @@ def test_row_products(shape, dtype, rng):
     assert np.isnan(memory[n * j :]).all()
 
 
+@pytest.mark.parametrize("shape", PANEL_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_panel_matmul_transposed_adds_bitwise_the_product_of_the_copied_transpose(shape, dtype, rng):
+    """``out += a.T @ B`` read from ``a`` (K, M) as it is (the backward's ``dz.T @ inputs``): each element the same
+    K-long sum in the same order as :func:`panel_matmul` of the transposed copy, added once to what ``out`` held, on
+    every tile height and row block; nothing past ``out`` is touched."""
+    m, k, n = shape
+    a = rng.standard_normal((k, m)).astype(dtype)
+    b = rng.standard_normal((k, n)).astype(dtype)
+    panels = np.empty(panel_shape(k, n, dtype), dtype)
+    pack_panels(b, panels)
+    held = rng.standard_normal((m, n)).astype(dtype)
+    memory = np.full(m * n + panel_width(dtype), np.nan, dtype)
+    out = memory[: m * n].reshape(m, n)
+    out[:] = held
+    panel_matmul_transposed(a, panels, out)  # adds into out
+    product = np.empty((m, n), dtype)
+    panel_matmul(np.ascontiguousarray(a.T), panels, product)
+    assert_bitwise_equal(out, held + product)
+    assert_product_close(product, a.T, b)
+    assert np.isnan(memory[m * n :]).all()
+
+
+def test_panel_matmul_transposed_checks_its_operands(rng):
+    dtype = np.float32
+    a = rng.standard_normal((5, 7)).astype(dtype)  # A = a.T is 7 x 5
+    panels = np.zeros(panel_shape(5, 20, dtype), dtype)
+    with pytest.raises(ValueError, match=r"a is A.T, \(K, M\), with K = 6 but the panels hold 5 rows"):
+        panel_matmul_transposed(np.zeros((6, 7), dtype), panels, np.empty((7, 20), dtype))
+    with pytest.raises(ValueError, match="out must have A's 7 rows, got 5"):
+        panel_matmul_transposed(a, panels, np.empty((5, 20), dtype))
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kn", [(8, 16), (17, 40), (64, 64), (5, 33), (24, 136)], ids=lambda kn: f"{kn[0]}x{kn[1]}")
 @pytest.mark.parametrize("layout", ["w.T", "strided w.T", "b"])
@@ -717,9 +751,9 @@ def test_panel_buffers_start_on_a_cache_line(dtype):
     spec = Spec(INPUT_SIZE, HIDDEN_SIZE, 2, 2, np.dtype(dtype), False, "lstm", 2)
     packing = equal_length_packing(STEPS, BATCH, 2)
     workspaces = forward_buffers(spec, packing, True, 1), backward_buffers(spec, packing, 100, True)
-    for buffers in workspaces:
+    for buffers, count in zip(workspaces, (3, 4), strict=True):
         panel_buffers = [name for name in buffers._fields if name.endswith("_panels")]
-        assert len(panel_buffers) == 3
+        assert len(panel_buffers) == count
         for name in panel_buffers:
             assert getattr(buffers, name).ctypes.data % CACHE_LINE_BYTES == 0, name
 
@@ -734,7 +768,7 @@ def test_panel_matmul_checks_its_operands(rng):
     width = panel_width(dtype)
     with pytest.raises(ValueError, match=r"a is \(M, K\) with K = 6 but the panels hold 5 rows"):
         panel_matmul(np.zeros((m, k + 1), dtype), panels, out)
-    with pytest.raises(ValueError, match="out must have a's 7 rows, got 8"):
+    with pytest.raises(ValueError, match="out must have A's 7 rows, got 8"):
         panel_matmul(a, panels, np.empty((m + 1, n), dtype))
     given, needed = len(panels), -(-(n + width) // width)  # one more panel than given, on any panel width
     with pytest.raises(ValueError, match=f"out has {n + width} columns, which need {needed} panels, got {given}"):
@@ -816,7 +850,7 @@ def build_every_target(directory, environ):
     return {name: (processes[name].returncode, stdout, stderr) for name, (stdout, stderr) in outcomes.items()}
 
 
-TILE_NAME = re.compile(r"_(\d+)x(\d+)x\d+(?:_(\d+)_panels)?$")
+TILE_NAME = re.compile(r"_(\d+)x(\d+)x\d+(?:_at)?(?:_(\d+)_panels)?$")  # _at: the transposed product's
 
 
 def assert_tiles_store_with_masked_moves(instructions):
@@ -849,11 +883,11 @@ def test_panel_kernels_for_every_target(early_work):
         tile = report["tile"]
         assert (tile["isa"], tile["vector_bits"], tile["rows"]) == (isa, bits, rows), name
         assert report["libm_fma_calls"] == [], name
-        # every micro-kernel (1 to `rows` rows, and one row by 1 to ROW_PANELS panels; both dtypes) keeps its loops in
-        # registers: unrolled on znver4, the AVX-512 loops spilled zmm registers at every step (77-95 against 100-116
-        # GFLOP/s without)
+        # every micro-kernel (1 to `rows` rows, and one row by 1 to ROW_PANELS panels; both dtypes; both products)
+        # keeps its loops in registers: unrolled on znver4, the AVX-512 loops spilled zmm registers at every step
+        # (77-95 against 100-116 GFLOP/s without)
         loops = report["tile_loop_stack_accesses"]
-        assert len(loops) == 2 * (rows + ROW_PANELS), (name, loops)
+        assert len(loops) == 2 * 2 * (rows + ROW_PANELS), (name, loops)  # dtypes; panel_matmul(_transposed)
         assert all(f"_{isa}_" in function for function in loops), (name, loops)
         assert not any(loops.values()), (name, loops)
         # one row by fewer than ROW_PANELS panels of 512-bit vectors: 256-bit vectors, twice as many chains
