@@ -29,6 +29,11 @@ processes): 32 x 1024 x 4096 59 -> 68 GFLOP/s, 64 x 1024 x 4096 64 -> 75, 32 x 1
 projection 3200 x 512 x 4096 78 -> 86; 32 x 1024 x 1024 (4 MiB) 87 -> 85, within the noise. Panels that all fit in
 the L2 stay there between uses and are not prefetched.
 
+The backward's weight gradients ``dz.T @ inputs`` (M = G * H rows, K = a block's rows) run on their own micro-kernels
+(:func:`panel_matmul_transposed`): they read A = dz.T from dz as it is, a step's rows side by side, and add into the
+gradient, while the inputs are packed in chunks of K (GotoBLAS's K blocking) whose panels fill the L2. As BLAS GEMMs a
+third of their time went to BLAS's copies of both operands.
+
 numba cannot express a vector register, so the micro-kernel is an ``@intrinsic`` emitting LLVM vector IR
 (``llvm.fmuladd`` on <lanes x float>): a fused multiply-add where the target has one, else a vector multiply and add.
 (``llvm.fma`` must be fused, and on a target without FMA LLVM lowers it to one libm ``fmaf`` call per lane: built
