@@ -160,7 +160,7 @@ def task_backward(l, task, params, offsets, packing, forward, buffers, num_direc
     n0, n1 = packing.block_batch[b], packing.block_batch[b + 1]
     num_layers = offsets.shape[0] // num_directions
     row = l * num_directions + d
-    hidden, state, gates = buffers.grad_c.shape[2], buffers.grad_h.shape[2], buffers.dz.shape[2]
+    state, gates = buffers.grad_h.shape[2], buffers.dz.shape[2]
     inputs = layer_input(l, forward)[r0:r1]
     width = inputs.shape[1]
     grad_y = buffers.grad_output if l == num_layers - 1 else buffers.grad_layer
@@ -199,7 +199,7 @@ def task_backward(l, task, params, offsets, packing, forward, buffers, num_direc
         forward.h_full[min(l, forward.h_full.shape[0] - 1), d][r0:r1],
         target,
         offsets[row, W_HR],
-        scratch[: state * hidden].reshape((state, hidden)),
+        scratch,
     )
     accumulate_bias_gradient(dz_input, dz, buffers.dz_in.shape[1] > 0, target, offsets, row, scratch[:gates])
     if l > 0 or buffers.grad_x.shape[0] > 0:

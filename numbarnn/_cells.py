@@ -376,21 +376,24 @@ def _pack_projection(cell, params, offsets, row, state_width, hidden_size, panel
     return lambda cell, params, offsets, row, state_width, hidden_size, panels, transposed: None
 
 
-def projection_gradient(cell, dh_proj, h_full, grads, offset, product):
-    """``grads[offset:...] += dh_proj.T @ h_full``: an LSTM projection's weight gradient (when it has rows)."""
+def projection_gradient(cell, dh_proj, h_full, grads, offset, scratch):
+    """``grads[offset:...] += dh_proj.T @ h_full``: an LSTM projection's weight gradient (when it has rows), through
+    the first P * H elements of the 1-D ``scratch``."""
 
 
 @overload(projection_gradient, jit_options=JIT_OPTIONS, inline="always")
-def _projection_gradient(cell, dh_proj, h_full, grads, offset, product):
+def _projection_gradient(cell, dh_proj, h_full, grads, offset, scratch):
     if _is(cell, LstmCell):
 
-        def lstm(cell, dh_proj, h_full, grads, offset, product):
+        def lstm(cell, dh_proj, h_full, grads, offset, scratch):
             if dh_proj.shape[0] > 0:
+                state, hidden = dh_proj.shape[1], h_full.shape[1]
+                product = scratch[: state * hidden].reshape((state, hidden))
                 np.dot(dh_proj.T, h_full, product)
                 add_into_flat(grads, offset, product)
 
         return lstm
-    return lambda cell, dh_proj, h_full, grads, offset, product: None
+    return lambda cell, dh_proj, h_full, grads, offset, scratch: None
 
 
 def input_side(cell, dz, dz_in):

@@ -89,7 +89,7 @@ BackwardBuffers = namedtuple(
         "grad_layer",  # (R, D * P) gradient flowing between layers
         "dz",  # (D, R, G * H) gradient of the pre-activations (of the recurrent side, for the GRU)
         "grad_input_tmp",  # (D, R * max(H_in, D * P)) per-direction partial input gradient (bidirectional) or (D, 0)
-        "weight_tmp",  # (B * D, G * H * max(H_in, D * P, P)) each task's weight-gradient product
+        "weight_tmp",  # (B * D, max(G * H, P * H)) each task's bias column sums, or its projection's weight product
         "w_hh_panels",  # (D, *panel_shape(G * H, P)) each direction's W_hh packed into panels (numbarnn._panels)
         "w_ih_panels",  # (D, size of panel_shape(G * H, max(H_in, D * P))) each direction's W_ih in panels, flat
         "grad_partial",  # (B, P_total) each block's parameter gradients, summed into the module's after the pass
@@ -303,9 +303,7 @@ def backward_buffers(spec, packing, parameter_count, need_input_grad):
         grad_layer=empty((rows, width), dtype),
         dz=empty((directions, rows, gates), dtype),
         grad_input_tmp=empty((directions, rows * max(input_size, width) if directions == 2 else 0), dtype),
-        weight_tmp=empty(
-            (blocks * directions, max(gates * max(input_size, width, state), spec.proj_size * hidden)), dtype
-        ),
+        weight_tmp=empty((blocks * directions, max(gates, spec.proj_size * hidden)), dtype),
         w_hh_panels=empty_panels((directions, *panel_shape(gates, state, dtype)), dtype),
         w_ih_panels=empty_panels((directions, math.prod(panel_shape(gates, max(input_size, width), dtype))), dtype),
         grad_partial=empty((partial_blocks(packing), parameter_count), dtype),
