@@ -18,14 +18,7 @@ from ._forward import layer_input, layer_output, weight_views
 from ._jit import jit
 from ._layout import B_HH, B_IH, NO_BIAS, W_HH, W_HR, W_IH
 from ._loops import add_2d, multiply_2d
-from ._panels import (
-    chunk_panels,
-    chunk_rows,
-    pack_panels_part,
-    panel_matmul,
-    panel_matmul_transposed,
-    panels_in,
-)
+from ._panels import add_transposed_product, pack_panels_part, panel_matmul, panels_in
 from ._workspace import BackwardBuffers, ForwardBuffers, Packing
 
 
@@ -81,26 +74,6 @@ def direction_backward(
             w_hh_panels,
             w_hr_panels,
         )
-
-
-@jit(inline=True)
-def accumulate_weight_gradient(dz, inputs, grads, offset, chunk):
-    """``grads[offset:...] += dz.T @ inputs``, shaped like the weight: the rows in chunks, each chunk's inputs packed
-    into the 1-D buffer ``chunk`` (:func:`numbarnn._panels.chunk_elements`) and multiplied by dz's rows read as they
-    are, the product added into the gradient (:func:`numbarnn._panels.panel_matmul_transposed`).
-
-    As BLAS GEMMs (numba's ``np.dot``) these products ran at 77-101 GFLOP/s on one Zen 4 core, a third of their time
-    in BLAS's copies of both operands (the transposed copy of dz the most); this way 89-109 (M x K x N = 128 x 1600 x
-    128: 86 -> 108 GFLOP/s; 4096 x 6400 x 1024: 101 both ways).
-    """
-    rows, width = inputs.shape
-    gradient = grads[offset : offset + dz.shape[1] * width].reshape((dz.shape[1], width))
-    step = max(1, chunk_rows(chunk, width, inputs))
-    for r0 in range(0, rows, step):
-        r1 = min(rows, r0 + step)
-        panels = chunk_panels(chunk, r1 - r0, width, inputs)
-        pack_panels_part(inputs[r0:r1], panels, 0, 1)  # pack_panels' run-time (first, last): its compiled form here
-        panel_matmul_transposed(dz[r0:r1], panels, gradient)
 
 
 @jit(inline=True)
@@ -189,19 +162,18 @@ def task_backward(l, task, params, offsets, packing, forward, buffers, num_direc
         dh_proj,
     )
     target = block_gradients(b, grads, buffers)
-    scratch = buffers.weight_tmp[task]
     chunk = buffers.weight_panels[task]
-    accumulate_weight_gradient(dz, h_prev, target, offsets[row, W_HH], chunk)
-    accumulate_weight_gradient(dz_input, inputs, target, offsets[row, W_IH], chunk)
+    add_transposed_product(dz, h_prev, target, offsets[row, W_HH], chunk)
+    add_transposed_product(dz_input, inputs, target, offsets[row, W_IH], chunk)
     projection_gradient(
         cell,
         dh_proj,
         forward.h_full[min(l, forward.h_full.shape[0] - 1), d][r0:r1],
         target,
         offsets[row, W_HR],
-        scratch,
+        chunk,
     )
-    accumulate_bias_gradient(dz_input, dz, buffers.dz_in.shape[1] > 0, target, offsets, row, scratch[:gates])
+    accumulate_bias_gradient(dz_input, dz, buffers.dz_in.shape[1] > 0, target, offsets, row, buffers.bias_sums[task])
     if l > 0 or buffers.grad_x.shape[0] > 0:
         w_ih_panels = panels_in(buffers.w_ih_panels[d], gates, width, w_hh_panels.shape[2])
         panel_matmul(dz_input, w_ih_panels, input_gradient_target(l, d, num_directions, buffers, r0, r1, width))

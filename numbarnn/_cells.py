@@ -22,8 +22,8 @@ from numba.extending import overload
 from ._activations import activate, activation_backward, tanh
 from ._jit import JIT_OPTIONS
 from ._layout import NO_BIAS, W_HR
-from ._loops import add_into_flat, copy_2d
-from ._panels import pack_panels, panel_matmul
+from ._loops import copy_2d
+from ._panels import add_transposed_product, pack_panels, panel_matmul
 
 RnnCell = namedtuple("RnnCell", ["relu"])
 GruCell = namedtuple("GruCell", ["gates"])
@@ -376,24 +376,21 @@ def _pack_projection(cell, params, offsets, row, state_width, hidden_size, panel
     return lambda cell, params, offsets, row, state_width, hidden_size, panels, transposed: None
 
 
-def projection_gradient(cell, dh_proj, h_full, grads, offset, scratch):
-    """``grads[offset:...] += dh_proj.T @ h_full``: an LSTM projection's weight gradient (when it has rows), through
-    the first P * H elements of the 1-D ``scratch``."""
+def projection_gradient(cell, dh_proj, h_full, grads, offset, chunk):
+    """``grads[offset:...] += dh_proj.T @ h_full``: an LSTM projection's weight gradient (when it has rows), its
+    ``h_full`` packed through ``chunk`` (:func:`numbarnn._panels.add_transposed_product`)."""
 
 
 @overload(projection_gradient, jit_options=JIT_OPTIONS, inline="always")
-def _projection_gradient(cell, dh_proj, h_full, grads, offset, scratch):
+def _projection_gradient(cell, dh_proj, h_full, grads, offset, chunk):
     if _is(cell, LstmCell):
 
-        def lstm(cell, dh_proj, h_full, grads, offset, scratch):
+        def lstm(cell, dh_proj, h_full, grads, offset, chunk):
             if dh_proj.shape[0] > 0:
-                state, hidden = dh_proj.shape[1], h_full.shape[1]
-                product = scratch[: state * hidden].reshape((state, hidden))
-                np.dot(dh_proj.T, h_full, product)
-                add_into_flat(grads, offset, product)
+                add_transposed_product(dh_proj, h_full, grads, offset, chunk)
 
         return lstm
-    return lambda cell, dh_proj, h_full, grads, offset, scratch: None
+    return lambda cell, dh_proj, h_full, grads, offset, chunk: None
 
 
 def input_side(cell, dz, dz_in):

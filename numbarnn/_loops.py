@@ -32,16 +32,6 @@ def multiply_2d(a, b, out):
             out[i, j] = a[i, j] * b[i, j]
 
 
-@jit(inline=True)
-def add_into_flat(target, offset, source):
-    """``target[offset:offset + source.size] += source.ravel()`` for a C-contiguous 2-D ``source``."""
-    k = offset
-    for i in range(source.shape[0]):
-        for j in range(source.shape[1]):
-            target[k] += source[i, j]
-            k += 1
-
-
 @jit
 def sum_of_squares(vector):
     """Sum of the squares of a 1-D array, accumulated in float64 (not through BLAS: numpy's dot would wake the

@@ -796,3 +796,24 @@ def panel_matmul_transposed(a, panels, out):
     :func:`panel_matmul`: the weight gradients ``dz.T @ inputs``, accumulated, without a transposed copy of ``dz``
     (the tiles read each step's rows side by side). Raises ValueError as :func:`panel_matmul` does."""
     _products(a, True, panels, out)
+
+
+@jit(inline=True)
+def add_transposed_product(a, b, target, offset, chunk):
+    """``target[offset:...] += (a.T @ b).ravel()`` for C-contiguous ``a`` (K, M) and ``b`` (K, N), a weight gradient
+    (``dz.T @ inputs``) added into the flat gradients: K in chunks, each chunk's rows of ``b`` packed into the 1-D
+    buffer ``chunk`` (:func:`chunk_elements`, for at least N columns) and multiplied by ``a``'s rows read as they
+    are, the product added into the target (:func:`panel_matmul_transposed`).
+
+    As BLAS GEMMs (numba's ``np.dot``) these products ran at 77-101 GFLOP/s on one Zen 4 core, a third of their time
+    in BLAS's copies of both operands (the transposed copy of dz the most); this way 89-109 (M x K x N = 128 x 1600 x
+    128: 86 -> 108 GFLOP/s; 4096 x 6400 x 1024: 101 both ways).
+    """
+    rows, width = b.shape
+    product = target[offset : offset + a.shape[1] * width].reshape((a.shape[1], width))
+    step = max(1, chunk_rows(chunk, width, b))
+    for r0 in range(0, rows, step):
+        r1 = min(rows, r0 + step)
+        panels = chunk_panels(chunk, r1 - r0, width, b)
+        pack_panels_part(b[r0:r1], panels, 0, 1)  # pack_panels' run-time (first, last): its compiled form here
+        panel_matmul_transposed(a[r0:r1], panels, product)

@@ -89,7 +89,7 @@ BackwardBuffers = namedtuple(
         "grad_layer",  # (R, D * P) gradient flowing between layers
         "dz",  # (D, R, G * H) gradient of the pre-activations (of the recurrent side, for the GRU)
         "grad_input_tmp",  # (D, R * max(H_in, D * P)) per-direction partial input gradient (bidirectional) or (D, 0)
-        "weight_tmp",  # (B * D, max(G * H, P * H)) each task's bias column sums, or its projection's weight product
+        "bias_sums",  # (B * D, G * H) each task's column sums of a pre-activation gradient (the bias gradients)
         "w_hh_panels",  # (D, *panel_shape(G * H, P)) each direction's W_hh packed into panels (numbarnn._panels)
         "w_ih_panels",  # (D, size of panel_shape(G * H, max(H_in, D * P))) each direction's W_ih in panels, flat
         "grad_partial",  # (B, P_total) each block's parameter gradients, summed into the module's after the pass
@@ -98,7 +98,8 @@ BackwardBuffers = namedtuple(
         "step_tmp",  # (D, N, H) per-step scratch of the gated cells, else no rows
         "dh_proj",  # (D, R, P) an LSTM projection's output gradient, else no rows
         "w_hr_panels",  # (D, *panel_shape(P, H)) each direction's W_hr in panels (projection), else no panels
-        "weight_panels",  # (B * D, chunk_elements(max(H_in, D * P))) each task's chunk of packed weight-gradient inputs
+        "weight_panels",  # (B * D, chunk_elements(max(H_in, D * P, H if projected))) each task's chunk of packed
+        # weight-gradient inputs (b of numbarnn._panels.add_transposed_product: a layer's input, h_prev, h_full)
     ],
 )
 
@@ -303,7 +304,7 @@ def backward_buffers(spec, packing, parameter_count, need_input_grad):
         grad_layer=empty((rows, width), dtype),
         dz=empty((directions, rows, gates), dtype),
         grad_input_tmp=empty((directions, rows * max(input_size, width) if directions == 2 else 0), dtype),
-        weight_tmp=empty((blocks * directions, max(gates, spec.proj_size * hidden)), dtype),
+        bias_sums=empty((blocks * directions, gates), dtype),
         w_hh_panels=empty_panels((directions, *panel_shape(gates, state, dtype)), dtype),
         w_ih_panels=empty_panels((directions, math.prod(panel_shape(gates, max(input_size, width), dtype))), dtype),
         grad_partial=empty((partial_blocks(packing), parameter_count), dtype),
@@ -312,7 +313,9 @@ def backward_buffers(spec, packing, parameter_count, need_input_grad):
         step_tmp=empty((directions, batch if gated else 0, hidden), dtype),
         dh_proj=empty((directions, rows if projected else 0, state), dtype),
         w_hr_panels=empty_panels((directions, *panel_shape(spec.proj_size, hidden, dtype)), dtype),
-        weight_panels=empty_panels((blocks * directions, chunk_elements(max(input_size, width), dtype)), dtype),
+        weight_panels=empty_panels(
+            (blocks * directions, chunk_elements(max(input_size, width, hidden if projected else 0), dtype)), dtype
+        ),
     )
 
 

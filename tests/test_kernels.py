@@ -27,6 +27,7 @@ from numbarnn._forward import recurrent_forward, recurrent_forward_parts
 from numbarnn._layout import build_layout, named_views
 from numbarnn._packing import pack, unpack
 from numbarnn._panels import (
+    add_transposed_product,
     CACHE_LINE_BYTES,
     ROW_PANELS,
     TILE_ROWS,
@@ -700,6 +701,33 @@ def test_panel_matmul_transposed_checks_its_operands(rng):
         panel_matmul_transposed(np.zeros((6, 7), dtype), panels, np.empty((7, 20), dtype))
     with pytest.raises(ValueError, match="out must have A's 7 rows, got 5"):
         panel_matmul_transposed(a, panels, np.empty((5, 20), dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("chunk_rows", [1, 2, 36, 37, 50])
+def test_add_transposed_product_adds_chunk_by_chunk_into_the_flat_gradient(dtype, chunk_rows, rng):
+    """A weight gradient ``dz.T @ inputs`` added into its span of the flat gradients with ``inputs`` packed a chunk of
+    rows at a time (the backward's chunks fill the L2: thousands of rows, which no small problem reaches): the chunk
+    holding one row, several with a remainder, exactly all K = 37, more than K. Bitwise the sum of each chunk's
+    :func:`panel_matmul_transposed`, in order; within a K-long dot product's bound of ``a.T @ b``; nothing outside the
+    span touched."""
+    k, m, offset = 37, 5, 3
+    for n in (1, panel_width(dtype) - 1, 2 * panel_width(dtype) + 3):
+        a = rng.standard_normal((k, m)).astype(dtype)
+        b = rng.standard_normal((k, n)).astype(dtype)
+        padded = -(-n // panel_width(dtype)) * panel_width(dtype)
+        chunk = empty_panels((chunk_rows * padded,), dtype)
+        target = np.full(offset + m * n + 4, np.nan, dtype)
+        target[offset : offset + m * n] = 0
+        add_transposed_product(a, b, target, offset, chunk)
+        expected = np.zeros((m, n), dtype)
+        for r0 in range(0, k, chunk_rows):
+            panels = np.empty(panel_shape(min(k, r0 + chunk_rows) - r0, n, dtype), dtype)
+            pack_panels(b[r0 : r0 + chunk_rows], panels)
+            panel_matmul_transposed(np.ascontiguousarray(a[r0 : r0 + chunk_rows]), panels, expected)
+        assert_bitwise_equal(target[offset : offset + m * n].reshape(m, n), expected)
+        assert_product_close(expected, a.T, b)
+        assert np.isnan(target[:offset]).all() and np.isnan(target[offset + m * n :]).all()
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
