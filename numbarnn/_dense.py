@@ -10,7 +10,7 @@ import numpy as np
 from ._jit import jit
 
 
-@jit
+@jit(nrt=True)  # numba's np.dot needs its runtime
 def dense_forward(x_rows, weight, bias, out):
     """``out[:] = x_rows @ weight.T + bias`` for (M, H_in) rows; ``bias`` is (H_out,) or empty for none."""
     np.dot(x_rows, weight.T, out)
@@ -20,7 +20,7 @@ def dense_forward(x_rows, weight, bias, out):
                 out[i, j] += bias[j]
 
 
-@jit
+@jit(nrt=True)
 def dense_backward(x_rows, grad_rows, weight, grad_weight, grad_bias, weight_step, grad_input):
     """Add ``grad_rows.T @ x_rows`` to ``grad_weight`` (through the workspace ``weight_step``) and the column sums of
     ``grad_rows`` to ``grad_bias`` (when not empty); write ``grad_rows @ weight`` to ``grad_input``."""

@@ -782,7 +782,9 @@ def _products(a, transposed, panels, out):
                 )
 
 
-@jit  # compiled once, not inlined into the recurrence kernels: 2.6 s less cold compile, no measurable cost
+# compiled once, not inlined into the recurrence kernels: 2.6 s less cold compile, no measurable cost; with numba's
+# runtime for its operand errors, which carry run-time values
+@jit(nrt=True)
 def panel_matmul(a, panels, out):
     """``out[:] = a @ B`` for C-contiguous ``a`` (M, K) and ``out`` (M, N) and ``B`` (K, N) packed by
     :func:`pack_panels` into panels of this CPU's width (:func:`panel_shape`); ``out`` must not overlap ``a``.
@@ -790,7 +792,7 @@ def panel_matmul(a, panels, out):
     _products(a, None, panels, out)
 
 
-@jit  # compiled (and its micro-kernels) only where used: the backward's weight gradients
+@jit(nrt=True)  # compiled (and its micro-kernels) only where used: the backward's weight gradients
 def panel_matmul_transposed(a, panels, out):
     """``out += a.T @ B`` for C-contiguous ``a`` (K, M) and ``out`` (M, N) and ``B`` (K, N) packed as for
     :func:`panel_matmul`: the weight gradients ``dz.T @ inputs``, accumulated, without a transposed copy of ``dz``

@@ -96,7 +96,7 @@ def layers_step(params, offsets, cell, x, h, c, out, saved, h_full):
         forward_epilogue(cell, z, tmp, b_ih, b_hh, h[l], c[l], gates, full, 0, w_hr_panels, out, 0)
 
 
-@jit
+@jit(nrt=True)  # it allocates its scratch
 def stacked_step(params, offsets, cell_code, x, h, c, out, saved, h_full):
     """:func:`layers_step` of the cell ``cell_code`` names (:func:`numbarnn._cells.cell_code`): each cell is its own
     specialisation, compiled only when used."""
