@@ -12,8 +12,8 @@ For each cell and configuration the parent process writes the model once (``numb
 (``python onnx_vs_numbarnn.py --worker ...``), alternating which library goes first. Each worker warms up, then takes
 ``--repeats`` samples of back-to-back calls and prints their median time per call; the table shows the median of those
 medians. Both libraries get the same thread count: ONNX Runtime's ``intra_op_num_threads`` (inter-op 1), numba's
-``set_num_threads`` (numbarnn runs its BLAS on one thread itself). Both start from the same initial state (an
-LSTM's ``(h_0, c_0)``). The one-step "stream" configuration calls the module's ``step``. Needs onnx and onnxruntime.
+``set_num_threads`` (numbarnn calls no BLAS). Both start from the same initial state (an LSTM's ``(h_0, c_0)``). The
+one-step "stream" configuration calls the module's ``step``. Needs onnx and onnxruntime.
 
 Only the standard library is imported at module level, so that asv's discovery (which imports every module under
 ``benchmarks/``) finds nothing to run here and needs none of those packages.
@@ -147,7 +147,7 @@ def run_worker(library, directory, threads, repeats):
     import numbarnn
     from numbarnn._threads import configure_threads_once
 
-    configure_threads_once()  # numbarnn's own thread setup (its BLAS on one thread), then the thread count asked for
+    configure_threads_once()  # numbarnn's own thread setup, then the thread count asked for
     numba.set_num_threads(threads)
     module = numbarnn.load(os.path.join(directory, "model.npz"))["model"].eval()
     h_0 = (state["h_0"], state["c_0"]) if "c_0" in state else state["h_0"]  # an LSTM's state is the pair

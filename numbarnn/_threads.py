@@ -1,11 +1,12 @@
-"""Thread control, decided once per process: a pass's independent tasks run on several threads, BLAS on one.
+"""Thread control, decided once per process: a pass's independent tasks run on several threads.
 
-Inside a recurrence either all threading comes from BLAS, or several threads run with single-threaded BLAS: an
-OpenBLAS pool that is idle-spinning after a call steals the cores the other threads need (measured 1.7-2x slower),
-and a threaded product per time step makes the threads meet at every step. numbarnn therefore splits the batch into
-blocks that run independently (see :mod:`numbarnn._workspace`), and runs the BLAS that numba's ``np.dot`` calls —
-scipy's — on one thread. That limit is set once, the first time a kernel runs, through threadpoolctl, and never
-changed per call: nothing process-wide moves while threads are serving requests.
+Inside a recurrence either all threading comes from a threaded product, or several threads run single-threaded
+products: a threaded product per time step makes the threads meet at every step, and a BLAS pool idle-spinning
+after a call steals the cores the other threads need (measured 1.7-2x slower). numbarnn therefore splits the batch
+into blocks that run independently (see :mod:`numbarnn._workspace`), and multiplies with its own single-threaded
+panel kernels (:mod:`numbarnn._panels`): no kernel calls a BLAS, so no BLAS thread pool runs beside numbarnn's
+threads. (Until 2026-12-05 the ``Linear`` kernels called scipy's BLAS through numba's ``np.dot``, and numbarnn held
+that BLAS to one thread through threadpoolctl, once per process.)
 
 A pass runs in stages (a layer's preparation, then its tasks; :func:`numbarnn._forward.recurrent_forward`), all in
 one call on one thread, or each stage split into parts that several threads run at once, with the same compiled
@@ -51,25 +52,6 @@ _parallel_gate = threading.Lock()  # serialises parallel calls while that is unk
 _workers = None  # numbarnn's ThreadPoolExecutor, made by the first call that needs it
 
 
-def _scipy_blas_controllers(controller):
-    """threadpoolctl's controllers of the BLAS that numba's ``np.dot`` calls: scipy's.
-
-    A wheel install bundles scipy's own copy beside the package (numpy's wheel bundles a separate one, which is left
-    alone); elsewhere (conda, distribution packages) scipy and numpy share one BLAS, which is then the one limited.
-    """
-    import scipy
-
-    scipy_root = os.path.dirname(os.path.dirname(os.path.abspath(scipy.__file__)))
-    blas = [lib for lib in controller.lib_controllers if lib.user_api == "blas"]
-    bundled = [
-        lib
-        for lib in blas
-        if os.path.basename(os.path.dirname(lib.filepath)) in ("scipy.libs", ".dylibs")
-        and os.path.abspath(lib.filepath).startswith(scipy_root)
-    ]
-    return bundled or blas
-
-
 def _start_numba_threads():
     """Start numba's thread pool (its first get_num_threads does), its OpenMP runtime reading a passive wait policy
     from the environment as it loads; the environment is then as it was.
@@ -92,9 +74,9 @@ def _start_numba_threads():
 
 
 def configure_threads_once():
-    """Start numba's threads (workers that sleep between regions) and run scipy's BLAS on one thread from now on.
-    Idempotent, thread-safe and cheap after the first call; every kernel call goes through it. Call it before your
-    own first ``numba.set_num_threads`` for the passive workers to apply."""
+    """Start numba's threads (workers that sleep between regions). Idempotent, thread-safe and cheap after the first
+    call; every kernel call goes through it. Call it before your own first ``numba.set_num_threads`` for the passive
+    workers to apply."""
     global _configured
     if _configured:
         return
@@ -102,18 +84,6 @@ def configure_threads_once():
         if _configured:
             return
         _start_numba_threads()
-        import scipy.linalg.cython_blas  # noqa: F401  (loaded now: threadpoolctl sees only libraries already loaded)
-        from threadpoolctl import OpenBLASController, ThreadpoolController
-
-        for library in _scipy_blas_controllers(ThreadpoolController()):
-            library.set_num_threads(1)
-            if library.get_num_threads() != 1:
-                # threadpoolctl lets one "controlling" thread at a time change OpenBLAS and silently ignores the
-                # others: another thread holds that role (the user's threadpool_limits, say). This one setting is
-                # numbarnn's to make, once, so it takes the role.
-                OpenBLASController.clear_controlling_thread(force=True)
-                library.set_num_threads(1)
-        OpenBLASController.clear_controlling_thread()  # give the role back: later threadpool_limits calls work
         _configured = True
 
 

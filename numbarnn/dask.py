@@ -17,8 +17,8 @@ Threads
 -------
 Dask runs tasks on several threads per worker process; numba's own thread pool would multiply that. Each task of
 :func:`forward` therefore runs under :func:`limit_threads`: one numba thread, by default (numba's setting is per
-calling thread, so it applies to the task's own thread only). BLAS needs nothing here: numbarnn runs the BLAS its
-kernels call on one thread in every process (see the guide's "Threads and serving", docs/guide/threads.md).
+calling thread, so it applies to the task's own thread only). BLAS needs nothing here: numbarnn's kernels call none
+(see the guide's "Threads and serving", docs/guide/threads.md).
 
 Cold JIT cache
 --------------

@@ -45,7 +45,7 @@ class Linear(Module):
         input in place before :meth:`backward`) for the weight gradient; in eval mode nothing is kept.
     """
 
-    _TRANSIENT = {"_weight_step": None, "_saved_input": None}
+    _TRANSIENT = {"_saved_input": None}
     # Set by the constructor (annotations only: no class attributes); ``bias`` is None without one, as in torch.
     in_features: int
     out_features: int
@@ -71,7 +71,6 @@ class Linear(Module):
             entries.append(("bias", weight_size, (self.out_features,)))
         total = weight_size + (self.out_features if self.bias_enabled else 0)
         self._init_parameters(entries, total, dtype, 1.0 / np.sqrt(self.in_features), np.random.default_rng(seed))
-        self._weight_step: npt.NDArray[Any] | None = None  # workspace of backward, allocated once
         # (input as (rows, H_in), shape of the output) from the last training forward
         self._saved_input: tuple[npt.NDArray[Any], tuple[int, ...]] | None = None
 
@@ -110,9 +109,8 @@ class Linear(Module):
         leading = x.shape[:-1]
         x_rows = np.ascontiguousarray(x.reshape(-1, self.in_features))
         out = np.empty((x_rows.shape[0], self.out_features), self.dtype)
-        dense_forward(
-            x_rows, self.params["weight"], self.params["bias"] if self.bias_enabled else _NO_BIAS[self.dtype], out
-        )
+        bias = self.params["bias"] if self.bias_enabled else _NO_BIAS[self.dtype]
+        dense_forward(x_rows, self.params["weight"], bias, out)
         out_shape = leading + (self.out_features,)
         self._saved_input = (x_rows, out_shape) if self.training else None
         return out.reshape(out_shape)
@@ -153,19 +151,12 @@ class Linear(Module):
         grad_rows = np.ascontiguousarray(grad.reshape(-1, self.out_features))
         weight = self.params["weight"]
         grad_input = np.empty((grad_rows.shape[0], self.in_features), self.dtype)
-        # The weight product goes into a reused buffer first, so accumulating into grads allocates nothing per call.
         dense_backward(
             x_rows,
             grad_rows,
             weight,
             self.grads["weight"],
             self.grads["bias"] if self.bias_enabled else _NO_BIAS[self.dtype],
-            self._weight_step_buffer(),
             grad_input,
         )
         return grad_input.reshape(out_shape[:-1] + (self.in_features,))
-
-    def _weight_step_buffer(self):
-        if self._weight_step is None:
-            object.__setattr__(self, "_weight_step", np.empty(self.params["weight"].shape, self.dtype))
-        return self._weight_step

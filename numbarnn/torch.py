@@ -574,7 +574,7 @@ class RNN(_SequenceDropIn, _TORCH_RNN):
     scripts ``torch.nn.RNN`` itself (see :class:`_DropIn`). Errors are torch's (its own checks run).
 
     Threads: each call runs numba's kernels on ``torch.get_num_threads()`` threads (capped by numba's pool,
-    ``NUMBA_NUM_THREADS``); the BLAS numba calls runs on one thread. (numba's count is set per calling thread when
+    ``NUMBA_NUM_THREADS``); numbarnn calls no BLAS. (numba's count is set per calling thread when
     torch's changes; a ``numba.set_num_threads`` of your own in between is not undone.)
 
     Memory: on the first call the module's Parameters (the same objects) move into one flat buffer in the kernels'

@@ -292,7 +292,7 @@ def test_the_report_names_the_machine_the_method_and_the_threads():
     assert "threads: 1 for both libraries" in out and "torch.get_num_threads()=1" in out
     assert "numba.get_num_threads()=1" in out
     assert f"torch {torch.__version__}" in out and "machine: " in out and " UTC" in out
-    assert "GEMM ceiling: numba np.dot (scipy's BLAS, as in numbarnn's kernels) of 128x128 float32" in out
+    assert "GEMM ceiling: numba np.dot (scipy's BLAS) of 128x128 float32" in out
     assert f"{data['summary']['gemm_gflops']:.1f} GFLOP/s" in out
     assert f"custom {bench._custom_config(CUSTOM).describe()}" in out
     assert "RNN: numbarnn.RNN vs torch.nn.RNN (nonlinearity=tanh)\n" in out and "oneDNN" not in out

@@ -4,7 +4,6 @@ Gradients of the whole chain against torch autograd, a short training run on the
 unigram baseline clearly, and a save/load round trip of the trained model.
 """
 
-import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -90,23 +89,10 @@ def held_out_loss(rnn, head, codes, size):
     return float(loss)
 
 
-def single_threaded_blas():
-    """One BLAS thread while training: with two OpenBLAS pools (numpy's and scipy's) spinning on 2 shared cores,
-    multi-threaded BLAS can make these small products 10-30x slower when other processes are busy."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return contextlib.nullcontext()
-    import scipy.linalg  # noqa: F401  loaded now so that the limit reaches numba's BLAS too
-
-    return threadpool_limits(limits=1, user_api="blas")
-
-
 @pytest.fixture(scope="module")
 def trained_model():
     """A small character model trained for a few seconds with truncated BPTT on the start of the bundled corpus."""
-    with single_threaded_blas():
-        return train_character_model()
+    return train_character_model()
 
 
 def train_character_model():

@@ -8,15 +8,18 @@ from helpers import DTYPES, assert_close, torch_dtype
 from numbarnn.linear import Linear
 
 IN, OUT = 5, 4
-# leading shapes: unbatched, a batch, (L, N) as after an RNN, and three leading axes
-LEADING_SHAPES = [(), (3,), (6, 2), (2, 1, 3)]
+# leading shapes: unbatched, a batch, (L, N) as after an RNN, three leading axes, and rows for several tiles
+LEADING_SHAPES = [(), (3,), (6, 2), (2, 1, 3), (30,)]
+# (in, out): under one panel, and several panels with a partial one in both directions of the products (the forward
+# multiplies by W.T, H_out columns; the input gradient by W, H_in columns)
+FEATURES = [(IN, OUT), (40, 33)]
 
 
-def make_pair(bias, dtype, seed=0):
+def make_pair(bias, dtype, seed=0, features=(IN, OUT)):
     """A numbarnn Linear holding the weights of a freshly seeded torch Linear."""
     torch.manual_seed(seed)
-    reference = torch.nn.Linear(IN, OUT, bias=bias, dtype=torch_dtype(dtype))
-    layer = Linear(IN, OUT, bias=bias, dtype=dtype, seed=seed + 1)
+    reference = torch.nn.Linear(*features, bias=bias, dtype=torch_dtype(dtype))
+    layer = Linear(*features, bias=bias, dtype=dtype, seed=seed + 1)
     layer.load_state_dict(reference.state_dict())
     return layer, reference
 
@@ -24,10 +27,11 @@ def make_pair(bias, dtype, seed=0):
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
 @pytest.mark.parametrize("leading", LEADING_SHAPES, ids=str)
-def test_forward_and_backward_match_torch(leading, bias, dtype, rng):
-    layer, reference = make_pair(bias, dtype)
-    x = rng.standard_normal(leading + (IN,)).astype(dtype)
-    grad_y = rng.standard_normal(leading + (OUT,)).astype(dtype)
+@pytest.mark.parametrize("features", FEATURES, ids=lambda f: f"{f[0]}to{f[1]}")
+def test_forward_and_backward_match_torch(features, leading, bias, dtype, rng):
+    layer, reference = make_pair(bias, dtype, features=features)
+    x = rng.standard_normal(leading + (features[0],)).astype(dtype)
+    grad_y = rng.standard_normal(leading + (features[1],)).astype(dtype)
     x_t = torch.tensor(x, requires_grad=True)
     y_t = reference(x_t)
     (y_t * torch.tensor(grad_y)).sum().backward()

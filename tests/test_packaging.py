@@ -48,3 +48,45 @@ def test_the_wheel_ships_the_corpus_and_the_type_marker():
     package = Path(numbarnn.__file__).parent
     for required in ("data/corpus.txt", "py.typed"):
         assert (package / required).is_file() and any(Path(required).match(pattern) for pattern in package_data)
+
+
+# A process in which scipy and threadpoolctl cannot be imported (None in sys.modules makes an import fail): numbarnn
+# trains and runs its cells and a Linear head there, and never tried to import either itself.
+WITHOUT_SCIPY = """
+import builtins, sys
+sys.modules["scipy"] = sys.modules["threadpoolctl"] = None
+tried = []
+original_import = builtins.__import__
+def recording_import(name, globals=None, locals=None, fromlist=(), level=0):
+    if name.split(".")[0] in ("scipy", "threadpoolctl") and (globals or {}).get("__name__", "").startswith("numbarnn"):
+        tried.append(name)
+    return original_import(name, globals, locals, fromlist, level)
+builtins.__import__ = recording_import
+import numpy as np
+import numbarnn
+x = np.ones((4, 3, 5), np.float32)
+for module in (numbarnn.RNN(5, 6, num_layers=2), numbarnn.LSTM(5, 6, proj_size=3), numbarnn.GRU(5, 6)):
+    output, _ = module(x)
+    module.backward(np.ones_like(output))
+    module.eval()(x)
+head = numbarnn.Linear(6, 2)
+logits = head(np.ones((4, 6), np.float32))
+head.backward(np.ones_like(logits))
+numbarnn.RNNCell(5, 6)(x[0])
+print("tried", tried)
+"""
+
+
+def test_numbarnn_needs_neither_scipy_nor_threadpoolctl():
+    """Its dependencies are numpy, numba and tqdm (pyproject.toml says so); no kernel calls a BLAS."""
+    dependencies = pyproject()["project"]["dependencies"]
+    assert sorted(re.match(r"[a-z]+", requirement).group() for requirement in dependencies) == [
+        "numba",
+        "numpy",
+        "tqdm",
+    ]
+    result = subprocess.run(
+        [sys.executable, "-c", WITHOUT_SCIPY], capture_output=True, text=True, cwd=REPO_ROOT, timeout=900
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == "tried []"

@@ -11,11 +11,11 @@ after their calls and steal the cores from the other library (torch's small forw
 * each process warms every task up (numba compiles or loads its cache there), then takes ``--repeats`` samples;
 * the table shows, per library and task, the median over the rounds' processes of each process's median, and the
   ratio torch ÷ numbarnn of those;
-* one more process per round measures the machine's large-GEMM throughput with the BLAS numbarnn's kernels call
-  (numba's ``np.dot``), the ceiling each configuration's forward GFLOP/s is compared with.
+* one more process per round measures the machine's large-GEMM throughput with scipy's BLAS (through numba's
+  ``np.dot``), the ceiling each configuration's forward GFLOP/s is compared with.
 
 Both libraries load the same weights and data, written once by this process (seeded), and their forward outputs are
-compared. The parent imports neither torch nor threadpoolctl: it only checks that they are installed.
+compared. The parent imports neither torch, scipy nor threadpoolctl: it only checks that they are installed.
 """
 
 import argparse
@@ -205,6 +205,7 @@ def run(args):
     for module, requirement, role in (
         ("torch", "torch==2.13.0", "compares against PyTorch"),
         ("threadpoolctl", "threadpoolctl", "sets the BLAS thread count with threadpoolctl"),
+        ("scipy", "scipy", "measures the GEMM ceiling with scipy's BLAS"),
     ):
         if importlib.util.find_spec(module) is None:
             print(
@@ -562,7 +563,7 @@ def format_header(args, threads, configs, reports, summary, cells=("rnn",)):
     ]
     if summary["gemm_gflops"] is not None:
         lines.append(
-            f"GEMM ceiling: numba np.dot (scipy's BLAS, as in numbarnn's kernels) of "
+            f"GEMM ceiling: numba np.dot (scipy's BLAS) of "
             f"{args.gemm_size}x{args.gemm_size} {args.dtype} on {threads} thread{'s' * (threads != 1)}, one process "
             f"per round: {summary['gemm_gflops']:.1f} GFLOP/s (median of medians); a configuration's forward GFLOP/s "
             "counts its matrix products, sum over layers and directions of 2*L*N*G*(H_in_layer*H + H*H), G the gates "

@@ -2,8 +2,8 @@
 
 numbarnn's input projection, input gradient and per-step products all run :func:`numbarnn._panels.panel_matmul`
 (``out = A @ B``, A (M, K), B packed into panels once). This prints its speed over the row count M for a few (K, N),
-next to the same product through the BLAS numbarnn's other kernels call (scipy's, through numba's ``np.dot``) and
-``torch.mm`` when torch is installed, together with the CPU, the instruction set numba compiles for, and the register
+next to the same product through scipy's BLAS (numba's ``np.dot``) when scipy is installed and ``torch.mm`` when
+torch is installed, together with the CPU, the instruction set numba compiles for, and the register
 tile and row blocks the kernel uses there: what a user on another CPU runs to see what numbarnn does on theirs.
 
 Each library runs alone in a fresh interpreter (``python -m numbarnn.cli.bench_kernels LIBRARY SPEC_JSON``), every
@@ -60,7 +60,8 @@ def run(args):
 
     from .bench import _cpu_name
 
-    libraries = [library for library in LIBRARIES if library != "torch" or _has_torch()]
+    installed = {"numbarnn": True, "blas": _has("scipy"), "torch": _has("torch")}
+    libraries = [library for library in LIBRARIES if installed[library]]
     spec = {
         "dtype": args.dtype,
         "repeats": args.repeats,
@@ -173,10 +174,10 @@ def _run_worker(library, spec_path):
     return json.loads(finished.stdout)
 
 
-def _has_torch():
+def _has(module):
     import importlib.util
 
-    return importlib.util.find_spec("torch") is not None
+    return importlib.util.find_spec(module) is not None
 
 
 # -- the worker --------------------------------------------------------------------------------------------------------
@@ -189,7 +190,7 @@ def _product(library, b):
         pack_panels(b, panels)
         return lambda a, out: panel_matmul(a, panels, out)
     if library == "blas":
-        from .bench_worker import _jitted_matmul  # numba's np.dot, as numbarnn's kernels call scipy's BLAS
+        from .bench_worker import _jitted_matmul  # numba's np.dot: scipy's BLAS
 
         matmul = _jitted_matmul()
         return lambda a, out: matmul(a, b, out)

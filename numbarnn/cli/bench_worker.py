@@ -11,8 +11,8 @@ the weights and data the parent wrote (``SPEC_JSON`` names them), warms every ta
 stdout: its pid, versions, thread settings, BLAS libraries, and the seconds per call of every timed sample. Progress
 goes to stderr, one line per task, for the parent to show.
 
-``gemm`` times numba's ``np.dot`` (which calls the BLAS of ``scipy.linalg.cython_blas``, the one numbarnn's kernels
-use) on a large square product: the ceiling the forward GFLOP/s are compared with.
+``gemm`` times numba's ``np.dot`` (which calls the BLAS of ``scipy.linalg.cython_blas``) on a large square product:
+the ceiling the forward GFLOP/s are compared with.
 """
 
 import argparse
@@ -127,7 +127,7 @@ def _run_rnn(library, spec, save_outputs, report):
         numba.set_num_threads(threads)
         report.update(numbarnn=numbarnn.__version__, numba=numba.__version__, scipy=scipy.__version__)
         build = _numbarnn_tasks
-        limits = contextlib.nullcontext()  # numbarnn decides its own BLAS threads (one, inside numba's threads)
+        limits = contextlib.nullcontext()  # numbarnn's kernels call no BLAS: nothing to limit
     data_dir = Path(spec["data_dir"])
     with limits:
         for name, config in spec["configs"].items():
@@ -312,7 +312,7 @@ def _numbarnn_tasks(config, data, spec):
 # -- the GEMM ceiling ------------------------------------------------------------------------------------------------
 def _run_gemm(spec, report):
     import numba
-    import scipy.linalg.cython_blas  # noqa: F401  the BLAS numba's np.dot calls
+    import scipy.linalg.cython_blas  # noqa: F401  the BLAS numba's np.dot calls (the bench extra installs scipy)
     from threadpoolctl import threadpool_info, threadpool_limits
 
     threads, size = spec["threads"], spec["gemm_size"]
@@ -337,7 +337,7 @@ def _jitted_matmul():
     import numba
 
     @numba.njit(cache=True)
-    def matmul(a, b, out):  # as numbarnn's kernels call it: np.dot into a preallocated result
+    def matmul(a, b, out):  # np.dot into a preallocated result
         np.dot(a, b, out)
 
     return matmul
