@@ -268,8 +268,8 @@ def recurrent_forward_parts(
     first_stage, end_stage, parts, params, offsets, packing_fields, buffer_fields, num_directions, cell_code
 ):
     """:func:`recurrent_forward`'s stages ``first_stage`` to ``end_stage - 1``, each as ``parts`` parts on numba's
-    threads: one parallel region per stage. Nothing but the loops: every part is a
-    call of the one compiled stage kernel, which runs on one thread as it is."""
+    threads: one parallel region per stage. Nothing but the loops: every part is a call of the one compiled stage
+    kernel, which runs on one thread as it is."""
     for stage in range(first_stage, end_stage):
         for part in prange(parts):
             # a prange index is unsigned: as int64, the call's signature is the one-thread call's

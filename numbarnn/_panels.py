@@ -792,7 +792,7 @@ def panel_matmul(a, panels, out):
     _products(a, None, panels, out)
 
 
-@jit(nrt=True)  # compiled (and its micro-kernels) only where used: the backward's weight gradients
+@jit(nrt=True)  # compiled (and its micro-kernels) only where used: weight gradients (the backward's, Linear's)
 def panel_matmul_transposed(a, panels, out):
     """``out += a.T @ B`` for C-contiguous ``a`` (K, M) and ``out`` (M, N) and ``B`` (K, N) packed as for
     :func:`panel_matmul`: the weight gradients ``dz.T @ inputs``, accumulated, without a transposed copy of ``dz``
