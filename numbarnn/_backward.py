@@ -19,6 +19,7 @@ from ._jit import jit
 from ._layout import B_HH, B_IH, NO_BIAS, W_HH, W_HR, W_IH
 from ._loops import add_2d, multiply_2d
 from ._panels import add_transposed_product, pack_panels_part, panel_matmul, panels_in
+from ._views import row_span, span_view
 from ._workspace import BackwardBuffers, ForwardBuffers, Packing
 
 
@@ -59,18 +60,18 @@ def direction_backward(
         r1 = r0 + n
         backward_epilogue(
             cell,
-            grad_y[r0:r1],
-            y[r0:r1],
+            row_span(grad_y, r0, r1),
+            row_span(y, r0, r1),
             column,
-            carry[:n],
-            carry_c[:n],
-            saved[r0:r1],
-            h_prev[r0:r1],
-            c_prev[r0:r1],
-            dz[r0:r1],
-            dz_in[r0:r1],
-            tmp[:n],
-            dh_proj[r0:r1],
+            row_span(carry, 0, n),
+            row_span(carry_c, 0, n),
+            row_span(saved, r0, r1),
+            row_span(h_prev, r0, r1),
+            row_span(c_prev, r0, r1),
+            row_span(dz, r0, r1),
+            row_span(dz_in, r0, r1),
+            row_span(tmp, 0, n),
+            row_span(dh_proj, r0, r1),
             w_hh_panels,
             w_hr_panels,
         )
@@ -119,8 +120,8 @@ def input_gradient_target(l, d, num_directions, buffers, r0, r1, width):
     may still read ``grad_layer`` while the other is done; :func:`finish_block_gradient` adds them.
     """
     if num_directions == 2:
-        return buffers.grad_input_tmp[d][r0 * width : r1 * width].reshape((r1 - r0, width))
-    return buffers.grad_x[r0:r1] if l == 0 else buffers.grad_layer[r0:r1]
+        return span_view(buffers.grad_input_tmp[d], r0 * width, (r1 - r0, width))
+    return row_span(buffers.grad_x, r0, r1) if l == 0 else row_span(buffers.grad_layer, r0, r1)
 
 
 @jit(inline=True)
@@ -134,31 +135,31 @@ def task_backward(l, task, params, offsets, packing, forward, buffers, num_direc
     num_layers = offsets.shape[0] // num_directions
     row = l * num_directions + d
     state, gates = buffers.grad_h.shape[2], buffers.dz.shape[2]
-    inputs = layer_input(l, forward)[r0:r1]
+    inputs = row_span(layer_input(l, forward), r0, r1)
     width = inputs.shape[1]
     grad_y = buffers.grad_output if l == num_layers - 1 else buffers.grad_layer
-    dz = buffers.dz[d][r0:r1]
-    dz_input = input_side(cell, dz, buffers.dz_in[d][r0:r1])  # the GRU's differs in the n gate
+    dz = row_span(buffers.dz[d], r0, r1)
+    dz_input = input_side(cell, dz, row_span(buffers.dz_in[d], r0, r1))  # the GRU's differs in the n gate
     w_hh_panels, w_hr_panels = buffers.w_hh_panels[d], buffers.w_hr_panels[d]
-    dh_proj = buffers.dh_proj[d][r0:r1]
-    h_prev = forward.h_prev[l, d][r0:r1]
+    dh_proj = row_span(buffers.dh_proj[d], r0, r1)
+    h_prev = row_span(forward.h_prev[l, d], r0, r1)
     direction_backward(
         cell,
-        grad_y[r0:r1],
-        layer_output(l, num_layers, forward)[r0:r1],
-        forward.saved[l, d][r0:r1],
+        row_span(grad_y, r0, r1),
+        row_span(layer_output(l, num_layers, forward), r0, r1),
+        row_span(forward.saved[l, d], r0, r1),
         h_prev,
-        forward.c_prev[l, d][r0:r1],
+        row_span(forward.c_prev[l, d], r0, r1),
         w_hh_panels,
         w_hr_panels,
         packing.step_offsets[b],
         d == 1,
         d * state,
-        buffers.grad_h[row][n0:n1],
-        buffers.grad_c[row][n0:n1],
+        row_span(buffers.grad_h[row], n0, n1),
+        row_span(buffers.grad_c[row], n0, n1),
         dz,
         dz_input,
-        buffers.step_tmp[d][n0:n1],
+        row_span(buffers.step_tmp[d], n0, n1),
         dh_proj,
     )
     target = block_gradients(b, grads, buffers)
@@ -168,7 +169,7 @@ def task_backward(l, task, params, offsets, packing, forward, buffers, num_direc
     projection_gradient(
         cell,
         dh_proj,
-        forward.h_full[min(l, forward.h_full.shape[0] - 1), d][r0:r1],
+        row_span(forward.h_full[min(l, forward.h_full.shape[0] - 1), d], r0, r1),
         target,
         offsets[row, W_HR],
         chunk,
@@ -204,17 +205,17 @@ def finish_block_gradient(l, b, packing, forward, buffers, num_directions):
     if l == 0 and buffers.grad_x.shape[0] == 0:
         return
     r0, r1 = packing.block_rows[b], packing.block_rows[b + 1]
-    destination = buffers.grad_x[r0:r1] if l == 0 else buffers.grad_layer[r0:r1]
+    destination = row_span(buffers.grad_x, r0, r1) if l == 0 else row_span(buffers.grad_layer, r0, r1)
     if num_directions == 2:
         width = layer_input(l, forward).shape[1]
         partials = buffers.grad_input_tmp
         add_2d(
-            partials[0][r0 * width : r1 * width].reshape((r1 - r0, width)),
-            partials[1][r0 * width : r1 * width].reshape((r1 - r0, width)),
+            span_view(partials[0], r0 * width, (r1 - r0, width)),
+            span_view(partials[1], r0 * width, (r1 - r0, width)),
             destination,
         )
     if l > 0 and forward.dropout_scale.shape[0] > 0:
-        multiply_2d(destination, forward.dropout_scale[l - 1][r0:r1], destination)
+        multiply_2d(destination, row_span(forward.dropout_scale[l - 1], r0, r1), destination)
 
 
 @jit(inline=True)

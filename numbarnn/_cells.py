@@ -24,6 +24,7 @@ from ._jit import JIT_OPTIONS
 from ._layout import NO_BIAS, W_HR
 from ._loops import copy_2d
 from ._panels import add_transposed_product, pack_panels, panel_matmul
+from ._views import span_view
 
 RnnCell = namedtuple("RnnCell", ["relu"])
 GruCell = namedtuple("GruCell", ["gates"])
@@ -366,7 +367,7 @@ def _pack_projection(cell, params, offsets, row, state_width, hidden_size, panel
         def lstm(cell, params, offsets, row, state_width, hidden_size, panels, transposed):
             o_hr = offsets[row, W_HR]
             if o_hr != NO_BIAS:
-                w_hr = params[o_hr : o_hr + state_width * hidden_size].reshape((state_width, hidden_size))
+                w_hr = span_view(params, o_hr, (state_width, hidden_size))
                 if transposed:
                     pack_panels(w_hr.T, panels)
                 else:

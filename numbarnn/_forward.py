@@ -18,6 +18,7 @@ from ._jit import jit
 from ._layout import B_HH, B_IH, NO_BIAS, W_HH, W_IH
 from ._loops import multiply_2d
 from ._panels import pack_panels_part, panel_matmul, panels_in
+from ._views import row_span, span_view
 from ._workspace import ForwardBuffers, Packing
 
 
@@ -26,8 +27,8 @@ def weight_views(params, offsets, row, gate_rows, input_width, state_width):
     """``(w_ih, w_hh)`` of one (layer, direction) row of the offset table, as (G * H, width) and (G * H, P) views."""
     o_ih, o_hh = offsets[row, W_IH], offsets[row, W_HH]
     return (
-        params[o_ih : o_ih + gate_rows * input_width].reshape((gate_rows, input_width)),
-        params[o_hh : o_hh + gate_rows * state_width].reshape((gate_rows, state_width)),
+        span_view(params, o_ih, (gate_rows, input_width)),
+        span_view(params, o_hh, (gate_rows, state_width)),
     )
 
 
@@ -38,7 +39,7 @@ def bias_views(params, offsets, row, gate_rows, zeros):
     if offsets[row, B_IH] == NO_BIAS:
         return zeros, zeros
     o_ih, o_hh = offsets[row, B_IH], offsets[row, B_HH]
-    return params[o_ih : o_ih + gate_rows], params[o_hh : o_hh + gate_rows]
+    return row_span(params, o_ih, o_ih + gate_rows), row_span(params, o_hh, o_hh + gate_rows)
 
 
 @jit(inline=True)
@@ -46,8 +47,8 @@ def task_rows(per_layer, l, d, training, r0, r1, n0, n1):
     """A task's rows of a buffer the forward keeps per layer in training, ``(num_layers, D, R, F)``, or uses as
     per-step scratch in inference, ``(1, D, N, F)``."""
     if training and per_layer.shape[0] > l:
-        return per_layer[l, d][r0:r1]
-    return per_layer[0, d][n0:n1]
+        return row_span(per_layer[l, d], r0, r1)
+    return row_span(per_layer[0, d], n0, n1)
 
 
 @jit(inline=True)
@@ -73,7 +74,11 @@ def apply_dropout(l, buffers, r0, r1):
     """Rows ``r0:r1`` of layer ``l``'s input: the previous layer's output times the dropout mask (training only)."""
     if l > 0 and buffers.dropout_scale.shape[0] > 0:
         previous = buffers.layer_out[(l - 1) % buffers.layer_out.shape[0]]
-        multiply_2d(previous[r0:r1], buffers.dropout_scale[l - 1][r0:r1], buffers.layer_in[l - 1][r0:r1])
+        multiply_2d(
+            row_span(previous, r0, r1),
+            row_span(buffers.dropout_scale[l - 1], r0, r1),
+            row_span(buffers.layer_in[l - 1], r0, r1),
+        )
 
 
 @jit(inline=True)
@@ -114,22 +119,24 @@ def direction_forward(
         r0 = step_offsets[t]
         n = step_offsets[t + 1] - r0
         if training:
-            save_state(cell, h[:n], c[:n], h_prev[r0 : r0 + n], c_prev[r0 : r0 + n])
-        panel_matmul(h[:n], w_hh_panels, step_tmp[:n])
+            save_state(
+                cell, row_span(h, 0, n), row_span(c, 0, n), row_span(h_prev, r0, r0 + n), row_span(c_prev, r0, r0 + n)
+            )
+        panel_matmul(row_span(h, 0, n), w_hh_panels, row_span(step_tmp, 0, n))
         # in training the saved gates are kept at the step's rows, in inference the scratch's first rows serve
         forward_epilogue(
             cell,
-            z[r0 : r0 + n],
-            step_tmp[:n],
+            row_span(z, r0, r0 + n),
+            row_span(step_tmp, 0, n),
             b_ih,
             b_hh,
-            h[:n],
-            c[:n],
+            row_span(h, 0, n),
+            row_span(c, 0, n),
             saved,
             h_full,
             r0 if training else 0,
             w_hr_panels,
-            out[r0 : r0 + n],
+            row_span(out, r0, r0 + n),
             column,
         )
 
@@ -177,7 +184,7 @@ def task_forward(l, task, params, offsets, packing, buffers, num_directions, cel
     # h_prev and c_prev have no rows in inference, and slicing keeps them empty
     direction_forward(
         cell,
-        inputs[r0:r1],
+        row_span(inputs, r0, r1),
         w_ih_panels,
         w_hh_panels,
         w_hr_panels,
@@ -185,15 +192,15 @@ def task_forward(l, task, params, offsets, packing, buffers, num_directions, cel
         b_hh,
         packing.step_offsets[b],
         d == 1,
-        buffers.z[d][r0:r1],
-        buffers.step_tmp[d][n0:n1],
-        buffers.h_n[row][n0:n1],
-        buffers.c_n[row][n0:n1],
-        buffers.h_prev[l, d][r0:r1],
-        buffers.c_prev[l, d][r0:r1],
+        row_span(buffers.z[d], r0, r1),
+        row_span(buffers.step_tmp[d], n0, n1),
+        row_span(buffers.h_n[row], n0, n1),
+        row_span(buffers.c_n[row], n0, n1),
+        row_span(buffers.h_prev[l, d], r0, r1),
+        row_span(buffers.c_prev[l, d], r0, r1),
         task_rows(buffers.saved, l, d, training, r0, r1, n0, n1),
         task_rows(buffers.h_full, l, d, training, r0, r1, n0, n1),
-        out[r0:r1],
+        row_span(out, r0, r1),
         d * state,
     )
 

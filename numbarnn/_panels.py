@@ -51,6 +51,7 @@ from numba.extending import intrinsic, overload
 
 from . import _isa
 from ._jit import JIT_OPTIONS, jit
+from ._views import row_span, span_view
 
 # Decided once per process, by the owner of the choice (numbarnn._isa): a pure function of numba's target, so code
 # numba loads from its cache was compiled for this very tile (see numbarnn._isa).
@@ -497,7 +498,7 @@ def panels_in(flat, rows, columns, width):
     """The panels of a (rows, columns) matrix, (ceil(columns / width), rows, width), at the start of the 1-D buffer
     ``flat`` (sized for the largest matrix it serves)."""
     count = -(-columns // width)
-    return flat[: count * rows * width].reshape((count, rows, width))
+    return span_view(flat, 0, (count, rows, width))
 
 
 @jit(inline=True)
@@ -812,10 +813,10 @@ def add_transposed_product(a, b, target, offset, chunk):
     128: 86 -> 108 GFLOP/s; 4096 x 6400 x 1024: 101 both ways).
     """
     rows, width = b.shape
-    product = target[offset : offset + a.shape[1] * width].reshape((a.shape[1], width))
+    product = span_view(target, offset, (a.shape[1], width))
     step = max(1, chunk_rows(chunk, width, b))
     for r0 in range(0, rows, step):
         r1 = min(rows, r0 + step)
         panels = chunk_panels(chunk, r1 - r0, width, b)
-        pack_panels_part(b[r0:r1], panels, 0, 1)  # pack_panels' run-time (first, last): its compiled form here
-        panel_matmul_transposed(a[r0:r1], panels, product)
+        pack_panels_part(row_span(b, r0, r1), panels, 0, 1)  # pack_panels' run-time (first, last): its compiled form
+        panel_matmul_transposed(row_span(a, r0, r1), panels, product)
