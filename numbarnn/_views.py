@@ -37,11 +37,8 @@ def span_view(typingctx, flat, start, shape):
     signature = view_type(flat, start, shape)
 
     def codegen(context, builder, sig, args):
-        from numba.np.arrayobj import make_array, populate_array  # at compile time only: 20 ms of import
-
         flat_value, start_value, shape_value = args
-        source = make_array(sig.args[0])(context, builder, flat_value)
-        view = make_array(sig.return_type)(context, builder)
+        source = _array(context, builder, sig.args[0], flat_value)
         dims = [
             context.cast(builder, builder.extract_value(shape_value, i), shape.dtype, types.intp) for i in range(ndim)
         ]
@@ -60,16 +57,8 @@ def span_view(typingctx, flat, start, shape):
         strides = [source.itemsize] * ndim
         for i in range(ndim - 2, -1, -1):
             strides[i] = builder.mul(strides[i + 1], dims[i + 1])
-        populate_array(
-            view,
-            data=cgutils.gep(builder, source.data, offset),
-            shape=dims,
-            strides=strides,
-            itemsize=source.itemsize,
-            meminfo=source.meminfo,
-            parent=source.parent,
-        )
-        return impl_ret_borrowed(context, builder, sig.return_type, view._getvalue())
+        data = cgutils.gep(builder, source.data, offset)
+        return _view(context, builder, sig.return_type, source, data, dims, strides)
 
     return signature, codegen
 
@@ -89,11 +78,8 @@ def row_span(typingctx, array, start, stop):
     signature = view_type(array, start, stop)
 
     def codegen(context, builder, sig, args):
-        from numba.np.arrayobj import make_array, populate_array  # at compile time only: 20 ms of import
-
         array_value, start_value, stop_value = args
-        source = make_array(sig.args[0])(context, builder, array_value)
-        view = make_array(sig.return_type)(context, builder)
+        source = _array(context, builder, sig.args[0], array_value)
         first = context.cast(builder, start_value, sig.args[1], types.intp)
         end = context.cast(builder, stop_value, sig.args[2], types.intp)
         shape = cgutils.unpack_tuple(builder, source.shape)
@@ -103,16 +89,8 @@ def row_span(typingctx, array, start, stop):
         first = builder.select(builder.icmp_signed(">", first, rows), rows, first)
         end = builder.select(builder.icmp_signed(">", end, rows), rows, end)
         end = builder.select(builder.icmp_signed("<", end, first), first, end)
-        populate_array(
-            view,
-            data=_byte_offset(builder, source.data, builder.mul(first, strides[0])),
-            shape=[builder.sub(end, first), *shape[1:]],
-            strides=strides,
-            itemsize=source.itemsize,
-            meminfo=source.meminfo,
-            parent=source.parent,
-        )
-        return impl_ret_borrowed(context, builder, sig.return_type, view._getvalue())
+        data = _byte_offset(builder, source.data, builder.mul(first, strides[0]))
+        return _view(context, builder, sig.return_type, source, data, [builder.sub(end, first), *shape[1:]], strides)
 
     return signature, codegen
 
@@ -122,3 +100,28 @@ def _byte_offset(builder, pointer, offset):
     return builder.bitcast(
         builder.gep(builder.bitcast(pointer, cgutils.voidptr_t), [offset], inbounds=True), pointer.type
     )
+
+
+def _array(context, builder, array_type, value):
+    """The array structure of ``value``, an array of ``array_type``, to read its fields in a codegen."""
+    from numba.np.arrayobj import make_array  # at compile time only: 20 ms of import
+
+    return make_array(array_type)(context, builder, value)
+
+
+def _view(context, builder, view_type, source, data, shape, strides):
+    """A ``view_type`` array over ``source``'s memory (the same owner and parent): ``data`` its first element,
+    ``shape`` and ``strides`` its dimensions (LLVM values)."""
+    from numba.np.arrayobj import make_array, populate_array
+
+    view = make_array(view_type)(context, builder)
+    populate_array(
+        view,
+        data=data,
+        shape=shape,
+        strides=strides,
+        itemsize=source.itemsize,
+        meminfo=source.meminfo,
+        parent=source.parent,
+    )
+    return impl_ret_borrowed(context, builder, view_type, view._getvalue())
