@@ -118,20 +118,20 @@ def direction_forward(
         t = steps - 1 - s if reverse else s
         r0 = step_offsets[t]
         n = step_offsets[t + 1] - r0
+        # the state of the step's n sequences (the longest first) and the scratch of their recurrent product
+        h_t, c_t, recurrent = row_span(h, 0, n), row_span(c, 0, n), row_span(step_tmp, 0, n)
         if training:
-            save_state(
-                cell, row_span(h, 0, n), row_span(c, 0, n), row_span(h_prev, r0, r0 + n), row_span(c_prev, r0, r0 + n)
-            )
-        panel_matmul(row_span(h, 0, n), w_hh_panels, row_span(step_tmp, 0, n))
+            save_state(cell, h_t, c_t, row_span(h_prev, r0, r0 + n), row_span(c_prev, r0, r0 + n))
+        panel_matmul(h_t, w_hh_panels, recurrent)
         # in training the saved gates are kept at the step's rows, in inference the scratch's first rows serve
         forward_epilogue(
             cell,
             row_span(z, r0, r0 + n),
-            row_span(step_tmp, 0, n),
+            recurrent,
             b_ih,
             b_hh,
-            row_span(h, 0, n),
-            row_span(c, 0, n),
+            h_t,
+            c_t,
             saved,
             h_full,
             r0 if training else 0,
