@@ -112,17 +112,22 @@ def backward_epilogue(
     ``carry_c``). ``tmp`` (n, H) is scratch; ``dh_proj`` (n, P) receives an LSTM projection's output gradient."""
 
 
-# The epilogues are called, not inlined: each is compiled once per (cell, dtype) and linked into the kernels calling
-# it. Inlined, they made the kernels slower to compile and to run (LSTM medium forward 257-266 ms against 186-215
-# with task_forward not inlined either, cold first inference + training step ~15 % less CPU time; the call costs a
-# GRU's 100-step batch-of-one forward ~7 %; alternating fresh processes, busy host, Zen 3). The task bodies, each now
-# called from one stage kernel only, are inlined there: LSTM small training 32.7-34.4 ms against 33.4-35.0 with them
-# called (3 processes each, quiet host).
+# The gated cells' epilogues are called, not inlined: each is compiled once per (cell, dtype) and linked into the
+# kernels calling it. Inlined, they made the kernels slower to compile and to run (LSTM medium forward 257-266 ms
+# against 186-215 with task_forward not inlined either, cold first inference + training step ~15 % less CPU time; the
+# call costs a GRU's 100-step batch-of-one forward ~7 %; alternating fresh processes, busy host, Zen 3). The task
+# bodies, each now called from one stage kernel only, are inlined there: LSTM small training 32.7-34.4 ms against
+# 33.4-35.0 with them called (3 processes each, quiet host).
+# The RNN's epilogues are inlined: a few instructions per unit, against a call with 13 or 15 arguments (most of them
+# arrays) at every step, which was ~14 % of a batch-of-one forward and training step (Zen 4, RNN(32, 64), 100 steps:
+# forward 30.7 -> 26.1 us, training step 76 -> 66 us; small and medium unchanged). They cost the cold first training
+# step ~0.3 s: numba compiles an inlined overload's body once on its own as well, only to type it. So each cell's
+# epilogue is an overload of its own, inlined or not.
 # Every epilogue reads and writes a direction's columns through per-row views (``out[i, column:column + P]``), never
 # as ``out[i, column + j]``: numba cannot tell that index from a negative one and wraps it, which kept the loop from
 # vectorising (the RNN's tanh epilogue at H = 1024: ~1.4 -> ~1.0 ns per element, float32, Zen 3).
-@overload(forward_epilogue, jit_options=JIT_OPTIONS)
-def _forward_epilogue(cell, z, tmp, b_ih, b_hh, h, c, saved, h_full, first, w_hr_panels, out, column):
+@overload(forward_epilogue, jit_options=JIT_OPTIONS, inline="always")
+def _rnn_forward_epilogue(cell, z, tmp, b_ih, b_hh, h, c, saved, h_full, first, w_hr_panels, out, column):
     if _is(cell, RnnCell):
 
         def rnn(cell, z, tmp, b_ih, b_hh, h, c, saved, h_full, first, w_hr_panels, out, column):
@@ -136,7 +141,11 @@ def _forward_epilogue(cell, z, tmp, b_ih, b_hh, h, c, saved, h_full, first, w_hr
                     out_i[j] = v
 
         return rnn
+    return None
 
+
+@overload(forward_epilogue, jit_options=JIT_OPTIONS)
+def _gated_forward_epilogue(cell, z, tmp, b_ih, b_hh, h, c, saved, h_full, first, w_hr_panels, out, column):
     # The gated cells' epilogues run as several short loops over a row, each reading and writing a few arrays: one
     # loop over all of a row's gates touches ~12 arrays, more than LLVM checks for overlap at run time, so it stayed
     # scalar (LSTM, 64 x 256, float32: 440-590 us per step, against 106-150 split, the products' own ~400 us).
@@ -199,8 +208,8 @@ def _forward_epilogue(cell, z, tmp, b_ih, b_hh, h, c, saved, h_full, first, w_hr
     return None
 
 
-@overload(backward_epilogue, jit_options=JIT_OPTIONS)
-def _backward_epilogue(
+@overload(backward_epilogue, jit_options=JIT_OPTIONS, inline="always")
+def _rnn_backward_epilogue(
     cell, grad_y, y, column, carry, carry_c, saved, h_prev, c_prev, dz, dz_in, tmp, dh_proj, w_hh_panels, w_hr_panels
 ):
     if _is(cell, RnnCell):
@@ -232,7 +241,13 @@ def _backward_epilogue(
             panel_matmul(dz, w_hh_panels, carry)
 
         return rnn
+    return None
 
+
+@overload(backward_epilogue, jit_options=JIT_OPTIONS)
+def _gated_backward_epilogue(
+    cell, grad_y, y, column, carry, carry_c, saved, h_prev, c_prev, dz, dz_in, tmp, dh_proj, w_hh_panels, w_hr_panels
+):
     if _is(cell, GruCell):
 
         def gru(
@@ -360,7 +375,11 @@ def pack_projection(cell, params, offsets, row, state_width, hidden_size, panels
     ``panels``; nothing for a module without one."""
 
 
-@overload(pack_projection, jit_options=JIT_OPTIONS, inline="always")
+# The hooks that run once per direction and call are called, not inlined: numba compiles an inlined overload's body
+# on its own as well (only to type it) before typing it again inside the caller, so inlined, the LSTM's projection
+# packing compiled twice (cold first LSTM inference, Zen 4: 8.8 -> 7.8 s with these and pack_transposed_blocks
+# called). The per-step hooks (save_state, input_side) stay inlined.
+@overload(pack_projection, jit_options=JIT_OPTIONS)
 def _pack_projection(cell, params, offsets, row, state_width, hidden_size, panels, transposed):
     if _is(cell, LstmCell):
 
@@ -382,7 +401,7 @@ def projection_gradient(cell, dh_proj, h_full, grads, offset, chunk):
     ``h_full`` packed through ``chunk`` (:func:`numbarnn._panels.add_transposed_product`)."""
 
 
-@overload(projection_gradient, jit_options=JIT_OPTIONS, inline="always")
+@overload(projection_gradient, jit_options=JIT_OPTIONS)
 def _projection_gradient(cell, dh_proj, h_full, grads, offset, chunk):
     if _is(cell, LstmCell):
 

@@ -592,10 +592,11 @@ def pack_transposed_blocks(source, panels, first, last):
     another layout, whose blocks this does not copy."""
 
 
-@overload(pack_transposed_blocks, jit_options=JIT_OPTIONS, inline="always")
+@overload(pack_transposed_blocks, jit_options=JIT_OPTIONS)
 def _pack_transposed_blocks(source, panels, first, last):
     # Compiled only for the layout that uses it: in a C-contiguous source's specialisation (the backward packs W_hh
-    # as it is) the block copies were dead code that numba and LLVM still compiled.
+    # as it is) the block copies were dead code that numba and LLVM still compiled. Called, not inlined, as the
+    # once-per-call hooks of numbarnn._cells are: inlined, numba compiled it twice.
     if not (isinstance(source, types.Array) and source.layout == "F"):
         return lambda source, panels, first, last: first
 
