@@ -377,8 +377,8 @@ def pack_projection(cell, params, offsets, row, state_width, hidden_size, panels
 
 # The hooks that run once per direction and call are called, not inlined: numba compiles an inlined overload's body
 # on its own as well (only to type it) before typing it again inside the caller, so inlined, the LSTM's projection
-# packing compiled twice (cold first LSTM inference, Zen 4: 8.8 -> 7.8 s with these and pack_transposed_blocks
-# called). The per-step hooks (save_state, input_side) stay inlined.
+# packing compiled twice (cold first LSTM inference, Zen 4, 3 alternating fresh processes each: 8.6-9.4 -> 8.3-8.4 s
+# with these and pack_transposed_blocks called). The per-step hooks (save_state, input_side) stay inlined.
 @overload(pack_projection, jit_options=JIT_OPTIONS)
 def _pack_projection(cell, params, offsets, row, state_width, hidden_size, panels, transposed):
     if _is(cell, LstmCell):
