@@ -360,6 +360,17 @@ def test_a_failing_worker_is_reported_with_its_stderr(tmp_path):
         )
 
 
+def test_worker_progress_leaves_out_torchs_profiler_log():
+    # as torch 2.13's profiler prints them in the torch worker, where the bench checks which kernels torch runs
+    for event in ("start", "stop"):
+        line = f"USDT:2026-12-05 19:15:09 27978:27978 SyncActivityProfilerHandler.cpp:52] profiler_{event}\n"
+        assert bench.worker_status(line) is None
+    assert bench.worker_status("rnn-tiny: fwd\n") == "rnn-tiny: fwd"
+    assert bench.worker_status("USDT: profiler_start was not logged by kineto\n") == (
+        "USDT: profiler_start was not logged by kineto"
+    )
+
+
 def test_vector_extensions_agree_with_the_kernels_cpu_flags():
     # LLVM's detection (what the report prints) against the operating system's, for the x86 extensions both name
     flags_line = (

@@ -25,6 +25,7 @@ import json
 import math
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -341,6 +342,18 @@ def run_rounds(spec_path, rounds, progress, measure_ceiling=True):
     return reports
 
 
+# torch's profiler (kineto), which the torch worker runs once to see which kernels torch uses, logs its start and stop
+# on stderr in torch 2.13 ("USDT:<date> <time> <pid>:<tid> SyncActivityProfilerHandler.cpp:52] profiler_start"):
+# kept for an error message like the rest of the worker's stderr, but not shown as the worker's progress.
+_PROFILER_LOG = re.compile(r"USDT:.*\] profiler_(start|stop)")
+
+
+def worker_status(line):
+    """What a line of a worker's stderr shows as its progress: the line, or None for torch's profiler log."""
+    line = line.strip()
+    return None if _PROFILER_LOG.fullmatch(line) else line
+
+
 def run_worker(library, spec_path, save_outputs, progress, label):
     """Run one worker process to completion; return its JSON report (raises WorkerError if it fails)."""
     spec = json.loads(spec_path.read_text())
@@ -358,7 +371,9 @@ def run_worker(library, spec_path, save_outputs, progress, label):
         with subprocess.Popen(command, stdout=stdout, stderr=subprocess.PIPE, text=True, env=environment) as process:
             for line in process.stderr:
                 tail.append(line.rstrip("\n"))
-                progress.set_status(f"{label} (pid {process.pid}): {line.strip()}")
+                status = worker_status(line)
+                if status is not None:
+                    progress.set_status(f"{label} (pid {process.pid}): {status}")
             returncode = process.wait()
         stdout.seek(0)
         output = stdout.read()
