@@ -120,8 +120,8 @@ def backward_epilogue(
 # 33.4-35.0 with them called (3 processes each, quiet host).
 # The RNN's epilogues are inlined: a few instructions per unit, against a call with 13 or 15 arguments (most of them
 # arrays) at every step, which was ~14 % of a batch-of-one forward and training step (Zen 4, RNN(32, 64), 100 steps:
-# forward 30.7 -> 26.1 us, training step 76 -> 66 us; small and medium unchanged). They cost the cold first training
-# step ~0.3 s: numba compiles an inlined overload's body once on its own as well, only to type it. So each cell's
+# forward 30.7 -> 26.1 us, training step 76 -> 66 us; small and medium unchanged). They cost the RNN's cold first
+# calls 0.1-0.4 s: numba compiles an inlined overload's body once on its own as well, only to type it. So each cell's
 # epilogue is an overload of its own, inlined or not.
 # Every epilogue reads and writes a direction's columns through per-row views (``out[i, column:column + P]``), never
 # as ``out[i, column + j]``: numba cannot tell that index from a negative one and wraps it, which kept the loop from
