@@ -5,7 +5,7 @@ A kernel receives a *cell code* (:func:`cell_code`) and makes it a *cell marker*
 namedtuple whose class differs per cell, so that numba types each cell differently and :func:`forward_epilogue` /
 :func:`backward_epilogue` resolve, at typing time, to that cell's code. Each cell is thus its own specialisation of
 the shared kernels (compiled and cached only when used), and the RNN's code is exactly the loop it had before the gated
-cells existed.
+cells existed. An LSTM with a projection (``proj_size``) is a cell of its own.
 
 Gate layout (torch's): the G * H columns of a step's products are the gates in torch's order, RNN one, GRU r, z, n,
 LSTM i, f, g, o. What a training forward saves for the backward, per row (S * H columns): GRU r, z, n and
@@ -21,14 +21,17 @@ from numba.extending import overload
 
 from ._activations import activate, activation_backward, tanh
 from ._jit import JIT_OPTIONS
-from ._layout import NO_BIAS, W_HR
+from ._layout import W_HR
 from ._loops import copy_2d
-from ._panels import add_transposed_product, pack_panels, panel_matmul
+from ._panels import add_transposed_product, pack_panels_part, panel_matmul
 from ._views import span_view
 
 RnnCell = namedtuple("RnnCell", ["relu"])
 GruCell = namedtuple("GruCell", ["gates"])
 LstmCell = namedtuple("LstmCell", ["gates"])
+# An LSTM with a projection (proj_size) is a cell of its own, so that a plain LSTM's kernels compile none of the
+# projection's code: its packing, its product and its gradient (~0.8 s of a first LSTM training step's compile).
+ProjectedLstmCell = namedtuple("ProjectedLstmCell", ["gates"])
 
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}  # G: gate blocks of H columns in each weight and step product
 SAVED = {"rnn": 0, "gru": 4, "lstm": 5}  # S: blocks of H columns a training forward saves per row
@@ -38,13 +41,20 @@ SAVED = {"rnn": 0, "gru": 4, "lstm": 5}  # S: blocks of H columns a training for
 # whose value is the RNN's relu flag, which they turn into the marker while typing (:func:`marker_of`). numba types a
 # NumPy scalar argument in C, ~0.1 us, and a namedtuple in Python, field by field: the marker cost ~0.7 us of every
 # call (of a ~20 us call on one step of a batch of one).
-CELL_CODE_TYPES = {"rnn": np.uint8, "gru": np.uint16, "lstm": np.uint32}
+CELL_CODE_TYPES = {"rnn": np.uint8, "gru": np.uint16, "lstm": np.uint32, "projected lstm": np.uint64}
+
+
+def cell_code(spec):
+    """The code the kernels receive for the cell of ``spec`` (:class:`numbarnn._workspace.Spec`): its cell, an
+    RNN's nonlinearity and whether an LSTM has a projection."""
+    return _cell_code(spec.cell, spec.relu, spec.proj_size > 0)
 
 
 @functools.cache
-def cell_code(cell, relu=False):
-    """The code the kernels receive for ``cell`` ("rnn", "gru" or "lstm"; ``relu``: an RNN's nonlinearity). (Cached:
-    one immutable code per cell.)"""
+def _cell_code(cell, relu, projected):
+    """(Cached: one immutable code per cell.)"""
+    if cell == "lstm" and projected:
+        cell = "projected lstm"
     return CELL_CODE_TYPES[cell](bool(relu) if cell == "rnn" else 0)
 
 
@@ -60,11 +70,17 @@ def _marker_of(code):
         return lambda code: GruCell(3)
     if code == types.uint32:
         return lambda code: LstmCell(4)
+    if code == types.uint64:
+        return lambda code: ProjectedLstmCell(4)
     return None
 
 
 def _is(marker, cls):
     return isinstance(marker, types.BaseNamedTuple) and marker.instance_class is cls
+
+
+def _is_lstm(marker):
+    return _is(marker, LstmCell) or _is(marker, ProjectedLstmCell)
 
 
 def cell_blocks(cell):
@@ -175,11 +191,11 @@ def _gated_forward_epilogue(cell, z, tmp, b_ih, b_hh, h, c, saved, h_full, first
 
         return gru
 
-    if _is(cell, LstmCell):
+    if _is_lstm(cell):
+        projected = _is(cell, ProjectedLstmCell)  # a constant: the branches a plain LSTM does not take are not compiled
 
         def lstm(cell, z, tmp, b_ih, b_hh, h, c, saved, h_full, first, w_hr_panels, out, column):
             hidden = c.shape[1]
-            projected = h_full.shape[0] > 0
             for i in range(z.shape[0]):
                 z_i, tmp_i, saved_i, c_i = z[i], tmp[i], saved[first + i], c[i]
                 # i, f and o are sigmoids, sigmoid(v) = 1/2 + tanh(v/2) / 2, and g is tanh(v) = 1 * tanh(1 * v) - 0
@@ -307,7 +323,8 @@ def _gated_backward_epilogue(
 
         return gru
 
-    if _is(cell, LstmCell):
+    if _is_lstm(cell):
+        projected = _is(cell, ProjectedLstmCell)
 
         def lstm(
             cell,
@@ -328,7 +345,7 @@ def _gated_backward_epilogue(
         ):
             hidden = carry_c.shape[1]
             rows = dz.shape[0]
-            if dh_proj.shape[0] > 0:  # h = h_full W_hr^T: the gradient of h_full is dh W_hr
+            if projected:  # h = h_full W_hr^T: the gradient of h_full is dh W_hr
                 for i in range(rows):
                     grad_y_i, carry_i, dh_i = grad_y[i, column : column + carry.shape[1]], carry[i], dh_proj[i]
                     for j in range(carry.shape[1]):
@@ -369,7 +386,7 @@ def save_state(cell, h, c, h_prev, c_prev):
 
 @overload(save_state, jit_options=JIT_OPTIONS, inline="always")
 def _save_state(cell, h, c, h_prev, c_prev):
-    if _is(cell, LstmCell):
+    if _is_lstm(cell):
 
         def lstm(cell, h, c, h_prev, c_prev):
             copy_2d(h, h_prev)
@@ -385,44 +402,49 @@ def _save_state(cell, h, c, h_prev, c_prev):
 
 def pack_projection(cell, params, offsets, row, state_width, hidden_size, panels, transposed):
     """Pack an LSTM projection's W_hr (P, H) of offset-table row ``row`` (W_hr^T if ``transposed``) into
-    ``panels``; nothing for a module without one."""
+    ``panels``; nothing for the other cells."""
 
 
 # The hooks that run once per direction and call are called, not inlined: numba compiles an inlined overload's body
 # on its own as well (only to type it) before typing it again inside the caller, so inlined, the LSTM's projection
 # packing compiled twice (cold first LSTM inference, Zen 4, 3 alternating fresh processes each: 8.6-9.4 -> 8.3-8.4 s
 # with these and pack_transposed_blocks called). The per-step hooks (save_state, input_side) stay inlined.
-@overload(pack_projection, jit_options=JIT_OPTIONS)
+# ``transposed`` is a constant at every call site (the forward packs W_hr^T, the backward W_hr), and typed as one
+# (``prefer_literal``), so that a kernel compiles only its own orientation; both go through pack_panels_part, whose
+# specialisations the packing of W_ih and W_hh compiles anyway. A run-time flag compiled both, and pack_panels called
+# directly compiled its own: three specialisations of pack_panels in a first LSTM inference instead of one.
+@overload(pack_projection, jit_options=JIT_OPTIONS, prefer_literal=True)
 def _pack_projection(cell, params, offsets, row, state_width, hidden_size, panels, transposed):
-    if _is(cell, LstmCell):
+    if not _is(cell, ProjectedLstmCell):
+        return lambda cell, params, offsets, row, state_width, hidden_size, panels, transposed: None
+    if not isinstance(transposed, types.BooleanLiteral):
+        raise TypeError(f"pack_projection's transposed must be a constant True or False, not {transposed}")
 
-        def lstm(cell, params, offsets, row, state_width, hidden_size, panels, transposed):
-            o_hr = offsets[row, W_HR]
-            if o_hr != NO_BIAS:
-                w_hr = span_view(params, o_hr, (state_width, hidden_size))
-                if transposed:
-                    pack_panels(w_hr.T, panels)
-                else:
-                    pack_panels(w_hr, panels)
+    if transposed.literal_value:
 
-        return lstm
-    return lambda cell, params, offsets, row, state_width, hidden_size, panels, transposed: None
+        def projected_transposed(cell, params, offsets, row, state_width, hidden_size, panels, transposed):
+            w_hr = span_view(params, offsets[row, W_HR], (state_width, hidden_size))
+            pack_panels_part(w_hr.T, panels, 0, 1)
+
+        return projected_transposed
+
+    def projected(cell, params, offsets, row, state_width, hidden_size, panels, transposed):
+        pack_panels_part(span_view(params, offsets[row, W_HR], (state_width, hidden_size)), panels, 0, 1)
+
+    return projected
 
 
 def projection_gradient(cell, dh_proj, h_full, grads, offset, chunk):
-    """``grads[offset:...] += dh_proj.T @ h_full``: an LSTM projection's weight gradient (when it has rows), its
-    ``h_full`` packed through ``chunk`` (:func:`numbarnn._panels.add_transposed_product`)."""
+    """``grads[offset:...] += dh_proj.T @ h_full``: an LSTM projection's weight gradient, its ``h_full`` packed
+    through ``chunk`` (:func:`numbarnn._panels.add_transposed_product`); nothing for the other cells."""
 
 
 @overload(projection_gradient, jit_options=JIT_OPTIONS)
 def _projection_gradient(cell, dh_proj, h_full, grads, offset, chunk):
-    if _is(cell, LstmCell):
-
-        def lstm(cell, dh_proj, h_full, grads, offset, chunk):
-            if dh_proj.shape[0] > 0:
-                add_transposed_product(dh_proj, h_full, grads, offset, chunk)
-
-        return lstm
+    if _is(cell, ProjectedLstmCell):
+        return lambda cell, dh_proj, h_full, grads, offset, chunk: add_transposed_product(
+            dh_proj, h_full, grads, offset, chunk
+        )
     return lambda cell, dh_proj, h_full, grads, offset, chunk: None
 
 

@@ -73,7 +73,7 @@ class CallPlan:
         self.tasks = block_total(packing) * spec.num_directions
         # a forward's (stage count, first stage alone), without dropout and with it
         self.forward_schedules = tuple(self._forward_schedule(dropped) for dropped in (0, spec.num_layers - 1))
-        self.code = cell_code(spec.cell, spec.relu)
+        self.code = cell_code(spec)
         batch, states = packing.order.size, spec.num_layers * spec.num_directions
         self.rows, self.top_width = packing_rows(packing), spec.num_directions * state_size(spec)
         self.h_shape = (states, batch, state_size(spec))

@@ -107,4 +107,4 @@ def run_step(spec, params, offsets, buffers):
     """Advance every layer of a ``spec`` module by one step: ``buffers`` (:class:`numbarnn._workspace.StepBuffers`)
     hold the input and the states on entry, the new states, the last layer's output (and, when kept, its gates) on
     exit."""
-    stacked_step(params, offsets, cell_code(spec.cell, spec.relu), *buffers[:6])
+    stacked_step(params, offsets, cell_code(spec), *buffers[:6])

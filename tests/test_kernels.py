@@ -173,7 +173,7 @@ class KernelProblem:
         for k in range(dropped):
             buffers.dropout_scale[k] = self.packed(self.masks[k])
         # plain tuples, as numbarnn._engine passes them: the specialisation the library runs
-        code = cell_code(self.cell, relu)
+        code = cell_code(self.spec(relu))
         arrays = tuple(self.packing), tuple(buffers)
         run(
             recurrent_forward,
@@ -196,7 +196,7 @@ class KernelProblem:
         buffers.grad_h[...] = self.grad_h_n[:, self.order]
         if self.cell == "lstm":
             buffers.grad_c[...] = self.grad_c_n[:, self.order]
-        code = cell_code(self.cell, relu)
+        code = cell_code(self.spec(relu))
         arrays = tuple(self.packing), tuple(forward), tuple(buffers)
         stages = 2 * self.num_layers + 1
         run(recurrent_backward, stages, self.tasks(), self.params, self.offsets, *arrays, self.directions, code, grads)
@@ -412,6 +412,17 @@ def test_dropout_or_one_layer_or_one_block_keeps_the_layers_apart(rng):
         dropped = layers - 1 if dropout else 0
         assert not layers_fused(problem.spec(False), problem.packing, dropped), (layers, dropout, blocks)
         assert forward_stages(problem.spec(False), problem.packing, dropped) == 2 * layers
+
+
+def test_each_cell_and_a_projected_lstm_have_a_kernel_code_of_their_own():
+    # The code's type selects the kernels' specialisation (numbarnn._cells): a plain LSTM compiles no projection.
+    def code(cell, relu=False, proj_size=0):
+        return cell_code(Spec(8, 4, 1, 1, np.float32, relu, cell, proj_size))
+
+    codes = [code("rnn"), code("rnn", relu=True), code("gru"), code("lstm"), code("lstm", proj_size=2)]
+    assert [type(c) for c in codes] == [np.uint8, np.uint8, np.uint16, np.uint32, np.uint64]
+    assert [int(c) for c in codes] == [0, 1, 0, 0, 0]
+    assert code("gru", relu=True) == code("gru") and type(code("lstm", proj_size=3)) is np.uint64
 
 
 # -- packing -------------------------------------------------------------------------------------------------------

@@ -4,7 +4,8 @@ numbarnn compiles its kernels on first use and keeps them in numba's on-disk cac
 environment pays the compile time once per kernel, and every later process loads the kernels in well under a second.
 This command makes those first calls now, for the cells and dtypes given: for each, an inference forward, a training
 forward and backward (of one sequence, and of a batch that splits into blocks: the same recurrent kernels, which run
-on one thread or several, and the packing of the batch's rows), ``step`` and a cell's call and backward. The cache
+on one thread or several, and the packing of the batch's rows), ``step`` and a cell's call and backward; for the
+LSTM, the same again with a projection (``proj_size``), whose kernels are a specialisation of their own. The cache
 is valid for the CPU it was compiled for (numba keys it by the target CPU name and features) and for this numba
 version.
 
@@ -61,19 +62,24 @@ def compile_cell(cell, dtype):
     dtype = np.dtype(dtype)
     recurrent = {"rnn": numbarnn.RNN, "lstm": numbarnn.LSTM, "gru": numbarnn.GRU}[cell]
     one_step = {"rnn": numbarnn.RNNCell, "lstm": numbarnn.LSTMCell, "gru": numbarnn.GRUCell}[cell]
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((STEPS, BATCH, INPUT_SIZE)).astype(dtype)
-    module = recurrent(INPUT_SIZE, HIDDEN_SIZE, dtype=dtype, seed=0)
-    for batch in (1, BATCH):  # one block, the rows read in place; two (with two threads or more), the rows packed
-        output, _ = module.train()(x[:, :batch])
-        module.backward(np.ones_like(output))
-        module.eval()(x[:, :batch])
-    module.step(x[0])
+    x = np.random.default_rng(0).standard_normal((STEPS, BATCH, INPUT_SIZE)).astype(dtype)
+    exercise(recurrent(INPUT_SIZE, HIDDEN_SIZE, dtype=dtype, seed=0), x)
+    if cell == "lstm":  # an LSTM with a projection is a specialisation of its own (numbarnn._cells)
+        exercise(recurrent(INPUT_SIZE, HIDDEN_SIZE, proj_size=HIDDEN_SIZE // 2, dtype=dtype, seed=0), x)
     unit = one_step(INPUT_SIZE, HIDDEN_SIZE, dtype=dtype, seed=0)
     state = unit(x[0])  # a training call: the tape's own kernel variant
     unit.backward(tuple(np.ones_like(part) for part in state) if isinstance(state, tuple) else np.ones_like(state))
     unit.eval()
     unit(x[0])
+
+
+def exercise(module, x):
+    """A sequence module's training and inference calls and its ``step``."""
+    for batch in (1, BATCH):  # one block, the rows read in place; two (with two threads or more), the rows packed
+        output, _ = module.train()(x[:, :batch])
+        module.backward(np.ones_like(output))
+        module.eval()(x[:, :batch])
+    module.step(x[0])
 
 
 def run(args):
