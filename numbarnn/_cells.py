@@ -198,7 +198,7 @@ def _gated_forward_epilogue(cell, z, tmp, b_ih, b_hh, h, c, saved, h_full, first
             hidden = c.shape[1]
             for i in range(z.shape[0]):
                 z_i, tmp_i, saved_i, c_i = z[i], tmp[i], saved[first + i], c[i]
-                # i, f and o are sigmoids, sigmoid(v) = 1/2 + tanh(v/2) / 2, and g is tanh(v) = 1 * tanh(1 * v) - 0
+                # i, f and o are sigmoids, sigmoid(v) = 1/2 + tanh(v/2) / 2, and g is tanh(v) = 1 * tanh(1 * v) + (-0)
                 # (both exact): one loop body for the four gates, its scale and offset set once per gate. A select
                 # per element on the column's gate (one loop over all 4 H columns) cost 20 % more (float32, Zen 4,
                 # one thread: 8.1 -> 6.6 us at 32 x 128, 33.5 -> 26.5 us at 64 x 256, the same bits), and an index
