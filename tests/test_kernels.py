@@ -24,7 +24,7 @@ from numbarnn._activations import activate, activation_backward
 from numbarnn._backward import recurrent_backward, recurrent_backward_parts
 from numbarnn._cells import GATES, cell_code
 from numbarnn._forward import recurrent_forward, recurrent_forward_parts
-from numbarnn._jit import JIT_OPTIONS
+from numbarnn._jit import JIT_OPTIONS, STAMPED_LOCATORS, kernel_sources_stamp
 from numbarnn._layout import build_layout, named_views
 from numbarnn._packing import pack, unpack
 from numbarnn._panels import (
@@ -804,6 +804,37 @@ def test_the_pass_kernels_are_compiled_without_numbas_reference_counting():
         assert kernel.targetoptions["_nrt"] is False, kernel
     for kernel in (stacked_step, panel_matmul, panel_matmul_transposed):
         assert kernel.targetoptions["_nrt"] is True, kernel
+
+
+def test_the_cache_stamp_covers_every_module_of_the_package(tmp_path):
+    """numba stamps a cached kernel with its own file only; numbarnn's kernels compile code from several modules, so
+    their stamp covers all of them (numbarnn._jit): a change to any module's contents changes it, and the same
+    contents give the same stamp whatever the files' times."""
+    for name, text in (("_a.py", "x = 1\n"), ("b.py", "y = 2\n"), ("notes.txt", "not a module\n")):
+        (tmp_path / name).write_text(text)
+    stamp = kernel_sources_stamp(tmp_path)
+    (tmp_path / "notes.txt").write_text("still not a module\n")
+    assert kernel_sources_stamp(tmp_path) == stamp
+    (tmp_path / "b.py").write_text("y = 3\n")  # the same size, other contents
+    assert kernel_sources_stamp(tmp_path) != stamp
+    (tmp_path / "b.py").write_text("y = 2\n")
+    os.utime(tmp_path / "b.py", (1, 1))
+    assert kernel_sources_stamp(tmp_path) == stamp
+    (tmp_path / "c.py").write_text("")
+    assert kernel_sources_stamp(tmp_path) != stamp
+
+
+def test_numbarnn_kernels_and_only_they_are_cached_with_the_package_stamp():
+    def twice(x):
+        return 2 * x
+
+    for kernel in (recurrent_forward, recurrent_backward, panel_matmul, stacked_step):
+        locator = kernel._cache._impl.locator
+        assert isinstance(locator, STAMPED_LOCATORS), (kernel, type(locator))
+        own_file_stamp, package_stamp = locator.get_source_stamp()
+        assert package_stamp == kernel_sources_stamp() and own_file_stamp
+    outside = numba.njit(cache=True)(twice)  # a function of this test module: numba's own locator and stamp
+    assert not isinstance(outside._cache._impl.locator, STAMPED_LOCATORS)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -6,8 +6,8 @@ This command makes those first calls now, for the cells and dtypes given: for ea
 forward and backward (of one sequence, and of a batch that splits into blocks: the same recurrent kernels, which run
 on one thread or several, and the packing of the batch's rows), ``step`` and a cell's call and backward; for the
 LSTM, the same again with a projection (``proj_size``), whose kernels are a specialisation of their own. The cache
-is valid for the CPU it was compiled for (numba keys it by the target CPU name and features) and for this numba
-version.
+is valid for the CPU it was compiled for (numba keys it by the target CPU name and features), for this numba
+version and for numbarnn's modules as they are (:mod:`numbarnn._jit`: a change to any of them compiles again).
 
 Where the cache goes: next to numbarnn's modules (``__pycache__``) when that directory is writable; otherwise (a
 read-only install) numba's per-user cache directory; or wherever ``NUMBA_CACHE_DIR`` points, which must be set the
