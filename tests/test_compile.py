@@ -82,6 +82,17 @@ def test_compile_splits_a_batch_into_blocks_where_numba_has_threads(block_pool, 
     assert sorted(several) == ["recurrent_backward", "recurrent_forward", "recurrent_forward"], calls
 
 
+def test_compile_covers_an_lstm_with_a_projection_its_own_specialisation(monkeypatch):
+    """An LSTM with proj_size runs kernels of its own (numbarnn._cells), so compiling the LSTM exercises one of each;
+    the other cells one module."""
+    exercised = []
+    monkeypatch.setattr(compile_command, "exercise", lambda module, x: exercised.append(module))
+    for cell in ("lstm", "gru"):
+        compile_command.compile_cell(cell, "float32")
+    kinds = [(type(module).__name__, getattr(module, "proj_size", 0)) for module in exercised]
+    assert kinds == [("LSTM", 0), ("LSTM", compile_command.HIDDEN_SIZE // 2), ("GRU", 0)]
+
+
 def test_compile_rejects_an_unknown_cell():
     done = subprocess.run(
         [sys.executable, "-m", "numbarnn", "compile", "--cells", "transformer"],
