@@ -20,7 +20,7 @@ from ._layout import B_HH, B_IH, NO_BIAS, W_HH, W_HR, W_IH
 from ._loops import add_2d, multiply_2d
 from ._panels import add_transposed_product, pack_panels_part, panel_matmul, panels_in
 from ._views import row_span, span_view
-from ._workspace import BackwardBuffers, ForwardBuffers, Packing
+from ._workspace import Packing, backward_views, forward_views
 
 
 @jit(inline=True)
@@ -291,15 +291,15 @@ def recurrent_backward(
     first_stage, end_stage : the stages to run, ``0 <= first_stage < end_stage <= 2 * num_layers + 1``.
     part, parts : ``0 <= part < parts``.
     params, offsets, packing_fields, num_directions, cell_code
-        As given to the training forward pass; ``forward_fields`` are its
-        :class:`~numbarnn._workspace.ForwardBuffers` (plain tuples, as the forward takes them).
-    buffer_fields : the fields of :class:`numbarnn._workspace.BackwardBuffers`, as a plain tuple; ``grad_output`` and
-        ``grad_h`` (holding the gradient of h_n) are read; ``grad_x`` (when it has rows) and ``grad_h`` (the gradient
-        of h_0) are the results.
+        As given to the training forward pass; ``forward_fields`` are its buffers, as the forward takes them
+        (:func:`numbarnn._workspace.forward_arguments`).
+    buffer_fields : :func:`numbarnn._workspace.backward_arguments` of the
+        :class:`~numbarnn._workspace.BackwardBuffers`; ``grad_output`` and ``grad_h`` (holding the gradient of h_n)
+        are read; ``grad_x`` (when it has rows) and ``grad_h`` (the gradient of h_0) are the results.
     grads : (P,) flat parameter gradients, accumulated into.
     """
-    packing, forward = Packing(*packing_fields), ForwardBuffers(*forward_fields)
-    buffers = BackwardBuffers(*buffer_fields)
+    packing, forward = Packing(*packing_fields), forward_views(forward_fields)
+    buffers = backward_views(buffer_fields)
     cell = marker_of(cell_code)
     num_layers = offsets.shape[0] // num_directions
     tasks = (packing.block_batch.size - 1) * num_directions

@@ -19,15 +19,16 @@ from ._forward import recurrent_forward, recurrent_forward_parts
 from ._packing import pack, unpack
 from ._threads import run_stages
 from ._workspace import (
-    BACKWARD_GRAD_OUTPUT,
     CALL_ARRAYS,
     ForwardBuffers,
     Spec,
+    backward_arguments,
     backward_buffers,
     block_count,
     block_total,
     equal_length_packing,
     first_stage_alone,
+    forward_arguments,
     forward_buffers,
     forward_stages,
     identity_order,
@@ -280,7 +281,7 @@ def forward(
         params,
         offsets,
         plan.packing_fields,
-        tuple(buffers),
+        forward_arguments(buffers),
         spec.num_directions,
         plan.code,
     )
@@ -369,15 +370,14 @@ def backward(
         or (buffers.grad_x.shape[0] > 0) != need_input_grad
     ):
         buffers = backward_buffers(spec, packing, params.size, need_input_grad)
-    fields = tuple(buffers)
+    fields = backward_arguments(buffers)
     if grad_output is None:
         buffers.grad_output.fill(0)
     elif plan.single_block and grad_output.flags.c_contiguous:
         # Read in place, as an inference forward reads its input: the kernels only read it, and copying it is one pass
         # over L * N * D * H_out floats per training step (1.6 MiB at the small configuration; one thread, the step's
         # 15 ms moved within the noise). The kept buffers stay the backward's own.
-        rows = grad_output.reshape(plan.rows, -1)
-        fields = (*fields[:BACKWARD_GRAD_OUTPUT], rows, *fields[BACKWARD_GRAD_OUTPUT + 1 :])
+        fields = backward_arguments(buffers, grad_output.reshape(plan.rows, -1))
     else:
         to_rows(grad_output, packing, buffers.grad_output, plan.single_block)
     sort_states(grad_h_n, packing, buffers.grad_h)
@@ -392,7 +392,7 @@ def backward(
         params,
         offsets,
         plan.packing_fields,
-        tuple(forward_buffers_),
+        forward_arguments(forward_buffers_),
         fields,
         spec.num_directions,
         plan.code,

@@ -19,7 +19,7 @@ from ._layout import B_HH, B_IH, NO_BIAS, W_HH, W_IH
 from ._loops import multiply_2d
 from ._panels import pack_panels_part, panel_matmul, panels_in
 from ._views import row_span, span_view
-from ._workspace import ForwardBuffers, Packing
+from ._workspace import Packing, forward_views
 
 
 @jit(inline=True)
@@ -242,15 +242,16 @@ def recurrent_forward(
     part, parts : ``0 <= part < parts``.
     params : (P,) flat parameters; ``offsets`` (num_layers * D, 5) locates each one (:mod:`numbarnn._layout`).
     packing_fields : the fields of the batch's :class:`numbarnn._workspace.Packing`, as a plain tuple.
-    buffer_fields : the fields of :class:`numbarnn._workspace.ForwardBuffers`, as a plain tuple; ``x_rows``,
-        ``h_n`` (holding h_0), an LSTM's ``c_n`` (holding c_0) and, with dropout, ``dropout_scale`` are read;
-        ``top_out``, ``h_n`` and ``c_n`` are the results.
+    buffer_fields : :func:`numbarnn._workspace.forward_arguments` of the
+        :class:`~numbarnn._workspace.ForwardBuffers`; ``x_rows``, ``h_n`` (holding h_0), an LSTM's ``c_n`` (holding
+        c_0) and, with dropout, ``dropout_scale`` are read; ``top_out``, ``h_n`` and ``c_n`` are the results.
     num_directions : 1 or 2; cell_code : the cell's code (:func:`numbarnn._cells.cell_code`).
 
     Plain tuples, named again here: numba types a namedtuple argument field by field in Python at every call, a
-    plain tuple in C (a forward's 21 arrays: ~5 us as namedtuples, ~3 us as tuples).
+    plain tuple in C (a forward's 21 arrays: ~5 us as namedtuples, ~3 us as tuples); and the buffers the pass keeps
+    for itself come as one pool (:mod:`numbarnn._workspace`).
     """
-    packing, buffers = Packing(*packing_fields), ForwardBuffers(*buffer_fields)
+    packing, buffers = Packing(*packing_fields), forward_views(buffer_fields)
     cell = marker_of(cell_code)
     blocks, layers = packing.block_batch.size - 1, offsets.shape[0] // num_directions
     fused = buffers.w_hh_panels.shape[0] > num_directions

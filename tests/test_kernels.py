@@ -43,11 +43,17 @@ from numbarnn._panels import (
 from numbarnn._step import row_products, stacked_step
 from numbarnn._threads import run_stages
 from numbarnn._workspace import (
+    BACKWARD_POOLED,
+    FORWARD_POOLED,
     Spec,
+    backward_arguments,
     backward_buffers,
+    backward_views,
     equal_length_packing,
+    forward_arguments,
     forward_buffers,
     forward_stages,
+    forward_views,
     layers_fused,
     length_packing,
     packing_rows,
@@ -97,13 +103,12 @@ def on_two_openmp_threads(kernel, stages, tasks, *arguments):
     on_two_threads(kernel, stages, tasks, *arguments, openmp=True)
 
 
-WEIGHT_PANELS = ("w_hh_panels", "w_ih_panels", "w_hr_panels")  # the forward's packed weights, a slot each
-
-
 def filled(buffers, value=np.nan):
-    """The same buffers, each filled with ``value``: the kernels must write everything they later read."""
-    for array in buffers:
-        array.fill(value)
+    """The same buffers, each filled with ``value`` (all but the pool's layout): the kernels must write everything
+    they later read."""
+    for name, array in zip(buffers._fields, buffers, strict=True):
+        if name != "pool_layout":
+            array.fill(value)
     return buffers
 
 
@@ -160,11 +165,12 @@ class KernelProblem:
         arguments); returns its buffers. ``fused=False`` runs layers that would be fused (``layers_fused``) one at a
         time, as the kernel does for buffers with room for one layer's packed weights."""
         dropped = self.num_layers - 1 if self.masks is not None else 0
-        buffers = filled(forward_buffers(self.spec(relu), self.packing, training, dropped))
         stages = forward_stages(self.spec(relu), self.packing, dropped)
-        if not fused:
-            one_layer = {name: getattr(buffers, name)[: self.directions].copy() for name in WEIGHT_PANELS}
-            buffers, stages = buffers._replace(**one_layer), 2 * self.num_layers
+        if not fused:  # room for one layer's packed weights (as many slots as directions)
+            stages = 2 * self.num_layers
+        buffers = filled(
+            forward_buffers(self.spec(relu), self.packing, training, dropped, fused=None if fused else False)
+        )
         buffers.bias_zeros.fill(0)
         buffers.x_rows[...] = self.packed(self.x)
         buffers.h_n[...] = self.h_0[:, self.order]
@@ -172,9 +178,9 @@ class KernelProblem:
             buffers.c_n[...] = self.c_0[:, self.order]
         for k in range(dropped):
             buffers.dropout_scale[k] = self.packed(self.masks[k])
-        # plain tuples, as numbarnn._engine passes them: the specialisation the library runs
+        # as numbarnn._engine passes them: the specialisation the library runs
         code = cell_code(self.spec(relu))
-        arrays = tuple(self.packing), tuple(buffers)
+        arrays = tuple(self.packing), forward_arguments(buffers)
         run(
             recurrent_forward,
             stages,
@@ -197,7 +203,7 @@ class KernelProblem:
         if self.cell == "lstm":
             buffers.grad_c[...] = self.grad_c_n[:, self.order]
         code = cell_code(self.spec(relu))
-        arrays = tuple(self.packing), tuple(forward), tuple(buffers)
+        arrays = tuple(self.packing), forward_arguments(forward), backward_arguments(buffers)
         stages = 2 * self.num_layers + 1
         run(recurrent_backward, stages, self.tasks(), self.params, self.offsets, *arrays, self.directions, code, grads)
         return buffers
@@ -835,6 +841,39 @@ def test_numbarnn_kernels_and_only_they_are_cached_with_the_package_stamp():
         assert package_stamp == kernel_sources_stamp() and own_file_stamp
     outside = numba.njit(cache=True)(twice)  # a function of this test module: numba's own locator and stamp
     assert not isinstance(outside._cache._impl.locator, STAMPED_LOCATORS)
+
+
+@numba.njit  # with numba's runtime, to return the views as arrays
+def kernel_views(forward_fields, backward_fields):
+    return forward_views(forward_fields), backward_views(backward_fields)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_the_kernels_see_the_pooled_buffers_as_the_caller_made_them(cell, dtype):
+    """The buffers a pass keeps for itself reach the kernels as one pool and a table (numbarnn._workspace): the
+    views a kernel takes of them are the caller's arrays, every field's memory and shape, and the pooled fields do not
+    overlap."""
+    spec = Spec(INPUT_SIZE, HIDDEN_SIZE, 2, 2, np.dtype(dtype), False, cell, 2 if cell == "lstm" else 0)
+    packing = length_packing(UNSORTED_LENGTHS, STEPS, 2)
+    for training, dropped in ((True, 1), (False, 0)):
+        buffers = forward_buffers(spec, packing, training, dropped), backward_buffers(spec, packing, 100, True)
+        arguments = forward_arguments(buffers[0]), backward_arguments(buffers[1])
+        for made, seen, pooled in zip(
+            buffers, kernel_views(*arguments), (FORWARD_POOLED, BACKWARD_POOLED), strict=True
+        ):
+            assert made._fields == seen._fields and made._fields[-2:] == ("pool", "pool_layout")
+            for name in made._fields[:-2]:
+                ours, theirs = getattr(made, name), getattr(seen, name)
+                assert theirs.shape == ours.shape and theirs.dtype == ours.dtype, name
+                assert theirs.ctypes.data == ours.ctypes.data or ours.size == 0, name
+            spans = sorted(
+                (a.ctypes.data, a.ctypes.data + a.nbytes) for a in (getattr(made, n) for n in pooled) if a.size
+            )
+            assert all(end <= start for (_, end), (start, _) in itertools.pairwise(spans)), "pooled fields overlap"
+            assert spans[0][0] >= made.pool.ctypes.data and spans[-1][1] <= made.pool.ctypes.data + made.pool.nbytes
+    grad_output = np.empty_like(buffers[1].grad_output)
+    assert backward_arguments(buffers[1], grad_output)[0] is grad_output
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from numbarnn._jit import jit
-from numbarnn._views import row_span, span_view
+from numbarnn._views import pool_views, row_span, span_view
 
 
 @jit(nrt=True)  # returns views: the runtime keeps their base alive
@@ -97,3 +97,35 @@ def test_span_view_rejects_a_span_outside_the_buffer(start, shape):
     flat = np.zeros(30, np.float32)
     with pytest.raises(IndexError, match="span_view: the span does not lie within the buffer"):
         span_only(flat, start, shape)
+
+
+two_views = pool_views((2, 1))
+
+
+@jit(nrt=True)
+def pooled_pair(flat, layout):
+    return two_views(flat, layout)
+
+
+def test_pool_views_are_the_spans_the_layout_gives():
+    flat = np.arange(30, dtype=np.float64)
+    layout = np.array([[4, 2, 3, 1], [16, 5, 1, 1]], np.int64)  # a (2, 3) view from element 4, a (5,) from 16
+    matrix, vector = pooled_pair(flat, layout)
+    np.testing.assert_array_equal(matrix, flat[4:10].reshape(2, 3))
+    np.testing.assert_array_equal(vector, flat[16:21])
+    assert matrix.ctypes.data == flat.ctypes.data + 4 * flat.itemsize and matrix.flags.c_contiguous
+    assert _return_type(pooled_pair, flat, layout) == numba.typeof((flat[:6].reshape(2, 3), flat[:5]))
+
+
+@pytest.mark.parametrize(
+    "layout, message",
+    [
+        ([[0, 2, 3, 1]], "pool_views: the layout has too few entries"),  # one row for two views
+        ([[0, 2], [6, 5]], "pool_views: the layout has too few entries"),  # no column for the second dimension
+        ([[0, 2, 3, 1], [26, 5, 1, 1]], "span_view: the span does not lie within the buffer"),
+        ([[0, 2, -3, 1], [6, 5, 1, 1]], "span_view: the span does not lie within the buffer"),
+    ],
+)
+def test_pool_views_reject_a_layout_that_does_not_fit(layout, message):
+    with pytest.raises(IndexError, match=message):
+        pooled_pair(np.zeros(30), np.array(layout, np.int64))
