@@ -71,14 +71,10 @@ class Linear(Module):
             entries.append(("bias", weight_size, (self.out_features,)))
         total = weight_size + (self.out_features if self.bias_enabled else 0)
         self._init_parameters(entries, total, dtype, 1.0 / np.sqrt(self.in_features), np.random.default_rng(seed))
+        if not self.bias_enabled:
+            self.bias = None  # as in torch: a layer without a bias has the attribute, None
         # (input as (rows, H_in), shape of the output) from the last training forward
         self._saved_input: tuple[npt.NDArray[Any], tuple[int, ...]] | None = None
-
-    def __getattr__(self, name: str) -> Any:  # a parameter, or None for a disabled bias
-        # `bias` is a parameter when enabled (found by Module.__getattr__); without one it reads as None, as in torch.
-        if name == "bias" and "bias_enabled" in self.__dict__ and not self.__dict__["bias_enabled"]:
-            return None
-        return super().__getattr__(name)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias_enabled}"

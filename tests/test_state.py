@@ -255,6 +255,8 @@ def test_a_copied_module_owns_its_parameters_and_stays_consistent(copier):
     rnn = numbarnn.RNN(3, 4, 2, bidirectional=True, seed=0)
     rnn(x)  # leaves training buffers and a forward record behind; neither is copied
     twin = duplicate(rnn)
+    for name, view in twin.params.items():  # each parameter's attribute is the copy's own view, as its params entry
+        assert getattr(twin, name) is view and np.shares_memory(view, twin._param_flat)
     np.testing.assert_array_equal(twin.eval()(x)[0], rnn.eval()(x)[0])
     twin.load_state_dict({name: np.zeros_like(value) for name, value in twin.state_dict().items()})
     assert np.abs(twin(x)[0]).max() == 0, "the kernels must read the copy's own (zeroed) parameters"
@@ -272,3 +274,4 @@ def test_a_copied_module_owns_its_parameters_and_stays_consistent(copier):
     layer_twin = duplicate(layer)
     layer_twin.weight[...] = 0
     np.testing.assert_array_equal(layer_twin(x), np.broadcast_to(layer_twin.bias, (4, 2, 2)))
+    assert duplicate(numbarnn.Linear(3, 2, bias=False)).bias is None  # torch's attribute for a disabled bias
