@@ -370,16 +370,17 @@ def backward(
         or (buffers.grad_x.shape[0] > 0) != need_input_grad
     ):
         buffers = backward_buffers(spec, packing, params.size, need_input_grad)
-    fields = backward_arguments(buffers)
-    if grad_output is None:
-        buffers.grad_output.fill(0)
-    elif plan.single_block and grad_output.flags.c_contiguous:
+    if plan.single_block and grad_output is not None and grad_output.flags.c_contiguous:
         # Read in place, as an inference forward reads its input: the kernels only read it, and copying it is one pass
         # over L * N * D * H_out floats per training step (1.6 MiB at the small configuration; one thread, the step's
         # 15 ms moved within the noise). The kept buffers stay the backward's own.
         fields = backward_arguments(buffers, grad_output.reshape(plan.rows, -1))
     else:
-        to_rows(grad_output, packing, buffers.grad_output, plan.single_block)
+        if grad_output is None:
+            buffers.grad_output.fill(0)
+        else:
+            to_rows(grad_output, packing, buffers.grad_output, plan.single_block)
+        fields = backward_arguments(buffers)
     sort_states(grad_h_n, packing, buffers.grad_h)
     if lstm:
         sort_states(grad_c_n, packing, buffers.grad_c)
