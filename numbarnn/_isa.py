@@ -155,29 +155,41 @@ DEFAULT_L2_BYTES = 256 * 1024
 
 @dataclass(frozen=True)
 class Caches:
-    """The per-core L2 cache size in bytes, and whether it was read from the host (else the default)."""
+    """The per-core L2 cache size in bytes and whether it was read from the host (else the default), and the size of
+    the last cache level past the L2 (the L3 shared by a group of cores), None where the host does not say or has
+    none."""
 
     l2: int
     from_host: bool
+    last_level: int | None = None
 
 
 @functools.cache
 def caches():
-    """The host's per-core L2 cache size, read once: Linux's sysfs, macOS's sysctl, else the default.
+    """The host's per-core L2 cache size and its last-level cache, read once: Linux's sysfs, macOS's sysctl, else the
+    default (and no last level).
 
     (Python's ``os.sysconf`` does not know glibc's ``_SC_LEVEL2_CACHE_SIZE`` name, and sysfs is where glibc reads it
     on Arm, so sysfs is read directly.)
     """
-    l2 = _linux_l2() if sys.platform.startswith("linux") else _macos_l2() if sys.platform == "darwin" else None
+    if sys.platform.startswith("linux"):
+        l2, last_level = _linux_cache(2), _linux_cache(3)
+    elif sys.platform == "darwin":
+        l2, last_level = _macos_l2(), None  # Apple silicon's system cache is not reported as an L3
+    else:
+        l2 = last_level = None
+    if not (last_level and 1024**2 <= last_level <= 64 * 1024**3):
+        last_level = None
     if l2 and 64 * 1024 <= l2 <= 1024**3:
-        return Caches(l2, True)
-    return Caches(DEFAULT_L2_BYTES, False)
+        return Caches(l2, True, last_level)
+    return Caches(DEFAULT_L2_BYTES, False, last_level)
 
 
-def _linux_l2(root=Path("/sys/devices/system/cpu/cpu0/cache")):
+def _linux_cache(level, root=Path("/sys/devices/system/cpu/cpu0/cache")):
+    """The size in bytes of cpu0's data or unified cache of ``level``, or None."""
     try:
         for index in sorted(root.glob("index*")):
-            if int((index / "level").read_text()) == 2 and (index / "type").read_text().strip() != "Instruction":
+            if int((index / "level").read_text()) == level and (index / "type").read_text().strip() != "Instruction":
                 return _parse_size((index / "size").read_text())
     except (OSError, ValueError):
         pass

@@ -29,6 +29,12 @@ processes): 32 x 1024 x 4096 59 -> 68 GFLOP/s, 64 x 1024 x 4096 64 -> 75, 32 x 1
 projection 3200 x 512 x 4096 78 -> 86; 32 x 1024 x 1024 (4 MiB) 87 -> 85, within the noise. Panels that all fit in
 the L2 stay there between uses and are not prefetched.
 
+An output larger than the last-level cache (a gated cell's input projection over a long batch: 52 MB for the medium
+LSTM's) is written with non-temporal stores, which send each line to memory without first reading it into the caches
+and leave the L2 to A and the panels (:func:`_streams`; 105-106 -> 113 GFLOP/s at 12,800 x 256 x 1,024). The reader
+of such an output finds it in memory either way. Smaller outputs, which their reader may still find in a cache, and
+the weight gradients, which add into their output, are written as before.
+
 The backward's weight gradients ``dz.T @ inputs`` (M = G * H rows, K = a block's rows) run on their own micro-kernels
 (:func:`panel_matmul_transposed`): they read A = dz.T from dz as it is, a step's rows side by side, and add into the
 gradient, while the inputs are packed in chunks of K (GotoBLAS's K blocking) whose panels fill the L2. As BLAS GEMMs a
@@ -57,7 +63,8 @@ from ._views import row_span, span_view
 # numba loads from its cache was compiled for this very tile (see numbarnn._isa).
 _TILE = _isa.tile()
 TILE_ROWS = _TILE.rows
-_PANEL_BYTES = _TILE.vectors * _TILE.vector_bits // 8  # one panel row: W elements of any dtype
+_VECTOR_BYTES = _TILE.vector_bits // 8
+_PANEL_BYTES = _TILE.vectors * _VECTOR_BYTES  # one panel row: W elements of any dtype
 # Rows of A per block: the block's rows take an eighth of the L2, which leaves the rest to B (256 KiB at
 # K = N = 256 float32) while every panel passes over the block, and to the output rows and prefetched lines. Measured
 # on the project machine (Zen 3, 512 KiB L2, one thread, float32, M = 256-100,000; a busy shared machine, so thread
@@ -66,6 +73,8 @@ _PANEL_BYTES = _TILE.vectors * _TILE.vector_bits // 8  # one panel row: W elemen
 # so that a panel's slice stays in half the L1, was slower at large M (79 and 75 against 88 and 90).
 _L2_BYTES = _isa.caches().l2
 _A_BLOCK_BYTES = _L2_BYTES // 8
+# Outputs larger than this are streamed to memory (_streams); 0: never (the host does not report its last-level cache)
+_STREAM_OUTPUT_BYTES = _isa.caches().last_level or 0
 # llvm.prefetch's (read, locality, data cache) arguments: a read, kept in the outer caches (prefetcht1 on x86)
 _PREFETCH_READ_L2 = tuple(ir.Constant(ir.IntType(32), value) for value in (0, 2, 1))
 CACHE_LINE_BYTES = 64
@@ -134,7 +143,7 @@ def _micro_kernel(module, element, index, rows, float64, panel_count=None, split
         name += f"_{panel_count}_panels"
     pointer = element.as_pointer()
     function_type = ir.FunctionType(
-        ir.VoidType(), [pointer, index, pointer, pointer, index, index, index, pointer, index]
+        ir.VoidType(), [pointer, index, pointer, pointer, index, index, index, pointer, index, index]
     )
     function = cgutils.get_or_insert_function(module, function_type, name)
     if not function.is_declaration:
@@ -142,7 +151,7 @@ def _micro_kernel(module, element, index, rows, float64, panel_count=None, split
     function.linkage = "internal"
     function.attributes.add("noinline")
     function.attributes.add("nounwind")
-    a_pointer, lda, panel_pointer, out_pointer, ldo, k, columns, prefetch_pointer, prefetch_rows = function.args
+    a_pointer, lda, panel_pointer, out_pointer, ldo, k, columns, prefetch_pointer, prefetch_rows, stream = function.args
     for argument in (a_pointer, panel_pointer, out_pointer):  # out overlaps neither a nor the panels
         argument.add_attribute("noalias")
     builder = ir.IRBuilder(function.append_basic_block("entry"))
@@ -219,13 +228,31 @@ def _micro_kernel(module, element, index, rows, float64, panel_count=None, split
             builder.store(total(accumulator, target), target, align=align)
         builder.ret_void()
         return function
+
+    def store_whole_panel(streaming):
+        for r in range(rows):
+            for v in range(vectors):
+                target = builder.bitcast(builder.gep(out_rows[r], [constant(v * lanes)]), vector.as_pointer())
+                if streaming:  # aligned to the vector (panel_matmul checked): what a non-temporal store requires
+                    builder.store(total(accumulators[r][v], target), target, align=vector_bytes).set_metadata(
+                        "nontemporal", non_temporal
+                    )
+                else:
+                    builder.store(total(accumulators[r][v], target), target, align=align)
+
+    vector_bytes = lanes * (8 if float64 else 4)
+    non_temporal = module.add_metadata([ir.Constant(ir.IntType(32), 1)])
     full = builder.icmp_signed("==", columns, constant(vectors * lanes))
     with builder.if_else(full, likely=True) as (whole_panel, partial_panel):
         with whole_panel:
-            for r in range(rows):
-                for v in range(vectors):
-                    target = builder.bitcast(builder.gep(out_rows[r], [constant(v * lanes)]), vector.as_pointer())
-                    builder.store(total(accumulators[r][v], target), target, align=align)
+            if transposed:  # adds into out, which it reads: never streamed
+                store_whole_panel(False)
+            else:
+                with builder.if_else(builder.icmp_signed("!=", stream, constant(0))) as (streamed, cached):
+                    with streamed:
+                        store_whole_panel(True)
+                    with cached:
+                        store_whole_panel(False)
         with partial_panel:  # the last panel of a matrix whose width is not a multiple of W: masked stores
             masked_store = _masked_store(module, vector)
             columns_splat = builder.shuffle_vector(
@@ -334,16 +361,21 @@ def _tile(
     columns,
     prefetch_offset,
     prefetch_rows,
+    stream,
     transposed,
 ):
     """``tile(rows, a, a_offset, lda, panels, panel_offset, out, out_offset, ldo, k, columns, prefetch_offset,
-    prefetch_rows, transposed)``: ``out[r, :columns] = a[r, :k] @ panel[:k, :columns]`` for ``rows`` (1 to
+    prefetch_rows, stream, transposed)``: ``out[r, :columns] = a[r, :k] @ panel[:k, :columns]`` for ``rows`` (1 to
     TILE_ROWS) rows, all offsets and strides in elements of the arrays' data (unless ``transposed`` is None,
     ``a[r, p]`` is at ``a_offset + p * lda + r``: decided while typing); ``columns`` <= W, the panel's further
     columns (zero padding) are not stored. Meanwhile ``prefetch_rows`` panel rows of ``panels`` from
-    ``prefetch_offset`` on are prefetched. One micro-kernel per row count, chosen by a switch."""
+    ``prefetch_offset`` on are prefetched. With a nonzero ``stream`` a whole panel's rows of ``out``, which must then
+    start on a vector boundary, are written with non-temporal stores (see :func:`_streams`). One micro-kernel per row
+    count, chosen by a switch."""
     dtype = a.dtype
     if dtype not in (types.float32, types.float64) or panels.dtype != dtype or out.dtype != dtype:
+        return None
+    if not isinstance(stream, types.Boolean):
         return None
     a_transposed = not isinstance(transposed, types.NoneType)
 
@@ -362,6 +394,7 @@ def _tile(
             columns_value,
             prefetch_offset,
             prefetch_rows,
+            stream_value,
             _,
         ) = args
 
@@ -385,6 +418,7 @@ def _tile(
             columns_value,
             prefetch_pointer,
             prefetch_rows,
+            builder.zext(stream_value, k_value.type),  # a bool (i1)
         ]
         _call_by_count(builder, rows_value, kernels, arguments, "tile.rows")
         return context.get_dummy_value()
@@ -403,6 +437,7 @@ def _tile(
         columns,
         prefetch_offset,
         prefetch_rows,
+        stream,
         transposed,
     )
     return signature, codegen
@@ -464,6 +499,7 @@ def _row_tile(typingctx, count, a, a_offset, lda, panels, panel_offset, out, out
             k_value,  # columns: whole panels only, unread
             panel_pointer,  # nothing prefetched
             no_rows,
+            no_rows,  # not streamed (its whole-panel stores are not the streaming branch's)
         ]
         _call_by_count(builder, count_value, kernels, arguments, "row_tile.panels")
         return context.get_dummy_value()
@@ -708,6 +744,32 @@ def _check_operands(a, transposed, panels, out):
 
 
 @jit(inline=True)
+def _streams(out):
+    """Whether a product writes ``out`` with non-temporal stores, which go to memory without first reading each line
+    of ``out`` into the caches: when ``out`` is larger than the last-level cache, so that its consumer finds it in
+    memory either way, and each row starts on a vector boundary, as those stores require.
+
+    A large output written through the caches cost each of its lines a read from memory first and filled the L2 with
+    lines the product never reads: 12,800 x 256 x 1,024 (the medium LSTM's input projection, 52 MB) ran at 105-106
+    GFLOP/s, against 111-112 writing the rows into one L2-sized buffer and 113 streamed (Zen 4, one thread, float32;
+    prefetching each tile's output rows for writing gained nothing)."""
+    if _STREAM_OUTPUT_BYTES == 0 or out.size * out.itemsize <= _STREAM_OUTPUT_BYTES:
+        return False
+    return out.ctypes.data % _VECTOR_BYTES == 0 and (out.shape[1] * out.itemsize) % _VECTOR_BYTES == 0
+
+
+@intrinsic
+def _store_fence(typingctx):
+    """A sequentially consistent fence (``mfence`` on x86): orders non-temporal stores before every later access."""
+
+    def codegen(context, builder, signature, args):
+        builder.fence("seq_cst")
+        return context.get_dummy_value()
+
+    return types.none(), codegen
+
+
+@jit(inline=True)
 def rows_per_block(k, itemsize):
     """Rows of A per block for an inner dimension ``k``: whole tiles, at least one, an eighth of the L2."""
     return max(1, _A_BLOCK_BYTES // (k * itemsize) // TILE_ROWS) * TILE_ROWS
@@ -750,11 +812,13 @@ def _products(a, transposed, panels, out):
                 n - whole * width,
                 0,
                 0,
+                False,
                 transposed,
             )
         return
     row_block = rows_per_block(k, a.itemsize)
     count = panels.shape[0]
+    stream = not flipped and _streams(out)
     for i0 in range(0, m, row_block):
         i1 = min(m, i0 + row_block)
         tiles = -(-(i1 - i0) // TILE_ROWS)
@@ -780,8 +844,11 @@ def _products(a, transposed, panels, out):
                     columns,
                     following + first * width,
                     max(0, min(share, k - first)),
+                    stream,
                     transposed,
                 )
+    if stream:
+        _store_fence()  # the streamed stores are weakly ordered: done before any later store, and seen by any thread
 
 
 # compiled once, not inlined into the recurrence kernels: 2.6 s less cold compile, no measurable cost; with numba's

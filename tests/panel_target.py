@@ -161,7 +161,8 @@ def main():
     report["tile_loop_stack_accesses"] = tile_loop_stack_accesses(text)
     report["tile_instructions"] = tile_instructions(text)
     report["instructions"] = {
-        name: name in text for name in ("zmm", "ymm", "xmm", "vfmadd", "mulps", "addps", "fmla", "fmul", "fadd")
+        name: name in text
+        for name in ("zmm", "ymm", "xmm", "vfmadd", "mulps", "addps", "fmla", "fmul", "fadd", "movntps")
     }
     if args.run is not None:
         report["worst_error_over_bound"] = worst_errors(_panels, args.run)

@@ -27,6 +27,7 @@ from numbarnn._forward import recurrent_forward, recurrent_forward_parts
 from numbarnn._jit import JIT_OPTIONS, STAMPED_LOCATORS, kernel_sources_stamp
 from numbarnn._layout import build_layout, named_views
 from numbarnn._packing import pack, unpack
+from numbarnn import _panels
 from numbarnn._panels import (
     add_transposed_product,
     CACHE_LINE_BYTES,
@@ -786,6 +787,69 @@ def test_panel_matmul_rows_do_not_depend_on_tiles_or_blocks(dtype, n, rng):
         assert_array_equal(whole[i], row[0])
 
 
+@numba.njit(cache=True)
+def tile_product(rows, a, panels, out, stream):
+    """One tile of ``rows`` rows by the first panel (a whole one), its stores streamed or not."""
+    _panels._tile(rows, a, 0, a.shape[1], panels, 0, out, 0, out.shape[1], a.shape[1], out.shape[1], 0, 0, stream, None)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_streamed_tiles_store_bitwise_what_cached_stores_do(dtype, rng):
+    """The non-temporal stores of a large product's tiles (the whole-panel branch of every tile height) write the
+    very values the ordinary stores write, into every element of the tile and nowhere else."""
+    width, k = panel_width(dtype), 37
+    panels = empty_panels(panel_shape(k, width, dtype), dtype)
+    pack_panels(rng.standard_normal((k, width)).astype(dtype), panels)
+    for rows in range(1, TILE_ROWS + 1):
+        a = rng.standard_normal((rows, k)).astype(dtype)
+        cached, streamed = empty_panels((rows + 1, width), dtype), empty_panels((rows + 1, width), dtype)
+        cached[:] = streamed[:] = np.nan  # the row past the tile must stay untouched
+        tile_product(rows, a, panels, cached[:rows], False)
+        tile_product(rows, a, panels, streamed[:rows], True)
+        assert_product_close(cached[:rows], a, panels[0])
+        assert_bitwise_equal(streamed, cached)
+
+
+def test_a_product_streams_only_an_aligned_output_larger_than_the_last_level_cache(monkeypatch):
+    """Non-temporal stores need each row on a vector boundary, and pay only where the output would not stay in the
+    caches for its reader anyway; a host that does not report its last-level cache never streams."""
+    vector = _isa.tile().vector_bits // 8
+    streams = _panels._streams.py_func
+    monkeypatch.setattr(_panels, "_STREAM_OUTPUT_BYTES", 1 << 20)
+    rows_bytes = vector * 8  # a row width that keeps every row on a vector boundary
+    large = empty_panels((2 * (1 << 20) // rows_bytes, rows_bytes // 4), np.float32)
+    assert streams(large)
+    assert not streams(large[: (1 << 20) // rows_bytes])  # exactly the cache's size: not larger
+    assert not streams(empty_panels((large.size + 4,), np.float32)[1 : large.size + 1].reshape(large.shape))
+    odd = empty_panels((large.shape[0], large.shape[1] + 1), np.float32)  # rows off the boundary after the first
+    assert not streams(odd)
+    monkeypatch.setattr(_panels, "_STREAM_OUTPUT_BYTES", 0)
+    assert not streams(large)
+
+
+@pytest.mark.skipif(
+    not _isa.caches().last_level or _isa.caches().last_level > 64 * 1024**2,
+    reason="needs a product larger than a last-level cache the host reports, of at most 64 MiB",
+)
+def test_a_product_larger_than_the_last_level_cache_equals_the_cached_products(rng):
+    """The streamed path end to end: a product whose aligned output outgrows the last-level cache equals, bitwise,
+    the same rows computed block by block into a small output."""
+    dtype = np.float32
+    k, n = 64, 1024
+    m = _isa.caches().last_level // (n * 4) + 2 * TILE_ROWS + 1  # a partial last tile too
+    a = rng.standard_normal((m, k)).astype(dtype)
+    panels = empty_panels(panel_shape(k, n, dtype), dtype)
+    pack_panels(rng.standard_normal((k, n)).astype(dtype), panels)
+    streamed = empty_panels((m, n), dtype)
+    assert _panels._streams.py_func(streamed)
+    panel_matmul(a, panels, streamed)
+    part = np.empty((4096, n), dtype)
+    for i in range(0, m, len(part)):
+        rows = min(len(part), m - i)
+        panel_matmul(a[i : i + rows], panels, part[:rows])
+        assert_bitwise_equal(streamed[i : i + rows], part[:rows])
+
+
 def test_the_pass_kernels_are_compiled_without_numbas_reference_counting():
     """The recurrence kernels only write into arrays their caller keeps alive: compiled without numba's runtime
     (``_jit.JIT_OPTIONS``), they count no references (a sixth of a tiny forward's time) and unbox their arrays
@@ -946,20 +1010,47 @@ def test_isa_target_is_numbas():
     assert panel_width(np.float32) == tile.vectors * tile.vector_bits // 32
 
 
-# Each target's kernels built in a fresh process: (environment, expected tile, instructions its assembly must hold,
+def test_cache_sizes_are_read_from_linux_sysfs(tmp_path):
+    """Each level's data or unified cache, never an instruction cache; a level the host does not list is None."""
+    for index, (level, kind, size) in enumerate(
+        [(1, "Data", "32K"), (1, "Instruction", "32K"), (2, "Unified", "1024K"), (3, "Unified", "32768K")]
+    ):
+        directory = tmp_path / f"index{index}"
+        directory.mkdir()
+        for name, value in (("level", level), ("type", kind), ("size", size)):
+            (directory / name).write_text(f"{value}\n")
+    assert _isa._linux_cache(1, tmp_path) == 32 * 1024
+    assert _isa._linux_cache(2, tmp_path) == 1024**2
+    assert _isa._linux_cache(3, tmp_path) == 32 * 1024**2
+    assert _isa._linux_cache(4, tmp_path) is None
+    assert _isa._linux_cache(2, tmp_path / "missing") is None
+
+
+# Each target's kernels built in a fresh process: (environment, expected tile, instructions its assembly must hold
+# (on x86 with the non-temporal stores of a large product's tiles),
 # run the product too). Code for AVX-512 cannot run on every host, so it is only compiled; generic x86-64 code runs
 # on any x86-64 and is run (the host's own tile runs in the tests above; haswell's is that tile on AVX2 hosts). The
 # AArch64 build is LLVM IR compiled through llvmlite for an AArch64 triple.
 TARGET_BUILDS = {
-    "generic": ({"NUMBA_CPU_NAME": "generic"}, ("sse2", 128, 6), ("mulps", "addps"), True),
-    "haswell": ({"NUMBA_CPU_NAME": "haswell", "NUMBA_CPU_FEATURES": ""}, ("avx2", 256, 6), ("ymm", "vfmadd"), False),
+    "generic": ({"NUMBA_CPU_NAME": "generic"}, ("sse2", 128, 6), ("mulps", "addps", "movntps"), True),
+    "haswell": (
+        {"NUMBA_CPU_NAME": "haswell", "NUMBA_CPU_FEATURES": ""},
+        ("avx2", 256, 6),
+        ("ymm", "vfmadd", "movntps"),
+        False,
+    ),
     "skylake-avx512": (
         {"NUMBA_CPU_NAME": "skylake-avx512", "NUMBA_CPU_FEATURES": ""},
         ("avx512", 512, 12),
-        ("zmm", "vfmadd"),
+        ("zmm", "vfmadd", "movntps"),
         False,
     ),
-    "znver4": ({"NUMBA_CPU_NAME": "znver4", "NUMBA_CPU_FEATURES": ""}, ("avx512", 512, 12), ("zmm", "vfmadd"), False),
+    "znver4": (
+        {"NUMBA_CPU_NAME": "znver4", "NUMBA_CPU_FEATURES": ""},
+        ("avx512", 512, 12),
+        ("zmm", "vfmadd", "movntps"),
+        False,
+    ),
     "aarch64": ({"NUMBA_OPT": "0"}, ("neon", 128, 12), ("fmla",), False),
 }
 
