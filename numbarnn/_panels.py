@@ -721,26 +721,43 @@ def _require_c_layout(typingctx, a, panels, out):
 
 @jit(inline=True)
 def _check_operands(a, transposed, panels, out):
-    """The shapes and layouts the micro-kernels assume; any mismatch would read or write out of bounds."""
+    """The shapes and layouts the micro-kernels assume; any mismatch would read or write out of bounds.
+
+    They run at every step of a recurrence (a batch of one's per-step product takes ~0.1 us), so they are comparisons
+    and multiplications only (the item size is read from the array at run time: dividing by it was an integer
+    division), and the error, which carries run-time values, is raised in a function of its own. An RNN(32, 64)
+    training step on 100 steps of one sequence went from 61.1-62.5 to 60.4-61.1 us (Zen 4, 3 alternating pairs of
+    processes)."""
     _require_c_layout(a, panels, out)
     m, k = a.shape[::-1] if transposed else a.shape
     n = out.shape[1]
-    width = _PANEL_BYTES // a.itemsize
-    if panels.shape[2] != width:
+    width, count = panels.shape[2], panels.shape[0]
+    if (
+        width * a.itemsize != _PANEL_BYTES
+        or panels.shape[1] != k
+        or out.shape[0] != m
+        or not (count - 1) * width < n <= count * width  # count == ceil(n / width)
+    ):
+        _operand_error(m, k, n, out.shape[0], panels.shape[1], width, count, _PANEL_BYTES // a.itemsize, transposed)
+
+
+@jit(nrt=True)  # called, not inlined: only a mismatch reaches it
+def _operand_error(m, k, n, out_rows, panel_rows, width, count, expected_width, transposed):
+    """Raise the :class:`PanelOperandError` of the first mismatch :func:`_check_operands` found."""
+    if width != expected_width:
         raise PanelOperandError(
             "panels must be {} columns wide on this CPU's instruction set (size them with "
             "numbarnn._panels.panel_shape), got {}",
+            expected_width,
             width,
-            panels.shape[2],
         )
-    if panels.shape[1] != k:
+    if panel_rows != k:
         if transposed:
-            raise PanelOperandError("a is A.T, (K, M), with K = {} but the panels hold {} rows", k, panels.shape[1])
-        raise PanelOperandError("a is (M, K) with K = {} but the panels hold {} rows", k, panels.shape[1])
-    if out.shape[0] != m:
-        raise PanelOperandError("out must have A's {} rows, got {}", m, out.shape[0])
-    if panels.shape[0] != -(-n // width):
-        raise PanelOperandError("out has {} columns, which need {} panels, got {}", n, -(-n // width), panels.shape[0])
+            raise PanelOperandError("a is A.T, (K, M), with K = {} but the panels hold {} rows", k, panel_rows)
+        raise PanelOperandError("a is (M, K) with K = {} but the panels hold {} rows", k, panel_rows)
+    if out_rows != m:
+        raise PanelOperandError("out must have A's {} rows, got {}", m, out_rows)
+    raise PanelOperandError("out has {} columns, which need {} panels, got {}", n, -(-n // width), count)
 
 
 @jit(inline=True)
