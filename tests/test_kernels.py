@@ -19,7 +19,7 @@ import pytest
 from helpers import DTYPES, assert_bitwise_equal, assert_close, numba_threads, pairwise_cases
 from numpy.testing import assert_array_equal
 
-from numbarnn import _isa
+from numbarnn import _isa, _panels
 from numbarnn._activations import activate, activation_backward
 from numbarnn._backward import recurrent_backward, recurrent_backward_parts
 from numbarnn._cells import GATES, cell_code
@@ -27,7 +27,6 @@ from numbarnn._forward import recurrent_forward, recurrent_forward_parts
 from numbarnn._jit import JIT_OPTIONS, STAMPED_LOCATORS, kernel_sources_stamp
 from numbarnn._layout import build_layout, named_views
 from numbarnn._packing import pack, unpack
-from numbarnn import _panels
 from numbarnn._panels import (
     add_transposed_product,
     CACHE_LINE_BYTES,
@@ -1026,11 +1025,11 @@ def test_cache_sizes_are_read_from_linux_sysfs(tmp_path):
     assert _isa._linux_cache(2, tmp_path / "missing") is None
 
 
-# Each target's kernels built in a fresh process: (environment, expected tile, instructions its assembly must hold
-# (on x86 with the non-temporal stores of a large product's tiles),
-# run the product too). Code for AVX-512 cannot run on every host, so it is only compiled; generic x86-64 code runs
-# on any x86-64 and is run (the host's own tile runs in the tests above; haswell's is that tile on AVX2 hosts). The
-# AArch64 build is LLVM IR compiled through llvmlite for an AArch64 triple.
+# Each target's kernels built in a fresh process: (environment, expected tile, instructions its assembly must hold,
+# on x86 the non-temporal stores of a large product's tiles among them; run the product too). Code for AVX-512 cannot
+# run on every host, so it is only compiled; generic x86-64 code runs on any x86-64 and is run (the host's own tile
+# runs in the tests above; haswell's is that tile on AVX2 hosts). The AArch64 build is LLVM IR compiled through
+# llvmlite for an AArch64 triple.
 TARGET_BUILDS = {
     "generic": ({"NUMBA_CPU_NAME": "generic"}, ("sse2", 128, 6), ("mulps", "addps", "movntps"), True),
     "haswell": (
